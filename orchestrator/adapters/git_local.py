@@ -1,0 +1,273 @@
+"""pygit2 operations on repositories available on this machine (a path or a local mirror).
+
+All functions are blocking and take a path, not a Repository: libgit2 objects are not
+thread-safe, so each call opens its own Repository and is meant to run in a worker thread
+(``asyncio.to_thread``). Opening is cheap (~0.1 ms) next to any real work.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pygit2
+
+from orchestrator.errors import PermanentError, TransientError
+
+MAX_WALK = 1000  # commits announced per poll at most; older ones are summarised
+
+
+@dataclass(frozen=True, slots=True)
+class CommitInfo:
+    sha: str
+    parent: str | None  # first parent
+    subject: str
+    author: str
+    committed_at: str  # ISO 8601 UTC
+
+    @property
+    def short(self) -> str:
+        return self.sha[:7]
+
+
+def open_repo(path: str | Path) -> pygit2.Repository:
+    try:
+        return pygit2.Repository(str(path))
+    except pygit2.GitError as exc:
+        raise PermanentError(f"{path} is not a git repository: {exc}",
+                             reason="NotARepository") from None
+
+
+def branch_head(path: str | Path, branch: str) -> str | None:
+    repo = open_repo(path)
+    ref = repo.references.get(f"refs/heads/{branch}")
+    if ref is None:
+        return None
+    return str(ref.resolve().target)
+
+
+def default_branch(path: str | Path) -> str:
+    repo = open_repo(path)
+    with_head = repo.references.get("HEAD")
+    if with_head is not None and with_head.type == pygit2.enums.ReferenceType.SYMBOLIC:
+        target = str(with_head.target)
+        return target.removeprefix("refs/heads/")
+    return "main"
+
+
+def _info(commit: pygit2.Commit) -> CommitInfo:
+    when = datetime.fromtimestamp(commit.commit_time, UTC).isoformat().replace("+00:00", "Z")
+    return CommitInfo(
+        sha=str(commit.id),
+        parent=str(commit.parent_ids[0]) if commit.parent_ids else None,
+        subject=(commit.message or "").strip().splitlines()[0] if commit.message else "",
+        author=f"{commit.author.name} <{commit.author.email}>",
+        committed_at=when,
+    )
+
+
+def commit_info(path: str | Path, sha: str) -> CommitInfo:
+    repo = open_repo(path)
+    return _info(repo.get(sha).peel(pygit2.Commit))
+
+
+def has_commit(path: str | Path, sha: str) -> bool:
+    repo = open_repo(path)
+    try:
+        return repo.get(sha) is not None
+    except (ValueError, KeyError):
+        return False
+
+
+def is_ancestor(path: str | Path, old: str, new: str) -> bool:
+    repo = open_repo(path)
+    if old == new:
+        return True
+    try:
+        return bool(repo.descendant_of(new, old))
+    except (pygit2.GitError, ValueError, KeyError):
+        return False
+
+
+def new_commits(path: str | Path, old: str | None, new: str,
+                limit: int = MAX_WALK) -> list[CommitInfo]:
+    """Commits after ``old`` up to ``new`` along first parents, oldest first, at most ``limit``.
+
+    ``old`` None means "just ``new``". When ``old`` is not an ancestor (a rewrite) the walk
+    stops at the merge base.
+    """
+    repo = open_repo(path)
+    head = repo.get(new).peel(pygit2.Commit)
+    if old is None:
+        return [_info(head)]
+    stop: set[str] = {old}
+    if not is_ancestor(path, old, new):
+        base = repo.merge_base(old, new)
+        stop = {str(base)} if base is not None else set()
+    out: list[CommitInfo] = []
+    commit: pygit2.Commit | None = head
+    while commit is not None and str(commit.id) not in stop and len(out) < limit:
+        out.append(_info(commit))
+        commit = commit.parents[0] if commit.parent_ids else None
+    out.reverse()
+    return out
+
+
+def changed_paths(path: str | Path, sha: str) -> list[str]:
+    """Paths changed by a commit against its first parent (all paths for a root commit)."""
+    repo = open_repo(path)
+    commit = repo.get(sha).peel(pygit2.Commit)
+    if commit.parent_ids:
+        diff = commit.parents[0].tree.diff_to_tree(commit.tree)
+    else:
+        diff = commit.tree.diff_to_tree(swap=True)
+    paths: set[str] = set()
+    for delta in diff.deltas:
+        paths.add(delta.old_file.path)
+        paths.add(delta.new_file.path)
+    return sorted(paths)
+
+
+def read_file(path: str | Path, sha: str, file: str) -> bytes | None:
+    repo = open_repo(path)
+    tree = repo.get(sha).peel(pygit2.Commit).tree
+    try:
+        entry = tree[file]
+    except KeyError:
+        return None
+    obj = repo.get(entry.id)
+    if not isinstance(obj, pygit2.Blob):
+        return None
+    return bytes(obj.data)
+
+
+def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
+    """The tree (or blob) id of ``subdir`` at a commit: unchanged when nothing under it changed."""
+    repo = open_repo(path)
+    tree = repo.get(sha).peel(pygit2.Commit).tree
+    if not subdir:
+        return str(tree.id)
+    try:
+        return str(tree[subdir].id)
+    except KeyError:
+        return None
+
+
+def export_tree(path: str | Path, sha: str, dest: Path) -> None:
+    """Write the commit's tree under ``dest``; symlinks are kept as symlinks (never followed)."""
+    repo = open_repo(path)
+    tree = repo.get(sha).peel(pygit2.Commit).tree
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def walk(t: pygit2.Tree, base: Path) -> None:
+        for entry in t:
+            target = base / entry.name
+            if entry.filemode == pygit2.enums.FileMode.TREE:
+                target.mkdir(exist_ok=True)
+                walk(repo.get(entry.id), target)
+            elif entry.filemode == pygit2.enums.FileMode.LINK:
+                os.symlink(bytes(repo.get(entry.id).data).decode(errors="replace"), target)
+            elif entry.filemode == pygit2.enums.FileMode.COMMIT:
+                continue  # submodules are not fetched
+            else:
+                target.write_bytes(repo.get(entry.id).data)
+                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
+                    target.chmod(target.stat().st_mode | stat.S_IXUSR)
+
+    walk(tree, dest)
+
+
+def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
+    repo = open_repo(path)
+    tree = repo.get(sha).peel(pygit2.Commit).tree
+    if subdir:
+        tree = repo.get(tree[subdir].id)
+
+    def walk(t: pygit2.Tree, prefix: str) -> Iterator[str]:
+        for entry in t:
+            name = f"{prefix}{entry.name}"
+            if entry.filemode == pygit2.enums.FileMode.TREE:
+                yield from walk(repo.get(entry.id), name + "/")
+            else:
+                yield name
+
+    yield from walk(tree, f"{subdir}/" if subdir else "")
+
+
+# -- the git target: rendered manifests committed to a branch ------------------------------------
+@dataclass(frozen=True, slots=True)
+class BranchState:
+    head: str | None
+    tree: str | None
+    trailers: Mapping[str, str]
+
+
+TRAILER_PREFIX = "Conveyor-"
+
+
+def _trailers(message: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for line in message.splitlines():
+        if line.startswith(TRAILER_PREFIX) and ": " in line:
+            key, value = line.split(": ", 1)
+            out[key.removeprefix(TRAILER_PREFIX)] = value.strip()
+    return out
+
+
+def branch_state(path: str | Path, branch: str) -> BranchState:
+    repo = open_repo(path)
+    ref = repo.references.get(f"refs/heads/{branch}")
+    if ref is None:
+        return BranchState(None, None, {})
+    commit = repo.get(ref.resolve().target).peel(pygit2.Commit)
+    return BranchState(str(commit.id), str(commit.tree.id), _trailers(commit.message))
+
+
+def build_tree(path: str | Path, files: Mapping[str, bytes]) -> str:
+    """Write blobs and nested trees for ``files`` (posix paths) and return the root tree id."""
+    repo = open_repo(path)
+    root: dict[str, object] = {}
+    for name, data in files.items():
+        node = root
+        parts = name.split("/")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})  # type: ignore[assignment]
+        node[parts[-1]] = repo.create_blob(data)
+
+    def write(node: Mapping[str, object]) -> pygit2.Oid:
+        builder = repo.TreeBuilder()
+        for name, child in sorted(node.items()):
+            if isinstance(child, dict):
+                builder.insert(name, write(child), pygit2.enums.FileMode.TREE)
+            else:
+                builder.insert(name, child, pygit2.enums.FileMode.BLOB)
+        return builder.write()
+
+    return str(write(root))
+
+
+def commit_to_branch(path: str | Path, branch: str, tree: str, message: str,
+                     expected_head: str | None) -> str:
+    """Commit ``tree`` on ``branch`` if its head is still ``expected_head`` (compare-and-set)."""
+    repo = open_repo(path)
+    ref_name = f"refs/heads/{branch}"
+    current = repo.references.get(ref_name)
+    current_head = str(current.resolve().target) if current is not None else None
+    if current_head != expected_head:
+        raise TransientError(f"branch {branch} moved from {expected_head} to {current_head}",
+                             reason="TargetMoved", delay=0.0)
+    sig = pygit2.Signature("Conveyor", "conveyor@localhost")
+    parents = [pygit2.Oid(hex=current_head)] if current_head else []
+    oid = repo.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree), parents)
+    try:
+        if current is None:
+            repo.references.create(ref_name, oid)
+        else:
+            current.set_target(oid, f"conveyor: {message.splitlines()[0]}")
+    except pygit2.GitError as exc:  # a concurrent writer holds the ref lock
+        raise TransientError(f"cannot update {ref_name}: {exc}", reason="RefLocked") from None
+    return str(oid)

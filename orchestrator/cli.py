@@ -1,0 +1,208 @@
+"""The `conveyor` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from orchestrator import logging as clog
+from orchestrator.app import SERVICES, Conveyor, HealthServer, run_until_signal
+from orchestrator.settings import Settings
+
+DEFAULT_API = "http://127.0.0.1:8080"
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listen(listen: str) -> str | None:
+    """An error message when the api would listen off loopback without a token."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isdigit():
+        return f"--listen {listen!r}: expected HOST:PORT"
+    if not _is_loopback(host) and not Settings.api_token_from_env():
+        return (f"refusing to listen on {host} without CONVEYOR_API_TOKEN: control endpoints "
+                "must require a bearer token off loopback")
+    return None
+
+
+def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
+    repo = getattr(args, "repo", "") or os.environ.get("CONVEYOR_REPO", "")
+    if repo and "://" not in repo and not repo.startswith("git@"):
+        repo = str(Path(repo).resolve())
+    return Settings(
+        nats_url=getattr(args, "nats", "") or "",
+        data_dir=Path(args.data_dir).resolve(),
+        repo=repo,
+        branch=getattr(args, "branch", "") or os.environ.get("CONVEYOR_BRANCH", ""),
+        envs=envs,
+        listen=args.listen,
+        interval=getattr(args, "interval", None),
+        api_token=Settings.api_token_from_env(),
+    )
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    error = check_listen(args.listen)
+    if error:
+        print(f"conveyor up: {error}", file=sys.stderr)
+        return 2
+    if not args.repo:
+        print("conveyor up: --repo PATH_OR_URL is required", file=sys.stderr)
+        return 2
+    settings = _settings(args)
+    asyncio.run(run_until_signal(Conveyor(settings)))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.service not in SERVICES:
+        print(f"conveyor run: unknown service {args.service!r}; one of {', '.join(SERVICES)}",
+              file=sys.stderr)
+        return 2
+    if not args.nats:
+        print("conveyor run: --nats URL is required (use `conveyor up` for the embedded server)",
+              file=sys.stderr)
+        return 2
+    # only the api has control endpoints; the others serve /healthz and /metrics
+    error = check_listen(args.listen) if args.service == "api" else None
+    if error:
+        print(f"conveyor run: {error}", file=sys.stderr)
+        return 2
+    if args.service == "git-watcher" and not (args.repo or os.environ.get("CONVEYOR_REPO")):
+        print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
+        return 2
+    settings = _settings(args, tuple(args.env or ()))
+    conveyor = Conveyor(settings, names=(args.service,))
+
+    async def main() -> None:
+        extra = []
+        if args.service != "api":
+            # the health server needs the bus, which exists once the service is up
+            class Deferred:
+                server: HealthServer | None = None
+
+                async def start(self) -> None:
+                    assert conveyor.bus is not None
+                    self.server = HealthServer(conveyor.bus, settings.listen)
+                    await self.server.start()
+
+                async def stop(self) -> None:
+                    if self.server is not None:
+                        await self.server.stop()
+
+            extra.append(Deferred())
+        await run_until_signal(conveyor, extra)
+
+    asyncio.run(main())
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from orchestrator.demo import run_demo
+
+    return asyncio.run(run_demo(Path(args.data_dir).resolve(), args.listen))
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from orchestrator.rendering.command import render_command
+
+    return render_command(Path(args.path), args.env, args.output)
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    from orchestrator.commands.health import health_command
+
+    return health_command(args.file, args.output)
+
+
+def _client_cmd(name: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        from orchestrator.commands import client
+
+        return asyncio.run(getattr(client, name)(args))
+
+    return run
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="conveyor", description=__doc__ or "")
+    p.add_argument("--log-level", default=os.environ.get("CONVEYOR_LOG_LEVEL", "info"))
+    p.add_argument("--log-json", action="store_true", default=None,
+                   help="JSON logs (default: JSON unless stderr is a terminal)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run all five services in one process")
+    up.add_argument("--repo", default=os.environ.get("CONVEYOR_REPO", ""),
+                    help="path or URL of the repository holding conveyor.yaml")
+    up.add_argument("--branch", default="")
+    up.add_argument("--data-dir", default=".conveyor")
+    up.add_argument("--listen", default="127.0.0.1:8080")
+    up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
+    up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.set_defaults(func=cmd_up)
+
+    run = sub.add_parser("run", help="run one service (microservice deployment)")
+    run.add_argument("service", help=", ".join(SERVICES))
+    run.add_argument("--nats", default=os.environ.get("CONVEYOR_NATS", ""))
+    run.add_argument("--env", action="append", help="serve only this environment (repeatable)")
+    run.add_argument("--repo", default=os.environ.get("CONVEYOR_REPO", ""))
+    run.add_argument("--branch", default="")
+    run.add_argument("--data-dir", default=os.environ.get("CONVEYOR_DATA_DIR", ".conveyor"))
+    run.add_argument("--listen", default="127.0.0.1:8080")
+    run.add_argument("--interval", type=float, default=None)
+    run.set_defaults(func=cmd_run)
+
+    demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
+    demo.add_argument("--data-dir", default=".conveyor-demo")
+    demo.add_argument("--listen", default="127.0.0.1:8080")
+    demo.set_defaults(func=cmd_demo)
+
+    render = sub.add_parser("render", help="print what the renderer would apply")
+    render.add_argument("path")
+    render.add_argument("--env", default=None)
+    render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    render.set_defaults(func=cmd_render)
+
+    health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
+    health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
+    health.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    health.set_defaults(func=cmd_health)
+
+    def client(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help)
+        c.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
+        c.add_argument("-o", "--output", choices=("text", "json"), default="text")
+        c.set_defaults(func=_client_cmd(name))
+        return c
+
+    client("status", "environments: desired vs applied revision, last outcome")
+    log = client("log", "the event log, oldest first")
+    log.add_argument("--env", default=None)
+    log.add_argument("--type", default=None, help="event type prefix, e.g. conveyor.apply")
+    log.add_argument("--follow", "-f", action="store_true")
+    log.add_argument("--limit", type=int, default=200)
+    trace = client("trace", "the chain of events of one commit, with each stage's latency")
+    trace.add_argument("sha")
+    client("refresh", "fetch the source now")
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    clog.configure(args.log_level, args.log_json)
+    try:
+        code = args.func(args)
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)

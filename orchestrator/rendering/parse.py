@@ -1,0 +1,104 @@
+"""Text to located objects: YAML/JSON streams into Manifests that remember file and line.
+
+Empty documents are skipped, ``kind: List`` (and ``*List`` with ``items``) is flattened, and
+every problem - a syntax error, a document that is not a mapping - is collected rather than
+raised, so one render reports all of them at once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.domain.yamlpos import Document, Position, YamlSyntaxError, load_all
+from orchestrator.rendering.model import Manifest
+
+
+@dataclass(frozen=True, slots=True)
+class Located:
+    """A Manifest plus, when it came from a file we parsed, the positions of its fields."""
+
+    manifest: Manifest
+    doc: Document | None = None
+    path: tuple[str | int, ...] = ()  # where the object sits inside doc (List items)
+
+    def where(self, *field: str | int) -> str:
+        if self.doc is None:
+            return self.manifest.source
+        return str(self.doc.where(*self.path, *field))
+
+
+def is_list(value: Any) -> bool:
+    return (isinstance(value, dict) and isinstance(value.get("kind"), str)
+            and value["kind"].endswith("List") and isinstance(value.get("items"), list))
+
+
+def _flatten(value: Any, doc: Document | None, path: tuple[str | int, ...], file: str,
+             source: str | None, out: list[Located], errors: list[str]) -> None:
+    pos = doc.where(*path) if doc is not None else None
+    label = source if source is not None else (f"{file}:{pos.line}" if pos else file)
+    if value is None:
+        return
+    if is_list(value):
+        for i, item in enumerate(value["items"]):
+            _flatten(item, doc, (*path, "items", i), file, source, out, errors)
+        return
+    if not isinstance(value, dict):
+        where = str(pos) if pos else label
+        errors.append(f"{where}: expected a Kubernetes object (a mapping), got "
+                      f"{type(value).__name__}")
+        return
+    out.append(Located(Manifest(value, label), doc, path))
+
+
+def parse_yaml(text: str, file: str, *, source: str | None = None
+               ) -> tuple[list[Located], list[str]]:
+    """Every object of a YAML stream; ``source`` overrides the per-object ``file:line``."""
+    out: list[Located] = []
+    errors: list[str] = []
+    try:
+        for doc in load_all(text, file):
+            _flatten(doc.value, doc, (), file, source, out, errors)
+    except YamlSyntaxError as exc:
+        errors.append(str(exc))
+    return out, errors
+
+
+def parse_json(text: str, file: str, *, source: str | None = None
+               ) -> tuple[list[Located], list[str]]:
+    """A JSON file: an object, a list of objects or a List. Errors name line and column."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return [], [f"{file}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]
+    # JSON is YAML: reparse for positions; fall back to the JSON value without them.
+    try:
+        docs = list(load_all(text, file))
+    except YamlSyntaxError:
+        docs = []
+    out: list[Located] = []
+    errors: list[str] = []
+    if len(docs) == 1 and docs[0].value == value:
+        doc: Document | None = docs[0]
+    else:
+        doc = Document(value, Position(file, 1, 1), {(): Position(file, 1, 1)})
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            _flatten(item, doc, (i,), file, source, out, errors)
+    else:
+        _flatten(value, doc, (), file, source, out, errors)
+    return out, errors
+
+
+def parse_file(text: str, file: str) -> tuple[list[Located], list[str]]:
+    if file.endswith(".json"):
+        return parse_json(text, file)
+    return parse_yaml(text, file)
+
+
+def decode(data: bytes, file: str) -> tuple[str | None, list[str]]:
+    try:
+        return data.decode("utf-8-sig"), []
+    except UnicodeDecodeError as exc:
+        return None, [f"{file}:1:1: not UTF-8 text (byte {exc.start})"]

@@ -1,0 +1,133 @@
+"""applier: render.succeeded -> apply the bundle to the environment's target.
+
+Exactly-once over at-least-once: before acting it asks the target what it holds. A bundle the
+target already holds is ``apply.skipped``; a render older than what the target holds (a late
+redelivery) is ``apply.superseded``. Within one environment applies run one at a time in commit
+order, and when several renders wait only the newest is applied: the others are superseded.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import subjects
+from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.domain import events as ev
+from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.config import RetryPolicy, expand_all
+from orchestrator.domain.events import Event, new_event
+from orchestrator.errors import ConfigError, PermanentError, TransientError
+from orchestrator.ports import ApplyRequest, Target
+from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
+from orchestrator.settings import Settings
+from services.applier.git_target import GitTarget
+from services.git_watcher.source import Checkout, is_local, local_path
+
+log = structlog.get_logger(__name__)
+SOURCE = "conveyor/applier"
+PASS_ON = ("revision", "short", "message", "author", "committed_at", "branch", "source", "repo",
+           "digest", "objects", "origin_seq")
+
+
+class Applier:
+    def __init__(self, bus: EventBus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self._consumer: Consumer | None = None
+
+    async def start(self) -> None:
+        envs = self.settings.envs
+        self._consumer = Consumer(self.bus, ConsumerSpec(
+            durable=subjects.consumer_name("applier", envs), stage="apply",
+            filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
+            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=120.0,
+            concurrency=16))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    def target_for(self, env: dict[str, Any], data: dict[str, Any]) -> Target:
+        target = expand_all(env.get("target") or {})
+        if "git" in target:
+            git = target["git"] or {}
+            repo = str(git.get("repo") or data["repo"])
+            if not is_local(repo):
+                raise PermanentError(
+                    f"git target {repo}: pushing to remote repositories is not supported yet; "
+                    "use a local path", reason="UnsupportedTarget")
+            path = str(Path(local_path(repo)).resolve())
+            return GitTarget(path, str(git.get("branch") or f"deploy/{env['name']}"))
+        if "kubernetes" in target:
+            from services.applier.kube_target import kube_target
+
+            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {})
+        raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
+                             reason="UnsupportedTarget")
+
+    async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
+        return [self._superseded(older.event, newest.event.correlationid)]
+
+    def _superseded(self, event: Event, by: str) -> Event:
+        return new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event, source=SOURCE,
+                         data={**_pass_on(event), "superseded_by": by})
+
+    async def handle(self, delivery: Delivery) -> Outcome:
+        event = delivery.event
+        data = event.data
+        env = data["env"]
+        policy = RetryPolicy(**(env.get("retry") or {}))
+        started = time.monotonic()
+        try:
+            target = self.target_for(env, data)
+            held = await target.current()
+            origin = int(data.get("origin_seq") or 0)
+            if held.origin_seq is not None and held.origin_seq > origin:
+                return Ack([self._superseded(event, held.revision or "")])
+            if held.digest == data["digest"]:
+                return Ack([self._outcome(ev.APPLY_SKIPPED, event, target, started,
+                                          summary="target already holds this bundle")])
+            payload = await self.bus.get_bundle(str(data["digest"]))
+            if payload is None:
+                raise PermanentError(f"bundle {data['digest']} is missing from the store",
+                                     reason="BundleMissing")
+            result = await target.apply(ApplyRequest(
+                env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
+                objects=decode_bundle(payload), origin_seq=origin,
+                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
+        except (PermanentError, ConfigError) as exc:
+            return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
+                                       reason=exc.reason)])
+        except TransientError as exc:
+            attempt = delivery.attempt
+            if attempt > policy.limit:
+                return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
+                                           reason=exc.reason, attempts=attempt)])
+            delay = exc.delay if exc.delay is not None else policy.delay(attempt)
+            retrying = new_event(ev.APPLY_RETRYING, env=event.subject, cause=event,
+                                 source=SOURCE, key=str(attempt),
+                                 data={**_pass_on(event), "error": str(exc), "attempt": attempt,
+                                       "delay": delay})
+            return Retry(delay, reason=str(exc), emit=[retrying])
+        kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
+        log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
+                 outcome=kind.rsplit(".", 1)[1], summary=result.summary)
+        return Ack([self._outcome(kind, event, target, started, summary=result.summary,
+                                  **result.details)])
+
+    def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
+                 **extra: Any) -> Event:
+        data = {**_pass_on(event), **extra,
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)}
+        if target is not None:
+            data["target"] = target.description
+        return new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
+
+
+def _pass_on(event: Event) -> dict[str, Any]:
+    return {k: event.data[k] for k in PASS_ON if k in event.data}

@@ -1,0 +1,131 @@
+"""renderer: commit.detected -> render the environment at that commit -> render.succeeded|failed.
+
+The repository is exported at the commit into a snapshot directory (shared by the environments
+of one commit) and rendered there in a worker thread; the bundle goes to the object store once
+per digest, and the event carries the digest, so the applier never re-renders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import subjects
+from orchestrator.adapters import git_local
+from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.domain import events as ev
+from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.events import new_event
+from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
+from orchestrator.settings import Settings
+from services.git_watcher.source import Checkout
+
+log = structlog.get_logger(__name__)
+SOURCE = "conveyor/renderer"
+SNAPSHOTS_KEPT = 8
+
+
+class Snapshots:
+    """Commit trees exported to disk, shared by every environment rendering that commit."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._ready: OrderedDict[str, Path] = OrderedDict()
+        self._locks: dict[str, asyncio.Lock] = {}
+        shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
+        root.mkdir(parents=True, exist_ok=True)
+
+    async def get(self, repo_path: str, sha: str) -> Path:
+        lock = self._locks.setdefault(sha, asyncio.Lock())
+        async with lock:
+            if sha in self._ready:
+                self._ready.move_to_end(sha)
+                return self._ready[sha]
+            dest = self.root / sha
+            shutil.rmtree(dest, ignore_errors=True)
+            await asyncio.to_thread(git_local.export_tree, repo_path, sha, dest)
+            self._ready[sha] = dest
+            while len(self._ready) > SNAPSHOTS_KEPT:
+                old_sha, old = self._ready.popitem(last=False)
+                self._locks.pop(old_sha, None)
+                await asyncio.to_thread(shutil.rmtree, old, True)
+            return dest
+
+
+class Renderer:
+    def __init__(self, bus: EventBus, settings: Settings) -> None:
+        self.bus = bus
+        self.settings = settings
+        self.snapshots = Snapshots(settings.data_dir / "snapshots")
+        self._checkouts: dict[str, Checkout] = {}
+        self._consumer: Consumer | None = None
+
+    def _checkout(self, repo: str) -> Checkout:
+        if repo not in self._checkouts:
+            self._checkouts[repo] = Checkout.shared(repo, self.settings.data_dir)
+        return self._checkouts[repo]
+
+    async def start(self) -> None:
+        envs = self.settings.envs
+        self._consumer = Consumer(self.bus, ConsumerSpec(
+            durable=subjects.consumer_name("renderer", envs), stage="render",
+            filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
+            handler=self.handle, max_deliver=8, ack_wait=120.0,
+            concurrency=self.settings.render_concurrency))
+        await self._consumer.start()
+
+    async def stop(self) -> None:
+        if self._consumer is not None:
+            await self._consumer.stop()
+
+    async def handle(self, delivery: Delivery) -> Outcome:
+        from orchestrator.rendering import render
+
+        event = delivery.event
+        data = event.data
+        env: dict[str, Any] = data["env"]
+        started = time.monotonic()
+        common = {k: data.get(k) for k in ("revision", "short", "message", "author",
+                                           "committed_at", "branch", "source", "repo")}
+        common["env"] = env
+        common["origin_seq"] = delivery.seq
+        try:
+            repo_path = await self._checkout(str(data["repo"])).ensure(event.correlationid)
+            snapshot = await self.snapshots.get(repo_path, event.correlationid)
+            result = await asyncio.to_thread(render, snapshot, str(env["path"]),
+                                             env.get("render") or {})
+            payload = encode_bundle(m.obj for m in result.manifests)
+            digest = digest_of(payload)
+            await self.bus.put_bundle(digest, payload)
+        except ManifestError as exc:
+            return Fail([self._failed(delivery, common, exc.errors, exc.reason, started)])
+        except TransientError as exc:
+            log.warning("render.transient", env=event.subject, error=str(exc))
+            return Retry(exc.delay or min(60.0, 2.0 ** delivery.attempt), reason=str(exc))
+        except PermanentError as exc:
+            return Fail([self._failed(delivery, common, [str(exc)], exc.reason, started)])
+        ms = round((time.monotonic() - started) * 1000, 1)
+        log.info("render.succeeded", env=event.subject, revision=event.correlationid[:12],
+                 objects=len(result.manifests), digest=digest[:19], ms=ms)
+        return Ack([new_event(
+            ev.RENDER_SUCCEEDED, env=event.subject, cause=event, source=SOURCE,
+            data={**common, "digest": digest, "objects": len(result.manifests),
+                  "renderer": result.renderer, "tool_version": result.tool_version,
+                  "duration_ms": ms},
+        )])
+
+    def _failed(self, delivery: Delivery, common: dict[str, Any], errors: list[str],
+                reason: str, started: float) -> Any:
+        ms = round((time.monotonic() - started) * 1000, 1)
+        log.warning("render.failed", env=delivery.event.subject, errors=errors[:5])
+        return new_event(ev.RENDER_FAILED, env=delivery.event.subject, cause=delivery.event,
+                         source=SOURCE,
+                         data={**common, "errors": errors, "error": "; ".join(errors[:20]),
+                               "reason": reason, "duration_ms": ms})
