@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -244,15 +245,17 @@ async def test_api_serves_environments_events_and_refresh(
                                  headers={"Authorization": "Bearer s3cret-token"}) as resp:
                 assert resp.status == 202
             await wait_for_events(bus, finished(second, {"dev", "prod"}))
-            # the projection catches up with the log
+            # the projection catches up with the log (awaited on the projector's condition)
+            projector = api.projector
+
+            def caught_up() -> bool:
+                dev = projector.envs.get("dev")
+                return dev is not None and dev.last_applied_revision == second
+
+            async with projector.changed:
+                await asyncio.wait_for(projector.changed.wait_for(caught_up), 10)
             async with http.get(f"{api.url}/api/v1/environments") as resp:
                 envs = {e["name"]: e for e in (await resp.json())["environments"]}
-            for _ in range(100):
-                if envs["dev"]["last_applied_revision"] == second:
-                    break
-                async with api.projector.changed:
-                    await api.projector.changed.wait()
-                envs = {n: s.to_dict() for n, s in api.projector.envs.items()}
             assert envs["dev"]["desired_revision"] == second
             assert envs["dev"]["last_applied_revision"] == second
             async with http.get(f"{api.url}/api/v1/trace/{second}") as resp:

@@ -26,7 +26,7 @@ from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_all
 from orchestrator.errors import PermanentError
 from orchestrator.rendering.kustomize_refs import KUSTOMIZATION_FILES, is_remote, refs_of, where
 from orchestrator.rendering.model import RenderLimits
-from orchestrator.rendering.parse import Located, decode, parse_yaml
+from orchestrator.rendering.parse import Located, decode, parse_tool_output
 from orchestrator.rendering.safety import (
     EscapeError,
     check_size,
@@ -179,6 +179,6 @@ def render_kustomize(root: Path, env_rel: str, settings: KustomizeSettings,
     out = run_tool([*argv, "--load-restrictor=LoadRestrictionsRootOnly", str(env_dir)],
                    cwd=env_dir, limits=limits, what=label)
     text = out.stdout.decode(errors="replace")
-    items, problems = parse_yaml(text, label, source=label)
+    items, problems = parse_tool_output(text, label)
     # Positions inside tool output mean nothing to a person: drop them, keep the source.
     return [Located(i.manifest) for i in items], problems, version

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from orchestrator.domain.yamlpos import Document, Position, YamlSyntaxError, load_all
 from orchestrator.rendering.model import Manifest
 
@@ -62,6 +64,23 @@ def parse_yaml(text: str, file: str, *, source: str | None = None
             _flatten(doc.value, doc, (), file, source, out, errors)
     except YamlSyntaxError as exc:
         errors.append(str(exc))
+    return out, errors
+
+
+def parse_tool_output(text: str, label: str) -> tuple[list[Located], list[str]]:
+    """A trusted tool's YAML output (kustomize): libyaml speed, no per-field positions.
+
+    The tool already parsed and checked the inputs, its output is size-capped by ``run_tool``
+    and holds no aliases, and positions in it would mean nothing to a person anyway.
+    """
+    out: list[Located] = []
+    errors: list[str] = []
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        for value in yaml.load_all(text, Loader=loader):
+            _flatten(value, None, (), label, label, out, errors)
+    except yaml.YAMLError as exc:
+        errors.append(f"{label}: unreadable tool output: {exc}")
     return out, errors
 
 

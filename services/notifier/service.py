@@ -1,13 +1,23 @@
-"""notifier: tells people and systems about terminal outcomes, effectively once per route.
+"""notifier: tells people and systems about outcomes, effectively once per event and route.
 
 Routes come from the newest valid conveyor.yaml in the log (``config.loaded``). Before sending,
-the delivery record ``(event id, route)`` is checked; it is written only after the provider
-accepted the message, so a failed send is never counted as sent, and a redelivered event is
-never posted twice.
+the delivery record ``(event id, route)`` in the deliveries bucket is checked; it is written
+only after the provider accepted the message, so a failed send is never counted as sent and a
+redelivered event is never posted twice. A failed send is retried (inside ``deliver`` for quick
+blips, then by ``nak(delay)`` honouring Retry-After) until the budget is spent, then it is
+``notify.failed`` with the provider's answer (retryable with ``conveyor retry``).
+
+One deployment (commit x environment) is one message where the provider can edit messages:
+the message reference is kept per (route, environment, commit) and passed to the next send.
+
+Rate-limited routes hold what exceeds the limit and later send one digest. Held events are
+persisted in the bucket before the input is acked, so a crash does not lose them.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -17,20 +27,45 @@ import structlog
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.config import ConfigError, parse_config
+from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event, derive_id, new_event
-from orchestrator.errors import PermanentError, TransientError
+from orchestrator.errors import ConveyorError
+from orchestrator.notify import (
+    Coalescer,
+    RetryPolicy,
+    Route,
+    deliver,
+    parse_routes,
+    select_routes,
+)
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
-from services.notifier.send import send
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/notifier"
-NOTIFY_ON = sorted(ev.TERMINAL_TYPES)
+NOTIFY_ON = sorted(ev.TERMINAL_TYPES | {ev.RENDER_SUCCEEDED, ev.COMMIT_DETECTED,
+                                        ev.HEALTH_HEALTHY})
+ATTEMPTS = 6  # deliveries of one event before it is notify.failed
+MAX_DELIVER = ATTEMPTS + 2
+# Quick retries inside one handling only; a longer Retry-After goes back to JetStream as
+# nak(delay) instead of sleeping while holding the message.
+IN_HANDLER = RetryPolicy(attempts=2, initial=0.2, maximum=1.0, max_retry_after=1.0)
+
+
+def _route_id(name: str) -> str:
+    return derive_id(name)[:16]
 
 
 def delivery_key(event_id: str, route: str) -> str:
-    return f"d.{event_id}.{derive_id(route)[:16]}"
+    return f"d.{event_id}.{_route_id(route)}"
+
+
+def ref_key(route: str, event: Event) -> str:
+    return f"ref.{_route_id(route)}.{event.subject}.{event.correlationid or 'none'}"
+
+
+def held_key(route: str) -> str:
+    return f"held.{_route_id(route)}"
 
 
 class Notifier:
@@ -40,87 +75,161 @@ class Notifier:
         self._consumer: Consumer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._config_seq = -1
-        self._routes: dict[str, dict[str, Any]] = {}
+        self._routes: list[Route] = []
+        self._coalescers: dict[str, Coalescer] = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15))
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30))
         envs = self.settings.envs
-        filters = [f for t in NOTIFY_ON for f in subjects.filter_for(t, (*envs, ev.NO_ENV)
-                                                                     if envs else None)]
+        filters = [f for t in NOTIFY_ON
+                   for f in subjects.filter_for(t, (*envs, ev.NO_ENV) if envs else None)]
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("notifier", envs), stage="notify", filters=filters,
-            handler=self.handle, max_deliver=8, ack_wait=60.0, concurrency=8))
+            handler=self.handle, max_deliver=MAX_DELIVER, ack_wait=15.0, concurrency=8))
         await self._consumer.start()
+        self._flusher = asyncio.create_task(self._flush_loop(), name="notifier:digests")
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await self._flusher
         if self._session is not None:
             await self._session.close()
 
-    async def routes(self) -> dict[str, dict[str, Any]]:
-        """Notifier routes of the newest valid config in the log (cached by its sequence)."""
+    async def routes(self) -> list[Route]:
+        """Routes of the newest valid config in the log (re-parsed when it changes)."""
         last = await self.bus.last_event(ev.NO_ENV, ev.CONFIG_LOADED)
         if last is None:
-            return {}
+            return []
         if last.seq != self._config_seq:
             try:
                 config = parse_config(str(last.event.data.get("text", "")))
-                self._routes = {k: dict(v) for k, v in config.notifiers.items()}
-            except ConfigError:
-                self._routes = {}
+                self._routes = parse_routes(config.notifiers)
+            except ConveyorError as exc:
+                log.error("notify.bad_routes", error=str(exc))
+                self._routes = []
             self._config_seq = last.seq
+            for route in self._routes:
+                if route.rate_limit is not None and route.name not in self._coalescers:
+                    self._coalescers[route.name] = Coalescer.for_limit(route.rate_limit)
+                    await self._restore_held(route.name)
         return self._routes
 
     async def handle(self, delivery: Delivery) -> Outcome:
         event = delivery.event
-        routes = await self.routes()
         emit: list[Event] = []
+        retry_after: float | None = None
         retry_reason = ""
-        for name, route in routes.items():
-            if not _selected(route, event):
+        for route in select_routes(await self.routes(), event):
+            if event.subject != ev.NO_ENV and self.settings.envs \
+                    and event.subject not in self.settings.envs:
                 continue
-            key = delivery_key(event.id, name)
-            if await self.bus.kv_get(subjects.DELIVERY_BUCKET, key) is not None:
-                continue  # already delivered (a redelivery of the event)
-            started = time.monotonic()
-            assert self._session is not None
-            try:
-                answer = await send(self._session, route, event)
-            except TransientError as exc:
-                retry_reason = f"{name}: {exc}"
-                continue
-            except PermanentError as exc:
-                emit.append(self._failed(event, name, route, str(exc), delivery.attempt))
-                continue
-            await self.bus.kv_put(subjects.DELIVERY_BUCKET, key,
-                                  {"event": event.id, "route": name, "answer": answer})
-            emit.append(new_event(ev.NOTIFY_SENT, env=event.subject, cause=event, source=SOURCE,
-                                  key=name, data={"route": name, "provider": route.get("type"),
-                                                  "for": event.type, "answer": answer,
-                                                  "duration_ms": round(
-                                                      (time.monotonic() - started) * 1000, 1)}))
+            if await self.bus.kv_get(subjects.DELIVERY_BUCKET,
+                                     delivery_key(event.id, route.name)) is not None:
+                continue  # already delivered: this is a redelivery
+            coalescer = self._coalescers.get(route.name)
+            if coalescer is not None:
+                if not coalescer.offer(event, time.monotonic()):
+                    await self._persist_held(route.name, coalescer)
+                    self._wake.set()
+                    continue
+            outcome = await self._send(route, event, delivery.attempt)
+            if isinstance(outcome, Event):
+                emit.append(outcome)
+            else:
+                retry_reason = f"{route.name}: {outcome[0]}"
+                retry_after = max(retry_after or 0.0, outcome[1] or 0.0) or None
         if retry_reason:
-            if delivery.attempt >= 8 - 1:
-                emit.append(self._failed(event, "*", {}, retry_reason, delivery.attempt))
+            if delivery.attempt >= ATTEMPTS:
+                emit.append(self._failed(event, "*", None, retry_reason, delivery.attempt))
                 return Fail(emit)
-            return Retry(min(60.0, 2.0 ** delivery.attempt), reason=retry_reason, emit=emit)
+            delay = retry_after if retry_after is not None else min(60.0, 2.0 ** delivery.attempt)
+            return Retry(delay, reason=retry_reason, emit=emit)
         return Ack(emit)
 
-    def _failed(self, event: Event, name: str, route: dict[str, Any], error: str,
+    async def _send(self, route: Route, event: Event,
+                    attempt: int) -> Event | tuple[str, float | None]:
+        """Deliver once (with quick retries inside); an event, or (reason, delay) to retry."""
+        assert self._session is not None
+        rkey = ref_key(route.name, event)
+        found = await self.bus.kv_get(subjects.DELIVERY_BUCKET, rkey)
+        previous = str(found[0]) if found else None
+        started = time.monotonic()
+        result = await deliver(route, event, self._session, previous_ref=previous,
+                               policy=IN_HANDLER)
+        if result.ok:
+            await self.bus.kv_put(subjects.DELIVERY_BUCKET, delivery_key(event.id, route.name),
+                                  {"event": event.id, "route": route.name,
+                                   "answer": result.provider_answer[:200]})
+            if result.message_ref and result.message_ref != previous:
+                await self.bus.kv_put(subjects.DELIVERY_BUCKET, rkey, result.message_ref)
+            data: dict[str, Any] = {
+                "route": route.name, "provider": route.type, "for": event.type,
+                "answer": result.provider_answer[:200], "attempts": result.attempts,
+                "updated": bool(previous and result.message_ref == previous),
+                "duration_ms": round((time.monotonic() - started) * 1000, 1)}
+            if result.template_error:
+                data["template_error"] = result.template_error
+            return new_event(ev.NOTIFY_SENT, env=event.subject, cause=event, source=SOURCE,
+                             key=route.name, data=data)
+        if result.retryable:
+            return (result.provider_answer, result.retry_after)
+        return self._failed(event, route.name, route, result.provider_answer, attempt)
+
+    def _failed(self, event: Event, name: str, route: Route | None, error: str,
                 attempt: int) -> Event:
         log.warning("notify.failed", route=name, error=error)
         return new_event(ev.NOTIFY_FAILED, env=event.subject, cause=event, source=SOURCE,
-                         key=name, data={"route": name, "provider": route.get("type"),
+                         key=name, data={"route": name,
+                                         "provider": route.type if route else None,
                                          "for": event.type, "error": error, "attempts": attempt})
 
+    # -- digests of rate-limited routes ----------------------------------------------------------
+    async def _persist_held(self, route: str, coalescer: Coalescer) -> None:
+        await self.bus.kv_put(subjects.DELIVERY_BUCKET, held_key(route),
+                              [e.to_dict() for e in coalescer.pending])
 
-def _selected(route: dict[str, Any], event: Event) -> bool:
-    envs = route.get("environments")
-    if envs and event.subject not in envs and event.subject != ev.NO_ENV:
-        return False
-    types = route.get("events")
-    if types:
-        return any(event.type == t or event.type.startswith(str(t).rstrip("*").rstrip(".") + ".")
-                   for t in types)
-    return True
+    async def _restore_held(self, route: str) -> None:
+        found = await self.bus.kv_get(subjects.DELIVERY_BUCKET, held_key(route))
+        if found and found[0]:
+            self._coalescers[route].pending = [Event.from_dict(raw) for raw in found[0]]
+            self._wake.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            now = time.monotonic()
+            waits = [c.next_flush_at(now) for c in self._coalescers.values()]
+            due = [w for w in waits if w is not None]
+            timeout = max(0.0, min(due) - now) if due else None
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            for route in list(self._routes):
+                coalescer = self._coalescers.get(route.name)
+                if coalescer is None:
+                    continue
+                digest = coalescer.flush(time.monotonic())
+                if digest is None:
+                    continue
+                try:
+                    await self._deliver_digest(route, digest, coalescer)
+                except Exception as exc:  # keep the loop alive; the digest is re-held
+                    log.warning("notify.digest_failed", route=route.name, error=str(exc))
+
+    async def _deliver_digest(self, route: Route, digest: Event, coalescer: Coalescer) -> None:
+        key = delivery_key(digest.id, route.name)
+        if await self.bus.kv_get(subjects.DELIVERY_BUCKET, key) is None:
+            outcome = await self._send(route, digest, 1)
+            if not isinstance(outcome, Event):
+                # keep it for the next flush: nothing held is dropped
+                log.warning("notify.digest_retry", route=route.name, reason=outcome[0])
+                coalescer.pending.insert(0, digest)
+                await self._persist_held(route.name, coalescer)
+                return
+            await self.bus.publish(outcome)
+        await self._persist_held(route.name, coalescer)

@@ -26,6 +26,7 @@ from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
 from services.git_watcher.source import Checkout
+from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
@@ -77,7 +78,7 @@ class Renderer:
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
-            handler=self.handle, max_deliver=8, ack_wait=120.0,
+            handler=self.handle, max_deliver=8, ack_wait=15.0,
             concurrency=self.settings.render_concurrency))
         await self._consumer.start()
 
@@ -96,14 +97,26 @@ class Renderer:
                                            "committed_at", "branch", "source", "repo")}
         common["env"] = env
         common["origin_seq"] = delivery.seq
+        settings = env.get("render") or {}
         try:
             repo_path = await self._checkout(str(data["repo"])).ensure(event.correlationid)
+            key = await self._key(repo_path, event.correlationid, str(env["path"]), settings)
+            hit = await self._cached(key)
+            if hit is not None:
+                ms = round((time.monotonic() - started) * 1000, 1)
+                return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
+                                      source=SOURCE, data={**common, **hit, "cache": "hit",
+                                                           "render_key": key,
+                                                           "duration_ms": ms})])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]),
-                                             env.get("render") or {})
+            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
+            if key is not None:
+                await self.bus.kv_put(subjects.STATE_BUCKET, key, {
+                    "digest": digest, "objects": len(result.manifests),
+                    "renderer": result.renderer, "tool_version": result.tool_version})
         except ManifestError as exc:
             return Fail([self._failed(delivery, common, exc.errors, exc.reason, started)])
         except TransientError as exc:
@@ -118,8 +131,26 @@ class Renderer:
             ev.RENDER_SUCCEEDED, env=event.subject, cause=event, source=SOURCE,
             data={**common, "digest": digest, "objects": len(result.manifests),
                   "renderer": result.renderer, "tool_version": result.tool_version,
-                  "duration_ms": ms},
+                  "cache": "miss", "render_key": key, "duration_ms": ms},
         )])
+
+    async def _key(self, repo_path: str, sha: str, env_path: str,
+                   settings: dict[str, Any]) -> str | None:
+        try:
+            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings)
+        except Exception as exc:  # no key, no cache: the render itself will report problems
+            log.info("render.no_cache_key", error=str(exc))
+            return None
+        return key
+
+    async def _cached(self, key: str | None) -> dict[str, Any] | None:
+        if key is None:
+            return None
+        found = await self.bus.kv_get(subjects.STATE_BUCKET, key)
+        if found is None or not await self.bus.has_bundle(str(found[0].get("digest"))):
+            return None
+        return {k: found[0][k] for k in ("digest", "objects", "renderer", "tool_version")
+                if k in found[0]}
 
     def _failed(self, delivery: Delivery, common: dict[str, Any], errors: list[str],
                 reason: str, started: float) -> Any:
