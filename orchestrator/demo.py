@@ -119,7 +119,8 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
-async def wait_for(bus: EventBus, sha: str, envs: set[str], timeout: float = 60) -> list[ev.Event]:
+async def wait_for(bus: EventBus, sha: str, envs: set[str],
+                   timeout: float = 60) -> list[ev.Event]:
     """Events of one commit until every environment reached a terminal apply outcome."""
     done_types = {ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED, ev.RENDER_FAILED}
     seen: list[ev.Event] = []

@@ -19,8 +19,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
 from orchestrator.testing.repos import Repo
-from services.git_watcher.service import GitWatcher
 from orchestrator.testing.waits import wait_for_events
+from services.git_watcher.service import GitWatcher
 
 
 def settings_for(repo: Repo, nats: EmbeddedNats, data: Path) -> Settings:

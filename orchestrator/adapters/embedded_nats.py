@@ -96,7 +96,7 @@ class EmbeddedNats:
     def store_dir(self) -> Path:
         return self.data_dir / "jetstream"
 
-    async def start(self, timeout: float = 20.0) -> str:
+    async def start(self, ready_within: float = 20.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "nats-server.pid"
@@ -127,10 +127,10 @@ class EmbeddedNats:
                     return
 
         try:
-            await asyncio.wait_for(wait_ready(), timeout)
+            await asyncio.wait_for(wait_ready(), ready_within)
         except TimeoutError:
             await self.stop()
-            raise PermanentError(f"nats-server was not ready within {timeout:.0f}s",
+            raise PermanentError(f"nats-server was not ready within {ready_within:.0f}s",
                                  reason="EmbeddedNatsFailed") from None
         log_path.write_bytes(b"".join(lines))
         self._drain = asyncio.create_task(self._drain_stderr(log_path))

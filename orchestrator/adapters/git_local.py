@@ -62,6 +62,29 @@ def open_repo(path: str | Path) -> pygit2.Repository:
     return repo
 
 
+def _obj(repo: pygit2.Repository, oid: str | pygit2.Oid) -> pygit2.Object:
+    obj = repo.get(oid)
+    if obj is None:
+        raise KeyError(str(oid))
+    return obj
+
+
+def _commit(repo: pygit2.Repository, sha: str | pygit2.Oid) -> pygit2.Commit:
+    return _obj(repo, sha).peel(pygit2.Commit)
+
+
+def _subtree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
+    obj = _obj(repo, oid)
+    assert isinstance(obj, pygit2.Tree)
+    return obj
+
+
+def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
+    obj = _obj(repo, oid)
+    assert isinstance(obj, pygit2.Blob)
+    return bytes(obj.data)
+
+
 def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     """The root tree of a commit, memoised per thread (trees are immutable)."""
     trees: dict[tuple[str, str], pygit2.Tree] | None = getattr(_local, "trees", None)
@@ -71,7 +94,7 @@ def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     tree = trees.get(key)
     if tree is None:
         repo = open_repo(path)
-        tree = repo.get(sha).peel(pygit2.Commit).tree
+        tree = _commit(repo, sha).tree
         if len(trees) > 64:
             trees.clear()
         trees[key] = tree
@@ -108,7 +131,7 @@ def _info(commit: pygit2.Commit) -> CommitInfo:
 
 def commit_info(path: str | Path, sha: str) -> CommitInfo:
     repo = open_repo(path)
-    return _info(repo.get(sha).peel(pygit2.Commit))
+    return _info(_commit(repo, sha))
 
 
 def has_commit(path: str | Path, sha: str) -> bool:
@@ -137,7 +160,7 @@ def new_commits(path: str | Path, old: str | None, new: str,
     stops at the merge base.
     """
     repo = open_repo(path)
-    head = repo.get(new).peel(pygit2.Commit)
+    head = _commit(repo, new)
     if old is None:
         return [_info(head)]
     stop: set[str] = {old}
@@ -156,7 +179,7 @@ def new_commits(path: str | Path, old: str | None, new: str,
 def changed_paths(path: str | Path, sha: str) -> list[str]:
     """Paths changed by a commit against its first parent (all paths for a root commit)."""
     repo = open_repo(path)
-    commit = repo.get(sha).peel(pygit2.Commit)
+    commit = _commit(repo, sha)
     if commit.parent_ids:
         diff = commit.parents[0].tree.diff_to_tree(commit.tree)
     else:
@@ -195,21 +218,21 @@ def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
 def export_tree(path: str | Path, sha: str, dest: Path) -> None:
     """Write the commit's tree under ``dest``; symlinks are kept as symlinks (never followed)."""
     repo = open_repo(path)
-    tree = repo.get(sha).peel(pygit2.Commit).tree
+    tree = _commit(repo, sha).tree
     dest.mkdir(parents=True, exist_ok=True)
 
     def walk(t: pygit2.Tree, base: Path) -> None:
         for entry in t:
-            target = base / entry.name
+            target = base / str(entry.name)
             if entry.filemode == pygit2.enums.FileMode.TREE:
                 target.mkdir(exist_ok=True)
-                walk(repo.get(entry.id), target)
+                walk(_subtree(repo, entry.id), target)
             elif entry.filemode == pygit2.enums.FileMode.LINK:
-                os.symlink(bytes(repo.get(entry.id).data).decode(errors="replace"), target)
+                os.symlink(_blob(repo, entry.id).decode(errors="replace"), target)
             elif entry.filemode == pygit2.enums.FileMode.COMMIT:
                 continue  # submodules are not fetched
             else:
-                target.write_bytes(repo.get(entry.id).data)
+                target.write_bytes(_blob(repo, entry.id))
                 if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
                     target.chmod(target.stat().st_mode | stat.S_IXUSR)
 
@@ -218,15 +241,15 @@ def export_tree(path: str | Path, sha: str, dest: Path) -> None:
 
 def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
     repo = open_repo(path)
-    tree = repo.get(sha).peel(pygit2.Commit).tree
+    tree = _commit(repo, sha).tree
     if subdir:
-        tree = repo.get(tree[subdir].id)
+        tree = _subtree(repo, tree[subdir].id)
 
     def walk(t: pygit2.Tree, prefix: str) -> Iterator[str]:
         for entry in t:
             name = f"{prefix}{entry.name}"
             if entry.filemode == pygit2.enums.FileMode.TREE:
-                yield from walk(repo.get(entry.id), name + "/")
+                yield from walk(_subtree(repo, entry.id), name + "/")
             else:
                 yield name
 
@@ -258,31 +281,29 @@ def branch_state(path: str | Path, branch: str) -> BranchState:
     ref = repo.references.get(f"refs/heads/{branch}")
     if ref is None:
         return BranchState(None, None, {})
-    commit = repo.get(ref.resolve().target).peel(pygit2.Commit)
+    commit = _commit(repo, ref.resolve().target)
     return BranchState(str(commit.id), str(commit.tree.id), _trailers(commit.message))
 
 
 def build_tree(path: str | Path, files: Mapping[str, bytes]) -> str:
     """Write blobs and nested trees for ``files`` (posix paths) and return the root tree id."""
     repo = open_repo(path)
-    root: dict[str, object] = {}
-    for name, data in files.items():
-        node = root
-        parts = name.split("/")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})  # type: ignore[assignment]
-        node[parts[-1]] = repo.create_blob(data)
 
-    def write(node: Mapping[str, object]) -> pygit2.Oid:
+    def write(entries: Mapping[str, bytes]) -> pygit2.Oid:
+        blobs = {name: data for name, data in entries.items() if "/" not in name}
+        subdirs: dict[str, dict[str, bytes]] = {}
+        for name, data in entries.items():
+            if "/" in name:
+                head, rest = name.split("/", 1)
+                subdirs.setdefault(head, {})[rest] = data
         builder = repo.TreeBuilder()
-        for name, child in sorted(node.items()):
-            if isinstance(child, dict):
-                builder.insert(name, write(child), pygit2.enums.FileMode.TREE)
-            else:
-                builder.insert(name, child, pygit2.enums.FileMode.BLOB)
+        for name, data in sorted(blobs.items()):
+            builder.insert(name, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
+        for name, sub in sorted(subdirs.items()):
+            builder.insert(name, write(sub), pygit2.enums.FileMode.TREE)
         return builder.write()
 
-    return str(write(root))
+    return str(write(files))
 
 
 def commit_to_branch(path: str | Path, branch: str, tree: str, message: str,

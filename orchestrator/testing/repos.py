@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -35,10 +36,8 @@ class Repo:
         index.add_all()
         for name, content in files.items():
             if content is None:
-                try:
+                with contextlib.suppress(OSError, pygit2.GitError):
                     index.remove(name)
-                except (OSError, pygit2.GitError):
-                    pass
         index.write()
         tree = index.write_tree()
         ref = f"refs/heads/{self.branch}"
@@ -54,9 +53,11 @@ class Repo:
         ref = self.repo.references.get(f"refs/heads/{branch}")
         if ref is None:
             return None
-        tree = self.repo.get(ref.target).peel(pygit2.Commit).tree
+        tree = self.repo[ref.target].peel(pygit2.Commit).tree
         try:
-            return bytes(self.repo.get(tree[path].id).data).decode()
+            blob = self.repo[tree[path].id]
+            assert isinstance(blob, pygit2.Blob)
+            return bytes(blob.data).decode()
         except KeyError:
             return None
 
@@ -64,13 +65,15 @@ class Repo:
         ref = self.repo.references.get(f"refs/heads/{branch}")
         if ref is None:
             return []
-        tree = self.repo.get(ref.target).peel(pygit2.Commit).tree
+        tree = self.repo[ref.target].peel(pygit2.Commit).tree
         out: list[str] = []
 
         def walk(t: pygit2.Tree, prefix: str) -> None:
             for e in t:
                 if e.filemode == pygit2.enums.FileMode.TREE:
-                    walk(self.repo.get(e.id), f"{prefix}{e.name}/")
+                    sub = self.repo[e.id]
+                    assert isinstance(sub, pygit2.Tree)
+                    walk(sub, f"{prefix}{e.name}/")
                 else:
                     out.append(f"{prefix}{e.name}")
 

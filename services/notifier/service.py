@@ -133,11 +133,10 @@ class Notifier:
                                      delivery_key(event.id, route.name)) is not None:
                 continue  # already delivered: this is a redelivery
             coalescer = self._coalescers.get(route.name)
-            if coalescer is not None:
-                if not coalescer.offer(event, time.monotonic()):
-                    await self._persist_held(route.name, coalescer)
-                    self._wake.set()
-                    continue
+            if coalescer is not None and not coalescer.offer(event, time.monotonic()):
+                await self._persist_held(route.name, coalescer)
+                self._wake.set()
+                continue
             outcome = await self._send(route, event, delivery.attempt)
             if isinstance(outcome, Event):
                 emit.append(outcome)
