@@ -34,7 +34,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from orchestrator import subjects
+from orchestrator import metrics, subjects
 from orchestrator.domain.events import Event
 from orchestrator.errors import ConflictError, TransientError
 
@@ -133,6 +133,7 @@ class EventBus:
             with attempt:
                 ack = await self.js.publish(subject, payload, headers=headers,
                                             stream=subjects.STREAM)
+        metrics.event_published(event, duplicate=bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
@@ -184,7 +185,7 @@ class EventBus:
             while True:
                 try:
                     msgs = await sub.fetch(batch, timeout=idle)
-                except nats.errors.TimeoutError:
+                except TimeoutError:  # nats.errors.TimeoutError, or asyncio's own under load
                     continue  # following the log: nothing new yet
                 for msg in msgs:
                     meta = msg.metadata
