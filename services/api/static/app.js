@@ -1,0 +1,413 @@
+// Conveyor dashboard: environments, live events, a commit's trace, an environment's history.
+// Plain DOM, no framework. Every piece of data reaches the page as a text node or an
+// attribute value: nothing from the API is ever parsed as HTML.
+"use strict";
+
+(() => {
+  const MAX_EVENTS = 100;
+  const HISTORY_ROWS = 100;
+  const SHA = /^[0-9a-f]{4,40}$/i;
+  const ENV = /^[A-Za-z0-9_-]{1,64}$/;
+  const BAD = /\.(failed|dead|rejected|invalid|degraded|fetch_failed|branch_deleted)$/;
+  const WARN = /\.(retrying|superseded|progressing|rewritten)$|^conveyor\.drift\./;
+  const GOOD = /\.(succeeded|healthy|sent|detected|skipped|recovered|loaded)$/;
+
+  const state = {envs: new Map(), events: [], seen: new Set(), lastSeq: 0, route: null};
+  const $ = (id) => document.getElementById(id);
+
+  // -- small helpers -------------------------------------------------------------------------
+  function h(tag, attrs, ...children) {
+    const el = document.createElement(tag);
+    for (const [key, value] of Object.entries(attrs || {})) {
+      if (value === null || value === undefined || value === false) continue;
+      if (key === "class") el.className = value;
+      else el.setAttribute(key, value === true ? "" : String(value));
+    }
+    for (const child of children.flat()) {
+      if (child === null || child === undefined || child === false) continue;
+      el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+    }
+    return el;
+  }
+
+  const count = (n, noun) => `${n || 0} ${noun}${n === 1 ? "" : "s"}`;
+  const short = (sha) => (sha ? String(sha).slice(0, 7) : "");
+  const label = (type) => String(type || "").replace(/^conveyor\./, "");
+  const tone = (type) => (BAD.test(type) ? "bad" : WARN.test(type) ? "warn"
+    : GOOD.test(type) ? "good" : "info");
+
+  function ago(iso) {
+    const t = Date.parse(iso);
+    if (Number.isNaN(t)) return "";
+    const s = Math.max(0, Math.round((Date.now() - t) / 1000));
+    if (s < 2) return "just now";
+    if (s < 60) return `${s}s ago`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ago`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ago`;
+    return `${Math.floor(s / 86400)}d ago`;
+  }
+
+  function duration(ms) {
+    if (ms === null || ms === undefined || Number.isNaN(Number(ms))) return "";
+    const n = Number(ms);
+    if (n < 1000) return `${Math.round(n)} ms`;
+    if (n < 60000) return `${(n / 1000).toFixed(1)} s`;
+    return `${Math.floor(n / 60000)}m ${Math.round((n % 60000) / 1000)}s`;
+  }
+
+  const timeAgo = (iso) => (iso ? h("time", {datetime: iso, title: iso, class: "ago"}, ago(iso))
+    : "");
+  const commitLink = (sha) => (sha ? h("a", {href: `#/commit/${encodeURIComponent(sha)}`,
+    class: "rev", title: sha}, short(sha)) : h("span", {class: "none"}, "none"));
+  const envLink = (name) => h("a", {href: `#/env/${encodeURIComponent(name)}`}, name);
+  const outcome = (type) => h("span", {class: `outcome ${tone(type)}`, "data-type": type},
+    label(type) || "none");
+
+  async function getJSON(path) {
+    const resp = await fetch(path, {headers: {Accept: "application/json"}});
+    if (!resp.ok) {
+      const err = new Error(`${path}: HTTP ${resp.status}`);
+      err.status = resp.status;
+      throw err;
+    }
+    return resp.json();
+  }
+
+  function summary(event) {
+    const d = event.data || {};
+    return String(d.error || d.summary || d.message || (d.superseded_by
+      ? `superseded by ${short(d.superseded_by)}` : "") || d.route || d.status || "");
+  }
+
+  function debounce(fn, ms) {
+    let timer = null;
+    return () => { clearTimeout(timer); timer = setTimeout(fn, ms); };
+  }
+
+  // -- environment cards ---------------------------------------------------------------------
+  function syncStatus(env) {
+    if (!env.desired_revision) return ["Waiting for a commit", "info"];
+    if (env.last_applied_revision === env.desired_revision && !env.in_flight) {
+      return ["In sync", "good"];
+    }
+    if (env.in_flight) return [`Rolling out: ${env.in_flight}`, "warn"];
+    if (BAD.test(env.last_outcome || "")) return ["Failed: desired is not applied", "bad"];
+    return ["Behind", "warn"];
+  }
+
+  function card(env, where = "list") {
+    const [sync, syncTone] = syncStatus(env);
+    const health = String(env.health || "Unknown");
+    const titleId = `card-${where}-${env.name}`;
+    const rows = [
+      ["Desired", commitLink(env.desired_revision), "desired"],
+      ["Applied", [commitLink(env.last_applied_revision), " ",
+        timeAgo(env.last_applied_at)], "applied"],
+      ["Last outcome", [outcome(env.last_outcome), " ", timeAgo(env.last_outcome_at)],
+        "outcome"],
+    ];
+    return h("li", {class: "card", "data-env": env.name, "data-seq": env.last_seq},
+      h("article", {"aria-labelledby": titleId},
+        h("header", {class: "card-head"},
+          h("h2", {id: titleId}, envLink(env.name)),
+          h("span", {class: `badge health-${health.toLowerCase()}`, "data-field": "health"},
+            h("span", {class: "visually-hidden"}, "Health: "), health)),
+        h("p", {class: `sync ${syncTone}`, "data-field": "sync"}, sync),
+        h("dl", {class: "facts"}, rows.map(([term, value, field]) =>
+          h("div", {"data-field": field}, h("dt", {}, term), h("dd", {}, value)))),
+        env.last_error ? h("p", {class: "error", "data-field": "error"}, env.last_error) : null,
+        h("p", {class: "counts"}, [count(env.deployments, "deployment"),
+          count(env.failures, "failure"), count(env.commits_seen, "commit")].join(" · "))));
+  }
+
+  function renderCards() {
+    const list = $("env-cards");
+    const envs = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
+    list.replaceChildren(...envs.map(card));
+    $("envs-empty").hidden = envs.length > 0;
+  }
+
+  function updateEnv(env) {
+    const known = state.envs.get(env.name);
+    if (known && (known.last_seq || 0) > (env.last_seq || 0)) return;
+    state.envs.set(env.name, env);
+    const existing = $("env-cards").querySelector(`li[data-env="${CSS.escape(env.name)}"]`);
+    if (existing) existing.replaceWith(card(env));
+    else renderCards();
+    if (state.route && state.route.view === "env" && state.route.name === env.name) {
+      $("env-card").replaceChildren(card(env, "detail"));
+    }
+  }
+
+  async function loadEnvs() {
+    try {
+      const body = await getJSON("/api/v1/environments");
+      for (const env of body.environments || []) updateEnv(env);
+      renderCards();
+    } catch (err) {
+      $("envs-empty").hidden = false;
+      $("envs-empty").textContent = `Could not load environments (${err.message}).`;
+    }
+  }
+
+  // -- live event stream ---------------------------------------------------------------------
+  function eventItem(e) {
+    const text = summary(e);
+    return h("li", {class: `event ${tone(e.type)}`, "data-seq": e.sequence, "data-type": e.type,
+      "data-env": e.subject, "data-revision": e.correlationid},
+      h("div", {class: "event-head"},
+        outcome(e.type),
+        e.subject && e.subject !== "_" ? h("span", {class: "env"}, envLink(e.subject)) : null,
+        e.correlationid ? commitLink(e.correlationid) : null,
+        timeAgo(e.time)),
+      text ? h("p", {class: "event-text"}, text) : null);
+  }
+
+  function addEvent(e) {
+    if (state.seen.has(e.sequence)) return;
+    state.seen.add(e.sequence);
+    state.lastSeq = Math.max(state.lastSeq, e.sequence);
+    state.events.push(e);
+    const list = $("event-stream");
+    list.prepend(eventItem(e));
+    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+    if (state.events.length > MAX_EVENTS * 2) {
+      state.events = state.events.slice(-MAX_EVENTS);
+      state.seen = new Set(state.events.map((x) => x.sequence));
+    }
+    $("stream-empty").hidden = true;
+    onLiveEvent(e);
+  }
+
+  function setConnection(kind, text) {
+    const el = $("connection");
+    el.dataset.state = kind;
+    el.textContent = text;
+  }
+
+  function connect() {
+    const url = state.lastSeq ? `/api/v1/dashboard/stream?after=${state.lastSeq}`
+      : "/api/v1/dashboard/stream?last=50";
+    const source = new EventSource(url);
+    source.addEventListener("open", () => setConnection("live", "Live"));
+    source.addEventListener("log", (msg) => addEvent(JSON.parse(msg.data)));
+    source.addEventListener("env", (msg) => updateEnv(JSON.parse(msg.data)));
+    source.addEventListener("error", () => {
+      if (source.readyState === EventSource.CLOSED) {  // refused: the browser will not retry
+        setConnection("down", "Disconnected, retrying…");
+        setTimeout(connect, 5000);
+      } else {
+        setConnection("connecting", "Reconnecting…");
+      }
+    });
+  }
+
+  // -- commit view ---------------------------------------------------------------------------
+  function node(n) {
+    const text = n.summary || "";
+    return h("li", {class: `node ${tone(n.type)}`, "data-type": n.type, "data-env": n.env},
+      h("div", {class: "node-head"},
+        outcome(n.type),
+        n.env && n.env !== "_" ? h("span", {class: "env"}, envLink(n.env)) : null,
+        n.latency_ms === null || n.latency_ms === undefined ? null
+          : h("span", {class: "latency", title: "time since the event that caused it"},
+            `+${duration(n.latency_ms)}`),
+        timeAgo(n.time)),
+      text ? h("p", {class: "node-text"}, text) : null,
+      n.children && n.children.length ? h("ol", {}, n.children.map(node)) : null);
+  }
+
+  function stagesOf(events, env) {
+    // the chain of one environment, each stage with the latency from its cause
+    const byId = new Map(events.map((e) => [e.id, e]));
+    return events.filter((e) => e.subject === env).map((e) => {
+      const cause = byId.get(e.causationid);
+      const ms = cause ? Date.parse(e.time) - Date.parse(cause.time) : null;
+      return {type: e.type, ms};
+    });
+  }
+
+  function stageBars(stages) {
+    const total = stages.reduce((sum, s) => sum + (s.ms || 0), 0) || 1;
+    return h("ol", {class: "stages"}, stages.map((s) => {
+      const bar = h("span", {class: `bar ${tone(s.type)}`, "aria-hidden": "true"});
+      bar.style.setProperty("--w", `${Math.max(2, (100 * (s.ms || 0)) / total)}%`);
+      return h("li", {"data-type": s.type}, h("span", {class: "stage-name"}, label(s.type)),
+        bar, h("span", {class: "stage-ms"}, s.ms === null ? "start" : duration(s.ms)));
+    }));
+  }
+
+  async function renderCommit(sha) {
+    $("commit-title").textContent = `Commit ${short(sha)}`;
+    const status = $("commit-status");
+    let body;
+    try {
+      body = await getJSON(`/api/v1/trace/${encodeURIComponent(sha)}`);
+    } catch (err) {
+      status.textContent = `Could not load the trace (${err.message}).`;
+      return;
+    }
+    if (!state.route || state.route.view !== "commit" || state.route.sha !== sha) return;
+    const events = body.events || [];
+    const detected = events.find((e) => e.type === "conveyor.commit.detected");
+    const full = (detected && detected.correlationid) || (events[0] && events[0].correlationid);
+    if (full) $("commit-title").textContent = `Commit ${short(full)}`;
+    const d = (detected && detected.data) || {};
+    $("commit-meta").replaceChildren(...(detected ? [
+      h("span", {class: "message"}, d.message || ""), " ",
+      h("span", {class: "author"}, d.author ? `by ${d.author}` : ""), " ",
+      h("code", {title: full}, full || ""), " ", timeAgo(detected.time)] : []));
+    status.textContent = events.length ? `${events.length} events`
+      : "No events for this commit yet: they appear here as Conveyor handles it.";
+    const envs = Object.keys(body.end_to_end_ms || {}).sort();
+    $("commit-e2e").tBodies[0].replaceChildren(...envs.map((env) => {
+      const mine = events.filter((e) => e.subject === env);
+      const last = mine[mine.length - 1];
+      return h("tr", {"data-env": env},
+        h("th", {scope: "row"}, envLink(env)),
+        h("td", {"data-label": "Stages"}, stageBars(stagesOf(events, env))),
+        h("td", {class: "num", "data-label": "End to end"}, duration(body.end_to_end_ms[env])),
+        h("td", {"data-label": "Outcome"}, last ? outcome(last.type) : ""));
+    }));
+    $("commit-tree").replaceChildren(...(body.tree || []).map(node));
+  }
+
+  // -- environment view ----------------------------------------------------------------------
+  // One row per deployment attempt from /api/v1/environments/NAME/history when the api has it,
+  // else one row per outcome event from /api/v1/events. Both become the same row shape, with
+  // the history endpoint's outcome words: succeeded, skipped, failed, render-failed, ...
+  const FAILED_OUTCOMES = new Set(["failed", "render-failed", "dead", "rejected"]);
+  const EVENT_OUTCOMES = {
+    "conveyor.apply.succeeded": "succeeded", "conveyor.apply.skipped": "skipped",
+    "conveyor.apply.failed": "failed", "conveyor.apply.superseded": "superseded",
+    "conveyor.apply.dead": "dead", "conveyor.render.failed": "render-failed",
+    "conveyor.render.dead": "dead", "conveyor.commit.rejected": "rejected",
+  };
+  const OUTCOME_TONE = {succeeded: "good", skipped: "good", superseded: "warn",
+    rendering: "info", applying: "info", retrying: "warn"};
+
+  function rowFromAttempt(a) {
+    return {when: a.finished_at || a.started_at, revision: a.revision, message: a.message,
+      outcome: a.outcome, stage: a.stage, ms: a.duration_ms, health: a.health,
+      detail: a.error || (a.superseded_by ? `superseded by ${short(a.superseded_by)}` : "")
+        || (a.objects !== null && a.objects !== undefined ? count(a.objects, "object") : "")};
+  }
+
+  function rowFromEvent(e) {
+    const d = e.data || {};
+    return {when: e.time, revision: e.correlationid, message: d.message,
+      outcome: EVENT_OUTCOMES[e.type], stage: e.type.split(".")[1], ms: d.duration_ms,
+      detail: summary(e)};
+  }
+
+  async function historyRows(name) {
+    const env = encodeURIComponent(name);
+    try {
+      const body = await getJSON(`/api/v1/environments/${env}/history?limit=${HISTORY_ROWS}`);
+      if (Array.isArray(body.attempts)) return body.attempts.map(rowFromAttempt);
+    } catch (err) {
+      if (err.status !== 404 && err.status !== 405) throw err;
+    }
+    const queries = ["conveyor.apply", "conveyor.render.failed", "conveyor.render.dead",
+      "conveyor.commit.rejected"].map((type) =>
+      getJSON(`/api/v1/events?env=${env}&type=${encodeURIComponent(type)}`)
+        .then((body) => body.events || []));
+    const all = (await Promise.all(queries)).flat().filter((e) => e.type in EVENT_OUTCOMES);
+    return all.sort((a, b) => b.sequence - a.sequence).slice(0, HISTORY_ROWS).map(rowFromEvent);
+  }
+
+  function historyRow(row) {
+    const failed = FAILED_OUTCOMES.has(row.outcome);
+    const badge = h("span", {class: `outcome ${failed ? "bad" : OUTCOME_TONE[row.outcome]
+      || "info"}`}, String(row.outcome || "").replace("-", " "));
+    return h("tr", {class: failed ? "failed" : null, "data-outcome": row.outcome,
+      "data-stage": row.stage, "data-revision": row.revision},
+      h("td", {"data-label": "When"}, timeAgo(row.when)),
+      h("td", {"data-label": "Commit"}, commitLink(row.revision),
+        row.message ? h("span", {class: "message"}, ` ${row.message}`) : null),
+      h("td", {"data-label": "Outcome"}, failed ? h("strong", {}, badge) : badge,
+        row.health ? h("span", {class: "health"}, ` ${row.health}`) : null),
+      h("td", {class: "num", "data-label": "Duration"}, duration(row.ms)),
+      h("td", {class: failed ? "error" : null, "data-label": "Detail"}, row.detail || ""));
+  }
+
+  async function renderEnv(name) {
+    $("env-title").textContent = name;
+    const env = state.envs.get(name);
+    $("env-card").replaceChildren(...(env ? [card(env, "detail")] : []));
+    const status = $("env-status");
+    let rows;
+    try {
+      rows = await historyRows(name);
+    } catch (err) {
+      status.textContent = `Could not load the history (${err.message}).`;
+      return;
+    }
+    if (!state.route || state.route.view !== "env" || state.route.name !== name) return;
+    const failures = rows.filter((r) => FAILED_OUTCOMES.has(r.outcome)).length;
+    status.textContent = rows.length
+      ? `${count(rows.length, "deployment")}, ${count(failures, "failure")}`
+      : "No deployments yet.";
+    $("env-history").tBodies[0].replaceChildren(...rows.map(historyRow));
+  }
+
+  // -- routing and live refresh --------------------------------------------------------------
+  function parseRoute() {
+    const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    if (parts[0] === "commit" && SHA.test(parts[1] || "")) return {view: "commit", sha: parts[1]};
+    if (parts[0] === "env" && ENV.test(parts[1] || "")) return {view: "env", name: parts[1]};
+    return {view: "home"};
+  }
+
+  const refreshView = debounce(() => render(false), 250);
+
+  function onLiveEvent(e) {
+    const r = state.route;
+    if (!r) return;
+    if (r.view === "commit" && e.correlationid && e.correlationid.startsWith(r.sha)) {
+      refreshView();
+    } else if (r.view === "env" && e.subject === r.name) {
+      refreshView();
+    }
+  }
+
+  function render(navigated) {
+    const route = parseRoute();
+    state.route = route;
+    for (const view of ["home", "commit", "env"]) $(`view-${view}`).hidden = view !== route.view;
+    if (route.view === "commit") renderCommit(route.sha);
+    if (route.view === "env") renderEnv(route.name);
+    document.title = route.view === "commit" ? `Commit ${short(route.sha)} · Conveyor`
+      : route.view === "env" ? `${route.name} · Conveyor` : "Conveyor";
+    if (navigated) {
+      const title = $({home: "home-title", commit: "commit-title", env: "env-title"}[route.view]);
+      title.focus({preventScroll: false});
+    }
+  }
+
+  function tick() {
+    for (const el of document.querySelectorAll("time.ago")) {
+      el.textContent = ago(el.getAttribute("datetime"));
+    }
+  }
+
+  function start() {
+    $("commit-search").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const sha = $("commit-sha").value.trim();
+      if (SHA.test(sha)) location.hash = `#/commit/${sha.toLowerCase()}`;
+    });
+    $("skip-link").addEventListener("click", (ev) => {  // not a route: just move focus
+      ev.preventDefault();
+      $("main").focus();
+    });
+    window.addEventListener("hashchange", () => render(true));
+    render(false);
+    loadEnvs();
+    connect();
+    setInterval(tick, 10000);
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
