@@ -24,6 +24,7 @@ from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
+from services.applier.drift import DriftLoop
 from services.applier.git_target import GitTarget
 from services.git_watcher.source import Checkout, is_local, local_path
 
@@ -38,19 +39,24 @@ class Applier:
         self.bus = bus
         self.settings = settings
         self._consumer: Consumer | None = None
+        self._drift: DriftLoop | None = None
 
     async def start(self) -> None:
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
-            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=120.0,
-            concurrency=16))
+            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
+            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq)))
         await self._consumer.start()
+        self._drift = DriftLoop(self.bus, self.settings)
+        await self._drift.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._drift is not None:
+            await self._drift.stop()   # after the consumer: it also closes the kube clients
 
     def target_for(self, env: dict[str, Any], data: dict[str, Any]) -> Target:
         target = expand_all(env.get("target") or {})
@@ -89,6 +95,12 @@ class Applier:
             origin = int(data.get("origin_seq") or 0)
             if held.origin_seq is not None and held.origin_seq > origin:
                 return Ack([self._superseded(event, held.revision or "")])
+            if held.digest == data["digest"] and held.revision == event.correlationid \
+                    and held.origin_seq == origin:
+                # this very render was applied and the process died before the ack: say
+                # "succeeded" again (same event id, so the log keeps one outcome)
+                return Ack([self._outcome(ev.APPLY_SUCCEEDED, event, target, started,
+                                          summary="applied before a restart")])
             if held.digest == data["digest"]:
                 return Ack([self._outcome(ev.APPLY_SKIPPED, event, target, started,
                                           summary="target already holds this bundle")])
@@ -101,8 +113,10 @@ class Applier:
                 objects=decode_bundle(payload), origin_seq=origin,
                 message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
         except (PermanentError, ConfigError) as exc:
+            details: dict[str, Any] = getattr(exc, "details", None) or {}
             return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
-                                       reason=exc.reason)])
+                                       reason=exc.reason, **details),
+                         *_health(event, details)])
         except TransientError as exc:
             attempt = delivery.attempt
             if attempt > policy.limit:
@@ -118,7 +132,7 @@ class Applier:
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
                  outcome=kind.rsplit(".", 1)[1], summary=result.summary)
         return Ack([self._outcome(kind, event, target, started, summary=result.summary,
-                                  **result.details)])
+                                  **result.details), *_health(event, result.details)])
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
@@ -127,6 +141,13 @@ class Applier:
         if target is not None:
             data["target"] = target.description
         return new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
+
+
+def _health(event: Event, details: dict[str, Any]) -> list[Event]:
+    """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
+    from services.applier.kube_health import health_event
+
+    return [health_event(event, details["health"], SOURCE)] if "health" in details else []
 
 
 def _pass_on(event: Event) -> dict[str, Any]:

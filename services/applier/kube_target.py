@@ -1,0 +1,325 @@
+"""The kubernetes target: server-side apply of a bundle, in order, with health gates and prune.
+
+One sync (``KubeTarget.sync``) of a bundle:
+
+1. **Prepare** every object before touching the cluster: the label
+   ``conveyor.dev/environment=<env>``, the default namespace on namespaced objects lacking one
+   (scope from discovery, or from a CRD in the same bundle for kinds not served yet), and the
+   apply plan (``plan_waves``). A bad sync wave or an unknown kind fails here, having changed
+   nothing.
+2. **Bootstrap wave**: Namespaces and CRDs, then wait until every CRD is Established (always,
+   even with ``wait: false``: its custom resources cannot be applied before); discovery finds
+   the new kinds on its next miss.
+3. Record the intent in the **inventory** (old plus new entries, ``attempted-*``).
+4. **Sync waves** in order (wave, kind, name): each object server-side applied as field manager
+   ``conveyor`` (``force`` configurable), a wave's objects concurrently; the next wave starts
+   only once this one is healthy (``kube_health``), all within one ``sync.wait.timeout``.
+5. **Prune** (``sync.prune``): inventory entries that left the bundle, still labelled for this
+   environment and not annotated ``conveyor.dev/prune: disabled``, deleted in reverse order.
+6. Write the inventory: the new entries, ``applied-*`` = this bundle, which ``current()`` reads.
+
+``apply`` holds the environment's lock (``kube_clients.env_lock``) around a sync, which the
+drift loop's self-heal holds too. Errors keep the client's classification: ``TransientError``
+(retried by the applier with backoff), ``PermanentError`` (apply.failed), including
+``HealthCheckFailed`` whose ``details`` list the objects that are not healthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import structlog
+
+from orchestrator.adapters.kube import KubeClient
+from orchestrator.domain.bundle import ObjectKey, object_key
+from orchestrator.domain.inventory import (
+    ENVIRONMENT_LABEL,
+    Entry,
+    Inventory,
+    label_for,
+    to_prune,
+)
+from orchestrator.domain.ordering import Phase, Wave, plan_waves
+from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
+
+from . import kube_health as kh
+from .kube_clients import client_for, env_lock
+from .kube_inventory import InventoryStore, Record, Stored, union
+from .kube_settings import KubeSettings, kube_settings
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
+
+
+def kube_target(env: str, target: Mapping[str, Any], sync: Mapping[str, Any]) -> KubeTarget:
+    """The target for ``target: {kubernetes: ...}`` (called by ``Applier.target_for``)."""
+    settings = kube_settings(env, target, sync)
+    return KubeTarget(settings, client_for(settings))
+
+
+@dataclass
+class _Progress:
+    created: int = 0
+    configured: int = 0
+    unchanged: int = 0
+    live: dict[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
+    health: dict[ObjectKey, kh.ObjectHealth] = field(default_factory=dict)
+
+
+def _group_of(api_version: str) -> str:
+    return api_version.rsplit("/", 1)[0] if "/" in api_version else ""
+
+
+def _crd_scopes(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], bool]:
+    """(group, kind) -> namespaced, for the CRDs in a bundle."""
+    scopes = {}
+    for obj in objects:
+        if (_group_of(str(obj.get("apiVersion", ""))), obj.get("kind")) == CRD_KIND:
+            spec = obj.get("spec") or {}
+            kind = (spec.get("names") or {}).get("kind")
+            if spec.get("group") and kind:
+                scopes[(str(spec["group"]), str(kind))] = spec.get("scope") != "Cluster"
+    return scopes
+
+
+class KubeTarget:
+    def __init__(self, settings: KubeSettings, client: KubeClient) -> None:
+        self.settings = settings
+        self.client = client
+        self.env = settings.env
+        self.namespace = settings.namespace or client.config.namespace
+        self.inventory = InventoryStore(client, self.env,
+                                        settings.inventory_namespace or self.namespace,
+                                        settings.field_manager, settings.force)
+        context = f" context {client.config.context}" if client.config.context else ""
+        self.description = f"kubernetes {client.config.server}{context}"
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        return env_lock(self.env)
+
+    # -- Target ----------------------------------------------------------------------------
+
+    async def current(self) -> TargetState:
+        applied = (await self.inventory.read()).applied
+        if applied is None:
+            return TargetState(None, None, None)
+        return TargetState(applied.digest, applied.revision, applied.origin_seq)
+
+    async def apply(self, request: ApplyRequest) -> ApplyResult:
+        async with self.lock:
+            return await self.sync(request)
+
+    async def stored(self) -> Stored:
+        return await self.inventory.read()
+
+    # -- one sync (the caller holds the lock) ----------------------------------------------
+
+    async def sync(self, request: ApplyRequest) -> ApplyResult:
+        started = time.monotonic()
+        deadline = started + self.settings.wait_timeout
+        objects = await self.prepare(request.objects)
+        waves = plan_waves(objects)
+        stored = await self.inventory.read()
+        new = Inventory.of(self.env, objects)
+        record = Record(request.digest, request.revision, request.origin_seq)
+        before = await self._live_versions(objects)
+        progress = _Progress()
+        recorded = False
+        for wave in waves:
+            if not recorded and wave.phase is Phase.SYNC:
+                await self.inventory.write(union(stored.inventory, new), applied=stored.applied,
+                                           attempted=record)
+                recorded = True
+            await self._apply_wave(wave, before, progress)
+            if wave.phase is Phase.BOOTSTRAP:
+                await self._wait(wave, progress, deadline, crds_only=not self.settings.wait)
+            elif self.settings.wait:
+                await self._wait(wave, progress, deadline, crds_only=False)
+        if not recorded:
+            await self.inventory.write(union(stored.inventory, new), applied=stored.applied,
+                                       attempted=record)
+        pruned, kept = await self._prune(stored.inventory, new)
+        await self.inventory.write(new, applied=record, attempted=record)
+        health = kh.report([progress.health[key] for key in sorted(progress.health)])
+        changed = bool(progress.created or progress.configured or pruned)
+        parts = [f"{progress.created} created", f"{progress.configured} configured",
+                 f"{progress.unchanged} unchanged"]
+        if pruned:
+            parts.append(f"{len(pruned)} pruned")
+        summary = (f"server-side applied {len(objects)} object(s) in {len(waves)} wave(s): "
+                   f"{', '.join(parts)}; health {health['status']}")
+        log.info("kube.synced", env=self.env, revision=request.revision[:12],
+                 cause=request.cause or "commit", summary=summary,
+                 ms=round((time.monotonic() - started) * 1000, 1))
+        return ApplyResult(changed, summary, {
+            "cause": request.cause or "commit", "created": progress.created,
+            "configured": progress.configured, "unchanged": progress.unchanged,
+            "pruned": pruned, "not_pruned": kept, "waves": len(waves),
+            "inventory": {"configmap": self.inventory.where,
+                          "entries": [e.to_dict() for e in new.entries]},
+            "health": health})
+
+    # -- preparing -------------------------------------------------------------------------
+
+    async def prepare(self, objects: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """Deep copies labelled for the environment, namespaces defaulted; errors before I/O."""
+        try:
+            labels = label_for(self.env)
+        except ValueError as exc:
+            raise PermanentError(str(exc), reason="InvalidConfig") from None
+        scopes = _crd_scopes(objects)
+        kinds = {(str(o.get("apiVersion", "")), str(o.get("kind", ""))) for o in objects}
+        namespaced: dict[tuple[str, str], bool] = {}
+        unknown: list[str] = []
+        for api_version, kind in sorted(kinds):
+            try:
+                namespaced[(api_version, kind)] = (
+                    await self.client.resource(api_version, kind)).namespaced
+            except PermanentError as exc:
+                if exc.reason != "NoKindMatch":
+                    raise
+                scope = scopes.get((_group_of(api_version), kind))
+                if scope is None:
+                    unknown.append(f"{kind} ({api_version}): the cluster does not serve it and "
+                                   "no CRD in this bundle defines it")
+                else:
+                    namespaced[(api_version, kind)] = scope
+        if unknown:
+            raise ManifestError(unknown, reason="NoKindMatch")
+        out = []
+        for obj in objects:
+            copied = copy.deepcopy(dict(obj))
+            meta = copied.get("metadata")
+            if not isinstance(meta, dict) or not meta.get("name"):
+                raise ManifestError([f"{object_key(copied)}: an object needs metadata.name"])
+            meta["labels"] = {**(meta.get("labels") or {}), **labels}
+            if namespaced[(str(copied.get("apiVersion", "")), str(copied.get("kind", "")))]:
+                meta["namespace"] = meta.get("namespace") or self.namespace
+            else:
+                meta.pop("namespace", None)
+            out.append(copied)
+        return out
+
+    async def _live_versions(self, objects: Sequence[Mapping[str, Any]]) -> dict[ObjectKey, str]:
+        """resourceVersion of the environment's objects before the sync, one LIST per kind and
+        namespace (to tell created / configured / unchanged apart)."""
+        groups = {(str(o["apiVersion"]), str(o["kind"]), o["metadata"].get("namespace"))
+                  for o in objects}
+        selector = {ENVIRONMENT_LABEL: self.env}
+
+        async def one(api_version: str, kind: str, ns: str | None) -> list[dict[str, Any]]:
+            try:
+                return await self.client.list(api_version, kind, ns, label_selector=selector)
+            except PermanentError as exc:
+                if exc.reason == "NoKindMatch":
+                    return []   # a custom resource whose CRD comes with this bundle
+                raise
+
+        lists = await self.bounded([functools.partial(one, *g)
+                                     for g in sorted(groups, key=str)])
+        return {object_key(item): str(item["metadata"].get("resourceVersion", ""))
+                for items in lists for item in items}
+
+    # -- applying --------------------------------------------------------------------------
+
+    async def bounded(self, calls: Sequence[Callable[[], Awaitable[T]]]) -> list[T]:
+        """Run ``calls`` at most ``concurrency`` at a time; a permanent failure wins over a
+        transient one, and every failed object is named."""
+        slots = asyncio.Semaphore(self.settings.concurrency)
+
+        async def run(call: Callable[[], Awaitable[T]]) -> T:
+            async with slots:
+                return await call()
+
+        results = await asyncio.gather(*(run(c) for c in calls), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if not errors:
+            return results   # type: ignore[return-value]
+        permanent = [e for e in errors if isinstance(e, PermanentError)]
+        if permanent:
+            if len(permanent) == 1:
+                raise permanent[0]
+            raise PermanentError("; ".join(str(e) for e in permanent[:10]),
+                                 reason=permanent[0].reason)
+        transient = [e for e in errors if isinstance(e, TransientError)]
+        if transient:
+            raise transient[0]
+        raise errors[0]
+
+    async def _apply_wave(self, wave: Wave, before: Mapping[ObjectKey, str],
+                          progress: _Progress) -> None:
+        async def one(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+            try:
+                return await self.client.apply(obj, field_manager=self.settings.field_manager,
+                                               force=self.settings.force)
+            except (PermanentError, TransientError) as exc:
+                exc.message = f"{object_key(obj)}: {exc.message}"
+                exc.args = (exc.message,)
+                raise
+
+        live = await self.bounded([functools.partial(one, o) for o in wave.objects])
+        for obj, out in zip(wave.objects, live, strict=True):
+            key = object_key(obj)
+            version = str((out.get("metadata") or {}).get("resourceVersion", ""))
+            if key not in before:
+                progress.created += 1
+            elif before[key] != version:
+                progress.configured += 1
+            else:
+                progress.unchanged += 1
+            progress.live[key] = out
+            progress.health[key] = kh.of(out, key, str(obj["apiVersion"]))
+
+    async def _wait(self, wave: Wave, progress: _Progress, deadline: float, *,
+                    crds_only: bool) -> None:
+        keys = [k for k in wave.keys
+                if not crds_only or (k.group, k.kind) == CRD_KIND]
+        if not keys:
+            return
+        what = f"environment {self.env}, {wave}"
+        done = await kh.wait_ready(self.client, [progress.health[k] for k in keys],
+                                   deadline=deadline, interval=self.settings.poll_interval,
+                                   what=what)
+        for health in done:
+            progress.health[health.key] = health
+
+    # -- pruning ---------------------------------------------------------------------------
+
+    async def _prune(self, old: Inventory | None,
+                     new: Inventory) -> tuple[list[str], list[str]]:
+        """Delete what left the bundle; returns (pruned, left in place) as object names."""
+        if old is None or old.environment != self.env:
+            return [], []
+        keep = new.keys()
+        gone = [e for e in old.entries if e.key not in keep]
+        if not gone:
+            return [], []
+
+        async def read(entry: Entry) -> dict[str, Any] | None:
+            try:
+                return await self.client.get(entry.api_version, entry.key.kind,
+                                             entry.key.namespace or None, entry.key.name)
+            except PermanentError as exc:
+                if exc.reason == "NoKindMatch":
+                    return None   # its CRD is gone, and the object with it
+                raise
+
+        found = await self.bounded([functools.partial(read, e) for e in gone])
+        live = {e.key: obj for e, obj in zip(gone, found, strict=True) if obj is not None}
+        chosen = to_prune(old, new, live) if self.settings.prune else []
+        for entry in chosen:
+            await self.client.delete(entry.api_version, entry.key.kind,
+                                     entry.key.namespace or None, entry.key.name)
+            log.info("kube.pruned", env=self.env, object=str(entry))
+        pruned = {e.key for e in chosen}
+        return ([str(e) for e in chosen],
+                sorted(str(key) for key in live if key not in pruned))
