@@ -3,18 +3,42 @@
 A handler never touches the message. It gets a ``Delivery`` and returns an ``Outcome``:
 
 - ``Ack(emit)``: done; publish ``emit`` then ack.
-- ``Retry(delay, emit)``: try again later; publish ``emit`` then ``nak(delay)``. Once the
-  consumer's ``max_deliver`` is reached the runner turns it into ``conveyor.<stage>.dead``
-  (carrying the reason and the original event) and ``term()``s: no message disappears silently.
+- ``Retry(delay, reason, emit)``: try again later; publish ``emit`` then ``nak(delay)``.
 - ``Fail(emit)``: final; publish ``emit`` (a ``*.failed`` event) then ``term()``.
 
 Events are published *before* the ack. A crash in between redelivers the input; the handler runs
 again and re-emits the same deterministic ids, which JetStream drops: at-least-once delivery with
 exactly-once events.
 
-Messages are dispatched to one sequential lane per key (the environment): environments proceed
-in parallel, one environment's messages in stream order. A lane may ``coalesce``: when several
-messages wait, all but the newest are handed to ``supersede`` (the applier's "newest commit wins").
+No message disappears without an event saying why:
+
+- a handler that returns ``Retry`` on its ``max_deliver``-th delivery becomes
+  ``conveyor.<stage>.dead`` (the reason and the original event) and is ``term()``\\ ed;
+- the server consumer is created with one delivery more than ``max_deliver``: a message that
+  comes back that extra time never got an outcome (its process died or hung each time), and is
+  turned into ``conveyor.<stage>.dead`` without running the handler again;
+- a message that is not a valid event is ``term()``\\ ed with a ``conveyor.<stage>.dead`` event
+  carrying the stream sequence, the subject, the parse error and the raw payload.
+
+Liveness: every message this process holds (queued in a lane or being handled) is kept alive
+with ``in_progress()`` every ``ack_wait / 3``. ``ack_wait`` is therefore not a limit on how long
+a handler may take, only how long after its process died a held message is redelivered.
+
+Lanes: messages are dispatched to one sequential lane per key (the environment): environments
+proceed in parallel, one environment's messages one at a time. A consumer with ``supersede``
+("newest wins", the applier) orders a lane by ``order(delivery)`` (the commit's sequence, not
+the arrival order, which a redelivery can change) and only ever runs the newest waiting item:
+
+- items queued behind the running one that are older than the newest are handed to
+  ``supersede`` and acked with its events;
+- an item that returned ``Retry`` is ``nak(delay)``\\ ed and *parked*: the lane remembers it
+  until it is redelivered. When a newer item for the lane arrives meanwhile, the parked one is
+  cancelled at once (its ``supersede`` events published, then ``term()``): a newer commit does
+  not wait for an older commit's backoff to run out. If the older message is redelivered at the
+  same moment, the handler sees it again and decides from the target (it is superseded there);
+  the superseded event has the same id either way, so the log records it once.
+- a redelivery of a message the lane already holds (same stream sequence) replaces the held
+  handle instead of queueing a second copy.
 """
 
 from __future__ import annotations
@@ -31,10 +55,13 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event
 from orchestrator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
+
+RUNTIME_SOURCE = "conveyor/runtime"
+MALFORMED_PAYLOAD_KEPT = 4096  # bytes of an unparseable payload copied into its dead event
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +93,10 @@ Handler = Callable[[Delivery], Awaitable[Outcome]]
 Superseder = Callable[[Delivery, Delivery], Awaitable[Sequence[Event]]]
 
 
+def _by_seq(delivery: Delivery) -> int:
+    return delivery.seq
+
+
 @dataclass
 class ConsumerSpec:
     """A durable consumer and how to run it."""
@@ -74,24 +105,27 @@ class ConsumerSpec:
     stage: str  # the stage this consumer performs: render, apply, notify, source
     filters: list[str]
     handler: Handler
-    max_deliver: int = 10
-    ack_wait: float = 60.0
+    max_deliver: int = 10  # handler runs at most this often per message, then ``.dead``
+    ack_wait: float = 30.0  # redelivery delay after the holding process died (see module doc)
     max_ack_pending: int = 1000
     concurrency: int = 8  # lanes running at once
     supersede: Superseder | None = None
     key: Callable[[Event], str] = field(default=lambda e: e.subject)
+    order: Callable[[Delivery], int] = _by_seq  # "newer" within a lane (supersede only)
 
 
 @dataclass
 class _Item:
     msg: Msg
     delivery: Delivery
+    parked: bool = False  # nak'ed with a delay; nats-py refuses a second ack on its handle
 
 
 class _Lane:
     def __init__(self) -> None:
         self.items: list[_Item] = []
-        self.wake = asyncio.Event()
+        self.current: _Item | None = None
+        self.parked: dict[int, _Item] = {}  # nak'ed with a delay, by stream sequence
         self.task: asyncio.Task[None] | None = None
 
 
@@ -102,9 +136,12 @@ class Consumer:
         self.bus = bus
         self.spec = spec
         self._lanes: dict[str, _Lane] = {}
+        self._held: dict[int, _Item] = {}  # queued or being handled, by stream sequence
         self._slots = asyncio.Semaphore(spec.concurrency)
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._alive: asyncio.Task[None] | None = None
+        self._side: set[asyncio.Task[None]] = set()
         self._inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -114,7 +151,8 @@ class Consumer:
         config = jsapi.ConsumerConfig(
             durable_name=spec.durable, name=spec.durable,
             ack_policy=jsapi.AckPolicy.EXPLICIT, deliver_policy=jsapi.DeliverPolicy.ALL,
-            ack_wait=spec.ack_wait, max_deliver=spec.max_deliver,
+            # one delivery more than the handler gets: that one only records the message dead
+            ack_wait=spec.ack_wait, max_deliver=spec.max_deliver + 1,
             max_ack_pending=spec.max_ack_pending,
             filter_subjects=spec.filters if len(spec.filters) > 1 else None,
             filter_subject=spec.filters[0] if len(spec.filters) == 1 else None,
@@ -125,12 +163,15 @@ class Consumer:
         self._sub = await self.bus.js.pull_subscribe_bind(
             durable=spec.durable, stream=subjects.STREAM)
         self._task = asyncio.create_task(self._pull_loop(), name=f"consumer:{spec.durable}")
+        self._alive = asyncio.create_task(self._keep_alive(), name=f"alive:{spec.durable}")
 
     async def _pull_loop(self) -> None:
+        # never ask for more than the server may hand out: fetch would wait for the rest
+        batch = max(1, min(64, self.spec.max_ack_pending))
         while not self._stopping.is_set():
             try:
-                msgs = await self._sub.fetch(64, timeout=1.0)
-            except nats.errors.TimeoutError:
+                msgs = await self._sub.fetch(batch, timeout=1.0)
+            except TimeoutError:  # nats.errors.TimeoutError, or asyncio's own under load
                 continue
             except (nats.errors.ConnectionClosedError, asyncio.CancelledError):
                 return
@@ -142,117 +183,224 @@ class Consumer:
             for msg in msgs:
                 self._dispatch(msg)
 
+    # -- dispatch ---------------------------------------------------------------------------
     def _dispatch(self, msg: Msg) -> None:
+        meta = msg.metadata
+        seq = meta.sequence.stream
         try:
             event = Event.from_json(msg.data)
         except Exception as exc:
-            log.error("consumer.malformed", consumer=self.spec.durable, subject=msg.subject,
-                      error=str(exc))
-            asyncio.create_task(msg.term())
+            self._busy()
+            self._spawn(self._malformed(msg, seq, exc))
             return
-        meta = msg.metadata
-        item = _Item(msg, Delivery(event, meta.sequence.stream, meta.num_delivered))
+        delivery = Delivery(event, seq, meta.num_delivered)
+        if delivery.attempt > 1:  # counted by the crash suite; rare outside crashes
+            log.info("consumer.redelivered", consumer=self.spec.durable, seq=seq,
+                     attempt=delivery.attempt)
+        held = self._held.get(seq)
+        if held is not None:  # redelivered while we hold it: answer on the newest handle
+            held.msg = msg
+            held.delivery = delivery
+            return
+        item = _Item(msg, delivery)
         key = self.spec.key(event)
         lane = self._lanes.get(key)
         if lane is None:
             lane = self._lanes[key] = _Lane()
+        lane.parked.pop(seq, None)  # a parked message is back: it is queued again below
+        if self.spec.supersede is not None:
+            self._cancel_parked(lane, item)
         lane.items.append(item)
-        self._inflight += 1
-        self._idle.clear()
+        self._held[seq] = item
+        self._busy()
         if lane.task is None or lane.task.done():
-            lane.task = asyncio.create_task(self._run_lane(key, lane))
+            lane.task = asyncio.create_task(self._run_lane(lane))
 
-    async def _run_lane(self, key: str, lane: _Lane) -> None:
+    def _cancel_parked(self, lane: _Lane, newest: _Item) -> None:
+        """A newer item arrived: parked (backing-off) older items of the lane end now."""
+        order = self.spec.order
+        for seq, parked in list(lane.parked.items()):
+            if order(parked.delivery) < order(newest.delivery):
+                del lane.parked[seq]
+                self._busy()
+                self._spawn(self._supersede(parked, newest, term=True))
+
+    async def _supersede(self, older: _Item, newest: _Item, *, term: bool) -> None:
+        assert self.spec.supersede is not None
+        emit = await self.spec.supersede(older.delivery, newest.delivery)
+        log.info("consumer.superseded", consumer=self.spec.durable, seq=older.delivery.seq,
+                 by=newest.delivery.seq, parked=term)
+        await self._finish(older, Fail(emit) if term else Ack(emit))
+
+    async def _run_lane(self, lane: _Lane) -> None:
         async with self._slots:
             while lane.items:
-                if self.spec.supersede is not None and len(lane.items) > 1:
-                    older, lane.items = lane.items[:-1], lane.items[-1:]
-                    newest = lane.items[0]
+                if self.spec.supersede is not None:
+                    order = self.spec.order
+                    newest = max(lane.items, key=lambda i: order(i.delivery))
+                    older = [i for i in lane.items if i is not newest]
+                    lane.items = [newest]
                     for item in older:
-                        await self._finish(item, Ack(await self.spec.supersede(
-                            item.delivery, newest.delivery)))
+                        await self._supersede(item, newest, term=False)
                 item = lane.items.pop(0)
                 if self._stopping.is_set():
                     await self._release(item, nak=True)
                     continue
-                outcome = await self._handle(item)
-                await self._finish(item, outcome)
+                lane.current = item
+                try:
+                    outcome = await self._handle(item)
+                    await self._finish(item, outcome, lane)
+                finally:
+                    lane.current = None
 
     async def _handle(self, item: _Item) -> Outcome:
-        bound = log.bind(consumer=self.spec.durable, env=item.delivery.event.subject,
-                         event_id=item.delivery.event.id, type=item.delivery.event.type,
-                         revision=item.delivery.event.correlationid[:12])
-        progress = asyncio.create_task(self._keep_alive(item.msg))
+        delivery = item.delivery
+        if delivery.attempt > self.spec.max_deliver:
+            return Retry(0.0, reason=(
+                f"no outcome after {self.spec.max_deliver} deliveries: the process handling it "
+                "died or stopped answering each time"))
+        bound = log.bind(consumer=self.spec.durable, env=delivery.event.subject,
+                         event_id=delivery.event.id, type=delivery.event.type,
+                         revision=delivery.event.correlationid[:12])
         try:
-            return await self.spec.handler(item.delivery)
+            return await self.spec.handler(delivery)
         except PermanentError as exc:
             bound.error("handler.permanent_error", error=str(exc))
             return Fail(())
         except Exception as exc:
             bound.exception("handler.crashed", error=str(exc))
-            return Retry(min(60.0, 2.0 ** item.delivery.attempt), reason=f"handler error: {exc}")
-        finally:
-            progress.cancel()
+            return Retry(min(60.0, 2.0 ** delivery.attempt), reason=f"handler error: {exc}")
 
-    async def _keep_alive(self, msg: Msg) -> None:
-        """Tell the server we are still working, so a long apply is not redelivered meanwhile."""
+    async def _keep_alive(self) -> None:
+        """Tell the server every held message is still being worked on (queued ones too)."""
         while True:
             await asyncio.sleep(self.spec.ack_wait / 3)
-            with contextlib.suppress(Exception):
-                await msg.in_progress()
+            for item in list(self._held.values()):
+                with contextlib.suppress(Exception):
+                    await item.msg.in_progress()
 
-    async def _finish(self, item: _Item, outcome: Outcome) -> None:
+    # -- outcomes ---------------------------------------------------------------------------
+    async def _finish(self, item: _Item, outcome: Outcome, lane: _Lane | None = None) -> None:
         delivery = item.delivery
         if isinstance(outcome, Retry) and delivery.attempt >= self.spec.max_deliver:
             dead = new_event(
-                f"conveyor.{self.spec.stage}.dead", env=delivery.event.subject, cause=delivery.event,
+                f"conveyor.{self.spec.stage}.dead", env=delivery.event.subject,
+                cause=delivery.event, source=RUNTIME_SOURCE,
                 data={"reason": outcome.reason, "attempts": delivery.attempt,
                       "original": delivery.event.to_dict(), "consumer": self.spec.durable},
             )
+            log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
+                      reason=outcome.reason)
             outcome = Fail((*outcome.emit, dead))
         try:
-            await self.bus.publish_all(list(outcome.emit))
+            published = await self.bus.publish_all(list(outcome.emit))
         except Exception as exc:
             log.warning("consumer.publish_failed", consumer=self.spec.durable, error=str(exc))
             await self._release(item, nak=True, delay=1.0)
             return
+        dropped = sum(p.duplicate for p in published)
+        if dropped:  # re-emitted after a crash or redelivery: the server kept the first copy
+            log.info("consumer.duplicates_dropped", consumer=self.spec.durable, count=dropped)
         try:
             match outcome:
                 case Ack():
                     await item.msg.ack()
                 case Retry(delay=delay):
                     await item.msg.nak(delay=delay)
+                case Fail() if item.parked:  # JetStream's ack protocol, straight to the reply
+                    await self.bus.nc.publish(item.msg.reply, b"+TERM")
                 case Fail():
                     await item.msg.term()
         except Exception as exc:  # the message will be redelivered; handlers are idempotent
             log.warning("consumer.ack_failed", consumer=self.spec.durable, error=str(exc))
-        self._done()
+        if isinstance(outcome, Retry) and lane is not None and self.spec.supersede is not None:
+            self._held.pop(delivery.seq, None)
+            item.parked = True
+            lane.parked[delivery.seq] = item
+            newer = [i for i in lane.items
+                     if self.spec.order(i.delivery) > self.spec.order(delivery)]
+            if newer:  # a newer item arrived while this one ran: no point waiting the delay
+                self._cancel_parked(lane, max(newer, key=lambda i: self.spec.order(i.delivery)))
+        self._done(item)
+
+    async def _malformed(self, msg: Msg, seq: int, error: Exception) -> None:
+        """A message that is not an event: term it, and say so in the log."""
+        parts = msg.subject.split(".")
+        env = parts[2] if len(parts) > 2 and subjects.valid_env_name(parts[2]) else NO_ENV
+        reason = (f"stream message {seq} on {msg.subject} is not a valid event ({error}); "
+                  "it was set aside without being handled")
+        log.error("consumer.malformed", consumer=self.spec.durable, subject=msg.subject, seq=seq,
+                  error=str(error))
+        dead = Event(
+            type=f"conveyor.{self.spec.stage}.dead", subject=env, source=RUNTIME_SOURCE,
+            id=derive_id("malformed", self.spec.durable, str(seq)),
+            data={"reason": reason, "malformed": True, "consumer": self.spec.durable,
+                  "stream_seq": seq, "nats_subject": msg.subject,
+                  "payload": bytes(msg.data[:MALFORMED_PAYLOAD_KEPT]).decode(errors="replace")},
+        )
+        try:
+            await self.bus.publish(dead)
+        except Exception as exc:
+            log.warning("consumer.publish_failed", consumer=self.spec.durable, error=str(exc))
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=1.0)
+        else:
+            with contextlib.suppress(Exception):
+                await msg.term()
+        finally:
+            self._done(None)
 
     async def _release(self, item: _Item, *, nak: bool, delay: float | None = None) -> None:
         if nak:
             with contextlib.suppress(Exception):
                 await item.msg.nak(delay=delay)
-        self._done()
+        self._done(item)
 
-    def _done(self) -> None:
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+
+    def _busy(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def _done(self, item: _Item | None) -> None:
+        if item is not None and self._held.get(item.delivery.seq) is item:
+            del self._held[item.delivery.seq]
         self._inflight -= 1
         if self._inflight == 0:
             self._idle.set()
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Stop pulling; let handlers finish within ``grace``; nak what is still queued."""
+    # -- lifecycle --------------------------------------------------------------------------
+    async def stop(self, grace: float = 8.0) -> None:
+        """Stop pulling; let the running handlers finish within ``grace``; nak everything else.
+
+        Queued items are nak'ed at once (without delay: another process takes them now); an item
+        whose handler is still running after ``grace`` is nak'ed too. Parked items are left to
+        the server, which redelivers them when their delay ends.
+        """
         self._stopping.set()
         if self._task is not None:
             self._task.cancel()  # an idle fetch would otherwise hold us for its timeout
             with contextlib.suppress(BaseException):
                 await self._task
+        for lane in self._lanes.values():
+            queued, lane.items = lane.items, []
+            for item in queued:
+                await self._release(item, nak=True)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._idle.wait(), grace)
         for lane in self._lanes.values():
             if lane.task is not None and not lane.task.done():
                 lane.task.cancel()
-            for item in lane.items:
+            if lane.current is not None:
+                log.warning("consumer.stop_abandoned", consumer=self.spec.durable,
+                            seq=lane.current.delivery.seq)
                 with contextlib.suppress(Exception):
-                    await item.msg.nak()
+                    await lane.current.msg.nak()
+        for task in (self._alive, *self._side):
+            if task is not None:
+                task.cancel()
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()

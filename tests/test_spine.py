@@ -261,3 +261,37 @@ async def test_api_serves_environments_events_and_refresh(
             async with http.get(f"{api.url}/api/v1/trace/{second}") as resp:
                 trace = await resp.json()
             assert set(trace["end_to_end_ms"]) == {"dev", "prod"}
+
+
+async def test_sync_reapplies_the_latest_render_and_needs_the_token(
+        repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path) -> None:
+    first = repo.commit(demo_files(), "initial")
+    settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                        repo=str(repo.path), branch="main", listen="127.0.0.1:0",
+                        interval=3600.0, api_token="tok")
+    async with running(settings) as conveyor:
+        await wait_for_events(bus, finished(first, {"dev", "prod"}))
+        from services.api.app import ApiService
+
+        api = conveyor.service("api")
+        assert isinstance(api, ApiService)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{api.url}/api/v1/environments/dev/sync") as resp:
+                assert resp.status == 401
+            async with http.post(f"{api.url}/api/v1/environments/dev/sync",
+                                 headers={"Authorization": "Bearer tok"}) as resp:
+                assert resp.status == 202
+                requested = (await resp.json())["requested"]
+            events = await wait_for_events(bus, lambda evs: any(
+                e.causationid == requested for e in evs))
+            outcome = next(e for e in events if e.causationid == requested)
+            # the git target holds exactly these manifests: nothing to commit, but it was tried
+            assert outcome.type == ev.APPLY_SKIPPED
+            assert "already holds these manifests" in outcome.data["summary"]
+            digest = outcome.data["digest"]
+            async with http.get(f"{api.url}/api/v1/bundles/{digest}") as resp:
+                assert resp.status == 200
+                body = await resp.json()
+            assert body["format"] == "conveyor.bundle/v1" and len(body["objects"]) == 3
+            async with http.get(f"{api.url}/api/v1/bundles/sha256:{'0' * 64}") as resp:
+                assert resp.status == 404

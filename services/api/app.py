@@ -19,7 +19,7 @@ from aiohttp import web
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
-from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.events import new_event
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.settings import Settings
 from services.api.projector import Projector
@@ -153,6 +153,41 @@ async def stream(request: web.Request) -> web.StreamResponse:
     return resp
 
 
+async def bundle(request: web.Request) -> web.Response:
+    """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`."""
+    digest = request.match_info["digest"]
+    if not digest.startswith("sha256:") or len(digest) != 71:
+        return web.json_response({"error": "expected a digest sha256:<64 hex>"}, status=400)
+    payload = await request.app[BUS].get_bundle(digest)
+    if payload is None:
+        return web.json_response({"error": "no such bundle"}, status=404)
+    return web.Response(body=payload, content_type="application/json")
+
+
+@control
+async def sync(request: web.Request) -> web.Response:
+    """Apply an environment's latest render again (after drift, or a failed apply).
+
+    Not a way around Git: it re-applies what the newest commit already rendered, as a new event
+    caused by that render, so the applier's usual checks (digest, order) still hold.
+    """
+    env = request.match_info["name"]
+    if not subjects.valid_env_name(env):
+        return web.json_response({"error": f"invalid environment name {env!r}"}, status=400)
+    bus = request.app[BUS]
+    last = await bus.last_event(env, ev.RENDER_SUCCEEDED)
+    if last is None:
+        return web.json_response({"error": f"environment {env} has no render yet"}, status=404)
+    seq = await bus.last_seq()
+    event = new_event(ev.RENDER_SUCCEEDED, env=env, cause=last.event, source="conveyor/api",
+                      key=f"sync:{seq}",
+                      data={**last.event.data, "cause": "sync", "origin_seq": seq,
+                            "requested_by": request.remote or ""})
+    await bus.publish(event)
+    return web.json_response({"requested": event.id, "revision": event.correlationid},
+                             status=202)
+
+
 def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
     app[BUS] = bus
@@ -165,6 +200,8 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Ap
     app.router.add_get("/api/v1/events/stream", stream)
     app.router.add_get("/api/v1/trace/{sha}", trace)
     app.router.add_post("/api/v1/refresh", refresh)
+    app.router.add_get("/api/v1/bundles/{digest}", bundle)
+    app.router.add_post("/api/v1/environments/{name}/sync", sync)
     from services.api import routes_dashboard, routes_history, routes_webhooks
 
     for module in (routes_history, routes_dashboard, routes_webhooks):

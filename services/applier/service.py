@@ -101,7 +101,9 @@ class Applier:
                 # "succeeded" again (same event id, so the log keeps one outcome)
                 return Ack([self._outcome(ev.APPLY_SUCCEEDED, event, target, started,
                                           summary="applied before a restart")])
-            if held.digest == data["digest"]:
+            # a manual sync re-applies even an unchanged bundle (it is how drift is undone
+            # without selfHeal); the target itself still skips what is truly identical
+            if held.digest == data["digest"] and data.get("cause") != "sync":
                 return Ack([self._outcome(ev.APPLY_SKIPPED, event, target, started,
                                           summary="target already holds this bundle")])
             payload = await self.bus.get_bundle(str(data["digest"]))
