@@ -19,7 +19,7 @@ import pygit2
 
 from orchestrator.errors import PermanentError, TransientError
 
-MAX_WALK = 1000  # commits announced per poll at most; older ones are summarised
+MAX_WALK = 10_000  # commits announced per poll at most (a burst larger than this is cut)
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ order, and when several renders wait only the newest is applied: the others are 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +20,14 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
-from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
 from services.applier.drift import DriftLoop
 from services.applier.git_target import GitTarget
-from services.git_watcher.source import Checkout, is_local, local_path
+from services.git_watcher.source import is_local, local_path
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
@@ -80,8 +81,9 @@ class Applier:
         return [self._superseded(older.event, newest.event.correlationid)]
 
     def _superseded(self, event: Event, by: str) -> Event:
-        return new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event, source=SOURCE,
-                         data={**_pass_on(event), "superseded_by": by})
+        return _one_outcome(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
+                                      source=SOURCE,
+                                      data={**_pass_on(event), "superseded_by": by}))
 
     async def handle(self, delivery: Delivery) -> Outcome:
         event = delivery.event
@@ -142,7 +144,9 @@ class Applier:
                 "duration_ms": round((time.monotonic() - started) * 1000, 1)}
         if target is not None:
             data["target"] = target.description
-        return new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
+        outcome = new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
+        # retrying and health events are not outcomes; every terminal outcome shares one id
+        return _one_outcome(outcome) if kind in OUTCOMES else outcome
 
 
 def _health(event: Event, details: dict[str, Any]) -> list[Event]:
@@ -150,6 +154,21 @@ def _health(event: Event, details: dict[str, Any]) -> list[Event]:
     from services.applier.kube_health import health_event
 
     return [health_event(event, details["health"], SOURCE)] if "health" in details else []
+
+
+OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
+                      ev.APPLY_SUPERSEDED})
+
+
+def _one_outcome(outcome: Event) -> Event:
+    """One render gets one apply outcome: every outcome type shares one id per cause.
+
+    The id is the ``Nats-Msg-Id``, so when a crash lets a redelivered render be handled again
+    (say superseded after it already succeeded), JetStream keeps the first outcome and drops
+    the second.
+    """
+    return replace(outcome, id=derive_id("conveyor.apply.outcome", outcome.subject,
+                                         outcome.causationid))
 
 
 def _pass_on(event: Event) -> dict[str, Any]:
