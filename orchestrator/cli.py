@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from orchestrator import logging as clog
-from orchestrator.app import SERVICES, Conveyor, HealthServer, run_until_signal
+from orchestrator.adapters.nats_bus import Retention
+from orchestrator.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -49,6 +50,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         listen=args.listen,
         interval=getattr(args, "interval", None),
         api_token=Settings.api_token_from_env(),
+        retention=Retention(getattr(args, "retention_age", 0.0) or 0.0,
+                            getattr(args, "retention_bytes", -1) or -1),
     )
 
 
@@ -86,7 +89,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     conveyor = Conveyor(settings, names=(args.service,))
 
     async def main() -> None:
-        extra = []
+        extra: list[Service] = []
         if args.service != "api":
             # the health server needs the bus, which exists once the service is up
             class Deferred:
@@ -126,13 +129,51 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health_command(args.file, args.output)
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    from orchestrator.commands.diff import diff_command
+
+    return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
+                                    token=Settings.api_token_from_env()))
+
+
 def _client_cmd(name: str):  # type: ignore[no-untyped-def]
     def run(args: argparse.Namespace) -> int:
         from orchestrator.commands import client
 
-        return asyncio.run(getattr(client, name)(args))
+        code: int = asyncio.run(getattr(client, name)(args))
+        return code
 
     return run
+
+
+def _module_cmd(module: str, name: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        code: int = asyncio.run(getattr(importlib.import_module(module), name)(args))
+        return code
+
+    return run
+
+
+def _age(text: str) -> float:
+    from orchestrator.domain.dora import parse_duration
+
+    try:
+        return parse_duration(text).total_seconds() if text else 0.0
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retention_args(parser: argparse.ArgumentParser) -> None:
+    """The event log's retention: the same values for every process that connects."""
+    parser.add_argument("--retention-age", type=_age,
+                        default=os.environ.get("CONVEYOR_RETENTION_AGE", ""),
+                        help="drop events older than this (30d, 12h; a number is days); "
+                             "default unlimited")
+    parser.add_argument("--retention-bytes", type=int,
+                        default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
+                        help="drop the oldest events beyond this many bytes; default unlimited")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    _retention_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -161,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=os.environ.get("CONVEYOR_DATA_DIR", ".conveyor"))
     run.add_argument("--listen", default="127.0.0.1:8080")
     run.add_argument("--interval", type=float, default=None)
+    _retention_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -179,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("-o", "--output", choices=("text", "json"), default="text")
     health.set_defaults(func=cmd_health)
 
+    diff = sub.add_parser("diff", help="the latest rendered bundle of ENV vs its live cluster "
+                                       "(exit 0 same, 1 different, 2 error)")
+    diff.add_argument("env")
+    diff.add_argument("--nats", default=os.environ.get("CONVEYOR_NATS", ""))
+    diff.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
+    diff.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    diff.set_defaults(func=cmd_diff)
+
     def client(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
@@ -195,6 +246,20 @@ def build_parser() -> argparse.ArgumentParser:
     trace = client("trace", "the chain of events of one commit, with each stage's latency")
     trace.add_argument("sha")
     client("refresh", "fetch the source now")
+    history = client("history", "every deployment attempt of ENV, newest first")
+    history.add_argument("env")
+    history.add_argument("--limit", type=int, default=0, help="newest N only (0: all)")
+    history.set_defaults(func=_module_cmd("orchestrator.commands.history", "history"))
+    metrics = client("metrics", "DORA metrics per environment, from the event log")
+    metrics.add_argument("--window", default="30d", help="e.g. 30d, 7d, 12h (default 30d)")
+    metrics.add_argument("--env", default=None)
+    metrics.set_defaults(func=_module_cmd("orchestrator.commands.history", "metrics"))
+    retry = client("retry", "hand a dead letter (or a failure's cause) back to its stage")
+    retry.add_argument("event_id")
+    retry.set_defaults(func=_module_cmd("orchestrator.commands.history", "retry"))
+    replay = client("replay", "rebuild the projections from the log; exit 1 if they differ")
+    replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    replay.set_defaults(func=_module_cmd("orchestrator.commands.replay", "replay_command"))
     return p
 
 

@@ -4,16 +4,26 @@ Nothing here reads a clock or a store; the same events in the same order always 
 state, which is what ``conveyor replay`` checks. Like Flux's kustomize-controller we keep the
 last *attempted* revision apart from the last *applied* one, so a failing commit never hides
 what is really running.
+
+The projection is a handful of *records*, each stored under its own key with the stream
+sequence it reflects: an environment's state (``last_seq``), its newest attempts
+(``EnvHistory.seq``), a commit's environments, and the position of the whole projection.
+:func:`fold_records` is the one rule for folding an event into them; every record skips an
+event at or below its own sequence. That makes folding idempotent per record, so a projector
+that crashed half-way through writing one event's records and gets it redelivered completes
+the missing records without counting anything twice.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from orchestrator.domain import events as ev
+from orchestrator.domain import history as hist
 from orchestrator.domain.events import Event
+from orchestrator.domain.history import EnvHistory
 
 HISTORY_OUTCOMES = frozenset({
     ev.APPLY_SUCCEEDED, ev.APPLY_FAILED, ev.APPLY_SKIPPED, ev.APPLY_SUPERSEDED, ev.APPLY_DEAD,
@@ -36,6 +46,9 @@ class EnvState:
     last_outcome_at: str = ""
     last_error: str = ""
     in_flight: str = ""  # "render <sha>" / "apply <sha>" / ""
+    in_flight_since: str = ""  # when the in-flight operation started
+    retries: int = 0  # apply.retrying events of the in-flight operation
+    last_failure_id: str = ""  # the latest failed/dead event: what `conveyor retry` takes
     commits_seen: int = 0
     deployments: int = 0
     failures: int = 0
@@ -52,36 +65,51 @@ class EnvState:
 
 def evolve(state: EnvState, event: Event, seq: int = 0) -> EnvState:
     """Apply one event to an environment's state."""
+    changes = _changes(state, event)
+    if seq > state.last_seq:
+        changes["last_seq"] = seq
+    in_flight = changes.get("in_flight", state.in_flight)
+    if in_flight != state.in_flight:
+        changes["in_flight_since"] = event.time if in_flight else ""
+        changes["retries"] = 0
+    return hist.updated(state, changes)
+
+
+def _changes(s: EnvState, event: Event) -> dict[str, Any]:
+    """The fields an event changes (applied at once: folds run over whole logs)."""
     rev = event.correlationid
     t = event.type
-    s = replace(state, last_seq=max(state.last_seq, seq))
+    if hist.is_retry(event):  # re-published by `conveyor retry`: work again, not a new fact
+        if t == ev.COMMIT_DETECTED:
+            return {"in_flight": f"render {rev[:7]}"}
+        if t != ev.RENDER_SUCCEEDED:
+            return {}  # a terminal event handed back to the notifier
     if t == ev.COMMIT_DETECTED:
-        return replace(s, desired_revision=rev, desired_at=event.time,
-                       in_flight=f"render {rev[:7]}", commits_seen=s.commits_seen + 1)
-    if t == ev.RENDER_SUCCEEDED:
-        return replace(s, last_attempted_revision=rev, in_flight=f"apply {rev[:7]}")
-    if t == ev.APPLY_STARTED:
-        return replace(s, last_attempted_revision=rev, in_flight=f"apply {rev[:7]}")
+        return {"desired_revision": rev, "desired_at": event.time,
+                "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1}
+    if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
+        return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):
-        done = _in_flight_after(s, rev)
-        return replace(s, last_applied_revision=rev, last_applied_at=event.time,
-                       bundle_digest=str(event.data.get("digest", s.bundle_digest)),
-                       last_outcome=t, last_outcome_at=event.time, last_error="", in_flight=done,
-                       deployments=s.deployments + (t == ev.APPLY_SUCCEEDED))
+        return {"last_applied_revision": rev, "last_applied_at": event.time,
+                "bundle_digest": str(event.data.get("digest", s.bundle_digest)),
+                "last_outcome": t, "last_outcome_at": event.time, "last_error": "",
+                "in_flight": _in_flight_after(s, rev), "last_failure_id": "",
+                "deployments": s.deployments + (t == ev.APPLY_SUCCEEDED)}
     if t in (ev.RENDER_FAILED, ev.APPLY_FAILED, ev.RENDER_DEAD, ev.APPLY_DEAD,
              ev.COMMIT_REJECTED):
-        return replace(s, last_attempted_revision=rev or s.last_attempted_revision,
-                       last_outcome=t, last_outcome_at=event.time,
-                       last_error=str(event.data.get("error") or event.data.get("reason") or ""),
-                       in_flight=_in_flight_after(s, rev), failures=s.failures + 1)
+        return {"last_attempted_revision": rev or s.last_attempted_revision,
+                "last_outcome": t, "last_outcome_at": event.time,
+                "last_error": str(event.data.get("error") or event.data.get("reason") or ""),
+                "in_flight": _in_flight_after(s, rev), "failures": s.failures + 1,
+                "last_failure_id": event.id}
     if t == ev.APPLY_RETRYING:
-        return replace(s, last_error=str(event.data.get("error", "")))
+        return {"last_error": str(event.data.get("error", "")), "retries": s.retries + 1}
     if t == ev.APPLY_SUPERSEDED:
-        return replace(s, last_outcome=t if s.last_outcome == "" else s.last_outcome)
+        return {} if s.last_outcome else {"last_outcome": t}
     if t in (ev.HEALTH_HEALTHY, ev.HEALTH_DEGRADED, ev.HEALTH_PROGRESSING):
-        return replace(s, health=str(event.data.get("status", t.rsplit(".", 1)[1].title())),
-                       health_message=str(event.data.get("message", "")))
-    return s
+        return {"health": str(event.data.get("status", t.rsplit(".", 1)[1].title())),
+                "health_message": str(event.data.get("message", ""))}
+    return {}
 
 
 def _in_flight_after(state: EnvState, finished_rev: str) -> str:
@@ -92,26 +120,62 @@ def _in_flight_after(state: EnvState, finished_rev: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Records:
+    """The records one event can touch: its environment's state and history, and (for a
+    detected commit) the commit's environments with the sequence of their last change."""
+
+    state: EnvState
+    history: EnvHistory
+    commit_envs: tuple[str, ...] = ()
+    commit_seq: int = 0
+
+
+def fold_records(records: Records, event: Event, seq: int) -> Records:
+    """Fold one event into the records it touches; each record skips what it already holds."""
+    state, history = records.state, records.history
+    if seq > state.last_seq:
+        state = evolve(state, event, seq)
+    history = hist.fold(history, event, seq)
+    envs, cseq = records.commit_envs, records.commit_seq
+    if (event.type == ev.COMMIT_DETECTED and event.correlationid and not hist.is_retry(event)
+            and seq > cseq):
+        envs, cseq = tuple(sorted({*envs, event.subject})), seq
+    return Records(state, history, envs, cseq)
+
+
+@dataclass(frozen=True, slots=True)
 class Projection:
-    """All environments, the commit -> environments map, and the stream position they reflect."""
+    """All environments, the commit -> environments map, each environment's newest attempts,
+    and the stream position they reflect."""
 
     envs: dict[str, EnvState] = field(default_factory=dict)
     commits: dict[str, tuple[str, ...]] = field(default_factory=dict)
     seq: int = 0
+    history: dict[str, EnvHistory] = field(default_factory=dict)
+    commit_seqs: dict[str, int] = field(default_factory=dict)
 
 
 def project(events: Iterable[tuple[int, Event]], start: Projection | None = None) -> Projection:
+    """Fold events (stream order, redeliveries allowed) into a projection."""
     envs = dict(start.envs) if start else {}
     commits = {k: tuple(v) for k, v in (start.commits.items() if start else [])}
+    history = dict(start.history) if start else {}
+    commit_seqs = dict(start.commit_seqs) if start else {}
     seq = start.seq if start else 0
     for s, event in events:
         seq = max(seq, s)
         if event.subject == ev.NO_ENV:
             continue
-        env = envs.get(event.subject) or EnvState(name=event.subject)
-        envs[event.subject] = evolve(env, event, s)
-        if event.type == ev.COMMIT_DETECTED and event.correlationid:
-            known = commits.get(event.correlationid, ())
-            if event.subject not in known:
-                commits[event.correlationid] = (*known, event.subject)
-    return Projection(envs, commits, seq)
+        name, sha = event.subject, event.correlationid
+        detected = event.type == ev.COMMIT_DETECTED and bool(sha)
+        before = Records(envs.get(name) or EnvState(name=name),
+                         history.get(name) or EnvHistory(),
+                         commits.get(sha, ()) if detected else (),
+                         commit_seqs.get(sha, 0) if detected else 0)
+        after = fold_records(before, event, s)
+        envs[name] = after.state
+        if after.history is not before.history:
+            history[name] = after.history
+        if detected and after.commit_seq != before.commit_seq:
+            commits[sha], commit_seqs[sha] = after.commit_envs, after.commit_seq
+    return Projection(envs, commits, seq, history, commit_seqs)

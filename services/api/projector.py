@@ -1,22 +1,104 @@
-"""The projector: folds every event into environment state kept in the state bucket.
+"""The projector: folds every event into the projection kept in the state bucket.
 
-Each environment's state is stored with the stream sequence it reflects (``last_seq``); an event
-at or below it was already folded (a redelivery after a crash) and is skipped, which keeps
-counters exact under at-least-once delivery.
+Keys of the projection (``conveyor-state``; other keys in the bucket, such as the git-watcher's
+``watcher.*`` cursor, are not part of it):
+
+- ``env.<name>``: the environment's ``EnvState``; ``last_seq`` is the sequence it reflects.
+- ``history.<name>``: its newest ``HISTORY_KEPT`` attempts, ``{"seq", "entries"}``. The full
+  history is not kept here: ``conveyor history`` folds the stream, so it reaches back as far as
+  the stream's retention.
+- ``commit.<sha>``: ``{"envs": [...], "seq"}``: the environments a commit was announced to.
+- ``position``: ``{"seq"}``: every event at or below it is folded into every key above.
+
+The fold is :func:`orchestrator.domain.state.fold_records`, the same rule ``conveyor replay``
+uses. Each record skips events at or below its own sequence, so a crash between two writes is
+repaired by the redelivery: the records already written skip the event, the others fold it
+(whatever their order). ``position`` is written last: it is what lets a redelivery skip an
+event without reading anything, so it must never get ahead of the records.
+
+The projector consumes in stream order on one lane. A failed KV write is retried inside the
+handler rather than nak'ed: a nak would let later events overtake this one, and the
+per-record rule would then drop it. Blocking the lane is the correct back-pressure here.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
+
+import nats
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.state import EnvState, evolve
+from orchestrator.domain.events import Event
+from orchestrator.domain.history import EnvHistory
+from orchestrator.domain.state import EnvState, Projection, Records, fold_records
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 
 ENV_PREFIX = "env."
+HISTORY_PREFIX = "history."
 COMMIT_PREFIX = "commit."
+POSITION_KEY = "position"
+PROJECTION_PREFIXES = (ENV_PREFIX, HISTORY_PREFIX, COMMIT_PREFIX)
+WRITE_RETRY_FOR = 120.0
+
+Stored = dict[str, Any]  # key -> JSON value
+
+
+def is_projection_key(key: str) -> bool:
+    return key == POSITION_KEY or key.startswith(PROJECTION_PREFIXES)
+
+
+def encode(value: Any) -> bytes:
+    """The stored form of a record (the same as ``EventBus.kv_put``)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
+
+
+def commit_record(envs: tuple[str, ...], seq: int) -> dict[str, Any]:
+    return {"envs": list(envs), "seq": seq}
+
+
+def records(projection: Projection) -> Stored:
+    """Every key and value of a projection as the projector stores them."""
+    out: Stored = {}
+    for name, state in projection.envs.items():
+        out[ENV_PREFIX + name] = state.to_dict()
+    for name, history in projection.history.items():
+        if history.seq:
+            out[HISTORY_PREFIX + name] = history.to_dict()
+    for sha, envs in projection.commits.items():
+        out[COMMIT_PREFIX + sha] = commit_record(envs, projection.commit_seqs.get(sha, 0))
+    if projection.seq:
+        out[POSITION_KEY] = {"seq": projection.seq}
+    return out
+
+
+async def dump_bucket(bus: EventBus, bucket: str) -> Stored:
+    """The projection keys of a bucket and their values (one ordered read of the bucket)."""
+    kv = await bus.js.key_value(bucket)
+    watcher = await kv.watchall(ignore_deletes=True)
+    out: Stored = {}
+    try:
+        async for entry in watcher:
+            if entry is None:  # initial values done
+                break
+            if entry.value and is_projection_key(entry.key):
+                out[entry.key] = json.loads(entry.value)
+    finally:
+        await watcher.stop()  # type: ignore[no-untyped-call]
+    return out
+
+
+def _retrying() -> AsyncRetrying:
+    return AsyncRetrying(
+        retry=retry_if_exception_type((nats.errors.TimeoutError, nats.errors.ConnectionClosedError,
+                                       nats.js.errors.NoStreamResponseError,
+                                       nats.errors.OutboundBufferLimitError)),
+        wait=wait_exponential(multiplier=0.1, max=5), stop=stop_after_delay(WRITE_RETRY_FOR),
+        reraise=True)
 
 
 class Projector:
@@ -26,47 +108,95 @@ class Projector:
         self.bucket = bucket
         self.durable = durable
         self.envs: dict[str, EnvState] = {}
+        self.history: dict[str, EnvHistory] = {}
+        self.position = 0
         self.changed = asyncio.Condition()
+        # held while one event's records are written: a reader holding it sees a projection
+        # that is exactly at ``position`` (``conveyor replay`` does)
+        self.folding = asyncio.Lock()
         self._consumer: Consumer | None = None
 
     async def load(self) -> None:
-        kv = self.bus.kv(self.bucket)
-        try:
-            keys = await kv.keys()
-        except Exception:  # nats raises NoKeysError on an empty bucket
-            keys = []
-        for key in keys:
+        stored = await dump_bucket(self.bus, self.bucket)
+        for key, value in stored.items():
             if key.startswith(ENV_PREFIX):
-                found = await self.bus.kv_get(self.bucket, key)
-                if found is not None:
-                    self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(found[0])
+                self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(value)
+            elif key.startswith(HISTORY_PREFIX):
+                self.history[key.removeprefix(HISTORY_PREFIX)] = EnvHistory.from_dict(value)
+            elif key == POSITION_KEY:
+                self.position = int(value.get("seq") or 0)
 
     async def start(self) -> None:
         await self.load()
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=self.durable, stage="project", filters=[subjects.ALL_EVENTS],
-            handler=self.handle, max_deliver=100, concurrency=1, key=lambda e: "all"))
+            handler=self.handle, max_deliver=100, concurrency=1, key=lambda e: "all",
+            # one unacked event at a time: after a crash the dead process's events come back
+            # before any later one is delivered (otherwise ``position`` would skip them)
+            max_ack_pending=1))
         await self._consumer.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
 
+    async def _put(self, key: str, value: Any) -> None:
+        async for attempt in _retrying():
+            with attempt:
+                await self.bus.kv_put(self.bucket, key, value)
+
+    async def _get(self, key: str) -> Any:
+        async for attempt in _retrying():
+            with attempt:
+                found = await self.bus.kv_get(self.bucket, key)
+        return found[0] if found else None
+
     async def handle(self, delivery: Delivery) -> Outcome:
-        event = delivery.event
-        if event.subject == ev.NO_ENV:
-            return Ack()
-        state = self.envs.get(event.subject) or EnvState(name=event.subject)
-        if delivery.seq <= state.last_seq:
-            return Ack()  # already folded
-        new = evolve(state, event, delivery.seq)
-        await self.bus.kv_put(self.bucket, ENV_PREFIX + event.subject, new.to_dict())
-        if event.type == ev.COMMIT_DETECTED and event.correlationid:
-            key = COMMIT_PREFIX + event.correlationid
-            found = await self.bus.kv_get(self.bucket, key)
-            envs = sorted(set(found[0] if found else []) | {event.subject})
-            await self.bus.kv_put(self.bucket, key, envs)
-        self.envs[event.subject] = new
+        async with self.folding:
+            await self._fold(delivery)
         async with self.changed:
             self.changed.notify_all()
         return Ack()
+
+    async def _fold(self, delivery: Delivery) -> None:
+        event, seq = delivery.event, delivery.seq
+        if seq <= self.position:
+            return  # already folded (a redelivery after a crash or a restart)
+        if event.subject != ev.NO_ENV:
+            commit: dict[str, Any] = {}
+            if detects_commit(event):
+                commit = await self._get(COMMIT_PREFIX + event.correlationid) or {}
+            before = Records(self.envs.get(event.subject) or EnvState(name=event.subject),
+                             self.history.get(event.subject) or EnvHistory(),
+                             tuple(commit.get("envs") or ()), int(commit.get("seq") or 0))
+            after, plan = writes(before, event, seq)
+            for key, value in plan:
+                await self._put(key, value)
+                if key.startswith(HISTORY_PREFIX):
+                    self.history[event.subject] = after.history
+                elif key.startswith(ENV_PREFIX):
+                    self.envs[event.subject] = after.state
+        await self._put(POSITION_KEY, {"seq": seq})
+        self.position = seq
+
+
+def detects_commit(event: Event) -> bool:
+    return event.type == ev.COMMIT_DETECTED and bool(event.correlationid)
+
+
+def writes(before: Records, event: Event, seq: int) -> tuple[Records, list[tuple[str, Any]]]:
+    """The records after ``event`` and the writes that store them (only the changed ones).
+
+    Every record carries its own sequence, so these writes may be cut short by a crash at any
+    point and redone by a redelivery; ``position`` goes after all of them."""
+    after = fold_records(before, event, seq)
+    name = event.subject
+    plan: list[tuple[str, Any]] = []
+    if after.history != before.history:
+        plan.append((HISTORY_PREFIX + name, after.history.to_dict()))
+    if detects_commit(event) and after.commit_seq != before.commit_seq:
+        plan.append((COMMIT_PREFIX + event.correlationid,
+                     commit_record(after.commit_envs, after.commit_seq)))
+    if after.state != before.state:
+        plan.append((ENV_PREFIX + name, after.state.to_dict()))
+    return after, plan

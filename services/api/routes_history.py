@@ -1,9 +1,154 @@
-"""api routes: history (registered by build_app)."""
+"""api routes: deployment history, DORA metrics, replay and dead-letter retry.
+
+- ``GET /api/v1/environments/{name}/history[?limit=N]``: every attempt, newest first, folded
+  from the environment's events in the stream (no cap but the stream's retention).
+- ``GET /api/v1/metrics/dora[?window=30d&env=NAME]``: the four keys per environment.
+- ``POST /api/v1/replay`` (control): rebuild the projection from the log into a fresh bucket
+  and compare it with the live one at the same sequence.
+- ``POST /api/v1/events/{id}/retry`` (control): hand a dead letter's original event (or a
+  failure's cause) back to its stage as a new event.
+
+Events are found by id by scanning the stream, dead and failed events first (a server-side
+subject filter: ``conveyor.events.*.*.dead|failed``, a small part of the log). A KV index of
+every event id would cost a write per event, forever, for an operation people run by hand;
+only the error path (an id that is not a dead letter or failure) scans the whole log.
+"""
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
 from aiohttp import web
+
+from orchestrator import subjects
+from orchestrator.adapters.nats_bus import EventBus, StoredEvent
+from orchestrator.domain import dora
+from orchestrator.domain import history as hist
+from orchestrator.domain.events import Event
+from services.api.app import BUS, PROJECTOR, control
+
+_EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
+HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
+RETRYABLE_FILTERS = [f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed"]
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.json_response({"error": message}, status=status)
+
+
+async def read_attempts(bus: EventBus, env: str | None) -> dict[str, list[hist.Attempt]]:
+    """Every attempt (of one environment, or all) folded from the stream; oldest first."""
+    envs = [env] if env else None
+    filters = [f for stage in HISTORY_STAGES for f in subjects.filter_for(stage, envs)]
+    return hist.build([(s.seq, s.event) async for s in bus.read(filters)])
+
+
+async def find_event(bus: EventBus, event_id: str, filters: Sequence[str] | None = None,
+                     upto: int | None = None) -> StoredEvent | None:
+    found: StoredEvent | None = None
+    async for stored in bus.read(filters):  # read to the end: leaves no consumer behind
+        if found is None and stored.event.id == event_id and (upto is None or stored.seq <= upto):
+            found = stored
+    return found
+
+
+async def history(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    if not subjects.valid_env_name(name):
+        return _error(400, f"invalid environment name {name!r}")
+    try:
+        limit = int(request.query.get("limit", 0))
+    except ValueError:
+        return _error(400, "limit must be an integer")
+    attempts = (await read_attempts(request.app[BUS], name)).get(name, [])
+    if not attempts and name not in request.app[PROJECTOR].envs:
+        return _error(404, f"no such environment {name!r}")
+    newest = attempts[::-1][:limit] if limit > 0 else attempts[::-1]
+    return web.json_response({"environment": name, "total": len(attempts),
+                              "attempts": [a.to_dict() for a in newest]})
+
+
+async def metrics_dora(request: web.Request) -> web.Response:
+    window_text = request.query.get("window", "30d")
+    try:
+        window = dora.parse_duration(window_text)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    if window.total_seconds() <= 0:
+        return _error(400, "window must be positive")
+    env = request.query.get("env") or None
+    if env is not None and not subjects.valid_env_name(env):
+        return _error(400, f"invalid environment name {env!r}")
+    now = datetime.now(UTC)
+    found = dora.compute(await read_attempts(request.app[BUS], env), now=now, window=window)
+    return web.json_response({"window": window_text, "now": now.isoformat(),
+                              "environments": [m.to_dict() for m in found]})
+
+
+@control
+async def replay(request: web.Request) -> web.Response:
+    from orchestrator.commands.replay import ReplayError
+    from orchestrator.commands.replay import replay as run_replay
+
+    try:
+        report = await run_replay(request.app[BUS], lock=request.app[PROJECTOR].folding)
+    except ReplayError as exc:
+        return _error(503, str(exc))
+    return web.json_response(report.to_dict())
+
+
+@control
+async def retry(request: web.Request) -> web.Response:
+    bus = request.app[BUS]
+    event_id = request.match_info["id"]
+    if not _EVENT_ID.match(event_id):
+        return _error(404, f"no event {event_id!r}")
+    found = await find_event(bus, event_id, RETRYABLE_FILTERS)
+    if found is None:
+        other = await find_event(bus, event_id)
+        if other is None:
+            return _error(404, f"no event {event_id!r} in the log")
+        return _error(409, f"event {event_id} is a {other.event.type}, not a dead letter or "
+                           "failure: nothing to retry")
+    target = found.event
+    try:
+        if hist.is_dead(target):
+            original = hist.dead_original(target)
+        else:
+            cause = await find_event(bus, target.causationid, subjects.filter_for(
+                "conveyor", [target.subject]), upto=found.seq) if target.causationid else None
+            if cause is None:
+                raise hist.NotRetryable(f"the event that caused {target.id} is no longer in the "
+                                        "log (retention), or it had no cause")
+            original = cause.event
+        n = 1 + await _retries_of(bus, target, original, after=found.seq)
+        event = hist.retry_of(target, original, n)
+    except hist.NotRetryable as exc:
+        return _error(409, str(exc))
+    published = await bus.publish(event)
+    return web.json_response(_retried(target, event, published.seq), status=202)
+
+
+async def _retries_of(bus: EventBus, target: Event, original: Event, after: int) -> int:
+    subject = subjects.event_subject(original.subject, original.type)
+    count = 0
+    async for s in bus.read([subject], start_seq=after + 1):
+        count += s.event.data.get("retry_of") == target.id
+    return count
+
+
+def _retried(target: Event, event: Event, seq: int) -> dict[str, Any]:
+    return {"retried": target.id, "retried_type": target.type, "published": event.id,
+            "type": event.type, "env": event.subject, "sequence": seq,
+            "attempt": event.data.get("retry")}
 
 
 def add_routes(app: web.Application) -> None:
     """Register this module's routes on the api application."""
+    app.router.add_get("/api/v1/environments/{name}/history", history)
+    app.router.add_get("/api/v1/metrics/dora", metrics_dora)
+    app.router.add_post("/api/v1/replay", replay)
+    app.router.add_post("/api/v1/events/{id}/retry", retry)
