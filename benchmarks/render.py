@@ -23,14 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from orchestrator import logging as clog  # noqa: E402
-from orchestrator.adapters.embedded_nats import EmbeddedNats  # noqa: E402
-from orchestrator.app import Conveyor  # noqa: E402
-from orchestrator.domain import events as ev  # noqa: E402
-from orchestrator.domain.events import Event  # noqa: E402
-from orchestrator.settings import Settings  # noqa: E402
-from orchestrator.testing.repos import Repo  # noqa: E402
-from services.git_watcher.service import GitWatcher  # noqa: E402
+from orchestrator import logging as clog
+from orchestrator.adapters.embedded_nats import EmbeddedNats
+from orchestrator.app import Conveyor
+from orchestrator.domain.events import Event
+from orchestrator.settings import Settings
+from orchestrator.testing.repos import Repo
+from services.git_watcher.service import GitWatcher
 
 KUBECTL = str(Path(sys.executable).parent / "kubectl")
 

@@ -50,8 +50,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         listen=args.listen,
         interval=getattr(args, "interval", None),
         api_token=Settings.api_token_from_env(),
-        retention=Retention(getattr(args, "retention_age", 0.0) or 0.0,
-                            getattr(args, "retention_bytes", -1) or -1),
+        retention=_retention(args),
     )
 
 
@@ -163,6 +162,16 @@ def _age(text: str) -> float:
         return parse_duration(text).total_seconds() if text else 0.0
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _retention(args: argparse.Namespace) -> Retention | None:
+    """The retention asked for, or None to leave the stream's as it is (a process started
+    without the flags must not reset what another one configured)."""
+    age = getattr(args, "retention_age", 0.0) or 0.0
+    size = int(getattr(args, "retention_bytes", -1) or -1)
+    if not age and size == -1:
+        return None
+    return Retention(float(age), size)
 
 
 def _retention_args(parser: argparse.ArgumentParser) -> None:

@@ -19,7 +19,7 @@ class Settings:
     listen: str = "127.0.0.1:8080"
     interval: float | None = None  # poll interval override
     api_token: str | None = field(default=None, repr=False)
-    retention: Retention = field(default_factory=Retention)
+    retention: Retention | None = None  # None: keep the stream's retention as it is
     render_concurrency: int = 4
 
     @staticmethod

@@ -13,8 +13,7 @@ from aiohttp import web
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
-from orchestrator.runtime import Ack, Fail, Retry
-from orchestrator.runtime import Delivery
+from orchestrator.runtime import Ack, Delivery, Fail, Retry
 from orchestrator.settings import Settings
 from orchestrator.testing.waits import wait_for_events
 from services.notifier.service import ATTEMPTS, Notifier
@@ -204,3 +203,20 @@ async def test_broken_template_falls_back_and_says_so(
     sent = result.emit[0]
     assert sent.type == ev.NOTIFY_SENT and sent.data["template_error"]
     assert "dev" in str(receiver.posts[0][1])
+
+
+async def test_a_retried_event_reaches_only_the_routes_that_missed_it(
+        bus: EventBus, receiver: Receiver, notifier: Notifier,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOOK_URL", f"{receiver.url}/hook")
+    await configure(bus, "notifiers:\n  ops:\n    type: webhook\n    url: ${HOOK_URL}\n")
+    original = outcome(ev.APPLY_SUCCEEDED)
+    await notifier.handle(await published(bus, original))
+    assert len(receiver.posts) == 1
+    # `conveyor retry` re-publishes it as a new event that names its original
+    retried = new_event(original.type, env="dev", correlation=original.correlationid,
+                        key="retry:1", data={**original.data, "original_id": original.id,
+                                             "retry_of": "dead-id"})
+    result = await notifier.handle(await published(bus, retried))
+    assert isinstance(result, Ack) and list(result.emit) == []
+    assert len(receiver.posts) == 1

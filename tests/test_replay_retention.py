@@ -23,7 +23,20 @@ def test_up_and_run_take_the_retention(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cli._settings(args).retention == Retention(43200.0, -1)
     monkeypatch.delenv("CONVEYOR_RETENTION_AGE")
     args = cli.build_parser().parse_args(["up", "--repo", "."])
-    assert cli._settings(args).retention == Retention()  # unlimited by default
+    # without flags a process leaves the stream's retention alone (unlimited when it creates it)
+    assert cli._settings(args).retention is None
+
+
+async def test_a_process_without_flags_keeps_the_configured_retention(
+        nats_server: EmbeddedNats) -> None:
+    first = await EventBus.connect(nats_server.url, retention=Retention(3600.0, -1))
+    await first.close()
+    second = await EventBus.connect(nats_server.url)  # e.g. `conveyor run renderer`
+    try:
+        config = (await second.js.stream_info(subjects.STREAM)).config
+        assert config.max_age == 3600.0
+    finally:
+        await second.close()
 
 
 def test_a_bad_retention_age_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

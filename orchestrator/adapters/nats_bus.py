@@ -96,10 +96,33 @@ class EventBus:
             raise TransientError(f"cannot connect to NATS at {url}: {exc}",
                                  reason="NatsUnreachable") from exc
         bus = cls(nc, nc.jetstream(timeout=10))
-        await bus.ensure_schema(retention or Retention())
+        await bus.ensure_schema(retention)
         return bus
 
-    async def ensure_schema(self, retention: Retention) -> None:
+    async def ensure_schema(self, retention: Retention | None) -> None:
+        """Create the stream, buckets and store if missing.
+
+        ``retention`` None keeps an existing stream's limits (unlimited when creating it);
+        otherwise the stream is updated to it.
+        """
+        if retention is None:
+            try:
+                await self.js.stream_info(subjects.STREAM)
+                exists = True
+            except NotFoundError:
+                exists = False
+        await self._ensure_stream(retention or Retention(), update=retention is not None
+                                  or not exists)
+        for bucket in (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET):
+            self._kv[bucket] = await self.js.create_key_value(
+                jsapi.KeyValueConfig(bucket=bucket, history=1,
+                                     storage=jsapi.StorageType.FILE))
+        self._obj = await self.js.create_object_store(
+            subjects.BUNDLE_BUCKET, config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE))
+
+    async def _ensure_stream(self, retention: Retention, *, update: bool) -> None:
+        if not update:
+            return
         config = jsapi.StreamConfig(
             name=subjects.STREAM, subjects=[subjects.ALL_EVENTS],
             storage=jsapi.StorageType.FILE, retention=jsapi.RetentionPolicy.LIMITS,
@@ -110,12 +133,6 @@ class EventBus:
             await self.js.add_stream(config)
         except BadRequestError:
             await self.js.update_stream(config)  # retention changed since it was created
-        for bucket in (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET):
-            self._kv[bucket] = await self.js.create_key_value(
-                jsapi.KeyValueConfig(bucket=bucket, history=1,
-                                     storage=jsapi.StorageType.FILE))
-        self._obj = await self.js.create_object_store(
-            subjects.BUNDLE_BUCKET, config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE))
 
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:

@@ -60,6 +60,12 @@ def delivery_key(event_id: str, route: str) -> str:
     return f"d.{event_id}.{_route_id(route)}"
 
 
+def delivered_as(event: Event) -> str:
+    """The id a delivery is recorded under: a retried event (``conveyor retry``) counts as its
+    original, so a retry re-sends only to the routes that never got it."""
+    return str(event.data.get("original_id") or event.id)
+
+
 def ref_key(route: str, event: Event) -> str:
     return f"ref.{_route_id(route)}.{event.subject}.{event.correlationid or 'none'}"
 
@@ -130,7 +136,7 @@ class Notifier:
                     and event.subject not in self.settings.envs:
                 continue
             if await self.bus.kv_get(subjects.DELIVERY_BUCKET,
-                                     delivery_key(event.id, route.name)) is not None:
+                                     delivery_key(delivered_as(event), route.name)) is not None:
                 continue  # already delivered: this is a redelivery
             coalescer = self._coalescers.get(route.name)
             if coalescer is not None and not coalescer.offer(event, time.monotonic()):
@@ -162,7 +168,8 @@ class Notifier:
         result = await deliver(route, event, self._session, previous_ref=previous,
                                policy=IN_HANDLER)
         if result.ok:
-            await self.bus.kv_put(subjects.DELIVERY_BUCKET, delivery_key(event.id, route.name),
+            await self.bus.kv_put(subjects.DELIVERY_BUCKET,
+                                  delivery_key(delivered_as(event), route.name),
                                   {"event": event.id, "route": route.name,
                                    "answer": result.provider_answer[:200]})
             if result.message_ref and result.message_ref != previous:
