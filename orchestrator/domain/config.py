@@ -20,10 +20,14 @@ from orchestrator.errors import ConfigError
 
 CONFIG_FILE = "conveyor.yaml"
 DEFAULT_SOURCE = "default"
-_ENV_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+# a NATS subject token and a Kubernetes label value: 1-63 chars, alphanumeric at both ends
+_ENV_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 TARGET_KINDS = ("git", "kubernetes")
 ENV_KEYS = ("path", "source", "target", "render", "sync", "retry", "description")
+SOURCE_KEYS = ("url", "branch", "interval", "credentials", "webhook", "verify", "description")
+VERIFY_MODES = ("ssh", "gpg")
+_ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,12 +60,32 @@ class EnvironmentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifyConfig:
+    """``sources.<name>.verify``: commits must be signed by a key trusted here.
+
+    ``mode`` ssh checks against ``allowed_signers`` (git's ``gpg.ssh.allowedSignersFile``
+    format), gpg against ``keyring`` (exported public keys). Paths are on the watcher's
+    filesystem (a mounted secret), never in the repository being verified; ``${VAR}`` allowed.
+    """
+
+    mode: str
+    allowed_signers: str | None = None
+    keyring: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
+    """A git source. ``credentials`` and ``webhook_secret`` hold ``${VAR}`` references and
+    file paths only (expanded by the service that uses them), never secret values."""
+
     name: str
     url: str  # "" means the repository that holds conveyor.yaml
     branch: str = ""
     interval: float | None = None
     raw: Mapping[str, Any] = field(default_factory=dict)
+    credentials: Mapping[str, Any] = field(default_factory=dict)
+    webhook_secret: str | None = None
+    verify: VerifyConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +166,43 @@ def _safe_relpath(doc: Document, value: Any, *path: str | int, file: str) -> str
     return "" if norm == "." else norm
 
 
+def _webhook_secret(doc: Document, raw: Any, source: str, file: str) -> str | None:
+    data = _mapping(doc, raw, "sources", source, "webhook", file=file)
+    unknown = set(data) - {"secret"}
+    if unknown:
+        raise _err(doc, f"unknown key(s) {sorted(unknown)} (known: secret)", "sources", source,
+                   "webhook", file=file)
+    secret = data.get("secret")
+    if secret is None:
+        return None
+    if not isinstance(secret, str) or not _ENV_REF.match(secret.strip()):
+        raise _err(doc, "must be an environment reference like ${WEBHOOK_SECRET}; secrets are "
+                   "never written in conveyor.yaml", "sources", source, "webhook", "secret",
+                   file=file)
+    return secret.strip()
+
+
+def _verify(doc: Document, raw: Any, source: str, file: str) -> VerifyConfig | None:
+    if raw is None:
+        return None
+    data = _mapping(doc, raw, "sources", source, "verify", file=file)
+    unknown = set(data) - {"mode", "allowedSigners", "keyring"}
+    if unknown:
+        raise _err(doc, f"unknown key(s) {sorted(unknown)} (known: mode, allowedSigners, "
+                   "keyring)", "sources", source, "verify", file=file)
+    mode = data.get("mode")
+    if mode not in VERIFY_MODES:
+        raise _err(doc, f"must be one of {', '.join(VERIFY_MODES)}", "sources", source,
+                   "verify", "mode", file=file)
+    key = "allowedSigners" if mode == "ssh" else "keyring"
+    path = data.get(key)
+    if not isinstance(path, str) or not path.strip():
+        raise _err(doc, f"verify mode {mode} needs '{key}' (a file path)", "sources", source,
+                   "verify", file=file)
+    return VerifyConfig(mode=str(mode), allowed_signers=path.strip() if mode == "ssh" else None,
+                        keyring=path.strip() if mode == "gpg" else None)
+
+
 def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
     """Parse and check conveyor.yaml. Raises ConfigError with file, line and field."""
     try:
@@ -154,12 +215,22 @@ def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
     unknown = set(root) - {"environments", "notifiers", "sources", "version", "defaults"}
     if unknown:
         key = sorted(unknown)[0]
-        raise _err(doc, f"unknown top-level key (expected environments, notifiers, sources)",
+        raise _err(doc, "unknown top-level key (expected environments, notifiers, sources)",
                    key, file=file)
 
     sources: dict[str, SourceConfig] = {}
     for name, raw in _mapping(doc, root.get("sources"), "sources", file=file).items():
+        name = str(name)
+        if not _ENV_NAME.match(name):
+            raise _err(doc, "source names may hold only letters, digits, '-' and '_'",
+                       "sources", name, file=file)
         data = _mapping(doc, raw, "sources", name, file=file)
+        for key in data:
+            if key not in SOURCE_KEYS:
+                hint = difflib.get_close_matches(str(key), SOURCE_KEYS, n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise _err(doc, f"unknown key {key!r}{more}", "sources", name, str(key),
+                           file=file)
         url = data.get("url", "")
         if not isinstance(url, str):
             raise _err(doc, "must be a string", "sources", name, "url", file=file)
@@ -172,6 +243,10 @@ def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
             interval=None if interval is None else _number(doc, interval, "sources", name,
                                                            "interval", file=file),
             raw=data,
+            credentials=_mapping(doc, data.get("credentials"), "sources", name, "credentials",
+                                 file=file),
+            webhook_secret=_webhook_secret(doc, data.get("webhook"), name, file),
+            verify=_verify(doc, data.get("verify"), name, file),
         )
 
     envs_raw = root.get("environments")
@@ -181,7 +256,8 @@ def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
     for name, raw in _mapping(doc, envs_raw, "environments", file=file).items():
         name = str(name)
         if not _ENV_NAME.match(name):
-            raise _err(doc, "environment names may hold only letters, digits, '-' and '_'",
+            raise _err(doc, "environment names are 1-63 letters, digits, '-' and '_', "
+                       "starting and ending with a letter or digit",
                        "environments", name, file=file)
         data = _mapping(doc, raw, "environments", name, file=file)
         for key in data:

@@ -1,25 +1,163 @@
-"""Pure decisions of the git-watcher: which events a set of new commits produces."""
+"""Pure decisions of the git-watcher: which sources to watch, when to poll them, and which
+events a set of new commits produces.
+
+Nothing here does I/O: the service hands in what it read (changed paths, a way to read
+conveyor.yaml at a commit, the kustomize references of an environment, a signature verdict)
+and publishes what comes back.
+
+Signature policy (``sources.<name>.verify``): every commit that would be *announced* (one that
+affects at least one environment) is verified, not just the head. A commit that fails is
+announced as ``conveyor.commit.rejected`` to each environment it affects and is never rendered;
+a later signed commit is deployed normally (its signer vouches for its whole tree). A rejected
+commit that edits conveyor.yaml does not change the configuration either. The policy in force
+is the one of the configuration *before* the commit, so an unsigned commit cannot switch
+verification off.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from orchestrator.adapters.git_local import CommitInfo
 from orchestrator.domain import events as ev
-from orchestrator.domain.config import CONFIG_FILE, Config, EnvironmentConfig, parse_config
+from orchestrator.domain.config import (
+    CONFIG_FILE,
+    DEFAULT_SOURCE,
+    Config,
+    EnvironmentConfig,
+    VerifyConfig,
+    parse_config,
+)
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConfigError
 
 SOURCE = "conveyor/git-watcher"
+DEFAULT_LOCAL_INTERVAL = 5.0
+DEFAULT_REMOTE_INTERVAL = 180.0
+MIN_BACKOFF = 1.0
 
 
 @dataclass(frozen=True, slots=True)
 class SourceRef:
+    """A source as it appears in events: its name, its repository (path or URL, never with a
+    password) and the branch watched."""
+
     name: str
     repo: str
     branch: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedSource:
+    """One source the watcher polls. ``credentials`` None means "the process environment's"
+    (the primary source, ``CONVEYOR_GIT_*``); otherwise the ``${VAR}``/file references of
+    conveyor.yaml, expanded only when fetching."""
+
+    name: str
+    repo: str
+    branch: str = ""
+    interval: float | None = None
+    credentials: Mapping[str, Any] | None = None
+    verify: VerifyConfig | None = None
+    primary: bool = False
+
+    def ref(self, branch: str | None = None) -> SourceRef:
+        return SourceRef(self.name, self.repo, branch if branch is not None else self.branch)
+
+    def event_config(self) -> dict[str, Any]:
+        """What the renderer needs to fetch this source itself (no secret values)."""
+        return {"name": self.name, "url": self.repo, "branch": self.branch,
+                "credentials": None if self.credentials is None else dict(self.credentials)}
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """A signature check of one commit; only ``ok`` commits are rendered."""
+
+    ok: bool
+    reason: str
+    detail: str = ""
+    signer: str | None = None
+    key: str | None = None
+    format: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reason": self.reason, "detail": self.detail[:500],
+                "signer": self.signer, "key": self.key, "format": self.format}
+
+
+Referenced = Callable[[EnvironmentConfig], frozenset[str]]
+VerdictFor = Callable[[VerifyConfig | None], Verdict | None]
+
+
+# --------------------------------------------------------------------------- sources
+
+
+def is_local_url(repo: str) -> bool:
+    try:
+        return parse(repo).is_local
+    except ValueError:
+        return False
+
+
+def watched_sources(config: Config | None, primary_repo: str,
+                    primary_branch: str) -> dict[str, WatchedSource]:
+    """Every source to poll: the primary (``default``, the repository holding conveyor.yaml)
+    and each entry of ``sources:``. A ``sources.default`` entry only adds settings to the
+    primary (interval, verify, webhook); an entry with an empty ``url`` names the primary's
+    repository on its own branch."""
+    cfg = config.sources if config is not None else {}
+    base = cfg.get(DEFAULT_SOURCE)
+    out = {DEFAULT_SOURCE: WatchedSource(
+        DEFAULT_SOURCE, primary_repo, primary_branch or (base.branch if base else ""),
+        interval=base.interval if base else None, credentials=None,
+        verify=base.verify if base else None, primary=True)}
+    for name, src in cfg.items():
+        if name == DEFAULT_SOURCE:
+            continue
+        same_repo = not src.url.strip()
+        out[name] = WatchedSource(
+            name, primary_repo if same_repo else src.url.strip(),
+            src.branch or (primary_branch if same_repo else ""), interval=src.interval,
+            credentials=None if same_repo else dict(src.credentials), verify=src.verify)
+    return out
+
+
+def poll_interval(source: WatchedSource, override: float | None) -> float:
+    """``--interval`` beats ``sources.<name>.interval``; then 5 s local, 3 min remote."""
+    if override is not None:
+        return override
+    if source.interval is not None:
+        return source.interval
+    return DEFAULT_LOCAL_INTERVAL if is_local_url(source.repo) else DEFAULT_REMOTE_INTERVAL
+
+
+def jittered(interval: float, rand: float) -> float:
+    """The next regular poll: ``interval`` +-10% (``rand`` uniform in [0, 1))."""
+    return interval * (0.9 + 0.2 * rand)
+
+
+def backoff_delay(failures: int, interval: float, rand: float) -> float:
+    """The wait after ``failures`` consecutive failed fetches (``rand`` uniform in [0, 1)).
+
+    Exponential from ``interval/16`` (at least 1 s), doubling per failure and capped at the
+    interval, with "equal jitter" (between half and all of the step) so that many replicas
+    failing together do not retry in lockstep. A source that is down is thus retried soon
+    after a blip, then no more often than a healthy one is polled.
+    """
+    if failures <= 0:
+        return jittered(interval, rand)
+    base = max(MIN_BACKOFF, interval / 16)
+    step = min(interval, base * 2.0 ** min(failures - 1, 30))
+    return step / 2 + step / 2 * rand
+
+
+# --------------------------------------------------------------------------- commits
 
 
 def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
@@ -30,16 +168,30 @@ def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
                       "factor": env.retry.factor, "max": env.retry.max}}
 
 
+def env_digest(env: EnvironmentConfig) -> str:
+    """Changes when anything an environment's deployment depends on in conveyor.yaml does."""
+    text = json.dumps(env_payload(env), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def envs_of(config: Config | None, source: str) -> list[EnvironmentConfig]:
+    if config is None:
+        return []
+    return [e for e in config.environments.values() if e.source == source]
+
+
 def commit_data(commit: CommitInfo, source: SourceRef) -> dict[str, Any]:
     return {"revision": commit.sha, "short": commit.short, "message": commit.subject,
             "author": commit.author, "committed_at": commit.committed_at,
             "branch": source.branch, "source": source.name, "repo": source.repo}
 
 
-def is_affected(env: EnvironmentConfig, changed: Sequence[str],
-                referenced: Callable[[EnvironmentConfig], frozenset[str]]) -> bool:
-    """Did a commit that changed ``changed`` touch what this environment renders from?"""
-    if CONFIG_FILE in changed:
+def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Referenced,
+                *, config_counts: bool = True) -> bool:
+    """Did a commit that changed ``changed`` touch what this environment renders from?
+
+    ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
+    if config_counts and CONFIG_FILE in changed:
         return True
     roots = {env.path, *referenced(env)}
     for path in changed:
@@ -49,10 +201,41 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str],
     return False
 
 
+def announce(commit: CommitInfo, source: SourceRef, envs: Sequence[EnvironmentConfig],
+             verdict: Callable[[], Verdict | None], *, changed: Sequence[str] | None,
+             key: str, extra: Mapping[str, Any] | None = None) -> list[Event]:
+    """``commit.detected`` (or ``commit.rejected`` when the verdict says so) for ``envs``."""
+    if not envs:
+        return []
+    check = verdict()
+    out: list[Event] = []
+    for env in envs:
+        data = {**commit_data(commit, source), "env": env_payload(env),
+                "changed": list(changed or [])[:50], **(extra or {})}
+        if check is not None:
+            data["signature"] = check.to_dict()
+        if check is not None and not check.ok:
+            data["error"] = f"commit {commit.short} rejected: {check.reason}" + (
+                f" ({check.detail})" if check.detail else "")
+            data["reason"] = check.reason
+            out.append(new_event(ev.COMMIT_REJECTED, env=env.name, correlation=commit.sha,
+                                 source=SOURCE, key=key, data=data))
+        else:
+            out.append(new_event(ev.COMMIT_DETECTED, env=env.name, correlation=commit.sha,
+                                 source=SOURCE, key=key, data=data))
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class CommitEvents:
     events: list[Event]
     config: Config | None  # the config in force after this commit (None: still none)
+    rejected: bool = False
+
+
+def _verify_policy(config: Config | None) -> VerifyConfig | None:
+    src = config.sources.get(DEFAULT_SOURCE) if config is not None else None
+    return src.verify if src is not None else None
 
 
 def events_for_commit(
@@ -61,38 +244,73 @@ def events_for_commit(
     changed: Sequence[str] | None,  # None: first sight of the source, every environment is due
     config_text: Callable[[], str | None],
     current: Config | None,
-    referenced: Callable[[EnvironmentConfig], frozenset[str]],
+    referenced: Referenced,
+    verdict: VerdictFor | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> CommitEvents:
-    """The events one new commit produces, and the config in force after it."""
-    out: list[Event] = []
-    config = current
+    """The events one new commit of the primary source produces, and the config after it.
+
+    ``verdict(policy)`` checks the commit's signature under the policy of the config in
+    force before it (or, with none yet, the commit's own); it is only called when the commit
+    would produce an event.
+    """
+    config_events: list[Event] = []
+    candidate = current
     if changed is None or CONFIG_FILE in changed or current is None:
         text = config_text()
         if text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
-            out.append(_config_invalid(commit, source, err))
+            config_events.append(_config_invalid(commit, source, err))
         else:
             try:
-                config = parse_config(text)
-                out.append(new_event(ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha,
-                                     source=SOURCE, key=source.name,
-                                     data={**commit_data(commit, source), "text": text,
-                                           "environments": sorted(config.environments)}))
+                candidate = parse_config(text)
+                config_events.append(new_event(
+                    ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
+                    key=source.name, data={**commit_data(commit, source), "text": text,
+                                           "environments": sorted(candidate.environments)}))
             except ConfigError as err:
-                out.append(_config_invalid(commit, source, err))
-    if config is None:
-        return CommitEvents(out, None)
-    for env in config.environments.values():
-        if env.source != "default" and env.source != source.name:
-            continue
-        if changed is None or is_affected(env, changed, referenced):
-            out.append(new_event(
-                ev.COMMIT_DETECTED, env=env.name, correlation=commit.sha, source=SOURCE,
-                key=source.name,
-                data={**commit_data(commit, source), "env": env_payload(env),
-                      "changed": list(changed or [])[:50]},
-            ))
-    return CommitEvents(out, config)
+                config_events.append(_config_invalid(commit, source, err))
+    in_force = current if current is not None else candidate
+    after = candidate
+    affected = [env for env in envs_of(after, source.name)
+                if changed is None or is_affected(env, changed, referenced)]
+    if not affected and not config_events:
+        return CommitEvents([], current)
+    check = verdict(_verify_policy(in_force)) if verdict is not None else None
+    if check is not None and not check.ok:
+        # nothing of a rejected commit takes effect, its conveyor.yaml included
+        affected = [env for env in envs_of(in_force, source.name)
+                    if changed is None or is_affected(env, changed, referenced)]
+        return CommitEvents(announce(commit, source, affected, lambda: check, changed=changed,
+                                     key=source.name, extra=extra), current, rejected=True)
+    return CommitEvents(config_events + announce(commit, source, affected, lambda: check,
+                                                 changed=changed, key=source.name,
+                                                 extra=extra), after)
+
+
+def events_for_source_commit(
+    commit: CommitInfo,
+    source: SourceRef,
+    changed: Sequence[str] | None,
+    config: Config | None,
+    referenced: Referenced,
+    verdict: Callable[[], Verdict | None],
+    extra: Mapping[str, Any] | None = None,
+) -> list[Event]:
+    """The events one new commit of a secondary source produces (its conveyor.yaml, if any,
+    means nothing: configuration comes from the primary source only)."""
+    affected = [env for env in envs_of(config, source.name)
+                if changed is None or is_affected(env, changed, referenced,
+                                                  config_counts=False)]
+    return announce(commit, source, affected, verdict, changed=changed, key=source.name,
+                    extra=extra)
+
+
+def stale_envs(config: Config | None, source: str,
+               announced: Mapping[str, str]) -> list[EnvironmentConfig]:
+    """Environments of ``source`` whose conveyor.yaml block changed (or that are new) since
+    the source's head was last announced to them: they are due the current head."""
+    return [env for env in envs_of(config, source) if announced.get(env.name) != env_digest(env)]
 
 
 def _config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:

@@ -1,225 +1,218 @@
-"""git-watcher: polls the source, takes refresh requests, announces every new commit.
+"""git-watcher: polls every source, takes refresh requests, announces every new commit.
 
-The cursor (last announced head and last good config per source) lives in the state bucket and
-is written *after* the events are published. A crash in between re-announces the same commits
-with the same deterministic ids, which JetStream drops.
+The primary source (``default``: ``--repo``, the repository holding conveyor.yaml) is always
+watched; every entry of conveyor.yaml's ``sources:`` is watched too, each by its own
+``SourcePoller`` (own cursor, own interval and backoff, own loop task), so a slow or failing
+source never delays another. Fetches run in worker threads (``GitMirror``). After each poll of
+the primary the set of pollers is reconciled with the configuration in force, and when that
+configuration changed the other sources are polled right away (an environment that moved to
+another source, or whose block changed, is due that source's head).
+
+``conveyor.refresh.requested`` (the api's refresh button, or a verified webhook) with
+``data.source`` polls that source only; without it, every source. The request is acknowledged
+once the poll is done (a crash meanwhile redelivers it); requests are handled in one lane per
+source, so a slow remote does not hold up a webhook for another. A poll takes the poller's
+lock, so it is serialised with the poller's own timer.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.config import CONFIG_FILE, Config, EnvironmentConfig, parse_config
-from orchestrator.domain.events import new_event
-from orchestrator.errors import ConfigError, ConveyorError, TransientError
+from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
+from orchestrator.errors import ConfigError
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 from orchestrator.settings import Settings
-from services.git_watcher.decide import SOURCE, SourceRef, events_for_commit
-from services.git_watcher.source import Checkout, is_local
+from services.git_watcher import decide
+from services.git_watcher.decide import (
+    DEFAULT_LOCAL_INTERVAL,
+    DEFAULT_REMOTE_INTERVAL,
+    SourceRef,
+    WatchedSource,
+)
+from services.git_watcher.poller import Cursor, SourcePoller, cursor_key
+from services.git_watcher.source import Checkout
 
 log = structlog.get_logger(__name__)
 
-DEFAULT_LOCAL_INTERVAL = 5.0
-DEFAULT_REMOTE_INTERVAL = 180.0
-
-
-@dataclass
-class Cursor:
-    head: str | None = None
-    config_text: str | None = None
-    failing: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"head": self.head, "config_text": self.config_text, "failing": self.failing}
-
-
-def _referenced(repo_path: str, sha: str):  # type: ignore[no-untyped-def]
-    """referenced_paths bound to one commit (kustomize bases and the like)."""
-    from orchestrator.rendering import referenced_paths
-
-    def read(path: str) -> bytes | None:
-        return git_local.read_file(repo_path, sha, path)
-
-    def is_dir(path: str) -> bool:
-        tid = git_local.tree_id(repo_path, sha, path)
-        return tid is not None and git_local.read_file(repo_path, sha, path) is None
-
-    def refs(env: EnvironmentConfig) -> frozenset[str]:
-        try:
-            return frozenset(referenced_paths(read, is_dir, env.path, env.render))
-        except Exception:  # a broken kustomization is the renderer's to report
-            return frozenset()
-
-    return refs
+__all__ = ["DEFAULT_LOCAL_INTERVAL", "DEFAULT_REMOTE_INTERVAL", "Cursor", "GitWatcher"]
 
 
 class GitWatcher:
     def __init__(self, bus: EventBus, settings: Settings) -> None:
         self.bus = bus
         self.settings = settings
-        self.checkout = Checkout.shared(settings.repo, settings.data_dir)
-        self.source = SourceRef("default", settings.repo, settings.branch)
-        self._lock = asyncio.Lock()
-        self._wake = asyncio.Event()
+        self.config: Config | None = None
+        self._config_text: str | None = None
+        self.pollers: dict[str, SourcePoller] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
         self._consumer: Consumer | None = None
+        self._add(decide.watched_sources(None, settings.repo, settings.branch)[DEFAULT_SOURCE])
+
+    # ------------------------------------------------------------------ compatibility
+
+    @property
+    def primary(self) -> SourcePoller:
+        return self.pollers[DEFAULT_SOURCE]
+
+    @property
+    def checkout(self) -> Checkout:
+        return self.primary.checkout
+
+    @property
+    def source(self) -> SourceRef:
+        return self.primary.source.ref(self.primary.branch)
 
     @property
     def interval(self) -> float:
-        if self.settings.interval is not None:
-            return self.settings.interval
-        return DEFAULT_LOCAL_INTERVAL if is_local(self.settings.repo) else DEFAULT_REMOTE_INTERVAL
+        return self.primary.interval
 
     @property
     def cursor_key(self) -> str:
-        return f"watcher.{self.source.name}"
+        return cursor_key(DEFAULT_SOURCE)
+
+    # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        if not self.source.branch:
-            branch = (await self.checkout.fetch()).branch or "main"
-            self.source = SourceRef(self.source.name, self.source.repo, branch)
+        cursor, _ = await self.primary.load_cursor()
+        self._set_config(cursor.config_text)
+        self._reconcile()
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable="git-watcher", stage="source",
             filters=subjects.filter_for(ev.REFRESH_REQUESTED, [ev.NO_ENV]),
-            handler=self._on_refresh, max_deliver=5, concurrency=1))
+            handler=self._on_refresh, max_deliver=5, concurrency=4, ack_wait=300.0,
+            key=lambda e: str(e.data.get("source") or "*")))
         await self._consumer.start()
-        self._tasks.append(asyncio.create_task(self._poll_loop(), name="git-watcher:poll"))
-
-    async def _on_refresh(self, delivery: Delivery) -> Outcome:
-        emitted = await self.poll()
-        log.info("watcher.refreshed", announced=emitted)
-        return Ack()
-
-    def trigger(self) -> None:
-        self._wake.set()
-
-    async def _poll_loop(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.poll()
-            except Exception as exc:  # poll() reports failures as events; never die here
-                log.exception("watcher.poll_crashed", error=str(exc))
-            # jitter spreads many sources so they do not fetch in lockstep
-            delay = self.interval * random.uniform(0.9, 1.1)
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
-
-    async def _load_cursor(self) -> tuple[Cursor, int]:
-        found = await self.bus.kv_get(subjects.STATE_BUCKET, self.cursor_key)
-        if found is None:
-            return Cursor(), 0
-        raw, rev = found
-        return Cursor(raw.get("head"), raw.get("config_text"), bool(raw.get("failing"))), rev
-
-    async def poll(self) -> int:
-        """Fetch, announce new commits, advance the cursor. Returns events published."""
-        async with self._lock:
-            cursor, rev = await self._load_cursor()
-            try:
-                fetched = await self.checkout.fetch(self.source.branch)
-                path = self.checkout.path
-                head = fetched.head
-            except ConveyorError as exc:
-                await self._fetch_failed(cursor, rev, exc)
-                return 1
-            events = []
-            if cursor.failing:
-                events.append(new_event(ev.SOURCE_RECOVERED, env=ev.NO_ENV, source=SOURCE,
-                                        correlation=head or "", key=f"{self.source.name}:{rev}",
-                                        data={"source": self.source.name}))
-                cursor.failing = False
-            if head is None:
-                if cursor.head is not None:
-                    events.append(new_event(
-                        ev.SOURCE_BRANCH_DELETED, env=ev.NO_ENV, source=SOURCE,
-                        correlation=cursor.head, key=self.source.name,
-                        data={"source": self.source.name, "branch": self.source.branch,
-                              "last_head": cursor.head}))
-                await self._commit(events, cursor, rev)
-                return len(events)
-            if head == cursor.head:
-                await self._commit(events, cursor, rev)
-                return len(events)
-            events.extend(await asyncio.to_thread(self._announce, path, cursor, head))
-            await self._commit(events, cursor, rev, head=head)
-            return len(events)
-
-    def _announce(self, path: str, cursor: Cursor, head: str) -> list[Any]:
-        """Blocking: walk the new commits and decide their events (runs in a thread)."""
-        events = []
-        if cursor.head is not None and not git_local.has_commit(path, cursor.head):
-            rewritten = True
-        else:
-            rewritten = cursor.head is not None and not git_local.is_ancestor(
-                path, cursor.head, head)
-        if rewritten:
-            events.append(new_event(ev.SOURCE_REWRITTEN, env=ev.NO_ENV, source=SOURCE,
-                                    correlation=head, key=self.source.name,
-                                    data={"source": self.source.name,
-                                          "branch": self.source.branch,
-                                          "old_head": cursor.head, "new_head": head}))
-        old = None if rewritten else cursor.head
-        commits = git_local.new_commits(path, old, head)
-        config: Config | None = None
-        if cursor.config_text is not None:
-            with contextlib.suppress(ConfigError):
-                config = parse_config(cursor.config_text)
-        first_sight = cursor.head is None or rewritten
-        for i, commit in enumerate(commits):
-            changed = None if (first_sight and i == 0) else git_local.changed_paths(
-                path, commit.sha)
-            sha = commit.sha
-
-            def text(sha: str = sha) -> str | None:
-                data = git_local.read_file(path, sha, CONFIG_FILE)
-                return None if data is None else data.decode("utf-8", errors="replace")
-
-            result = events_for_commit(commit, self.source, changed, text, config,
-                                       _referenced(path, sha))
-            events.extend(result.events)
-            if result.config is not None and result.config is not config:
-                config = result.config
-                cursor.config_text = config.text
-        return events
-
-    async def _commit(self, events: list[Any], cursor: Cursor, rev: int,
-                      head: str | None = None) -> None:
-        await self.bus.publish_all(events)
-        if head is not None:
-            cursor.head = head
-        if events or head is not None:
-            await self.bus.kv_put(subjects.STATE_BUCKET, self.cursor_key, cursor.to_json())
-
-    async def _fetch_failed(self, cursor: Cursor, rev: int, exc: ConveyorError) -> None:
-        log.warning("watcher.fetch_failed", source=self.source.name, error=str(exc))
-        event = new_event(ev.SOURCE_FETCH_FAILED, env=ev.NO_ENV, source=SOURCE,
-                          correlation=cursor.head or "", key=f"{self.source.name}:{rev}",
-                          data={"source": self.source.name, "error": str(exc),
-                                "reason": exc.reason,
-                                "transient": isinstance(exc, TransientError)})
-        if not cursor.failing:  # one event per outage, not one per poll
-            cursor.failing = True
-            await self.bus.publish(event)
-            await self.bus.kv_put(subjects.STATE_BUCKET, self.cursor_key, cursor.to_json())
+        for name in list(self.pollers):
+            self._start_loop(name)
 
     async def stop(self) -> None:
         self._stopping.set()
-        self._wake.set()
         if self._consumer is not None:
             await self._consumer.stop()
-        for task in self._tasks:
+        for name in list(self._tasks):
+            await self._stop_loop(name)
+
+    # ------------------------------------------------------------------ sources
+
+    def _add(self, source: WatchedSource) -> SourcePoller:
+        poller = SourcePoller(self.bus, source, self.settings.data_dir,
+                              interval=decide.poll_interval(source, self.settings.interval),
+                              config=lambda: self.config)
+        self.pollers[source.name] = poller
+        return poller
+
+    def _set_config(self, text: str | None) -> bool:
+        """Adopt the primary's config text; True when it changed."""
+        if text == self._config_text:
+            return False
+        self._config_text = text
+        self.config = None
+        if text is not None:
+            with contextlib.suppress(ConfigError):
+                self.config = parse_config(text)
+        return True
+
+    def _reconcile(self) -> list[str]:
+        """Bring the pollers in line with the config; returns the sources (re)created."""
+        wanted = decide.watched_sources(self.config, self.settings.repo, self.settings.branch)
+        changed: list[str] = []
+        for name in list(self.pollers):
+            if name not in wanted:
+                log.info("watcher.source_removed", source=name)
+                self.pollers.pop(name)
+                task = self._tasks.pop(name, None)
+                if task is not None:
+                    task.cancel()
+        for name, source in wanted.items():
+            current = self.pollers.get(name)
+            if current is not None and current.source == source:
+                continue
+            if current is not None and name == DEFAULT_SOURCE:
+                # the primary keeps its poller (and resolved branch); settings may change
+                current.source = source
+                current.interval = decide.poll_interval(source, self.settings.interval)
+                continue
+            task = self._tasks.pop(name, None)
+            if task is not None:
+                task.cancel()
+            self._add(source)
+            changed.append(name)
+            log.info("watcher.source_added", source=name, repo=source.repo,
+                     branch=source.branch or "(default)")
+        return changed
+
+    def _start_loop(self, name: str) -> None:
+        if name not in self._tasks and not self._stopping.is_set():
+            self._tasks[name] = asyncio.create_task(self._loop(name),
+                                                    name=f"git-watcher:{name}")
+
+    async def _stop_loop(self, name: str) -> None:
+        task = self._tasks.pop(name, None)
+        if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    async def _loop(self, name: str) -> None:
+        poller = self.pollers[name]
+        while not self._stopping.is_set() and self.pollers.get(name) is poller:
+            poller.wake.clear()  # a wake during the poll below polls again right after
+            try:
+                await self._poll_one(poller)
+            except Exception as exc:  # poll() reports failures as events; never die here
+                log.exception("watcher.poll_crashed", source=name, error=str(exc))
+            delay = poller.next_delay if poller.failures else poller.delay()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(poller.wake.wait(), delay)
+
+    async def _poll_one(self, poller: SourcePoller) -> int:
+        emitted = await poller.poll()
+        if poller.source.primary:
+            cursor, _ = await poller.load_cursor()
+            if self._set_config(cursor.config_text):
+                self._reconcile()
+                for name, other in self.pollers.items():
+                    if not other.source.primary:
+                        self._start_loop(name)
+                        other.wake.set()  # config changed: environments may be due a head
+        return emitted
+
+    # ------------------------------------------------------------------ triggers
+
+    def trigger(self, source: str | None = None) -> None:
+        """Poll ``source`` (every source when None) as soon as its loop is free."""
+        for name, poller in self.pollers.items():
+            if source is None or name == source:
+                poller.wake.set()
+
+    async def poll(self, source: str | None = None) -> int:
+        """Poll now and wait: the primary then every other source, or just ``source``.
+        Returns the number of events published."""
+        if source is not None:
+            poller = self.pollers.get(source)
+            if poller is None:
+                raise KeyError(f"no source {source!r} (known: {sorted(self.pollers)})")
+            return await self._poll_one(poller)
+        emitted = await self._poll_one(self.primary)
+        others = [p for p in self.pollers.values() if not p.source.primary]
+        counts = await asyncio.gather(*(self._poll_one(p) for p in others))
+        return emitted + sum(counts)
+
+    async def _on_refresh(self, delivery: Delivery) -> Outcome:
+        source = delivery.event.data.get("source")
+        name = str(source) if source else None
+        if name is not None and name not in self.pollers:
+            log.info("watcher.refresh_unknown_source", source=name)
+            name = None  # maybe a source the next config adds: poll everything
+        emitted = await self.poll(name)
+        log.info("watcher.refreshed", source=name or "*", announced=emitted,
+                 by=delivery.event.data.get("by", ""))
+        return Ack()

@@ -1,11 +1,20 @@
 """Where a source's repository lives on this machine: the path itself, or a local mirror.
 
 A thin wrapper over ``GitMirror`` that the watcher, renderer and applier share, so one process
-keeps one mirror (and one fetch lock) per source. The primary source (``--repo``) takes its
+keeps one mirror (and one fetch lock) per repository. The primary source (``--repo``) takes its
 credentials from the process environment, as the Kubernetes manifests mount them:
 ``CONVEYOR_GIT_TOKEN`` (or ``CONVEYOR_GIT_USERNAME`` + ``CONVEYOR_GIT_PASSWORD``),
 ``CONVEYOR_GIT_SSH_KEY`` (a key file), ``CONVEYOR_GIT_SSH_PASSPHRASE`` and
 ``CONVEYOR_GIT_KNOWN_HOSTS`` (a known_hosts file). Empty values count as unset.
+
+Other sources take theirs from conveyor.yaml (``sources.<name>.credentials``: ``${VAR}``
+references and file paths, expanded at each fetch by ``GitMirror``). The watcher registers
+each source here with its credentials, so ``Checkout.shared(repo, data_dir)`` (what the
+renderer calls with the ``repo`` of a ``commit.detected`` event) finds them in the same
+process; ``Checkout.for_event(data, data_dir)`` does the same from the ``source_config`` the
+event carries, for a renderer running in another process (secondary sources always carry
+one, ``credentials: {}`` when anonymous, so the primary's secrets are not offered to another
+host). A repository nobody registered gets the environment's credentials, as before.
 """
 
 from __future__ import annotations
@@ -32,15 +41,22 @@ def local_path(repo: str) -> str:
     return str(Path(parse(repo).path).expanduser()) if is_local(repo) else repo
 
 
+def repo_key(repo: str) -> str:
+    try:
+        return parse(repo).key()
+    except ValueError:
+        return repo
+
+
 def credentials_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     env = os.environ if environ is None else environ
     creds: dict[str, Any] = {}
     if env.get("CONVEYOR_GIT_TOKEN"):
-        creds["token"] = "${CONVEYOR_GIT_TOKEN}"
+        creds["token"] = "${CONVEYOR_GIT_TOKEN}"  # noqa: S105 (a reference)
         if env.get("CONVEYOR_GIT_USERNAME"):
             creds["username"] = env["CONVEYOR_GIT_USERNAME"]
     elif env.get("CONVEYOR_GIT_PASSWORD"):
-        creds["password"] = "${CONVEYOR_GIT_PASSWORD}"
+        creds["password"] = "${CONVEYOR_GIT_PASSWORD}"  # noqa: S105
         creds["username"] = env.get("CONVEYOR_GIT_USERNAME") or "git"
     if env.get("CONVEYOR_GIT_SSH_KEY"):
         creds["sshKeyFile"] = env["CONVEYOR_GIT_SSH_KEY"]
@@ -55,21 +71,46 @@ _SHARED: dict[tuple[str, str], Checkout] = {}
 
 
 class Checkout:
-    """A source's repository on this machine (one per source and data dir per process)."""
+    """A source's repository on this machine (one per repository and data dir per process).
+
+    ``credentials`` None means the process environment's (``CONVEYOR_GIT_*``)."""
 
     def __init__(self, repo: str, data_dir: Path, *, source: str = "default",
-                 credentials: Mapping[str, Any] | None = None) -> None:
+                 credentials: Mapping[str, Any] | None = None,
+                 connect_timeout: float = 10.0, timeout: float = 60.0) -> None:
         self.repo = repo
+        self.source = source
+        self.explicit = credentials is not None
+        self.credentials = dict(credentials) if credentials is not None else None
         self.mirror = GitMirror(repo, data_dir / "mirrors", source=source,
                                 credentials=credentials if credentials is not None
-                                else credentials_from_env())
+                                else credentials_from_env(),
+                                connect_timeout=connect_timeout, timeout=timeout)
 
     @classmethod
-    def shared(cls, repo: str, data_dir: Path) -> Checkout:
-        key = (repo, str(data_dir))
-        if key not in _SHARED:
-            _SHARED[key] = cls(repo, data_dir)
+    def shared(cls, repo: str, data_dir: Path, *, source: str | None = None,
+               credentials: Mapping[str, Any] | None = None, **kwargs: Any) -> Checkout:
+        """The process's checkout of ``repo``. With ``credentials`` (a registration, by the
+        watcher or from an event) it replaces one made without or with other credentials."""
+        key = (repo_key(repo), str(data_dir))
+        found = _SHARED.get(key)
+        if found is not None and (credentials is None or (
+                found.explicit and found.credentials == dict(credentials))):
+            return found
+        _SHARED[key] = cls(repo, data_dir, source=source or "default",
+                           credentials=credentials, **kwargs)
         return _SHARED[key]
+
+    @classmethod
+    def for_event(cls, data: Mapping[str, Any], data_dir: Path) -> Checkout:
+        """The checkout for a ``commit.detected`` event's ``repo``, using the
+        ``source_config`` it carries (credential references only) when it has one."""
+        repo = str(data["repo"])
+        cfg = data.get("source_config")
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
+            return cls.shared(repo, data_dir, source=str(cfg.get("name") or "default"),
+                              credentials=cfg["credentials"])
+        return cls.shared(repo, data_dir)
 
     @property
     def path(self) -> str:
@@ -80,6 +121,9 @@ class Checkout:
 
     async def ensure(self, sha: str) -> str:
         """A local path that holds ``sha``, fetching the remote when it does not yet."""
-        if not await asyncio.to_thread(git_local.has_commit, self.path, sha):
-            await self.mirror.ensure_commit(sha)
+        if not await asyncio.to_thread(self._has, sha):
+            await self.mirror.ensure_commit(sha)  # creates the mirror on first use
         return self.path
+
+    def _has(self, sha: str) -> bool:
+        return Path(self.path).exists() and git_local.has_commit(self.path, sha)

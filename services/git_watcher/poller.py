@@ -1,0 +1,305 @@
+"""One source, polled: fetch, decide, publish, advance the cursor.
+
+Each source has its own cursor in the state bucket (``watcher.<source>``): the last announced
+head, whether the source is failing (and why), whether its branch is gone, the branch resolved
+when none was configured, and, for sources other than the primary, a digest of each
+environment's conveyor.yaml block as of the last announcement (an environment whose block
+changes is due the current head again). The primary's cursor also keeps the last good
+conveyor.yaml text.
+
+The cursor is written *after* the events are published. A crash in between re-announces the
+same commits with the same deterministic ids, which JetStream drops.
+
+Failures: a fetch that fails publishes ``conveyor.source.fetch_failed`` once per outage (again
+only if the reason changes), backs the source's polling off exponentially (see
+``decide.backoff_delay``) and, on the first fetch that works again,
+``conveyor.source.recovered``. Nothing else happens: no environment event, so what is applied
+stays applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from orchestrator import subjects
+from orchestrator.adapters import git_local
+from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.domain import events as ev
+from orchestrator.domain.config import (
+    CONFIG_FILE,
+    Config,
+    EnvironmentConfig,
+    VerifyConfig,
+    parse_config,
+)
+from orchestrator.domain.events import Event, new_event
+from orchestrator.errors import ConfigError, ConveyorError, TransientError
+from services.git_watcher import decide, metrics
+from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
+from services.git_watcher.signing import check_commit
+from services.git_watcher.source import Checkout
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class Cursor:
+    head: str | None = None
+    config_text: str | None = None
+    failing: bool = False
+    reason: str = ""
+    deleted: bool = False
+    branch: str = ""
+    envs: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"head": self.head, "config_text": self.config_text, "failing": self.failing,
+                "reason": self.reason, "deleted": self.deleted, "branch": self.branch,
+                "envs": self.envs}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Cursor:
+        envs = raw.get("envs")
+        return cls(raw.get("head"), raw.get("config_text"), bool(raw.get("failing")),
+                   str(raw.get("reason") or ""), bool(raw.get("deleted")),
+                   str(raw.get("branch") or ""),
+                   dict(envs) if isinstance(envs, dict) else {})
+
+
+def cursor_key(source: str) -> str:
+    return f"watcher.{source}"
+
+
+def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
+    """referenced_paths bound to one commit (kustomize bases and the like)."""
+    from orchestrator.rendering import referenced_paths
+
+    def read(path: str) -> bytes | None:
+        return git_local.read_file(repo_path, sha, path)
+
+    def is_dir(path: str) -> bool:
+        tid = git_local.tree_id(repo_path, sha, path)
+        return tid is not None and git_local.read_file(repo_path, sha, path) is None
+
+    def refs(env: EnvironmentConfig) -> frozenset[str]:
+        try:
+            return frozenset(referenced_paths(read, is_dir, env.path, env.render))
+        except Exception:  # a broken kustomization is the renderer's to report
+            return frozenset()
+
+    return refs
+
+
+@dataclass(frozen=True, slots=True)
+class Announcement:
+    events: list[Event]
+    config_text: str | None  # primary: the config in force after the new commits
+
+
+class SourcePoller:
+    """Polls one source. ``config()`` returns the configuration in force (from the primary)."""
+
+    def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
+                 interval: float, config: Callable[[], Config | None]) -> None:
+        self.bus = bus
+        self.source = source
+        self.interval = interval
+        self.branch = source.branch
+        self._config = config
+        self.checkout = Checkout.shared(source.repo, data_dir, source=source.name,
+                                        credentials=source.credentials)
+        self.lock = asyncio.Lock()
+        self.wake = asyncio.Event()
+        self.failures = 0
+        self.next_delay = 0.0
+        self.last_error: ConveyorError | None = None
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def key(self) -> str:
+        return cursor_key(self.source.name)
+
+    def delay(self, rand: float | None = None) -> float:
+        """How long to wait before the next poll: the interval, or the backoff when failing."""
+        r = random.random() if rand is None else rand
+        self.next_delay = decide.backoff_delay(self.failures, self.interval, r)
+        return self.next_delay
+
+    async def load_cursor(self) -> tuple[Cursor, int]:
+        found = await self.bus.kv_get(subjects.STATE_BUCKET, self.key)
+        if found is None:
+            return Cursor(), 0
+        raw, rev = found
+        return Cursor.from_json(raw), rev
+
+    async def poll(self) -> int:
+        """Fetch, announce new commits, advance the cursor. Returns events published."""
+        async with self.lock:
+            cursor, rev = await self.load_cursor()
+            if not self.branch and cursor.branch:
+                self.branch = cursor.branch
+            started = time.monotonic()
+            try:
+                fetched = await self.checkout.fetch(self.branch or None)
+            except ConveyorError as exc:
+                metrics.observe_fetch(self.name, time.monotonic() - started, exc.reason)
+                self.failures += 1
+                self.last_error = exc
+                return await self._failed(cursor, rev, exc)
+            metrics.observe_fetch(self.name, time.monotonic() - started)
+            self.failures, self.last_error = 0, None
+            if not self.branch and fetched.branch:
+                self.branch = cursor.branch = fetched.branch
+            events: list[Event] = []
+            if cursor.failing:
+                events.append(new_event(
+                    ev.SOURCE_RECOVERED, env=ev.NO_ENV, source=SOURCE,
+                    correlation=fetched.head or "", key=f"{self.name}:{rev}",
+                    data={**self._data(), "after": cursor.reason}))
+                cursor.failing, cursor.reason = False, ""
+            head = fetched.head
+            if head is None:
+                if cursor.head is not None and not cursor.deleted:
+                    events.append(new_event(
+                        ev.SOURCE_BRANCH_DELETED, env=ev.NO_ENV, source=SOURCE,
+                        correlation=cursor.head, key=f"{self.name}:{rev}",
+                        data={**self._data(), "last_head": cursor.head}))
+                    cursor.deleted = True
+                await self._commit(events, cursor, dirty=bool(events))
+                return len(events)
+            config = self._config()
+            resumed = cursor.deleted
+            cursor.deleted = False
+            stale = (not self.source.primary and config is not None
+                     and decide.stale_envs(config, self.name, cursor.envs))
+            if head == cursor.head and not stale:
+                await self._commit(events, cursor, dirty=bool(events) or resumed)
+                return len(events)
+            found = await asyncio.to_thread(self._announce, cursor, head, config)
+            events.extend(found.events)
+            if self.source.primary:
+                cursor.config_text = found.config_text
+            elif config is not None:
+                cursor.envs = {e.name: decide.env_digest(e)
+                               for e in decide.envs_of(config, self.name)}
+            cursor.head = head
+            await self._commit(events, cursor, dirty=True)
+            return len(events)
+
+    def _data(self) -> dict[str, Any]:
+        return {"source": self.name, "repo": self.checkout.mirror.display_url,
+                "branch": self.branch}
+
+    # ------------------------------------------------------------------ worker thread
+
+    def _verdict(self, path: str, sha: str) -> decide.VerdictFor:
+        """The commit's signature check under a policy, run at most once (it spawns tools)."""
+        cache: dict[str, Verdict | None] = {}
+
+        def verdict(policy: VerifyConfig | None) -> Verdict | None:
+            if "v" not in cache:
+                cache["v"] = check_commit(path, sha, policy)
+            return cache["v"]
+
+        return verdict
+
+    def _own_verdict(self, path: str, sha: str) -> Callable[[], Verdict | None]:
+        """A secondary source's check: under its own ``verify`` policy."""
+        verdict = self._verdict(path, sha)
+        policy = self.source.verify
+        return lambda: verdict(policy)
+
+    def _announce(self, cursor: Cursor, head: str, config: Config | None) -> Announcement:
+        """Blocking: walk the new commits and decide their events (runs in a thread)."""
+        path = self.checkout.path
+        ref = self.source.ref(self.branch)
+        extra = {"source_config": {**self.source.event_config(), "branch": self.branch}}
+        events: list[Event] = []
+        rewritten = cursor.head is not None and cursor.head != head and (
+            not git_local.has_commit(path, cursor.head)
+            or not git_local.is_ancestor(path, cursor.head, head))
+        if rewritten:
+            events.append(new_event(ev.SOURCE_REWRITTEN, env=ev.NO_ENV, source=SOURCE,
+                                    correlation=head, key=self.name,
+                                    data={**self._data(), "old_head": cursor.head,
+                                          "new_head": head}))
+        if head == cursor.head:
+            commits = []
+        else:
+            commits = git_local.new_commits(path, None if rewritten else cursor.head, head)
+        first_sight = cursor.head is None or rewritten
+        if self.source.primary:
+            current: Config | None = None
+            if cursor.config_text is not None:
+                with contextlib.suppress(ConfigError):
+                    current = parse_config(cursor.config_text)
+            text_after = cursor.config_text
+            for i, commit in enumerate(commits):
+                changed = None if (first_sight and i == 0) else git_local.changed_paths(
+                    path, commit.sha)
+
+                def text(sha: str = commit.sha) -> str | None:
+                    data = git_local.read_file(path, sha, CONFIG_FILE)
+                    return None if data is None else data.decode("utf-8", errors="replace")
+
+                result = decide.events_for_commit(
+                    commit, ref, changed, text, current, referenced_at(path, commit.sha),
+                    self._verdict(path, commit.sha), extra)
+                events.extend(result.events)
+                if result.config is not None and result.config is not current:
+                    current = result.config
+                    text_after = current.text
+            return Announcement(events, text_after)
+        for i, commit in enumerate(commits):
+            changed = None if (first_sight and i == 0) else git_local.changed_paths(
+                path, commit.sha)
+            events.extend(decide.events_for_source_commit(
+                commit, ref, changed, config, referenced_at(path, commit.sha),
+                self._own_verdict(path, commit.sha), extra))
+        # environments whose conveyor.yaml block changed are due the head, even untouched
+        got_head = {e.subject for e in events if e.correlationid == head}
+        stale = [e for e in decide.stale_envs(config, self.name, cursor.envs)
+                 if e.name not in got_head]
+        if stale:
+            info = git_local.commit_info(path, head)
+            verdict = self._own_verdict(path, head)
+            for env in stale:
+                events.extend(decide.announce(
+                    info, ref, [env], verdict, changed=None,
+                    key=f"{self.name}:config:{decide.env_digest(env)}", extra=extra))
+        return Announcement(events, None)
+
+    # ------------------------------------------------------------------ publishing
+
+    async def _commit(self, events: list[Event], cursor: Cursor, *, dirty: bool) -> None:
+        await self.bus.publish_all(events)
+        if dirty:
+            await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
+
+    async def _failed(self, cursor: Cursor, rev: int, exc: ConveyorError) -> int:
+        delay = self.delay()
+        log.warning("watcher.fetch_failed", source=self.name, reason=exc.reason,
+                    error=str(exc), failures=self.failures, retry_in=round(delay, 1))
+        if cursor.failing and cursor.reason == exc.reason:
+            return 0  # one event per outage, not one per poll
+        event = new_event(ev.SOURCE_FETCH_FAILED, env=ev.NO_ENV, source=SOURCE,
+                          correlation=cursor.head or "", key=f"{self.name}:{rev}:{exc.reason}",
+                          data={**self._data(), "error": str(exc), "reason": exc.reason,
+                                "transient": isinstance(exc, TransientError),
+                                "retry_in": round(delay, 1)})
+        cursor.failing, cursor.reason = True, exc.reason
+        await self.bus.publish(event)
+        await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
+        return 1
