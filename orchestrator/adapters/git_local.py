@@ -19,7 +19,7 @@ import pygit2
 
 from orchestrator.errors import PermanentError, TransientError
 
-MAX_WALK = 10_000  # commits announced per poll at most (a burst larger than this is cut)
+MAX_WALK = 1000  # commits announced per chunk; a larger burst is announced in several chunks
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,11 +153,13 @@ def is_ancestor(path: str | Path, old: str, new: str) -> bool:
 
 
 def new_commits(path: str | Path, old: str | None, new: str,
-                limit: int = MAX_WALK) -> list[CommitInfo]:
+                limit: int | None = None) -> list[CommitInfo]:
     """Commits after ``old`` up to ``new`` along first parents, oldest first, at most ``limit``.
 
     ``old`` None means "just ``new``". When ``old`` is not an ancestor (a rewrite) the walk
-    stops at the merge base.
+    stops at the merge base. A longer history yields its *oldest* ``limit`` commits: the caller
+    announces them, moves its cursor to the last one and asks again, so a burst of any size is
+    announced in order, in bounded chunks, and no commit is skipped.
     """
     repo = open_repo(path)
     head = _commit(repo, new)
@@ -167,13 +169,13 @@ def new_commits(path: str | Path, old: str | None, new: str,
     if not is_ancestor(path, old, new):
         base = repo.merge_base(old, new)
         stop = {str(base)} if base is not None else set()
-    out: list[CommitInfo] = []
+    chain: list[pygit2.Commit] = []
     commit: pygit2.Commit | None = head
-    while commit is not None and str(commit.id) not in stop and len(out) < limit:
-        out.append(_info(commit))
+    while commit is not None and str(commit.id) not in stop:
+        chain.append(commit)
         commit = commit.parents[0] if commit.parent_ids else None
-    out.reverse()
-    return out
+    chain.reverse()
+    return [_info(c) for c in chain[:MAX_WALK if limit is None else limit]]
 
 
 def changed_paths(path: str | Path, sha: str) -> list[str]:

@@ -103,6 +103,7 @@ def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
 class Announcement:
     events: list[Event]
     config_text: str | None  # primary: the config in force after the new commits
+    last: str  # the newest commit announced: the head, or the end of a chunk of a burst
 
 
 class SourcePoller:
@@ -187,16 +188,21 @@ class SourcePoller:
             if head == cursor.head and not stale:
                 await self._commit(events, cursor, dirty=bool(events) or resumed)
                 return len(events)
-            found = await asyncio.to_thread(self._announce, cursor, head, config)
-            events.extend(found.events)
-            if self.source.primary:
-                cursor.config_text = found.config_text
-            elif config is not None:
-                cursor.envs = {e.name: decide.env_digest(e)
-                               for e in decide.envs_of(config, self.name)}
-            cursor.head = head
-            await self._commit(events, cursor, dirty=True)
-            return len(events)
+            total = 0
+            while True:  # a burst longer than MAX_WALK is announced chunk by chunk, in order
+                found = await asyncio.to_thread(self._announce, cursor, head, config)
+                events.extend(found.events)
+                if self.source.primary:
+                    cursor.config_text = found.config_text
+                elif config is not None:
+                    cursor.envs = {e.name: decide.env_digest(e)
+                                   for e in decide.envs_of(config, self.name)}
+                cursor.head = found.last
+                await self._commit(events, cursor, dirty=True)
+                total += len(events)
+                events = []
+                if found.last == head:
+                    return total
 
     def _data(self) -> dict[str, Any]:
         return {"source": self.name, "repo": self.checkout.mirror.display_url,
@@ -261,7 +267,7 @@ class SourcePoller:
                 if result.config is not None and result.config is not current:
                     current = result.config
                     text_after = current.text
-            return Announcement(events, text_after)
+            return Announcement(events, text_after, commits[-1].sha if commits else head)
         for i, commit in enumerate(commits):
             changed = None if (first_sight and i == 0) else git_local.changed_paths(
                 path, commit.sha)
@@ -279,7 +285,7 @@ class SourcePoller:
                 events.extend(decide.announce(
                     info, ref, [env], verdict, changed=None,
                     key=f"{self.name}:config:{decide.env_digest(env)}", extra=extra))
-        return Announcement(events, None)
+        return Announcement(events, None, commits[-1].sha if commits else head)
 
     # ------------------------------------------------------------------ publishing
 

@@ -65,13 +65,11 @@ class Renderer:
         self.bus = bus
         self.settings = settings
         self.snapshots = Snapshots(settings.data_dir / "snapshots")
-        self._checkouts: dict[str, Checkout] = {}
         self._consumer: Consumer | None = None
 
-    def _checkout(self, repo: str) -> Checkout:
-        if repo not in self._checkouts:
-            self._checkouts[repo] = Checkout.shared(repo, self.settings.data_dir)
-        return self._checkouts[repo]
+    def _checkout(self, data: dict[str, Any]) -> Checkout:
+        """The event's source on this machine, with the credentials its config names."""
+        return Checkout.for_event(data, self.settings.data_dir)
 
     async def start(self) -> None:
         envs = self.settings.envs
@@ -99,7 +97,7 @@ class Renderer:
         common["origin_seq"] = delivery.seq
         settings = env.get("render") or {}
         try:
-            repo_path = await self._checkout(str(data["repo"])).ensure(event.correlationid)
+            repo_path = await self._checkout(data).ensure(event.correlationid)
             key = await self._key(repo_path, event.correlationid, str(env["path"]), settings)
             hit = await self._cached(key)
             if hit is not None:
