@@ -104,7 +104,9 @@ def test_env_path_must_be_a_directory(tmp_path: Path) -> None:
 def test_every_file_error_is_reported_together(tmp_path: Path) -> None:
     write(tmp_path, {"a.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a\n",
                      "b.json": '{"apiVersion": "v1",\n  "kind": }',
-                     "c.yaml": "- just\n- a list\n",
+                     # a top-level list of strings is data and skipped, as in Argo CD;
+                     # a YAML list of objects is a manifest in a shape we do not read
+                     "c.yaml": "- apiVersion: v1\n  kind: ConfigMap\n",
                      "d.yaml": cm("d")})
     with pytest.raises(ManifestError) as info:
         render(tmp_path, "")

@@ -8,7 +8,8 @@ So before the tool runs, ``precheck`` walks the kustomization graph itself and r
   (unless ``kustomize.allowRemoteBases``; the network is closed to renders anyway);
 - references that leave the repository (``../`` past the root, absolute paths) or are
   symlinks pointing outside it, and any escaping symlink inside a directory kustomize reads;
-- missing files and directories, and files over the size limit.
+- missing files and directories, and files over the size limit;
+- ``helmCharts`` (kustomize's ``--enable-helm`` runs helm and downloads charts).
 
 Every problem is reported with the kustomization's ``file:line:column``; then the tool runs in
 a scrubbed, time- and memory-limited subprocess and its output is parsed.
@@ -82,6 +83,7 @@ def precheck(root: Path, env_rel: str, settings: KustomizeSettings,
         doc: Document | None = docs[0] if docs else None
         if doc is None:
             return
+        errors.extend(_helm_errors(doc, file))
         for ref in refs_of(doc.value):
             at = where(doc, file, ref)
             if is_remote(ref.value):
@@ -118,6 +120,21 @@ def precheck(root: Path, env_rel: str, settings: KustomizeSettings,
                 errors.append(f"{at}: {ref.value!r} does not exist in the repository")
 
     visit(env_rel, f"environment path {display(env_rel)!r}")
+    return errors
+
+
+def _helm_errors(doc: Document, file: str) -> list[str]:
+    """``helmCharts`` needs ``--enable-helm``: kustomize then runs a helm binary that pulls
+    charts from their repositories. A render never downloads nor runs helm behind kustomize's
+    back, so it is refused with what to do instead."""
+    value = doc.value if isinstance(doc.value, dict) else {}
+    errors: list[str] = []
+    for field in ("helmCharts", "helmChartInflationGenerator"):
+        if value.get(field):
+            errors.append(f"{doc.where(field)}: {field} is not supported: kustomize would need "
+                          "--enable-helm, which runs helm and downloads charts; render the "
+                          "chart as an environment of its own (render.type: helm), or "
+                          "commit its rendered output and list it under resources")
     return errors
 
 

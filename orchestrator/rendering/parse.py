@@ -31,6 +31,9 @@ class Located:
         return str(self.doc.where(*self.path, *field))
 
 
+NOT_AN_OBJECT = "expected a Kubernetes object (a mapping)"
+
+
 def is_list(value: Any) -> bool:
     return (isinstance(value, dict) and isinstance(value.get("kind"), str)
             and value["kind"].endswith("List") and isinstance(value.get("items"), list))
@@ -48,8 +51,7 @@ def _flatten(value: Any, doc: Document | None, path: tuple[str | int, ...], file
         return
     if not isinstance(value, dict):
         where = str(pos) if pos else label
-        errors.append(f"{where}: expected a Kubernetes object (a mapping), got "
-                      f"{type(value).__name__}")
+        errors.append(f"{where}: {NOT_AN_OBJECT}, got {type(value).__name__}")
         return
     out.append(Located(Manifest(value, label), doc, path))
 

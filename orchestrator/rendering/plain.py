@@ -5,6 +5,13 @@ empty documents are skipped, ``kind: List`` is flattened, and files that are not
 (README.md, hidden files and directories, kustomization files, the root conveyor.yaml) are
 skipped. ``include``/``exclude`` globs select files relative to the environment directory.
 
+A YAML or JSON file none of whose documents is a Kubernetes object - no top-level ``kind``,
+nor ``apiVersion`` with ``metadata`` - is data, not a manifest, and is skipped as Argo CD skips
+it: ``values.yaml`` beside the manifests, kustomize ``configurations`` files, ``renovate.json``,
+``Chart.yaml``, a top-level list of strings. Stricter than Argo CD: a file that does not parse
+(or trips a safety limit such as a YAML bomb) is always an error, and a file mixing objects
+with other documents is an error too - that is a manifest with a mistake in it.
+
 Symlinks are followed only while they stay inside the repository; one pointing outside - to a
 file or a directory - is an error naming it. Symlinked directories are visited once (no loops).
 """
@@ -18,7 +25,7 @@ from pathlib import Path
 from orchestrator.errors import PermanentError
 from orchestrator.rendering.globs import selected
 from orchestrator.rendering.model import RenderLimits
-from orchestrator.rendering.parse import Located, decode, parse_file
+from orchestrator.rendering.parse import NOT_AN_OBJECT, Located, decode, parse_file
 from orchestrator.rendering.safety import display, read_bytes, resolve
 from orchestrator.rendering.settings import RenderSettings
 
@@ -77,6 +84,22 @@ def walk(root: Path, env_rel: str, settings: RenderSettings,
     return files, errors
 
 
+def looks_like_manifests(text: str, found: list[Located], problems: list[str]) -> bool:
+    """Is a parsed file meant as Kubernetes manifests, or unrelated data (Argo CD's rule)?
+
+    Data: it parsed, and none of its documents is a mapping with ``kind`` or with
+    ``apiVersion`` and ``metadata`` (``Chart.yaml`` has an apiVersion but is no object).
+    A file that did not parse, or hit a safety limit, is always reported, and so is one
+    whose other documents mention ``kind`` (objects in a shape we do not read).
+    """
+    if any(NOT_AN_OBJECT not in problem for problem in problems):
+        return True
+    if problems and ("kind:" in text or '"kind"' in text):
+        return True  # objects in a shape we do not read (a YAML list of them): say so
+    return any("kind" in obj or ("apiVersion" in obj and "metadata" in obj)
+               for obj in (i.manifest.obj for i in found))
+
+
 def render_directory(root: Path, env_rel: str, settings: RenderSettings, limits: RenderLimits,
                      transform: Transform | None = None,
                      suffixes: tuple[str, ...] = MANIFEST_SUFFIXES
@@ -93,7 +116,12 @@ def render_directory(root: Path, env_rel: str, settings: RenderSettings, limits:
         if text is None:
             errors.extend(problems)
             continue
-        found, problems = (transform or parse_file)(text, rel)
+        if transform is not None:
+            found, problems = transform(text, rel)
+        else:
+            found, problems = parse_file(text, rel)
+            if not looks_like_manifests(text, found, problems):
+                continue
         items.extend(found)
         errors.extend(problems)
     return items, errors

@@ -35,6 +35,15 @@ CD keeps its vocabulary::
         ignoreMissingSchemas: true   # CRD-defined kinds have no bundled schema
 
 Unknown keys are refused: a typo such as ``exlude`` would otherwise deploy what it meant to hide.
+
+``recurse`` defaults to true, unlike Argo CD's ``directory.recurse: false``. Deliberately: the
+default was true before Argo parity was sought, and flipping it would make every existing
+environment with manifests in sub-directories silently drop them - and the applier prune them
+from the cluster. The opposite surprise is loud instead: an Argo CD layout whose sub-directories
+hold other apps renders their objects too, which shows up in ``conveyor render`` and as
+duplicate-object errors, and is fixed by writing Argo's own ``recurse: false``. Hidden
+directories are never walked, and YAML/JSON files that hold no Kubernetes object (a
+``values.yaml``, a kustomize configurations file) are skipped as Argo CD skips them.
 """
 
 from __future__ import annotations

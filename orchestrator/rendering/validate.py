@@ -1,6 +1,7 @@
 """Checks every rendered object passes before anything can be applied.
 
-- structure: ``apiVersion``, ``kind`` and ``metadata.name`` are non-empty strings;
+- structure: ``apiVersion``, ``kind`` and ``metadata.name`` are non-empty strings
+  (``generateName`` alone is refused with its own reason: Conveyor applies by name);
 - identity: no two objects share (group, kind, namespace, name); the error names both sources;
 - schema (opt-in per environment): the object matches the Kubernetes OpenAPI schema of
   ``kubernetesVersion`` (via ``kubernetes-validate``). Kinds without a bundled schema (CRDs)
@@ -47,7 +48,12 @@ def structure_errors(item: Located) -> list[str]:
         errors.append(f"{item.where('metadata')}: {prefix}metadata must be a mapping")
     else:
         name = meta.get("name")
-        if name is None:
+        if name is None and meta.get("generateName"):
+            errors.append(f"{item.where('metadata', 'generateName')}: {prefix}"
+                          "metadata.generateName is not supported: objects are applied and "
+                          "pruned by name, and a generated name would create a new object on "
+                          "every sync (Argo CD allows it only for hooks); set metadata.name")
+        elif name is None:
             errors.append(f"{item.where('metadata')}: {prefix}missing metadata.name")
         elif not isinstance(name, str) or not name:
             errors.append(f"{item.where('metadata', 'name')}: {prefix}metadata.name must be a "
