@@ -258,8 +258,8 @@ async def test_conveyor_diff_shows_desired_vs_live(
         code, out, _ = await diff(nats=nats_server.url, output="json")
         assert code == 1 and json.loads(out)[0]["name"] == "settings"
 
-        code, _, err = await diff(api=api_url)   # the api serves events but no bundles (yet)
-        assert code == 2 and "does not serve bundles" in err
+        code, out, _ = await diff(api=api_url)   # the same through the api's bundle route
+        assert code == 1 and "1 object differs: 1 changed" in out
         code, _, err = await diff()
         assert code == 2 and "--nats" in err
     out_io, err_io = io.StringIO(), io.StringIO()
