@@ -328,3 +328,36 @@ async def test_settings_are_checked(kubeconfig: Path) -> None:
     assert (s.prune, s.self_heal, s.drift_interval, s.wait_timeout) == (True, True, 90.0, 300.0)
     assert target.namespace == "default"   # the kubeconfig context's
     assert target.inventory.where == "ConfigMap/ops/conveyor-inventory-dev"
+
+
+async def test_a_sync_applies_concurrently_within_the_bound_and_leaves_the_bundle_alone(
+        fake: FakeKubeAPI, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = kube_target("dev", {"kubeconfig": str(kubeconfig), "namespace": "shop",
+                                 "concurrency": 3}, {**FAST, "wait": False})
+    real, flying, peak = target.client.apply, 0, 0
+
+    async def counting(obj: Any, **kwargs: Any) -> Any:
+        nonlocal flying, peak
+        flying += 1
+        peak = max(peak, flying)
+        try:
+            return await real(obj, **kwargs)
+        finally:
+            flying -= 1
+
+    monkeypatch.setattr(target.client, "apply", counting)
+    bundle = [ns("shop"), *(cm(f"c{i}") for i in range(20)), deployment("web")]
+    pristine = json.loads(json.dumps(bundle))
+    result = await target.apply(request(bundle))
+    assert "22 created" in result.summary and peak == 3
+    assert bundle == pristine                      # labels and namespaces went on copies
+
+    # every object is tried even when some fail; a permanent failure wins over a transient one
+    fake.inject_failure("configmaps/c3$", 503, times=100, method="PATCH")
+    broken = [ns("shop"), *(cm(f"c{i}", v="2") for i in range(20)), cm("Not_Valid")]
+    with pytest.raises(PermanentError) as err:
+        await target.apply(request(broken, digest="sha256:two"))
+    assert "Not_Valid" in str(err.value)
+    changed = [i for i in range(20)
+               if (fake.get("v1", "ConfigMap", "shop", f"c{i}") or {})["data"] == {"v": "2"}]
+    assert changed == [i for i in range(20) if i != 3]

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
+from yarl import URL
 
 from orchestrator.adapters.kube import KubeClient, KubeConfig
 from orchestrator.errors import ManifestError, PermanentError
@@ -169,3 +170,32 @@ async def test_secret_string_data_is_stored_as_data(client: KubeClient) -> None:
     out = await client.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
                               "stringData": {"password": "hunter2"}})
     assert out["data"] == {"password": "aHVudGVyMg=="} and "stringData" not in out
+
+
+async def test_apply_leaves_the_callers_object_as_it_was(client: KubeClient,
+                                                          fake: FakeKubeAPI) -> None:
+    obj = {"apiVersion": "v1", "kind": "Namespace",
+           "metadata": {"name": "other", "namespace": "team", "labels": {"a": "b"}}}
+    before = json.loads(json.dumps(obj))
+    await client.apply(obj)
+    assert obj == before                                  # the namespace is dropped in a copy
+    sent = fake.requests_to("PATCH", "/namespaces/other$")[-1]
+    assert sent.content_type == "application/apply-patch+yaml"
+    assert sent.body == {"apiVersion": "v1", "kind": "Namespace",
+                         "metadata": {"name": "other", "labels": {"a": "b"}}}
+
+
+@pytest.mark.parametrize("server", ["http://127.0.0.1:6443", "https://h.example/k8s/c%201/",
+                                    "https://bücher.example", "https://[::1]:6443"])
+def test_request_urls_mean_what_aiohttp_would_have_sent(server: str) -> None:
+    client = KubeClient(KubeConfig(server=server.rstrip("/")))
+    cases = [("/api/v1/namespaces/a/configmaps/b", {"fieldManager": "m", "force": "false"}),
+             ("/apis/rbac.authorization.k8s.io/v1/clusterroles/system:aggregate-to-view", None),
+             ("/api/v1/pods", {"labelSelector": "app in (a,b),conveyor.dev/env=x y",
+                               "limit": "500", "continue": "a+b/c=="})]
+    for path, params in cases:
+        built = client._url(path, params)
+        expected = URL(server.rstrip("/") + path).extend_query(params or {})
+        assert (built.scheme, built.raw_host, built.port) == (
+            expected.scheme, expected.raw_host, expected.port)
+        assert (built.path, built.query) == (expected.path, expected.query)

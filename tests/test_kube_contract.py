@@ -94,3 +94,16 @@ async def test_injected_failures_are_counted_and_scoped(fake: FakeKubeAPI) -> No
     assert (await call(fake, "GET", CMS))[0] == 200
     assert (await call(fake, "POST", CMS, CM))[0] == 500
     assert (await call(fake, "POST", CMS, CM))[0] == 201
+
+
+async def test_apply_patches_may_be_json_or_yaml(fake: FakeKubeAPI) -> None:
+    yaml_body = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: y\ndata:\n  a: '1'\n"
+    headers = {"Authorization": "Bearer t", "Content-Type": "application/apply-patch+yaml"}
+    async with aiohttp.ClientSession() as http:
+        for name, body in (("y", yaml_body), ("j", json.dumps({**CM, "metadata": {"name": "j"}})),
+                           ("bad", "data: [unclosed")):
+            async with http.patch(f"{fake.url}{CMS}/{name}", data=body, headers=headers,
+                                  params={"fieldManager": "m"}) as r:
+                assert r.status == (400 if name == "bad" else 201), await r.text()
+    assert fake.get("v1", "ConfigMap", "default", "y")["data"] == {"a": "1"}  # type: ignore[index]
+    assert fake.get("v1", "ConfigMap", "default", "j")["data"] == {"a": "1"}  # type: ignore[index]

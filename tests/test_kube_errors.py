@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog
 
 from orchestrator.adapters.kube import KubeClient, KubeConfig
 from orchestrator.adapters.kube.errors import classify, parse_retry_after
@@ -153,3 +154,23 @@ def test_retry_after_parsing() -> None:
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") is None
+
+
+async def test_retries_are_logged_with_their_attempt_numbers(client: KubeClient,
+                                                             fake: FakeKubeAPI,
+                                                             sleeps: Sleeps) -> None:
+    fake.inject_failure(CM_PATH, 503, times=2, retry_after=1)
+    with structlog.testing.capture_logs() as logs:
+        await client.apply(CM)
+    retries = [e for e in logs if e["event"] == "kube.retry"]
+    assert [(e["attempt"], e["delay"]) for e in retries] == [(1, 1.0), (2, 1.0)]
+    assert sleeps == [1.0, 1.0]
+    assert [r.status for r in fake.requests_to("PATCH", CM_PATH)] == [503, 503, 201]
+
+
+async def test_one_attempt_means_no_retry(fake: FakeKubeAPI, sleeps: Sleeps) -> None:
+    fake.inject_failure(CM_PATH, 500, times=1)
+    async with KubeClient(KubeConfig(server=fake.url), attempts=1, sleep=sleeps) as client:
+        with pytest.raises(TransientError):
+            await client.apply(CM)
+    assert sleeps == [] and len(fake.requests_to("PATCH", CM_PATH)) == 1

@@ -163,12 +163,17 @@ class ExecPlugin:
         self.runs = 0
 
     async def authorization(self) -> str | None:
+        if self._valid():   # every request asks: no lock while the token is good
+            assert self._token is not None
+            return f"Bearer {self._token.reveal()}"
         async with self._lock:
-            if self._token is None or (self._expires is not None
-                                       and self._now() >= self._expires):
+            if not self._valid():
                 await self._run()
             assert self._token is not None
             return f"Bearer {self._token.reveal()}"
+
+    def _valid(self) -> bool:
+        return self._token is not None and (self._expires is None or self._now() < self._expires)
 
     def invalidate(self) -> bool:
         self._token = None

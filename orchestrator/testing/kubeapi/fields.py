@@ -64,6 +64,21 @@ def from_fields_v1(fields: JSON, prefix: Path = ()) -> set[Path]:
     return out
 
 
+_ATOMS = frozenset({str, int, float, bool, type(None)})
+
+
+def json_copy(value: Any) -> Any:
+    """A deep copy of a JSON document (what the store holds), several times faster than
+    ``copy.deepcopy``: new dicts and lists, the same immutable leaves; ``deepcopy`` for any other
+    type (a date from a YAML body, say)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: json_copy(v) for k, v in value.items()}
+    if kind is list:
+        return [json_copy(v) for v in value]
+    return value if kind in _ATOMS else copy.deepcopy(value)
+
+
 _MISSING = object()
 
 
@@ -103,7 +118,7 @@ def deep_merge(live: JSON, applied: JSON, prefix: Path = ()) -> None:
         if isinstance(value, dict) and value and isinstance(live.get(key), dict):
             deep_merge(live[key], value, path)
         else:
-            live[key] = copy.deepcopy(value)
+            live[key] = json_copy(value)
 
 
 def conflicts(live: JSON, applied: JSON, mine: set[Path],

@@ -66,8 +66,28 @@ class _Identity:
     basic: tuple[str, str] | None = None
 
 
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # libyaml when built with it
+
+
 def _json(doc: Any, status: int = 200) -> web.Response:
-    return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
+    """A JSON answer, compact as the API server writes it."""
+    return web.Response(status=status, body=json.dumps(doc, separators=(",", ":")).encode(),
+                        content_type="application/json")
+
+
+def _not_json_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _decode(raw: bytes, *, yaml_ok: bool) -> Any:
+    """A request body: JSON, or for ``yaml_ok`` YAML too (JSON is YAML; clients such as kubectl
+    send apply patches as JSON, so JSON is tried first, ``NaN``-like constants left to YAML)."""
+    if not yaml_ok:
+        return json.loads(raw)
+    try:
+        return json.loads(raw, parse_constant=_not_json_constant)
+    except ValueError:
+        return yaml.load(raw, Loader=_YAML_LOADER)  # noqa: S506 (CSafeLoader or SafeLoader)
 
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> web.Response:
@@ -382,7 +402,7 @@ class FakeKubeAPI:
                 return None
             raise ApiError(400, "the request body is empty")
         try:
-            body = yaml.safe_load(raw) if yaml_ok else json.loads(raw)
+            body = _decode(raw, yaml_ok=yaml_ok)
         except (ValueError, yaml.YAMLError) as exc:
             raise ApiError(400, f"the request body could not be decoded: {exc}") from None
         record.body = body

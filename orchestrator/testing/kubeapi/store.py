@@ -7,7 +7,6 @@ Everything here is synchronous and in memory; ``server.py`` turns HTTP into thes
 from __future__ import annotations
 
 import base64
-import copy
 import re
 import secrets
 import uuid
@@ -24,6 +23,7 @@ from .fields import (
     dotted,
     from_fields_v1,
     get_path,
+    json_copy,
     leaf_paths,
     to_fields_v1,
 )
@@ -115,8 +115,8 @@ def _record_update(owners: Owners, manager: str, old: JSON, new: JSON) -> None:
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = copy.deepcopy(target) if isinstance(target, dict) else {}
+        return json_copy(patch)
+    out = json_copy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
             out.pop(key, None)
@@ -192,7 +192,7 @@ class Store:
         return self.objects.setdefault((rt.group, rt.plural), {})
 
     def _out(self, rt: ResourceType, obj: JSON) -> JSON:
-        out = copy.deepcopy(obj)
+        out: JSON = json_copy(obj)
         out["apiVersion"] = rt.group_version
         return out
 
@@ -249,7 +249,8 @@ class Store:
         if rt.namespaced and meta.get("namespace") and meta["namespace"] != namespace:
             raise ApiError(400, "the namespace of the provided object does not match the "
                                 "namespace sent on the request")
-        return copy.deepcopy(body)
+        copied: JSON = json_copy(body)
+        return copied
 
     def _validate(self, rt: ResourceType, obj: JSON) -> None:
         name = obj["metadata"].get("name", "")
@@ -334,9 +335,9 @@ class Store:
             base: JSON = {"apiVersion": rt.group_version, "kind": rt.kind,
                           "metadata": {"name": name}}
         else:
-            base = copy.deepcopy(live)
+            base = json_copy(live)
         owners = _owners(base)
-        before = copy.deepcopy(owners)
+        before = {key: set(paths) for key, paths in owners.items()}
         mine_old = owners.pop((manager, "Apply"), set())
         mine_new = leaf_paths(applied)
         others: dict[str, set[Path]] = {}
@@ -412,14 +413,14 @@ class Store:
                                     "changes to the latest version and try again",
                                details={"name": name, "kind": rt.plural})
         if rt.status_subresource:
-            new["status"] = copy.deepcopy(live.get("status")) if "status" in live else None
+            new["status"] = json_copy(live.get("status")) if "status" in live else None
             if new["status"] is None:
                 del new["status"]
         new["apiVersion"], new["kind"] = live["apiVersion"], live["kind"]
         owners = _owners(live)
-        before = copy.deepcopy(owners)
+        before = {key: set(paths) for key, paths in owners.items()}
         _record_update(owners, manager, live, new)
-        new.setdefault("metadata", {})["managedFields"] = copy.deepcopy(
+        new.setdefault("metadata", {})["managedFields"] = json_copy(
             live["metadata"].get("managedFields") or [])
         _write_owners(new, owners, before, rt.group_version)
         return self._commit(rt, namespace, new, live, dry_run)
@@ -430,7 +431,7 @@ class Store:
         if live is None:
             raise not_found(rt, name)
         if live.get("status") != status:
-            live["status"] = copy.deepcopy(status)
+            live["status"] = json_copy(status)
             self.revision += 1
             live["metadata"]["resourceVersion"] = str(self.revision)
         return self._out(rt, live)
