@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,3 +284,28 @@ def test_every_fixture_names_its_source() -> None:
 def test_settings_errors_are_permanent() -> None:
     with pytest.raises(PermanentError):
         render(PUBLIC, "argocd-guestbook", {"recurse": "yes"})
+
+
+# --- the jsonnet command-line tool itself (Debian's `jsonnet`; CI installs it) -----------------
+
+JSONNET_CLI = shutil.which("jsonnet")
+
+
+@pytest.mark.skipif(JSONNET_CLI is None, reason="the jsonnet CLI is not installed "
+                                                "(apt-get install jsonnet)")
+@pytest.mark.parametrize(("env", "main", "cli_args", "settings"), [
+    ("argocd-jsonnet-guestbook", "guestbook-ui.jsonnet", [], None),
+    ("argocd-jsonnet-guestbook-tla", "guestbook-ui.jsonnet",
+     ["--tla-code", "replicas=3", "--tla-str", "name=gb"],
+     {"jsonnet": {"tlas": [{"name": "replicas", "value": "3", "code": True},
+                           {"name": "name", "value": "gb"}]}}),
+])
+def test_jsonnet_matches_the_jsonnet_cli(env: str, main: str, cli_args: list[str],
+                                         settings: dict[str, Any] | None) -> None:
+    assert JSONNET_CLI is not None
+    out = subprocess.run([JSONNET_CLI, *cli_args, str(PUBLIC / env / main)], check=True,
+                         capture_output=True, text=True).stdout
+    value = json.loads(out)
+    expected = value if isinstance(value, list) else (
+        value["items"] if value.get("kind") == "List" else [value])
+    assert as_set(ours(env, settings, renderer="jsonnet")) == as_set(expected)
