@@ -244,6 +244,44 @@ class EventBus:
         except (nats.js.errors.KeyWrongLastSequenceError, BadRequestError) as exc:
             raise ConflictError(f"{bucket}/{key} changed concurrently") from exc
 
+    async def kv_snapshot(self, bucket: str) -> dict[str, bytes]:
+        """Every live key of a bucket and its value, read in one pass.
+
+        A pull read of the bucket's stream (last message per key) that stops where the server
+        says nothing is pending. nats-py's ``watchall``/``keys`` decide "initial values done"
+        from consumer info taken while deliveries are still in flight, and can end early on a
+        loaded machine; this cannot.
+        """
+        stream = f"KV_{bucket}"
+        config = jsapi.ConsumerConfig(
+            deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
+            ack_policy=jsapi.AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
+            filter_subject=f"$KV.{bucket}.>",
+        )
+        sub = await self.js.pull_subscribe(f"$KV.{bucket}.>", stream=stream, config=config)
+        out: dict[str, bytes] = {}
+        prefix = f"$KV.{bucket}."
+        try:
+            if (await sub.consumer_info()).num_pending == 0:
+                return out
+            while True:
+                try:
+                    msgs = await sub.fetch(500, timeout=5)
+                except TimeoutError:
+                    continue
+                for msg in msgs:
+                    op = (msg.headers or {}).get("KV-Operation")
+                    key = msg.subject[len(prefix):]
+                    if op in ("DEL", "PURGE"):
+                        out.pop(key, None)
+                    else:
+                        out[key] = msg.data
+                    if msg.metadata.num_pending == 0:
+                        return out
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
     # -- bundles ----------------------------------------------------------------------------------
     async def put_bundle(self, digest: str, payload: bytes) -> None:
         assert self._obj is not None

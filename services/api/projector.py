@@ -78,18 +78,9 @@ def records(projection: Projection) -> Stored:
 
 async def dump_bucket(bus: EventBus, bucket: str) -> Stored:
     """The projection keys of a bucket and their values (one ordered read of the bucket)."""
-    kv = await bus.js.key_value(bucket)
-    watcher = await kv.watchall(ignore_deletes=True)
-    out: Stored = {}
-    try:
-        async for entry in watcher:
-            if entry is None:  # initial values done
-                break
-            if entry.value and is_projection_key(entry.key):
-                out[entry.key] = json.loads(entry.value)
-    finally:
-        await watcher.stop()  # type: ignore[no-untyped-call]
-    return out
+    raw = await bus.kv_snapshot(bucket)
+    return {key: json.loads(value) for key, value in raw.items()
+            if value and is_projection_key(key)}
 
 
 def _retrying() -> AsyncRetrying:
