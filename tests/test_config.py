@@ -87,3 +87,21 @@ def test_expansion_uses_the_environment_and_never_leaks_values() -> None:
                                                 ("1h", 3600.0), ("250ms", 0.25)])
 def test_durations(value: int | str, seconds: float) -> None:
     assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(("text", "line", "field", "words"), [
+    ("environments:\n  dev:\n    path: a\n    render:\n      exlude: [x]\n", 4,
+     "environments.dev.render", "exlude"),
+    ("environments:\n  dev:\n    path: a\nnotifiers:\n  ops:\n    type: webhok\n", 6,
+     "notifiers.ops.type", "unknown notifier type"),
+    ("environments:\n  dev:\n    path: a\n    target:\n      kubernetes:\n        namspace: x\n",
+     4, "environments.dev.target", "did you mean 'namespace'"),
+])
+def test_deep_settings_are_checked_when_the_config_arrives(
+        text: str, line: int, field: str, words: str) -> None:
+    from services.git_watcher.config_check import check_config
+
+    with pytest.raises(ConfigError) as info:
+        check_config(parse_config(text))
+    assert (info.value.line, info.value.field) == (line, field)
+    assert words in str(info.value)

@@ -212,11 +212,13 @@ def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
     if doc is None:
         raise ConfigError("the file is empty; it needs an 'environments' mapping", file=file)
     root = _mapping(doc, doc.value, file=file)
-    unknown = set(root) - {"environments", "notifiers", "sources", "version", "defaults"}
+    unknown = set(root) - {"environments", "notifiers", "sources", "version"}
     if unknown:
         key = sorted(unknown)[0]
-        raise _err(doc, "unknown top-level key (expected environments, notifiers, sources)",
-                   key, file=file)
+        raise _err(doc, "unknown top-level key (expected environments, notifiers, sources, "
+                   "version)", key, file=file)
+    if root.get("version", 1) != 1:
+        raise _err(doc, "this Conveyor reads version 1 of conveyor.yaml", "version", file=file)
 
     sources: dict[str, SourceConfig] = {}
     for name, raw in _mapping(doc, root.get("sources"), "sources", file=file).items():

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from orchestrator.domain.bundle import ObjectKey, object_key
+from orchestrator.errors import PermanentError
 from orchestrator.rendering.parse import Located
 from orchestrator.rendering.settings import ValidateSettings
 
@@ -80,9 +81,14 @@ def duplicate_errors(items: Sequence[Located]) -> list[str]:
 
 
 def schema_errors(items: Sequence[Located], settings: ValidateSettings) -> list[str]:
-    # imported on use: loading it costs ~0.2 s
-    import kubernetes_validate
-    from kubernetes_validate.utils import VersionNotSupportedError
+    # imported on use: loading it costs ~0.2 s, and it is an optional extra
+    try:
+        import kubernetes_validate
+        from kubernetes_validate.utils import VersionNotSupportedError
+    except ImportError:
+        raise PermanentError("render settings: validate.schema needs the kubernetes-validate "
+                             "package: pip install 'conveyor[validate]'",
+                             reason="ToolMissing") from None
 
     version = settings.kubernetes_version or DEFAULT_KUBERNETES_VERSION
     errors: list[str] = []

@@ -35,6 +35,7 @@ from orchestrator.domain.config import (
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConfigError
+from services.git_watcher.config_check import check_config
 
 SOURCE = "conveyor/git-watcher"
 DEFAULT_LOCAL_INTERVAL = 5.0
@@ -264,6 +265,7 @@ def events_for_commit(
         else:
             try:
                 candidate = parse_config(text)
+                check_config(candidate)
                 config_events.append(new_event(
                     ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
                     key=source.name, data={**commit_data(commit, source), "text": text,
