@@ -12,6 +12,7 @@ from pathlib import Path
 from orchestrator import logging as clog
 from orchestrator.adapters.nats_bus import Retention
 from orchestrator.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
+from orchestrator.errors import ConveyorError
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -37,9 +38,50 @@ def check_listen(listen: str) -> str | None:
     return None
 
 
+def _is_url(repo: str) -> bool:
+    return "://" in repo or repo.startswith("git@")
+
+
+def check_local_repo(repo: str, branch: str) -> str | None:
+    """Why ``up`` cannot watch this local repository, or None. URLs are not checked here: a
+    server may be down for a while, and the watcher reports that as events while it retries."""
+    if _is_url(repo):
+        return None
+    import pygit2
+
+    from orchestrator.domain.config import CONFIG_FILE
+
+    path = Path(repo)
+    if not path.is_dir():
+        return f"--repo {repo}: no such directory"
+    try:
+        git = pygit2.Repository(str(path))
+    except pygit2.GitError:
+        return (f"--repo {repo} is not a git repository (run `git init` there, or pass the "
+                "repository's URL)")
+    known = sorted(git.branches.local)
+    if not known:
+        return f"--repo {repo} has no commits yet: commit a {CONFIG_FILE} first"
+    if not branch and git.head_is_detached:
+        return None  # the watcher decides what a detached HEAD means
+    if not branch and git.head_is_unborn:
+        return (f"--repo {repo}: HEAD names a branch without commits; pass --branch "
+                f"(its branches: {', '.join(known)})")
+    name = branch or git.head.shorthand
+    ref = git.references.get(f"refs/heads/{name}")
+    if ref is None:
+        return f"--repo {repo} has no branch {name!r} (its branches: {', '.join(known)})"
+    commit = git.get(ref.resolve().target)
+    assert isinstance(commit, pygit2.Commit)
+    if CONFIG_FILE not in commit.tree:
+        return (f"--repo {repo}: branch {name!r} has no {CONFIG_FILE} at its root (see "
+                "README.md, Configuration)")
+    return None
+
+
 def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
     repo = getattr(args, "repo", "") or os.environ.get("CONVEYOR_REPO", "")
-    if repo and "://" not in repo and not repo.startswith("git@"):
+    if repo and not _is_url(repo):
         repo = str(Path(repo).resolve())
     return Settings(
         nats_url=getattr(args, "nats", "") or "",
@@ -63,14 +105,22 @@ def cmd_up(args: argparse.Namespace) -> int:
         print("conveyor up: --repo PATH_OR_URL is required", file=sys.stderr)
         return 2
     settings = _settings(args)
+    error = check_local_repo(settings.repo, settings.branch)
+    if error:
+        print(f"conveyor up: {error}", file=sys.stderr)
+        return 2
     asyncio.run(run_until_signal(Conveyor(settings)))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.service not in SERVICES:
-        print(f"conveyor run: unknown service {args.service!r}; one of {', '.join(SERVICES)}",
-              file=sys.stderr)
+        import difflib
+
+        close = difflib.get_close_matches(args.service, SERVICES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        print(f"conveyor run: unknown service {args.service!r}{hint}; one of "
+              f"{', '.join(SERVICES)}", file=sys.stderr)
         return 2
     if not args.nats:
         print("conveyor run: --nats URL is required (use `conveyor up` for the embedded server)",
@@ -279,4 +329,7 @@ def main(argv: list[str] | None = None) -> None:
         code = args.func(args)
     except KeyboardInterrupt:
         code = 130
+    except ConveyorError as exc:  # e.g. the data dir is in use: a message, not a traceback
+        print(f"conveyor {args.command}: {exc}", file=sys.stderr)
+        code = 1
     raise SystemExit(code)

@@ -13,7 +13,9 @@ import contextlib
 import signal
 import socket
 import sys
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.app import Conveyor
@@ -21,6 +23,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.trace import build_trace, latency_ms
 from orchestrator.settings import Settings
 from orchestrator.testing.repos import Repo
+
+T = TypeVar("T")
 
 CONFIG = """\
 # Conveyor configuration: every environment is a directory rendered to a target.
@@ -158,10 +162,26 @@ def show(events: list[ev.Event]) -> None:
         walk(root, 0)
     by_env: dict[str, list[ev.Event]] = {}
     for e in events:
-        by_env.setdefault(e.subject, []).append(e)
+        if e.subject != ev.NO_ENV:  # config.loaded and the like: no environment's latency
+            by_env.setdefault(e.subject, []).append(e)
     for env, evs in sorted(by_env.items()):
         ms = latency_ms(evs[0], evs[-1])
         say(f"    {env}: commit -> {evs[-1].type.removeprefix('conveyor.')} in {ms:.0f} ms")
+
+
+async def _unless_stopped(work: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """``work``'s result, or None as soon as ``stop`` is set (Ctrl-C during the walkthrough)."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    return task.result() if not task.cancelled() else None
 
 
 async def run_demo(data_dir: Path, listen: str) -> int:
@@ -192,15 +212,25 @@ async def run_demo(data_dir: Path, listen: str) -> int:
         say(f"Conveyor is up: api {api.url}  (try: conveyor status --api {api.url})")
         head = repo.head()
         assert head is not None
-        say(f"\n1. First sync of commit {head[:7]} to dev and prod:")
-        show(await wait_for(conveyor.bus, head, {"dev", "prod"}))
+        if fresh:
+            say(f"\n1. First sync of commit {head[:7]} to dev and prod:")
+            first = await _unless_stopped(wait_for(conveyor.bus, head, {"dev", "prod"}), stop)
+            if first is None:
+                return 0
+            show(first)
+        else:  # the head may have touched one environment only, or none: nothing to wait for
+            say(f"\n1. Resuming the demo repository at {head[:7]} (its event log is kept in "
+                f"{settings.data_dir})")
 
         tag = "1.27.1" if fresh else f"1.27.{len(repo.log('main'))}"
         sha = repo.commit(demo_files(tag=tag, dev_replicas=2),
                           f"Roll out nginx {tag}; dev gets 2 replicas")
         say(f"\n2. A developer merges commit {sha[:7]} (\"Roll out nginx {tag}\"):")
         watcher.trigger()  # what a post-receive hook or webhook does; the poll would find it too
-        show(await wait_for(conveyor.bus, sha, {"dev", "prod"}))
+        second = await _unless_stopped(wait_for(conveyor.bus, sha, {"dev", "prod"}), stop)
+        if second is None:
+            return 0
+        show(second)
         say("\n3. The target branches now hold the rendered manifests:")
         for env in ("dev", "prod"):
             say(f"    deploy/{env}: {', '.join(repo.files(f'deploy/{env}'))}")
@@ -208,6 +238,8 @@ async def run_demo(data_dir: Path, listen: str) -> int:
         say("\nConveyor keeps watching. Commit to the demo repository and see it flow:")
         say(f"    cd {repo_dir} && $EDITOR envs/dev/kustomization.yaml && git commit -am change")
         say(f"    conveyor log --follow --api {api.url}")
+        say(f"    conveyor status --api {api.url}    conveyor trace SHA --api {api.url}")
+        say(f"Dashboard: {api.url}/")
         say("Press Ctrl-C to stop.")
         if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in __import__("os").environ:
             return 0

@@ -5,6 +5,11 @@ restarted ``conveyor up`` continues from the same log. A previous run killed wit
 leave its server behind (holding the store lock); we recognise it by its pid file and command
 line and stop it before starting anew, instead of reporting an error. The child also gets
 ``PR_SET_PDEATHSIG`` so that on Linux it dies with its parent in the first place.
+
+A live owner is told apart from a dead one by an exclusive ``flock`` on ``<data dir>/lock``, held
+by the process that started the server for as long as it runs (the kernel drops it when that
+process dies, even by SIGKILL). A second ``conveyor up`` on the same data dir therefore fails
+with a clear error instead of taking the first one's server away from under it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
 import os
 import shutil
 import signal
@@ -55,6 +61,24 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
+def _lock_data_dir(data_dir: Path) -> int:
+    """Hold ``data_dir/lock`` exclusively; the fd, which the caller closes to release it."""
+    path = data_dir / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise PermanentError(
+            f"the data dir {data_dir.parent} is in use by another Conveyor (pid {owner}); "
+            "stop that one first, or give this one its own --data-dir",
+            reason="DataDirInUse") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def _stop_stale(pid_file: Path, store_dir: Path) -> None:
     """Stop a nats-server left by an earlier run on this data dir (after a SIGKILL)."""
     try:
@@ -91,6 +115,7 @@ class EmbeddedNats:
     process: asyncio.subprocess.Process | None = None
     url: str = ""
     _drain: asyncio.Task[None] | None = None
+    _lock_fd: int | None = None
 
     @property
     def store_dir(self) -> Path:
@@ -100,7 +125,9 @@ class EmbeddedNats:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "nats-server.pid"
-        _stop_stale(pid_file, self.store_dir)
+        if self._lock_fd is None:
+            self._lock_fd = _lock_data_dir(self.data_dir)  # raises when another owner is alive
+        _stop_stale(pid_file, self.store_dir)  # only a dead owner's server is left to stop
         port = self.port or free_port(self.host)
         args = [
             nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
@@ -147,6 +174,14 @@ class EmbeddedNats:
                 out.flush()
 
     async def stop(self, grace: float = 10.0) -> None:
+        try:
+            await self._stop_process(grace)
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing the fd drops the lock
+                self._lock_fd = None
+
+    async def _stop_process(self, grace: float) -> None:
         proc = self.process
         if proc is None or proc.returncode is not None:
             return

@@ -38,14 +38,42 @@ def _short(rev: str) -> str:
     return rev[:7] if rev else "-"
 
 
+async def _problems(api: str) -> list[str]:
+    """What stops the watcher that no environment shows: a conveyor.yaml that does not load, a
+    source that cannot be fetched (both are events of no environment)."""
+    out: list[str] = []
+    config = (await _get(api, "/api/v1/events", type="conveyor.config"))["events"]
+    if config and config[-1]["type"] == "conveyor.config.invalid":
+        data = config[-1].get("data") or {}
+        kept = ("the last good configuration stays in force"
+                if any(e["type"] == "conveyor.config.loaded" for e in config)
+                else "no configuration is in force")
+        out.append(f"conveyor.yaml at {_short(config[-1].get('correlationid', ''))} is invalid "
+                   f"({kept}): {data.get('error', '')}")
+    last: dict[str, dict[str, Any]] = {}
+    for e in (await _get(api, "/api/v1/events", type="conveyor.source"))["events"]:
+        last[str((e.get("data") or {}).get("source", "default"))] = e
+    for name, e in sorted(last.items()):
+        if e["type"] == "conveyor.source.fetch_failed":
+            out.append(f"source {name} cannot be fetched since {e['time'][:19]}: "
+                       f"{(e.get('data') or {}).get('error', '')}")
+    return out
+
+
 async def status(args: argparse.Namespace) -> int:
     try:
         body = await _get(args.api, "/api/v1/environments")
+        problems = await _problems(args.api) if args.output != "json" else []
     except aiohttp.ClientError as exc:
         return _fail_unreachable(args.api, exc)
     envs = body["environments"]
     if args.output == "json":
         print(json.dumps(envs, indent=2))
+        return 0
+    for problem in problems:
+        print(f"! {problem}")
+    if not envs:
+        print("no environments yet (see `conveyor log`)")
         return 0
     print(f"{'ENVIRONMENT':<16}{'DESIRED':<10}{'APPLIED':<10}{'HEALTH':<12}{'LAST OUTCOME':<22}"
           "IN FLIGHT / ERROR")
@@ -70,6 +98,10 @@ async def log(args: argparse.Namespace) -> int:
         if args.follow:
             return await _follow(args)
         body = await _get(args.api, "/api/v1/events", env=args.env, type=args.type)
+    except aiohttp.ClientPayloadError:  # it was reachable: the stream broke off mid-way
+        print(f"conveyor log: the api at {args.api} closed the stream (did it stop?)",
+              file=sys.stderr)
+        return 1
     except aiohttp.ClientError as exc:
         return _fail_unreachable(args.api, exc)
     events = body["events"][-args.limit:] if args.limit else body["events"]

@@ -8,6 +8,7 @@ to listen off loopback without one). Tokens are compared in constant time.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 from collections.abc import Awaitable, Callable
@@ -146,10 +147,45 @@ async def stream(request: web.Request) -> web.StreamResponse:
     start = int(request.query.get("after", 0)) + 1 if "after" in request.query else (
         await bus.last_seq() + 1)
     filters = subjects.filter_for("conveyor", [env] if env else None)
-    async for stored in bus.read(filters, start_seq=start, stop_at_end=False):
-        payload = json.dumps(event_json(stored), separators=(",", ":"))
-        await resp.write(f"id: {stored.seq}\nevent: {stored.event.type}\n"
-                         f"data: {payload}\n\n".encode())
+    # As the dashboard's stream: registered so that shutdown ends it at once (while NATS is still
+    # connected), and a comment line every PING_EVERY s finds clients that went away.
+    from services.api.routes_dashboard import PING_EVERY, STREAMS
+
+    queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(256)
+
+    async def follow() -> None:
+        try:
+            async for stored in bus.read(filters, start_seq=start, stop_at_end=False):
+                await queue.put(stored)
+        except Exception as exc:  # cancellation passes through: the stream is closing anyway
+            log.warning("api.stream_failed", error=str(exc) or type(exc).__name__)
+        await queue.put(None)
+
+    producer = asyncio.create_task(follow())
+    me = asyncio.current_task()
+    streams = request.app[STREAMS]
+    if me is not None:
+        streams.add(me)
+    try:
+        while True:
+            try:
+                stored = await asyncio.wait_for(queue.get(), PING_EVERY)
+            except TimeoutError:
+                await resp.write(b": ping\n\n")
+                continue
+            if stored is None:
+                break  # NATS went away: the client reconnects with ?after=
+            payload = json.dumps(event_json(stored), separators=(",", ":"))
+            await resp.write(f"id: {stored.seq}\nevent: {stored.event.type}\n"
+                             f"data: {payload}\n\n".encode())
+    except ConnectionError:
+        pass  # the client went away
+    finally:
+        if me is not None:
+            streams.discard(me)
+        producer.cancel()
+        with contextlib.suppress(BaseException):
+            await producer
     return resp
 
 
