@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import signal
 import socket
 import sys
@@ -107,6 +108,18 @@ def demo_files(tag: str = "1.27", dev_replicas: int = 1) -> dict[str, str]:
         "envs/prod/namespace.yaml": "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: prod\n",
     }
     return files
+
+
+def _cli() -> str:
+    """How to run `conveyor` from here: plain when on PATH, else the venv's path."""
+    here = Path(sys.executable).parent / "conveyor"
+    found = shutil.which("conveyor")
+    if found and Path(found).resolve() == here.resolve():
+        return "conveyor"
+    return str(here) if here.exists() else "conveyor"
+
+
+CLI = _cli()
 
 
 def _port_free(listen: str) -> bool:
@@ -209,7 +222,7 @@ async def run_demo(data_dir: Path, listen: str) -> int:
         api = conveyor.service("api")
         watcher = conveyor.service("git-watcher")
         assert isinstance(api, ApiService) and isinstance(watcher, GitWatcher)
-        say(f"Conveyor is up: api {api.url}  (try: conveyor status --api {api.url})")
+        say(f"Conveyor is up: api {api.url}  (try: {CLI} status --api {api.url})")
         head = repo.head()
         assert head is not None
         if fresh:
@@ -237,8 +250,8 @@ async def run_demo(data_dir: Path, listen: str) -> int:
             say(f"      last commit: {repo.log(f'deploy/{env}')[0].splitlines()[0]}")
         say("\nConveyor keeps watching. Commit to the demo repository and see it flow:")
         say(f"    cd {repo_dir} && $EDITOR envs/dev/kustomization.yaml && git commit -am change")
-        say(f"    conveyor log --follow --api {api.url}")
-        say(f"    conveyor status --api {api.url}    conveyor trace SHA --api {api.url}")
+        say(f"    {CLI} log --follow --api {api.url}")
+        say(f"    {CLI} status --api {api.url}    {CLI} trace SHA --api {api.url}")
         say(f"Dashboard: {api.url}/")
         say("Press Ctrl-C to stop.")
         if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in __import__("os").environ:

@@ -105,3 +105,12 @@ def test_deep_settings_are_checked_when_the_config_arrives(
         check_config(parse_config(text))
     assert (info.value.line, info.value.field) == (line, field)
     assert words in str(info.value)
+
+
+def test_a_source_url_with_a_password_is_refused() -> None:
+    text = ("environments:\n  dev:\n    path: a\n    source: charts\nsources:\n  charts:\n"
+            "    url: https://bob:hunter2@git.example.com/charts.git\n")
+    with pytest.raises(ConfigError) as info:
+        parse_config(text)
+    assert (info.value.line, info.value.field) == (7, "sources.charts.url")
+    assert "hunter2" not in str(info.value)

@@ -66,7 +66,7 @@ import structlog
 
 from orchestrator.domain.config import SourceConfig, expand
 from orchestrator.domain.giturls import GitUrl, parse
-from orchestrator.errors import ConveyorError, PermanentError, TransientError
+from orchestrator.errors import ConflictError, ConveyorError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -292,15 +292,20 @@ def _scrub(text: str, secrets: list[str]) -> str:
     return re.sub(r"(://[^/@\s:]*):[^/@\s]*@", r"\1@", text)  # user:password@ in URLs
 
 
-def translate(exc: BaseException, *, source: str, url: GitUrl,
-              secrets: list[str]) -> ConveyorError:
-    """A pygit2/OS failure as a Conveyor error whose message holds no secret."""
-    where = f"source {source!r} ({url.display()})"
+def translate(exc: BaseException, *, source: str, url: GitUrl, secrets: list[str],
+              where: str | None = None, action: str = "fetch",
+              check: str = "the source's credentials") -> ConveyorError:
+    """A pygit2/OS failure as a Conveyor error whose message holds no secret.
+
+    ``where`` (default ``source 'NAME' (URL)``), ``action`` and ``check`` only word the
+    message: the git target says ``git target ...``, ``push`` and which credentials to check.
+    """
+    where = where or f"source {source!r} ({url.display()})"
     if isinstance(exc, ConveyorError):
         return exc
     if isinstance(exc, _Refused):
         hint = {
-            "AuthenticationFailed": "check the source's credentials",
+            "AuthenticationFailed": f"check {check}",
             "HostKeyUnknown": "add the server's key to credentials.knownHosts/knownHostsFile",
             "CertificateInvalid": "the server's certificate must chain to a trusted CA",
         }.get(exc.reason, "")
@@ -315,12 +320,13 @@ def translate(exc: BaseException, *, source: str, url: GitUrl,
         return TransientError(f"{where}: cannot reach the server ({detail})",
                               reason="Unreachable")
     if any(s in low for s in _AUTH):
-        return PermanentError(f"{where}: authentication failed ({detail}); check the "
-                              "source's credentials", reason="AuthenticationFailed")
+        return PermanentError(f"{where}: authentication failed ({detail}); check {check}",
+                              reason="AuthenticationFailed")
     if any(s in low for s in _NOT_FOUND):
         return PermanentError(f"{where}: repository not found ({detail})",
                               reason="RepositoryNotFound")
-    return TransientError(f"{where}: fetch failed ({detail})", reason="FetchFailed")
+    return TransientError(f"{where}: {action} failed ({detail})",
+                          reason=f"{action.capitalize()}Failed")
 
 
 # --------------------------------------------------------------------------- the mirror
@@ -557,3 +563,91 @@ class GitMirror:
     def _is_rewrite(self, old: str | None, new: str | None) -> bool:
         return is_rewrite_in(self._open(), old, new)
 
+
+
+# --------------------------------------------------------------------------- one-shot transfers
+# For a repository Conveyor writes to (the git target): the caller owns the repository and
+# runs these in a worker thread; credentials, host key checks and error translation are the
+# mirror's own.
+
+_NON_FAST_FORWARD = ("non-fastforward", "non-fast-forward", "not present locally")
+
+
+class _PushCallbacks(_Callbacks):
+    """``_Callbacks`` that also collect the server's per-reference rejections of a push."""
+
+    def __init__(self, creds: Credentials, url: GitUrl) -> None:
+        super().__init__(creds, url)
+        self.rejected: dict[str, str] = {}
+
+    def push_update_reference(self, refname: str, message: str | None) -> None:
+        if message is not None:
+            self.rejected[refname] = message
+
+
+def remote_url(url: GitUrl) -> str:
+    """What libgit2 is given to reach ``url`` (a ``file://`` URL as its path)."""
+    return url.path if url.scheme == "file" else url.display()
+
+
+@contextmanager
+def _connection(creds: Credentials, url: GitUrl, connect_timeout: float,
+                timeout: float) -> Iterator[None]:
+    """libgit2's timeouts, and for SSH the target's known_hosts (see ``_ssh_home``)."""
+    pygit2.settings.server_connect_timeout = int(connect_timeout * 1000)
+    pygit2.settings.server_timeout = int(timeout * 1000)
+    if url.is_ssh:
+        with _ssh_home(creds):
+            yield
+    else:
+        yield
+
+
+
+def fetch_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: Credentials,
+               *, where: str, check: str, connect_timeout: float = 10.0,
+               timeout: float = 60.0) -> None:
+    """One fetch of ``refspecs`` (pruned), every failure translated (``where`` names it)."""
+    callbacks = _Callbacks(creds, url)
+    remote = repo.remotes.create_anonymous(remote_url(url))
+    try:
+        with _connection(creds, url, connect_timeout, timeout):
+            remote.fetch(refspecs, callbacks=callbacks, prune=pygit2.enums.FetchPrune.PRUNE)
+    except (pygit2.GitError, OSError, _Refused) as exc:
+        error = translate(exc, source="", url=url, secrets=creds.secrets(), where=where,
+                          check=check)
+        log.warning("git.fetch_failed", where=where, reason=error.reason, error=error.message)
+        raise error from None
+
+
+def push_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: Credentials,
+              *, where: str, check: str, connect_timeout: float = 10.0,
+              timeout: float = 60.0) -> None:
+    """One push of ``refspecs``, never forced unless a refspec says ``+``.
+
+    A push that is not a fast-forward of what the remote holds (someone else pushed since the
+    last fetch), or that the server refuses for a reference, raises
+    ``ConflictError(reason="PushRejected")``: fetch again and decide. Any other failure is
+    translated like a fetch's (``action`` "push").
+    """
+    callbacks = _PushCallbacks(creds, url)
+    remote = repo.remotes.create_anonymous(remote_url(url))
+    secrets = creds.secrets()
+    try:
+        with _connection(creds, url, connect_timeout, timeout):
+            remote.push(refspecs, callbacks=callbacks)
+    except (pygit2.GitError, OSError, _Refused) as exc:
+        detail = _scrub(str(exc), secrets)
+        if isinstance(exc, pygit2.GitError) and any(s in detail.lower()
+                                                    for s in _NON_FAST_FORWARD):
+            raise ConflictError(f"{where}: push rejected ({detail})",
+                                reason="PushRejected") from None
+        error = translate(exc, source="", url=url, secrets=secrets, where=where,
+                          action="push", check=check)
+        log.warning("git.push_failed", where=where, reason=error.reason, error=error.message)
+        raise error from None
+    if callbacks.rejected:
+        detail = _scrub("; ".join(f"{ref}: {msg}" for ref, msg in callbacks.rejected.items()),
+                        secrets)
+        raise ConflictError(f"{where}: the server rejected the push ({detail})",
+                            reason="PushRejected")

@@ -73,6 +73,7 @@ class EventBus:
         self.js = js
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
+        self._closing: list[bool] = []
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
@@ -80,8 +81,11 @@ class EventBus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats.error", error=str(exc))
 
+        closing: list[bool] = []
+
         async def on_disconnect() -> None:
-            log.warning("nats.disconnected")
+            if not closing:  # our own close() is not news
+                log.warning("nats.disconnected")
 
         async def on_reconnect() -> None:
             log.info("nats.reconnected")
@@ -96,6 +100,7 @@ class EventBus:
             raise TransientError(f"cannot connect to NATS at {url}: {exc}",
                                  reason="NatsUnreachable") from exc
         bus = cls(nc, nc.jetstream(timeout=10))
+        bus._closing = closing
         await bus.ensure_schema(retention)
         return bus
 
@@ -311,6 +316,7 @@ class EventBus:
     async def close(self) -> None:
         if self.nc.is_closed:
             return
+        self._closing.append(True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.nc.drain(), 5)
         with contextlib.suppress(Exception):

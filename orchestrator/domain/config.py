@@ -22,6 +22,7 @@ CONFIG_FILE = "conveyor.yaml"
 DEFAULT_SOURCE = "default"
 # a NATS subject token and a Kubernetes label value: 1-63 chars, alphanumeric at both ends
 _ENV_NAME = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?$")
+_URL_PASSWORD = re.compile(r"^[a-z][a-z0-9+.-]*://[^/@\s]*:[^/@\s]*@", re.IGNORECASE)
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 TARGET_KINDS = ("git", "kubernetes")
 ENV_KEYS = ("path", "source", "target", "render", "sync", "retry", "description")
@@ -236,6 +237,10 @@ def parse_config(text: str, file: str = CONFIG_FILE) -> Config:
         url = data.get("url", "")
         if not isinstance(url, str):
             raise _err(doc, "must be a string", "sources", name, "url", file=file)
+        if _URL_PASSWORD.match(url):
+            raise _err(doc, "must not embed a password (the file is in Git and in the event "
+                       "log): use credentials.password or credentials.token with ${VAR}",
+                       "sources", name, "url", file=file)
         branch = data.get("branch", "")
         if not isinstance(branch, str):
             raise _err(doc, "must be a string", "sources", name, "branch", file=file)

@@ -117,6 +117,8 @@ class Applier:
                 objects=decode_bundle(payload), origin_seq=origin,
                 message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
         except (PermanentError, ConfigError) as exc:
+            log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
+                      reason=exc.reason, error=str(exc))
             details: dict[str, Any] = getattr(exc, "details", None) or {}
             return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
                                        reason=exc.reason, **details),

@@ -290,6 +290,13 @@ class SourcePoller:
     # ------------------------------------------------------------------ publishing
 
     async def _commit(self, events: list[Event], cursor: Cursor, *, dirty: bool) -> None:
+        for e in events:  # what a person must fix also goes to the log, not only the events
+            if e.type == ev.CONFIG_INVALID:
+                log.error("watcher.config_invalid", source=self.name,
+                          revision=e.correlationid[:12], error=e.data.get("error"))
+            elif e.type == ev.COMMIT_REJECTED:
+                log.error("watcher.commit_rejected", source=self.name, env=e.subject,
+                          revision=e.correlationid[:12], reason=e.data.get("reason"))
         await self.bus.publish_all(events)
         if dirty:
             await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
