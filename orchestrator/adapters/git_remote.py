@@ -564,7 +564,6 @@ class GitMirror:
         return is_rewrite_in(self._open(), old, new)
 
 
-
 # --------------------------------------------------------------------------- one-shot transfers
 # For a repository Conveyor writes to (the git target): the caller owns the repository and
 # runs these in a worker thread; credentials, host key checks and error translation are the
@@ -601,7 +600,6 @@ def _connection(creds: Credentials, url: GitUrl, connect_timeout: float,
             yield
     else:
         yield
-
 
 
 def fetch_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: Credentials,

@@ -5,11 +5,13 @@ current event loop and stopped by ``async with`` (or ``await server.stop()``). E
 returns a URL that pygit2 or the git CLI can fetch from. Readiness is awaited on the server's own
 signal (a log line on stderr, or the bound socket) instead of sleeping.
 
-- ``GitDaemon(base)``: ``git://127.0.0.1:PORT/<name>`` for every repository under ``base``.
+- ``GitDaemon(base)``: ``git://127.0.0.1:PORT/<name>`` for every repository under ``base``
+  (read-only; ``receive_pack=True`` also accepts pushes).
 - ``GitHttpServer(root, users=..., tokens=...)``: ``http://127.0.0.1:PORT/<name>``; an aiohttp
   front checks HTTP basic credentials (``users``) or bearer tokens (``tokens``) and runs
   ``git http-backend`` as a CGI per request, streaming the body both ways. With ``tls=`` it
-  serves HTTPS.
+  serves HTTPS; with ``anonymous_read=True`` only pushes need credentials. A served
+  repository accepts pushes when its config sets ``http.receivepack`` (``enable_push``).
 - ``SshServer(authorized_keys)``: OpenSSH ``sshd`` (Debian ``openssh-server``) with a throwaway
   host key; ``url(path)`` is ``ssh://USER@127.0.0.1:PORT/abs/path`` and ``known_hosts_line`` is
   the line a client needs to trust it. Logins are by key only, as the current user (root is
@@ -231,10 +233,12 @@ class _Server:
 
 
 class GitDaemon(_Server):
-    """``git daemon`` serving every repository under ``base`` read-only on git://."""
+    """``git daemon`` serving every repository under ``base`` on git://: read-only, unless
+    ``receive_pack`` (``--enable=receive-pack``: anyone may push, as git:// has no auth)."""
 
-    def __init__(self, base: Path) -> None:
+    def __init__(self, base: Path, *, receive_pack: bool = False) -> None:
         self.base = base
+        self.receive_pack = receive_pack
         self.port = 0
         self._process = _Process()
 
@@ -242,7 +246,8 @@ class GitDaemon(_Server):
         self.port = free_port()
         await self._process.spawn(
             ["git", "daemon", "--verbose", "--export-all", "--reuseaddr",
-             "--informative-errors", f"--base-path={self.base}", "--listen=127.0.0.1",
+             "--informative-errors", *(["--enable=receive-pack"] if self.receive_pack else []),
+             f"--base-path={self.base}", "--listen=127.0.0.1",
              f"--port={self.port}", str(self.base)],
             ready="Ready to rumble", what="git daemon", env=git_env())
 
@@ -261,16 +266,20 @@ class GitHttpServer(_Server):
 
     ``users`` maps user names to passwords (HTTP basic); ``tokens`` are accepted as
     ``Authorization: Bearer`` or as the basic password of any user. With neither, the server
-    is anonymous. ``tls`` is an ``ssl.SSLContext`` to serve HTTPS. ``requests`` counts the
-    requests served (tests use it to prove a fetch did or did not reach the server).
+    is anonymous. ``anonymous_read`` lets fetches through without credentials (a public
+    repository: only pushes authenticate). ``tls`` is an ``ssl.SSLContext`` to serve HTTPS.
+    ``requests`` counts the requests served (tests use it to prove a fetch did or did not
+    reach the server).
     """
 
     def __init__(self, root: Path, *, users: Mapping[str, str] | None = None,
-                 tokens: Sequence[str] = (), tls: ssl.SSLContext | None = None) -> None:
+                 tokens: Sequence[str] = (), tls: ssl.SSLContext | None = None,
+                 anonymous_read: bool = False) -> None:
         self.root = root
         self.users = dict(users or {})
         self.tokens = list(tokens)
         self.tls = tls
+        self.anonymous_read = anonymous_read
         self.port = 0
         self.requests = 0
         self.remote_users: list[str] = []
@@ -299,6 +308,8 @@ class GitHttpServer(_Server):
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         user = self._authenticate(request.headers.get("Authorization", ""))
+        if user is None and self.anonymous_read and not _is_push(request):
+            user = ""
         if user is None:
             return web.Response(status=401, text="authentication required",
                                 headers={"WWW-Authenticate": 'Basic realm="conveyor-test"'})
@@ -359,6 +370,11 @@ class GitHttpServer(_Server):
             await feeder
             await proc.wait()
 
+    @staticmethod
+    def enable_push(repo: Path) -> None:
+        """Let ``git http-backend`` accept pushes to the bare repository ``repo``."""
+        git(repo, "config", "http.receivepack", "true")
+
     async def start(self) -> None:
         app = web.Application(client_max_size=1 << 30)
         app.router.add_route("*", "/{tail:.*}", self._handle)
@@ -372,6 +388,12 @@ class GitHttpServer(_Server):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+
+def _is_push(request: web.Request) -> bool:
+    """A smart-HTTP request of a push (``git-receive-pack``: its ref listing or its pack)."""
+    return (request.path.endswith("/git-receive-pack")
+            or request.query.get("service") == "git-receive-pack")
 
 
 def self_signed_tls(directory: Path, host: str = "127.0.0.1") -> tuple[ssl.SSLContext, Path]:

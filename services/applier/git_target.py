@@ -4,6 +4,9 @@ One file per object (``<namespace>/<kind>-<name>.yaml``, ``_cluster/`` for clust
 objects), a commit message naming the source commit and environment, and trailers recording the
 bundle digest and the commit's stream sequence so the applier can tell, before acting, whether
 the target already holds this bundle or a newer one.
+
+``GitTarget`` commits to a branch of a repository on this machine (compare-and-set on the
+branch head); ``RemoteGitTarget`` fetches, commits and pushes a remote one (see ``git_push``).
 """
 
 from __future__ import annotations
@@ -11,13 +14,17 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import yaml
 
 from orchestrator.adapters import git_local
 from orchestrator.domain.bundle import object_key
+from orchestrator.domain.config import expand_all
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
+from services.applier.git_push import PushMirror, author_from, target_credentials
+from services.git_watcher.source import is_local, local_path
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")
@@ -58,6 +65,14 @@ def commit_message(request: ApplyRequest) -> str:
             f"Conveyor-Cause: {request.cause or 'commit'}\n")
 
 
+def target_state(state: git_local.BranchState) -> TargetState:
+    """What a branch holds, per its head's ``Conveyor-*`` trailers."""
+    seq = state.trailers.get("Seq")
+    return TargetState(digest=state.trailers.get("Digest"),
+                       revision=state.trailers.get("Source-Commit"),
+                       origin_seq=int(seq) if seq and seq.isdigit() else None)
+
+
 class GitTarget:
     def __init__(self, repo_path: str, branch: str) -> None:
         self.repo_path = repo_path
@@ -66,10 +81,7 @@ class GitTarget:
 
     async def current(self) -> TargetState:
         state = await asyncio.to_thread(git_local.branch_state, self.repo_path, self.branch)
-        seq = state.trailers.get("Seq")
-        return TargetState(digest=state.trailers.get("Digest"),
-                           revision=state.trailers.get("Source-Commit"),
-                           origin_seq=int(seq) if seq and seq.isdigit() else None)
+        return target_state(state)
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         return await asyncio.to_thread(self._apply, request)
@@ -84,3 +96,56 @@ class GitTarget:
                                             commit_message(request), state.head)
         return ApplyResult(True, f"committed {commit[:12]} to {self.branch}",
                            {"commit": commit, "branch": self.branch})
+
+
+class RemoteGitTarget:
+    """A branch of a remote repository: ``current`` fetches it, ``apply`` pushes to it.
+
+    Built per delivery; ``apply`` after ``current`` builds on that fetch (a stale view costs
+    one rejected push, see ``git_push``).
+    """
+
+    def __init__(self, mirror: PushMirror) -> None:
+        self.mirror = mirror
+        self.branch = mirror.branch
+        self.description = f"git {mirror.branch} of {mirror.display_url}"
+        self._fetched = False
+
+    async def current(self) -> TargetState:
+        state = await asyncio.to_thread(self.mirror.fetch_state)
+        self._fetched = True
+        return target_state(state)
+
+    async def apply(self, request: ApplyRequest) -> ApplyResult:
+        files = files_for(request.objects)
+        done = await asyncio.to_thread(self.mirror.publish, files, commit_message(request),
+                                       fetched=self._fetched)
+        self._fetched = True
+        where = f"{self.branch} of {self.mirror.display_url}"
+        details = {"commit": done.commit, "branch": self.branch,
+                   "repo": self.mirror.display_url, "attempts": done.attempts}
+        if not done.changed:
+            return ApplyResult(False, f"{where} already holds these manifests", details)
+        assert done.commit is not None
+        return ApplyResult(True, f"pushed {done.commit[:12]} to {where}",
+                           {**details, "parent": done.parent})
+
+
+def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
+                   data_dir: Path, primary_repo: str = "") -> GitTarget | RemoteGitTarget:
+    """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
+
+    ``git`` is the configuration as written: every field but ``credentials`` is expanded
+    here; credentials stay ``${VAR}`` references until a transfer needs them. ``repo``
+    defaults to the environment's source repository (the event's ``repo``).
+    """
+    expanded = expand_all({k: v for k, v in git.items() if k != "credentials"})
+    repo = str(expanded.get("repo") or data["repo"])
+    branch = str(expanded.get("branch") or f"deploy/{env}")
+    if is_local(repo):
+        return GitTarget(str(Path(local_path(repo)).resolve()), branch)
+    mirror = PushMirror(repo, branch, data_dir,
+                        credentials=target_credentials(git, repo, data,
+                                                       primary_repo=primary_repo),
+                        author=author_from(expanded.get("author"), f"git target {branch}"))
+    return RemoteGitTarget(mirror)

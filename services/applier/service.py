@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import structlog
@@ -26,8 +25,7 @@ from orchestrator.ports import ApplyRequest, Target
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
 from services.applier.drift import DriftLoop
-from services.applier.git_target import GitTarget
-from services.git_watcher.source import is_local, local_path
+from services.applier.git_target import git_target_for
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
@@ -60,16 +58,11 @@ class Applier:
             await self._drift.stop()   # after the consumer: it also closes the kube clients
 
     def target_for(self, env: dict[str, Any], data: dict[str, Any]) -> Target:
+        if "git" in (env.get("target") or {}):  # credentials stay ${VAR} references here
+            return git_target_for(env["name"], env["target"]["git"] or {}, data,
+                                  data_dir=self.settings.data_dir,
+                                  primary_repo=self.settings.repo)
         target = expand_all(env.get("target") or {})
-        if "git" in target:
-            git = target["git"] or {}
-            repo = str(git.get("repo") or data["repo"])
-            if not is_local(repo):
-                raise PermanentError(
-                    f"git target {repo}: pushing to remote repositories is not supported yet; "
-                    "use a local path", reason="UnsupportedTarget")
-            path = str(Path(local_path(repo)).resolve())
-            return GitTarget(path, str(git.get("branch") or f"deploy/{env['name']}"))
         if "kubernetes" in target:
             from services.applier.kube_target import kube_target
 

@@ -92,7 +92,8 @@ class Renderer:
         env: dict[str, Any] = data["env"]
         started = time.monotonic()
         common = {k: data.get(k) for k in ("revision", "short", "message", "author",
-                                           "committed_at", "branch", "source", "repo")}
+                                           "committed_at", "branch", "source", "repo",
+                                           "source_config")}
         common["env"] = env
         common["origin_seq"] = delivery.seq
         settings = env.get("render") or {}

@@ -1,0 +1,255 @@
+"""The git target on a remote repository: fetch, commit on top, push without force.
+
+This is the "write back" of Flux image automation and Argo CD Image Updater. Each target (a
+repository URL and a branch) has a local bare working mirror ``<data_dir>/targets/<hash>.git``
+holding that one branch, fetched from the remote. Applying a bundle:
+
+1. fetch ``refs/heads/<branch>`` (it may not exist yet: the first commit then has no parent);
+2. build the tree; if it equals the fetched head's tree there is nothing to push;
+3. commit it locally with the fetched head as parent, and push it to ``refs/heads/<branch>``
+   *without* force: the server applies it only as a fast-forward of what we fetched;
+4. a rejected push (someone else pushed in between) fetches again and commits on top of
+   their head - no rebase, the rendered tree replaces the branch's content - at most
+   ``MAX_ATTEMPTS`` times; then ``TransientError("TargetMoved")`` and the applier retries the
+   message with backoff. A rejection although the branch did not move (a protected branch, a
+   server hook) is permanent: retrying cannot help.
+
+Exactly-once across processes comes from reading the *remote*: ``fetch_state`` fetches before
+reporting the head's ``Conveyor-*`` trailers, and the applier skips a bundle the remote
+already holds. ``publish`` after ``fetch_state`` builds on that fetch (optimistic: a stale
+view costs one rejected push, never a lost commit).
+
+Credentials are the source's (unexpanded ``${VAR}`` references or file paths, expanded at
+each transfer by ``git_remote``), or ``target.git.credentials`` in conveyor.yaml (same keys
+as a source's); errors are translated like a fetch's and never carry a secret.
+
+Every method here blocks: call it in a worker thread. A per-mirror lock serialises this
+process's transfers of one mirror; libgit2 objects never cross threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pygit2
+import structlog
+
+from orchestrator.adapters import git_local, git_remote
+from orchestrator.domain.config import DEFAULT_SOURCE
+from orchestrator.domain.giturls import GitUrl, parse
+from orchestrator.errors import ConflictError, PermanentError, TransientError
+from services.git_watcher.source import credentials_from_env, repo_key
+
+log = structlog.get_logger(__name__)
+
+MAX_ATTEMPTS = 4  # pushes per apply; each rejection re-fetches first
+OUTGOING = "refs/conveyor/outgoing"  # the local ref a push sends from
+
+
+DEFAULT_AUTHOR_NAME = "Conveyor"
+DEFAULT_AUTHOR_EMAIL = "conveyor@localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class Author:
+    name: str = DEFAULT_AUTHOR_NAME
+    email: str = DEFAULT_AUTHOR_EMAIL
+
+    def signature(self) -> pygit2.Signature:
+        return pygit2.Signature(self.name, self.email)
+
+
+def author_from(raw: Any, where: str) -> Author:
+    """``target.git.author: {name, email}`` (both optional); ``Conveyor <conveyor@localhost>``."""
+    if raw is None:
+        return Author()
+    if not isinstance(raw, Mapping) or set(raw) - {"name", "email"}:
+        raise PermanentError(f"{where}: author must be a mapping with name and email",
+                             reason="InvalidTarget")
+    name = raw.get("name", DEFAULT_AUTHOR_NAME)
+    email = raw.get("email", DEFAULT_AUTHOR_EMAIL)
+    for key, value in (("name", name), ("email", email)):
+        if not isinstance(value, str) or not value.strip() or any(c in value for c in "<>\n"):
+            raise PermanentError(f"{where}: author.{key} must be a non-empty string without "
+                                 "'<', '>' or newlines", reason="InvalidTarget")
+    return Author(name.strip(), email.strip())
+
+
+def target_credentials(git: Mapping[str, Any], repo: str, data: Mapping[str, Any], *,
+                       primary_repo: str = "") -> dict[str, Any]:
+    """The credentials that push to ``repo``, as references (never values).
+
+    1. ``target.git.credentials`` of conveyor.yaml (``git`` is the target's *unexpanded*
+       configuration, so ``${VAR}`` references reach ``git_remote`` as references);
+    2. when ``repo`` is the environment's source repository: the ``source_config`` the event
+       carries (a secondary source), else ``CONVEYOR_GIT_*`` for the primary source;
+    3. the primary source's when ``repo`` is the primary repository (``--repo``);
+    4. none: a secondary source's or the primary's secrets are never offered to another host.
+    """
+    if "credentials" in git:
+        creds = git["credentials"]
+        if not isinstance(creds, Mapping):
+            raise PermanentError("target.git.credentials must be a mapping",
+                                 reason="InvalidCredentials")
+        return dict(creds)
+    key = repo_key(repo)
+    if data.get("repo") and key == repo_key(str(data["repo"])):
+        cfg = data.get("source_config")
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
+            return dict(cfg["credentials"])
+        if str(data.get("source") or DEFAULT_SOURCE) == DEFAULT_SOURCE:
+            return credentials_from_env()
+    if primary_repo and key == repo_key(primary_repo):
+        return credentials_from_env()
+    return {}
+
+
+_LOCKS: dict[str, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
+def _lock_for(path: Path) -> threading.Lock:
+    with _LOCKS_GUARD:
+        return _LOCKS.setdefault(str(path), threading.Lock())
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """What ``publish`` did: ``commit`` is the branch head after it (None: still no branch)."""
+
+    changed: bool
+    commit: str | None
+    parent: str | None
+    attempts: int
+
+
+class PushMirror:
+    """The local working mirror of one remote target branch."""
+
+    def __init__(self, url: str, branch: str, data_dir: Path, *,
+                 credentials: Mapping[str, Any] | None = None, author: Author | None = None,
+                 connect_timeout: float = 10.0, timeout: float = 60.0,
+                 max_attempts: int = MAX_ATTEMPTS) -> None:
+        self.where = f"git target {branch}"
+        try:
+            self.url: GitUrl = parse(url)
+        except ValueError as exc:
+            raise PermanentError(f"{self.where}: {exc}", reason="InvalidTarget") from None
+        if self.url.password is not None:
+            raise PermanentError(
+                f"{self.where}: the URL {self.url.display()} embeds a password; move it to "
+                "target.git.credentials", reason="InvalidTarget")
+        if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
+            raise PermanentError(f"{self.where}: not a valid branch name",
+                                 reason="InvalidTarget")
+        self.where = f"git target {branch} of {self.url.display()}"
+        self.branch = branch
+        self.credentials = dict(credentials or {})
+        git_remote.load_credentials(self.credentials, source=self.where)  # fail early
+        self.author = author or Author()
+        self.connect_timeout = connect_timeout
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        digest = hashlib.sha256(f"{self.url.key()}\n{branch}".encode()).hexdigest()[:16]
+        self.path = Path(data_dir) / "targets" / f"{digest}.git"
+
+    @property
+    def display_url(self) -> str:
+        return self.url.display()
+
+    # ----------------------------------------------------------------- blocking API
+
+    def fetch_state(self) -> git_local.BranchState:
+        """The remote branch as it is now (fetched): head, tree and Conveyor trailers."""
+        with _lock_for(self.path):
+            self._fetch()
+            return git_local.branch_state(self.path, self.branch)
+
+    def publish(self, files: Mapping[str, bytes], message: str, *,
+                fetched: bool = False) -> Published:
+        """Make the remote branch hold ``files``: commit on the remote head and push.
+
+        ``fetched`` True builds on the last ``fetch_state`` instead of fetching again.
+        """
+        with _lock_for(self.path):
+            if not fetched:
+                self._fetch()
+            last: ConflictError | None = None
+            for attempt in range(1, self.max_attempts + 1):
+                state = git_local.branch_state(self.path, self.branch)
+                tree = git_local.build_tree(self.path, files)
+                if tree == state.tree:
+                    return Published(False, state.head, state.head, attempt)
+                commit = self._commit(tree, message, state.head)
+                try:
+                    self._push(commit)
+                except ConflictError as exc:
+                    last = exc
+                    log.info("git_target.push_rejected", target=self.where, attempt=attempt,
+                             error=exc.message)
+                    self._fetch()
+                    if git_local.branch_head(self.path, self.branch) == state.head:
+                        raise PermanentError(
+                            f"{exc.message}; the branch did not move, so the server refuses "
+                            "the update itself (a protected branch or a hook?)",
+                            reason="PushRejected") from None
+                    continue
+                self._set_local(commit)
+                return Published(True, commit, state.head, attempt)
+        raise TransientError(f"{self.where}: the branch kept moving, {self.max_attempts} "
+                             f"pushes were rejected (last: {last.message if last else '?'})",
+                             reason="TargetMoved")
+
+    # ----------------------------------------------------------------- internals
+
+    def _repo(self) -> pygit2.Repository:
+        if not (self.path / "HEAD").exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=self.path.parent))
+            pygit2.init_repository(str(tmp), bare=True)
+            try:
+                tmp.rename(self.path)  # atomic: a crash never leaves half a mirror
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        return git_local.open_repo(self.path)
+
+    def _creds(self) -> git_remote.Credentials:
+        return git_remote.load_credentials(self.credentials, source=self.where)
+
+    def _check(self) -> str:
+        return ("the target's credentials (target.git.credentials, or the source's)"
+                if self.credentials else
+                "the target's credentials: it has none (set target.git.credentials)")
+
+    def _fetch(self) -> None:
+        ref = f"refs/heads/{self.branch}"
+        git_remote.fetch_refs(self._repo(), self.url, [f"+{ref}:{ref}"], self._creds(),
+                              where=self.where, check=self._check(),
+                              connect_timeout=self.connect_timeout, timeout=self.timeout)
+
+    def _commit(self, tree: str, message: str, parent: str | None) -> str:
+        repo = self._repo()
+        sig = self.author.signature()
+        parents = [pygit2.Oid(hex=parent)] if parent else []
+        oid = repo.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree), parents)
+        return str(oid)
+
+    def _push(self, commit: str) -> None:
+        repo = self._repo()
+        outgoing = f"{OUTGOING}/{self.branch}"
+        repo.references.create(outgoing, pygit2.Oid(hex=commit), force=True)
+        git_remote.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{self.branch}"],
+                             self._creds(), where=self.where, check=self._check(),
+                             connect_timeout=self.connect_timeout, timeout=self.timeout)
+
+    def _set_local(self, commit: str) -> None:
+        """The mirror's branch follows what the remote now holds."""
+        repo = self._repo()
+        repo.references.create(f"refs/heads/{self.branch}", pygit2.Oid(hex=commit), force=True)
