@@ -61,7 +61,9 @@ class NatsProcess:
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self) -> str:
-        self._server = EmbeddedNats(self.data_dir, port=self.port)
+        # one EmbeddedNats for every restart: it owns the data dir's lock for this process
+        if self._server is None:
+            self._server = EmbeddedNats(self.data_dir, port=self.port)
         return await self._server.start()
 
     async def kill(self) -> None:
