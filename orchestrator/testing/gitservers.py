@@ -23,6 +23,7 @@ isolated configuration (no ``~/.gitconfig``, fixed identity) so tests are reprod
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import base64
 import contextlib
@@ -213,12 +214,14 @@ class _Process:
         self.proc = None
 
 
-class _Server:
-    async def start(self) -> None:
-        raise NotImplementedError
+class _Server(abc.ABC):
+    """A server that tests use as ``async with``: ``start`` on entry, ``stop`` on exit."""
 
-    async def stop(self) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    async def start(self) -> None: ...
+
+    @abc.abstractmethod
+    async def stop(self) -> None: ...
 
     async def __aenter__(self) -> Self:
         await self.start()
