@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +86,6 @@ def request(objects: list[dict[str, Any]], digest: str = "sha256:one", seq: int 
                         origin_seq=seq)
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Await a condition on the fake's state (checked after every loop turn)."""
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.005)
-
-    await asyncio.wait_for(wait(), timeout)
-
-
 def patched(fake: FakeKubeAPI) -> list[str]:
     """The object names server-side applied, in order (dry runs and the inventory left out)."""
     return [r.path.rsplit("/", 1)[1] for r in fake.requests_to("PATCH")
@@ -138,7 +129,7 @@ async def test_namespaces_and_crds_first_and_crs_wait_until_the_crd_is_establish
         task = asyncio.create_task(target.apply(request(bundle)))
         crd_path = "customresourcedefinitions/widgets.example.com$"
         # the applier polls the CRD: it is waiting for it to be Established
-        await until(lambda: len(fake.requests_to("GET", crd_path)) >= 3)
+        await fake.wait_until(lambda: len(fake.requests_to("GET", crd_path)) >= 3)
         assert set(patched(fake)) == {"shop", "widgets.example.com"}
         assert not task.done()
         fake.establish("widgets.example.com")
@@ -158,10 +149,10 @@ async def test_a_wave_starts_only_when_the_previous_one_is_healthy(
     bundle = [ns("shop"), deployment("db", wave=-1), cm("app-config", wave=0),
               deployment("app", wave=0)]
     task = asyncio.create_task(target.apply(request(bundle)))
-    await until(lambda: len(fake.requests_to("GET", "deployments/db$")) >= 2)
+    await fake.wait_until(lambda: len(fake.requests_to("GET", "deployments/db$")) >= 2)
     assert "app-config" not in patched(fake) and "app" not in patched(fake)
     fake.set_status("apps/v1", "Deployment", "shop", "db", HEALTHY)
-    await until(lambda: "app" in patched(fake))
+    await fake.wait_until(lambda: "app" in patched(fake))
     assert not task.done()   # now waiting for wave 0
     fake.set_status("apps/v1", "Deployment", "shop", "app", HEALTHY)
     result = await task

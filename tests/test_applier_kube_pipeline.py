@@ -4,7 +4,6 @@ health events, prune, skip, health timeout, credential errors, per-environment s
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import io
 import json
@@ -107,14 +106,6 @@ def of(events: list[Event], sha: str, *types: str) -> list[Event]:
     return [e for e in events if e.correlationid == sha and (not types or e.type in types)]
 
 
-async def until(condition: Callable[[], bool], timeout: float = 20.0) -> None:
-    async def wait() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(wait(), timeout)
-
-
 @pytest.fixture
 async def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[FakeKubeAPI]:
     async with FakeKubeAPI() as server:
@@ -128,7 +119,7 @@ async def test_commits_are_applied_pruned_skipped_and_health_timeouts_fail(
         tmp_path: Path) -> None:
     first = repo.commit(files(), "initial")
     async with running(repo, nats_server, tmp_path / "data") as conveyor:
-        await until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)
+        await fake.wait_until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)
         fake.set_status("apps/v1", "Deployment", "shop", "web", HEALTHY)
         events = await wait_for_events(bus, outcome(first, ev.HEALTH_HEALTHY))
         applied, health = of(events, first, ev.APPLY_SUCCEEDED, ev.HEALTH_HEALTHY)
@@ -230,7 +221,7 @@ async def test_conveyor_diff_shows_desired_vs_live(
         tmp_path: Path) -> None:
     first = repo.commit(files(), "initial")
     async with running(repo, nats_server, tmp_path / "data") as conveyor:
-        await until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)
+        await fake.wait_until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)
         fake.set_status("apps/v1", "Deployment", "shop", "web", HEALTHY)
         await wait_for_events(bus, outcome(first))
         api = conveyor.service("api")

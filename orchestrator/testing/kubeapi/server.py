@@ -116,6 +116,7 @@ class FakeKubeAPI:
         self._failures: list[_Failure] = []
         self._runner: web.AppRunner | None = None
         self._timers: list[asyncio.TimerHandle] = []
+        self._changed = asyncio.Condition()
         self.url = ""
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -225,9 +226,19 @@ class FakeKubeAPI:
                                request.headers.get("Accept", ""), "anonymous")
         request[_RECORD] = record
         self.requests.append(record)
-        response = await handler(request)
-        record.status = response.status
-        return response
+        try:
+            response = await handler(request)
+            record.status = response.status
+            return response
+        finally:
+            async with self._changed:  # every request may change what a test awaits
+                self._changed.notify_all()
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+        """Await ``condition`` on the server's state (requests, objects), checked after each
+        request it answers; no polling."""
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
 
     @web.middleware
     async def _inject(self, request: web.Request, handler: Handler) -> web.StreamResponse:
