@@ -169,7 +169,10 @@ async def stream(request: web.Request) -> web.StreamResponse:
     try:
         while True:
             try:
-                stored = await asyncio.wait_for(queue.get(), PING_EVERY)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the queue yields, and shutdown would wait on this stream
+                async with asyncio.timeout(PING_EVERY):
+                    stored = await queue.get()
             except TimeoutError:
                 await resp.write(b": ping\n\n")
                 continue

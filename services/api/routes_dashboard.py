@@ -143,7 +143,10 @@ async def dashboard_stream(request: web.Request) -> web.StreamResponse:
         await resp.write(b"retry: 2000\n\n")
         while True:
             try:
-                kind, item = await asyncio.wait_for(queue.get(), PING_EVERY)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+                # that lands as the queue yields, and shutdown would wait on this stream
+                async with asyncio.timeout(PING_EVERY):
+                    kind, item = await queue.get()
             except TimeoutError:
                 await resp.write(b": ping\n\n")
                 continue
@@ -157,9 +160,9 @@ async def dashboard_stream(request: web.Request) -> web.StreamResponse:
             streams.discard(me)
         for task in producers:
             task.cancel()
-        for task in producers:
-            with contextlib.suppress(BaseException):
-                await task
+        # bounded: a producer stuck in NATS clean-up must not hold the server's shutdown
+        with contextlib.suppress(BaseException):
+            await asyncio.wait(producers, timeout=2.0)
     return resp
 
 
