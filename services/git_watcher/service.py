@@ -171,7 +171,8 @@ class GitWatcher:
                 log.exception("watcher.poll_crashed", source=name, error=str(exc))
             delay = poller.next_delay if poller.failures else poller.delay()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(poller.wake.wait(), delay)
+                async with asyncio.timeout(delay):  # not wait_for: it can lose a cancel (3.11)
+                    await poller.wake.wait()
 
     async def _poll_one(self, poller: SourcePoller) -> int:
         emitted = await poller.poll()

@@ -214,7 +214,8 @@ class Notifier:
             timeout = max(0.0, min(due) - now) if due else None
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can lose a cancel (3.11)
+                    await self._wake.wait()
             for route in list(self._routes):
                 coalescer = self._coalescers.get(route.name)
                 if coalescer is None:
