@@ -91,6 +91,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         envs=envs,
         listen=args.listen,
         interval=getattr(args, "interval", None),
+        render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
     )
@@ -224,6 +225,22 @@ def _retention(args: argparse.Namespace) -> Retention | None:
     return Retention(float(age), size)
 
 
+def _positive(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
+    return number
+
+
+def _concurrency_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--render-concurrency", type=_positive,
+                        default=os.environ.get("CONVEYOR_RENDER_CONCURRENCY") or "4",
+                        help="environments rendered at once (default 4)")
+
+
 def _retention_args(parser: argparse.ArgumentParser) -> None:
     """The event log's retention: the same values for every process that connects."""
     parser.add_argument("--retention-age", type=_age,
@@ -251,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
     _retention_args(up)
+    _concurrency_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -263,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--listen", default="127.0.0.1:8080")
     run.add_argument("--interval", type=float, default=None)
     _retention_args(run)
+    _concurrency_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")

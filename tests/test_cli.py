@@ -119,3 +119,12 @@ async def test_up_stops_cleanly_on_sigterm_and_recovers_after_sigkill(tmp_path: 
     finally:
         proc.send_signal(signal.SIGTERM)
         await asyncio.wait_for(proc.communicate(), 30)
+
+
+def test_render_concurrency_is_configurable() -> None:
+    from orchestrator import cli
+
+    args = cli.build_parser().parse_args(["up", "--repo", ".", "--render-concurrency", "7"])
+    assert cli._settings(args).render_concurrency == 7
+    args = cli.build_parser().parse_args(["run", "renderer", "--nats", "nats://x:1"])
+    assert cli._settings(args).render_concurrency == 4
