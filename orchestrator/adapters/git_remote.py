@@ -382,6 +382,21 @@ def is_rewrite_in(repo: pygit2.Repository, old: str | None, new: str | None) -> 
     return not repo.descendant_of(new, old)
 
 
+def ensure_bare(path: Path) -> None:
+    """Create an empty bare repository at ``path`` unless one is there, atomically: it is
+    made beside and renamed into place, so a crash never leaves half a mirror and two
+    processes racing both end up with the same one."""
+    if (path / "HEAD").exists():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=path.parent))
+    pygit2.init_repository(str(tmp), bare=True)
+    try:
+        tmp.rename(path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+
+
 class GitMirror:
     """A local bare mirror of one git source (or the repository itself, for a local path)."""
 
@@ -466,14 +481,7 @@ class GitMirror:
                 raise PermanentError(f"source {self.source!r}: {self.path} is not a readable "
                                      f"git repository ({exc})",
                                      reason="RepositoryNotFound") from None
-        if not (self.path / "HEAD").exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=self.path.parent))
-            pygit2.init_repository(str(tmp), bare=True)
-            try:
-                tmp.rename(self.path)  # atomic: a crash never leaves half a mirror
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        ensure_bare(self.path)
         return pygit2.Repository(str(self.path))
 
     def _remote_url(self) -> str:

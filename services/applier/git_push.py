@@ -30,8 +30,6 @@ process's transfers of one mirror; libgit2 objects never cross threads.
 from __future__ import annotations
 
 import hashlib
-import shutil
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -210,14 +208,7 @@ class PushMirror:
     # ----------------------------------------------------------------- internals
 
     def _repo(self) -> pygit2.Repository:
-        if not (self.path / "HEAD").exists():
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=".init-", dir=self.path.parent))
-            pygit2.init_repository(str(tmp), bare=True)
-            try:
-                tmp.rename(self.path)  # atomic: a crash never leaves half a mirror
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        git_remote.ensure_bare(self.path)
         return git_local.open_repo(self.path)
 
     def _creds(self) -> git_remote.Credentials:
