@@ -87,7 +87,7 @@ class Sample:
 
 SERVER = """
 import asyncio, json, sys, time
-from orchestrator.testing.kubeapi import FakeKubeAPI
+from tests.support.kubeapi import FakeKubeAPI
 
 async def main():
     async with FakeKubeAPI() as fake:

@@ -5,7 +5,7 @@ Run: .venv/bin/python benchmarks/fetch.py [--commits 10000] [--files 5000] [--ro
 
 The upstream is a bare repository of ``--commits`` commits and ``--files`` files, built in a
 second or two with ``git fast-import``, served over git:// (``git daemon``) or smart HTTP
-(``git http-backend``) from ``orchestrator.testing.gitservers``. Conveyor's api and git-watcher
+(``git http-backend``) from ``tests.support.gitservers``. Conveyor's api and git-watcher
 run in this process on an embedded nats-server, with polling off (only triggers).
 
 Each round writes one commit upstream (one file of the first environment's directory changed)
@@ -43,9 +43,9 @@ from orchestrator.app import Conveyor
 from orchestrator.domain.events import Event
 from orchestrator.domain.webhooks import sign
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import GitDaemon, GitHttpServer, git, git_env
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
+from tests.support.gitservers import GitDaemon, GitHttpServer, git, git_env
 
 SECRET = "benchmark-webhook-secret"
 GROUPS = 50

@@ -28,8 +28,8 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.app import Conveyor
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
 from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
 
 CONFIG = "environments:\n  app:\n    path: app\n"
 

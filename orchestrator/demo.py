@@ -20,10 +20,10 @@ from typing import TypeVar
 
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.app import Conveyor
+from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
 from orchestrator.domain.trace import build_trace, latency_ms
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
 
 T = TypeVar("T")
 

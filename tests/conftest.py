@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.testing.repos import Repo
+from tests.support.repos import Repo
 
 
 @pytest.fixture

@@ -16,10 +16,10 @@ from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
-from orchestrator.testing.kubeapi import FakeKubeAPI
 from services.applier.kube_clients import close_all
 from services.applier.kube_health import HealthCheckFailed
 from services.applier.kube_target import KubeTarget, kube_target
+from tests.support.kubeapi import FakeKubeAPI
 
 FAST = {"wait": {"timeout": "5s", "interval": "10ms"}}
 HEALTHY = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
@@ -279,7 +279,7 @@ async def test_errors_keep_their_classification(fake: FakeKubeAPI, kubeconfig: P
 
 
 async def test_forbidden_is_permanent_with_the_api_message_and_no_token(tmp_path: Path) -> None:
-    from orchestrator.testing.kubeapi.certs import TestPKI
+    from tests.support.kubeapi.certs import TestPKI
 
     pki = TestPKI()
     token = "s3cr3t-applier-token-value"

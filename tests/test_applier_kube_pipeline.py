@@ -23,13 +23,13 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event
 from orchestrator.settings import Settings
-from orchestrator.testing.kubeapi import FakeKubeAPI
-from orchestrator.testing.kubeapi.certs import TestPKI
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
 from services.applier.service import Applier
 from services.git_watcher.service import GitWatcher
+from tests.support.kubeapi import FakeKubeAPI
+from tests.support.kubeapi.certs import TestPKI
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 HEALTHY = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
            "availableReplicas": 1}

@@ -13,7 +13,7 @@ import aiohttp
 
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.demo import demo_files
-from orchestrator.testing.repos import Repo
+from tests.support.repos import Repo
 
 CONVEYOR = [sys.executable, "-m", "orchestrator"]
 

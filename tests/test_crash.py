@@ -34,7 +34,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import project
 from orchestrator.rendering import render
-from orchestrator.testing.crash import (
+from services.applier.git_target import files_for
+from tests.support.crash import (
     Chaos,
     NatsProcess,
     ServiceProcess,
@@ -43,8 +44,7 @@ from orchestrator.testing.crash import (
     last_log_line,
     scan_logs,
 )
-from orchestrator.testing.repos import Repo
-from services.applier.git_target import files_for
+from tests.support.repos import Repo
 
 pytestmark = pytest.mark.slow
 

@@ -27,9 +27,9 @@ from orchestrator.demo import demo_files
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 if TYPE_CHECKING:
     from playwright.async_api import Page

@@ -17,11 +17,11 @@ from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event
 from orchestrator.ports import ApplyRequest
 from orchestrator.settings import Settings
-from orchestrator.testing.kubeapi import FakeKubeAPI
-from orchestrator.testing.waits import wait_for_events
 from services.applier.drift import DriftLoop
 from services.applier.kube_clients import close_all
 from services.applier.kube_target import kube_target
+from tests.support.kubeapi import FakeKubeAPI
+from tests.support.waits import wait_for_events
 
 REV = "b" * 40
 

@@ -11,7 +11,7 @@ import pytest
 from orchestrator.adapters.git_remote import GitMirror, load_credentials
 from orchestrator.domain.config import SourceConfig
 from orchestrator.errors import PermanentError, TransientError
-from orchestrator.testing.gitservers import (
+from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
     Upstream,

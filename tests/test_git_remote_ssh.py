@@ -11,7 +11,7 @@ import pytest
 
 from orchestrator.adapters.git_remote import GitMirror
 from orchestrator.errors import PermanentError
-from orchestrator.testing.gitservers import SshServer, Upstream, ssh_keygen, sshd_available
+from tests.support.gitservers import SshServer, Upstream, ssh_keygen, sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None,
                                 reason=sshd_available() or "sshd available")

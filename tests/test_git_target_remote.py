@@ -22,7 +22,10 @@ from orchestrator.domain.events import Event
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import (
+from services.applier.git_push import PushMirror, target_credentials
+from services.applier.git_target import GitTarget, RemoteGitTarget, git_target_for
+from services.git_watcher.service import GitWatcher
+from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
     SshServer,
@@ -32,10 +35,7 @@ from orchestrator.testing.gitservers import (
     ssh_keygen,
     sshd_available,
 )
-from orchestrator.testing.waits import wait_for_events
-from services.applier.git_push import PushMirror, target_credentials
-from services.applier.git_target import GitTarget, RemoteGitTarget, git_target_for
-from services.git_watcher.service import GitWatcher
+from tests.support.waits import wait_for_events
 
 PASSWORD = "pa55-Push-Secret-Value"
 WRONG = "wr0ng-Push-Secret-Value"

@@ -27,11 +27,11 @@ from orchestrator.domain.events import Event
 from orchestrator.errors import TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
 from services.applier.git_target import GitTarget
 from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 TOKEN = "history-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

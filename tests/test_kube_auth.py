@@ -19,8 +19,8 @@ import yaml
 from orchestrator.adapters.kube import KubeClient, KubeConfig, load_in_cluster, load_kubeconfig
 from orchestrator.adapters.kube.auth import TokenFile
 from orchestrator.errors import ConveyorError, PermanentError
-from orchestrator.testing.kubeapi import FakeKubeAPI
-from orchestrator.testing.kubeapi.certs import TestPKI
+from tests.support.kubeapi import FakeKubeAPI
+from tests.support.kubeapi.certs import TestPKI
 
 TOKEN = "sekret-token-0123456789"
 

@@ -11,7 +11,7 @@ from yarl import URL
 
 from orchestrator.adapters.kube import KubeClient, KubeConfig
 from orchestrator.errors import ManifestError, PermanentError
-from orchestrator.testing.kubeapi import FakeKubeAPI
+from tests.support.kubeapi import FakeKubeAPI
 
 
 @pytest.fixture

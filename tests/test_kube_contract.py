@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from orchestrator.testing.kubeapi import FakeKubeAPI
-from orchestrator.testing.kubeapi.selectors import SelectorError, label_matcher
+from tests.support.kubeapi import FakeKubeAPI
+from tests.support.kubeapi.selectors import SelectorError, label_matcher
 
 
 @pytest.fixture

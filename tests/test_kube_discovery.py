@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.adapters.kube import KubeClient, KubeConfig
 from orchestrator.errors import PermanentError
-from orchestrator.testing.kubeapi import FakeKubeAPI
+from tests.support.kubeapi import FakeKubeAPI
 
 CRD = {
     "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",

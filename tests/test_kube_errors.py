@@ -12,7 +12,7 @@ import structlog
 from orchestrator.adapters.kube import KubeClient, KubeConfig
 from orchestrator.adapters.kube.errors import classify, parse_retry_after
 from orchestrator.errors import ConflictError, PermanentError, TransientError
-from orchestrator.testing.kubeapi import FakeKubeAPI
+from tests.support.kubeapi import FakeKubeAPI
 
 CM = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"a": "1"}}
 CM_PATH = "^/api/v1/namespaces/default/configmaps/c$"

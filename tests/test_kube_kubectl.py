@@ -19,8 +19,8 @@ import yaml
 
 from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.errors import PermanentError
-from orchestrator.testing.kubeapi import FakeKubeAPI
-from orchestrator.testing.kubeapi.certs import TestPKI
+from tests.support.kubeapi import FakeKubeAPI
+from tests.support.kubeapi.certs import TestPKI
 
 KUBECTL = shutil.which("kubectl", path=str(Path(sys.executable).parent)) or shutil.which(
     "kubectl")

@@ -19,8 +19,8 @@ from test_crash import (
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.testing.crash import NatsProcess, ServiceProcess, conveyor_binary
-from orchestrator.testing.repos import Repo
+from tests.support.crash import NatsProcess, ServiceProcess, conveyor_binary
+from tests.support.repos import Repo
 
 pytestmark = pytest.mark.slow
 

@@ -20,9 +20,9 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 T0 = "2026-01-01T12:00:00.000000Z"
 

@@ -15,8 +15,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.runtime import Ack, Delivery, Fail, Retry
 from orchestrator.settings import Settings
-from orchestrator.testing.waits import wait_for_events
 from services.notifier.service import ATTEMPTS, Notifier
+from tests.support.waits import wait_for_events
 
 
 class Receiver:

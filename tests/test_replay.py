@@ -21,11 +21,11 @@ from orchestrator.commands.replay import replay_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
 from services.api.projector import Projector, dump_bucket
 from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 ENVS = ("dev", "qa", "staging", "prod")
 TOKEN = "replay-token"

@@ -7,7 +7,7 @@ import asyncio
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain.events import Event, new_event
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome, Retry
-from orchestrator.testing.waits import wait_for_events
+from tests.support.waits import wait_for_events
 
 
 def commit(env: str, n: int) -> Event:

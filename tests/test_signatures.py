@@ -12,7 +12,7 @@ import pygit2
 import pytest
 
 from orchestrator.adapters.git_signatures import verify_commit, verify_commit_async
-from orchestrator.testing.gitservers import commit, init_repo, ssh_keygen
+from tests.support.gitservers import commit, init_repo, ssh_keygen
 
 SIGNER = "signer@conveyor.invalid"
 needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None,

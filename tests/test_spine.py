@@ -18,9 +18,9 @@ from orchestrator.demo import demo_files
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 
 def settings_for(repo: Repo, nats: EmbeddedNats, data: Path) -> Settings:

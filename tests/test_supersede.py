@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain.events import Event, new_event
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome, Retry
-from orchestrator.testing.waits import wait_for_events
+from tests.support.waits import wait_for_events
 
 
 def render(env: str, n: int) -> Event:

@@ -12,9 +12,9 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.app import Conveyor
 from orchestrator.domain import events as ev
 from orchestrator.settings import Settings
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 CONFIG = "environments:\n  app:\n    path: app\n"
 

@@ -18,8 +18,9 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing import gitservers
-from orchestrator.testing.gitservers import (
+from services.git_watcher.service import GitWatcher
+from tests.support import gitservers
+from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
     SshServer,
@@ -28,9 +29,8 @@ from orchestrator.testing.gitservers import (
     ssh_keygen,
     sshd_available,
 )
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
-from services.git_watcher.service import GitWatcher
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 PASSWORD = "right-Pa55word-of-infra"
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: net\ndata:\n  v: '{v}'\n"

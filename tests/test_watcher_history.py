@@ -14,10 +14,10 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import GitDaemon, Upstream
-from orchestrator.testing.repos import AUTHOR, Repo
-from orchestrator.testing.waits import wait_for_events
 from services.git_watcher.service import GitWatcher
+from tests.support.gitservers import GitDaemon, Upstream
+from tests.support.repos import AUTHOR, Repo
+from tests.support.waits import wait_for_events
 
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"
 KUSTOMIZATION = ("apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"

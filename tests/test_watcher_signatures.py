@@ -18,10 +18,10 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import GitDaemon, Upstream, commit, init_repo, ssh_keygen
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.git_watcher.service import GitWatcher
+from tests.support.gitservers import GitDaemon, Upstream, commit, init_repo, ssh_keygen
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 SIGNER = "release@conveyor.invalid"
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"

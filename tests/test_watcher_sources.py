@@ -18,11 +18,11 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import GitDaemon, GitHttpServer, Upstream
-from orchestrator.testing.repos import Repo
-from orchestrator.testing.waits import wait_for_events
 from services.git_watcher.service import GitWatcher
 from services.git_watcher.source import Checkout
+from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream
+from tests.support.repos import Repo
+from tests.support.waits import wait_for_events
 
 PASSWORD = "infra-Pa55word-never-in-events"
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  v: '{v}'\n"

@@ -20,10 +20,10 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.webhooks import sign
 from orchestrator.settings import Settings
-from orchestrator.testing.gitservers import GitDaemon, Upstream
-from orchestrator.testing.waits import wait_for_events
 from services.api.app import ApiService
 from services.api.routes_webhooks import prune
+from tests.support.gitservers import GitDaemon, Upstream
+from tests.support.waits import wait_for_events
 
 FIXTURES = Path(__file__).parent / "fixtures" / "webhooks"
 SECRET = "It's a Secret to Everybody"

@@ -1,4 +1,4 @@
-"""Real git repositories for tests, benchmarks and the demo, made with pygit2 (no git CLI)."""
+"""A real git repository made with pygit2 (no git CLI): the demo commits with it, tests reuse it."""
 
 from __future__ import annotations
 

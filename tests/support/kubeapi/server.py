@@ -87,7 +87,7 @@ def _decode(raw: bytes, *, yaml_ok: bool) -> Any:
     try:
         return json.loads(raw, parse_constant=_not_json_constant)
     except ValueError:
-        return yaml.load(raw, Loader=_YAML_LOADER)  # noqa: S506 (CSafeLoader or SafeLoader)
+        return yaml.load(raw, Loader=_YAML_LOADER)
 
 
 def _error(exc: ApiError, headers: dict[str, str] | None = None) -> web.Response:
