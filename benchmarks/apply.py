@@ -46,8 +46,8 @@ import yaml
 
 from orchestrator import logging as clog
 from orchestrator.ports import ApplyRequest
-from services.applier.kube_clients import close_all
-from services.applier.kube_target import kube_target
+from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.target import kube_target
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
 PHASES = (("create", 1), ("update", 2))

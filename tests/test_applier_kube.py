@@ -16,9 +16,9 @@ from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
-from services.applier.kube_clients import close_all
-from services.applier.kube_health import HealthCheckFailed
-from services.applier.kube_target import KubeTarget, kube_target
+from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.health import HealthCheckFailed
+from orchestrator.targets.kube.target import KubeTarget, kube_target
 from tests.support.kubeapi import FakeKubeAPI
 
 FAST = {"wait": {"timeout": "5s", "interval": "10ms"}}

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
+from conveyor.app import Conveyor
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.commands.diff import diff_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle

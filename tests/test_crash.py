@@ -34,7 +34,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import project
 from orchestrator.rendering import render
-from services.applier.git_target import files_for
+from orchestrator.targets.git.target import files_for
 from tests.support.crash import (
     Chaos,
     NatsProcess,

@@ -19,9 +19,9 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
+from orchestrator.projector import Projector
 from orchestrator.settings import Settings
 from services.api.app import build_app
-from services.api.projector import Projector
 from services.api.routes_dashboard import STATIC_DIR
 
 

@@ -17,9 +17,9 @@ from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event
 from orchestrator.ports import ApplyRequest
 from orchestrator.settings import Settings
+from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.target import kube_target
 from services.applier.drift import DriftLoop
-from services.applier.kube_clients import close_all
-from services.applier.kube_target import kube_target
 from tests.support.kubeapi import FakeKubeAPI
 from tests.support.waits import wait_for_events
 

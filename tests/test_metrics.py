@@ -11,11 +11,11 @@ from nats.js import api as jsapi
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
+from conveyor.app import Conveyor
+from conveyor.demo import demo_files
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
-from orchestrator.demo import demo_files
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.metrics import Metrics

@@ -8,9 +8,9 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from conveyor.app import Conveyor
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings

@@ -14,12 +14,12 @@ import pytest
 
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
+from orchestrator.adapters.git_source import Checkout
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
-from services.git_watcher.source import Checkout
 from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events

@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from conveyor.app import Conveyor
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.webhooks import sign

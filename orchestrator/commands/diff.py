@@ -106,9 +106,9 @@ async def from_api(url: str, env: str, token: str | None = None) -> Desired:
 
 async def compute(env: str, desired: Desired) -> list[Any]:
     """The differences (``ObjectDiff``) between the desired bundle and the live cluster."""
-    from services.applier.kube_clients import close_all
-    from services.applier.kube_compare import compare
-    from services.applier.kube_target import kube_target
+    from orchestrator.targets.kube.clients import close_all
+    from orchestrator.targets.kube.compare import compare
+    from orchestrator.targets.kube.target import kube_target
 
     target_cfg = desired.env.get("target") or {}
     if "kubernetes" not in target_cfg:

@@ -36,7 +36,7 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
-from services.api.projector import (
+from orchestrator.projector import (
     POSITION_KEY,
     Stored,
     dump_bucket,

@@ -22,8 +22,8 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
 from orchestrator.domain.trace import build_trace, end_to_end_ms
+from orchestrator.projector import Projector
 from orchestrator.settings import Settings
-from services.api.projector import Projector
 
 log = structlog.get_logger(__name__)
 

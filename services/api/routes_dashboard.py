@@ -30,8 +30,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from orchestrator import metrics
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
+from orchestrator.projector import Projector
 from services.api.app import BUS, PROJECTOR, event_json
-from services.api.projector import Projector
 
 log = structlog.get_logger(__name__)
 

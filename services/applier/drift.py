@@ -48,12 +48,11 @@ from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
 from orchestrator.settings import Settings
-
-from .kube_clients import close_all
-from .kube_compare import compare
-from .kube_health import health_event
-from .kube_inventory import Record
-from .kube_target import KubeTarget, kube_target
+from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.compare import compare
+from orchestrator.targets.kube.health import health_event
+from orchestrator.targets.kube.inventory import Record
+from orchestrator.targets.kube.target import KubeTarget, kube_target
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/drift"

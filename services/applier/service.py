@@ -24,8 +24,8 @@ from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
+from orchestrator.targets.git.target import git_target_for
 from services.applier.drift import DriftLoop
-from services.applier.git_target import git_target_for
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
@@ -64,7 +64,7 @@ class Applier:
                                   primary_repo=self.settings.repo)
         target = expand_all(env.get("target") or {})
         if "kubernetes" in target:
-            from services.applier.kube_target import kube_target
+            from orchestrator.targets.kube.target import kube_target
 
             return kube_target(env["name"], target["kubernetes"], env.get("sync") or {})
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
@@ -146,7 +146,7 @@ class Applier:
 
 def _health(event: Event, details: dict[str, Any]) -> list[Event]:
     """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
-    from services.applier.kube_health import health_event
+    from orchestrator.targets.kube.health import health_event
 
     return [health_event(event, details["health"], SOURCE)] if "health" in details else []
 

@@ -35,7 +35,7 @@ def check_config(config: Config) -> None:
                               line=_line(config.text, "environments", name, "render"),
                               field=f"environments.{name}.render") from None
         if env.target_kind == "kubernetes" and "${" not in str(env.target) + str(env.sync):
-            from services.applier.kube_settings import kube_settings
+            from orchestrator.targets.kube.settings import kube_settings
 
             try:
                 kube_settings(name, env.target.get("kubernetes"), env.sync)

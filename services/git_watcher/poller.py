@@ -32,6 +32,7 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters import git_local
+from orchestrator.adapters.git_source import Checkout
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import (
@@ -46,7 +47,6 @@ from orchestrator.errors import ConfigError, ConveyorError, TransientError
 from services.git_watcher import decide, metrics
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
-from services.git_watcher.source import Checkout
 
 log = structlog.get_logger(__name__)
 

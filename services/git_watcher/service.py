@@ -23,6 +23,7 @@ import contextlib
 import structlog
 
 from orchestrator import subjects
+from orchestrator.adapters.git_source import Checkout
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
@@ -37,7 +38,6 @@ from services.git_watcher.decide import (
     WatchedSource,
 )
 from services.git_watcher.poller import Cursor, SourcePoller, cursor_key
-from services.git_watcher.source import Checkout
 
 log = structlog.get_logger(__name__)
 

@@ -18,6 +18,7 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters import git_local
+from orchestrator.adapters.git_source import Checkout
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
@@ -25,7 +26,6 @@ from orchestrator.domain.events import new_event
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
-from services.git_watcher.source import Checkout
 from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)

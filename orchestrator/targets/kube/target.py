@@ -49,10 +49,10 @@ from orchestrator.domain.ordering import Phase, Wave, plan_waves
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 
-from . import kube_health as kh
-from .kube_clients import client_for, env_lock
-from .kube_inventory import InventoryStore, Record, Stored, union
-from .kube_settings import KubeSettings, kube_settings
+from . import health as kh
+from .clients import client_for, env_lock
+from .inventory import InventoryStore, Record, Stored, union
+from .settings import KubeSettings, kube_settings
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")

@@ -18,8 +18,8 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
+from conveyor.app import Conveyor
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
 from orchestrator.domain.trace import build_trace, latency_ms

@@ -9,9 +9,9 @@ import os
 import sys
 from pathlib import Path
 
+from conveyor.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
 from orchestrator import logging as clog
 from orchestrator.adapters.nats_bus import Retention
-from orchestrator.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
 from orchestrator.errors import ConveyorError
 from orchestrator.settings import Settings
 
@@ -162,7 +162,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from orchestrator.demo import run_demo
+    from conveyor.demo import run_demo
 
     return asyncio.run(run_demo(Path(args.data_dir).resolve(), args.listen))
 

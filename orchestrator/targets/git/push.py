@@ -40,10 +40,10 @@ import pygit2
 import structlog
 
 from orchestrator.adapters import git_local, git_remote
+from orchestrator.adapters.git_source import credentials_from_env, repo_key
 from orchestrator.domain.config import DEFAULT_SOURCE
 from orchestrator.domain.giturls import GitUrl, parse
 from orchestrator.errors import ConflictError, PermanentError, TransientError
-from services.git_watcher.source import credentials_from_env, repo_key
 
 log = structlog.get_logger(__name__)
 

@@ -20,11 +20,11 @@ from typing import Any
 import yaml
 
 from orchestrator.adapters import git_local
+from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
 from orchestrator.domain.config import expand_all
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
-from services.applier.git_push import PushMirror, author_from, target_credentials
-from services.git_watcher.source import is_local, local_path
+from orchestrator.targets.git.push import PushMirror, author_from, target_credentials
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")

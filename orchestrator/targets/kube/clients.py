@@ -21,7 +21,7 @@ import weakref
 from orchestrator.adapters.kube import KubeClient, load_config, load_kubeconfig
 from orchestrator.errors import PermanentError
 
-from .kube_settings import KubeSettings
+from .settings import KubeSettings
 
 _Key = tuple[str, int, str]
 
