@@ -11,7 +11,7 @@ from pathlib import Path
 
 from conveyor.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.errors import ConveyorError
 from orchestrator.settings import Settings
 
@@ -94,6 +94,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
     )
 
 
@@ -250,6 +251,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,7 @@ class Settings:
     interval: float | None = None  # poll interval override
     api_token: str | None = field(default=None, repr=False)
     retention: Retention | None = None  # None: keep the stream's retention as it is
+    replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
 
     @staticmethod

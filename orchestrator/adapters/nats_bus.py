@@ -35,22 +35,19 @@ from tenacity import (
 )
 
 from orchestrator import metrics, subjects
+from orchestrator.adapters.nats_schema import (
+    KV_BUCKETS,
+    Reconciled,
+    Retention,
+    Schema,
+    reconcile,
+)
 from orchestrator.domain.events import Event
 from orchestrator.errors import ConflictError, TransientError
 
 log = structlog.get_logger(__name__)
 
-# Publishes must finish inside the duplicate window for the server to drop a retried one.
-DUPLICATE_WINDOW = 30 * 60.0
 PUBLISH_RETRY_FOR = 30.0
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """Stream retention: 0 means unlimited (the default: the log is the system of record)."""
-
-    max_age: float = 0.0
-    max_bytes: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,10 +71,12 @@ class EventBus:
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
         self._closing: list[bool] = []
+        self.schema = Reconciled(epoch="", replicas=1)
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
-                      retention: Retention | None = None) -> EventBus:
+                      retention: Retention | None = None,
+                      replicas: int | None = None) -> EventBus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats.error", error=str(exc))
 
@@ -101,43 +100,25 @@ class EventBus:
                                  reason="NatsUnreachable") from exc
         bus = cls(nc, nc.jetstream(timeout=10))
         bus._closing = closing
-        await bus.ensure_schema(retention)
+        try:
+            await bus.ensure_schema(Schema(replicas=replicas, retention=retention))
+        except BaseException:
+            await bus.close()  # or the client reconnects for ever behind the error
+            raise
         return bus
 
-    async def ensure_schema(self, retention: Retention | None) -> None:
-        """Create the stream, buckets and store if missing.
+    async def ensure_schema(self, schema: Schema) -> Reconciled:
+        """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
+        self.schema = await reconcile(self.js, schema)
+        for bucket in KV_BUCKETS:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)
+        return self.schema
 
-        ``retention`` None keeps an existing stream's limits (unlimited when creating it);
-        otherwise the stream is updated to it.
-        """
-        if retention is None:
-            try:
-                await self.js.stream_info(subjects.STREAM)
-                exists = True
-            except NotFoundError:
-                exists = False
-        await self._ensure_stream(retention or Retention(), update=retention is not None
-                                  or not exists)
-        for bucket in (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET):
-            self._kv[bucket] = await self.js.create_key_value(
-                jsapi.KeyValueConfig(bucket=bucket, history=1,
-                                     storage=jsapi.StorageType.FILE))
-        self._obj = await self.js.create_object_store(
-            subjects.BUNDLE_BUCKET, config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE))
-
-    async def _ensure_stream(self, retention: Retention, *, update: bool) -> None:
-        if not update:
-            return
-        config = jsapi.StreamConfig(
-            name=subjects.STREAM, subjects=[subjects.ALL_EVENTS],
-            storage=jsapi.StorageType.FILE, retention=jsapi.RetentionPolicy.LIMITS,
-            max_age=retention.max_age, max_bytes=retention.max_bytes,
-            duplicate_window=DUPLICATE_WINDOW, allow_direct=True,
-        )
-        try:
-            await self.js.add_stream(config)
-        except BadRequestError:
-            await self.js.update_stream(config)  # retention changed since it was created
+    @property
+    def epoch(self) -> str:
+        """The log's identity: a new one after the stream was wiped and re-created."""
+        return self.schema.epoch
 
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:
