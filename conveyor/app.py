@@ -102,7 +102,7 @@ class Conveyor:
     async def start(self) -> None:
         settings = self.settings
         if not settings.nats_url:
-            self.embedded = EmbeddedNats(settings.data_dir / "nats")
+            self.embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
             url = await self.embedded.start()
             settings = self.settings = replace(settings, nats_url=url)
         self.bus = await EventBus.connect(settings.nats_url, name="conveyor-" + "-".join(

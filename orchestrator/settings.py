@@ -20,6 +20,7 @@ class Settings:
     interval: float | None = None  # poll interval override
     api_token: str | None = field(default=None, repr=False)
     retention: Retention | None = None  # None: keep the stream's retention as it is
+    sync: str = "always"  # the embedded server's fsync policy: always | interval
     replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
 

@@ -15,10 +15,11 @@ import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
-from orchestrator.adapters.embedded_nats import free_port, nats_server_binary
+from orchestrator.adapters.embedded_nats import free_port, jetstream_sync, nats_server_binary
 
 READY_WITHIN = 30.0
 CLUSTER_NAME = "conveyor-test"
@@ -46,11 +47,15 @@ class Node:
         return self.process is not None and self.process.returncode is None
 
     def config(self, routes: list[str], sync: str | None) -> str:
-        sync_line = f"\n  sync_interval: {sync}" if sync else ""
-        return (
+        sync_line = f"\n  sync_interval: {jetstream_sync(sync)}" if sync else ""
+        text = (
             f'server_name: "{self.name}"\nlisten: "127.0.0.1:{self.port}"\n'
             f"http: \"127.0.0.1:{self.monitor_port}\"\n"
             f'jetstream {{\n  store_dir: "{self.store_dir}"{sync_line}\n}}\n'
+        )
+        if not routes:  # a single server: not clustered
+            return text
+        return text + (
             f'cluster {{\n  name: "{CLUSTER_NAME}"\n  listen: "127.0.0.1:{self.route_port}"\n'
             f"  routes: [{', '.join(routes)}]\n}}\n"
         )
@@ -62,7 +67,7 @@ class NatsCluster:
 
     root: Path
     size: int = 3
-    sync: str | None = None  # jetstream sync_interval: "always", "2m", ...; None = default
+    sync: str | None = None  # sync policy (always | interval, as `conveyor up --sync`)
     nodes: list[Node] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -124,6 +129,13 @@ class NatsCluster:
         path = node.data_dir / "nats-server.log"
         lines = path.read_text(errors="replace").splitlines() if path.exists() else []
         return " | ".join(lines[-5:])
+
+    async def varz(self, node: Node) -> dict[str, Any]:
+        """The server's ``/varz``: its configuration as it runs."""
+        async with aiohttp.ClientSession() as http, \
+                http.get(f"http://127.0.0.1:{node.monitor_port}/varz") as resp:
+            body: dict[str, Any] = await resp.json()
+        return body
 
     async def kill(self, node: Node) -> None:
         """SIGKILL: no lame duck, no flush."""
