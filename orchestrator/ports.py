@@ -16,6 +16,7 @@ class ApplyRequest:
     origin_seq: int  # stream sequence of the commit event: orders applies in one environment
     message: str = ""  # commit subject, for the target's own records
     cause: str = ""  # "commit" or "drift"
+    epoch: str = ""  # the event log's epoch (nats_schema): recorded with the target's state
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,8 @@ class TargetState:
 
     digest: str | None
     revision: str | None
-    origin_seq: int | None
+    origin_seq: int | None  # meaningful only within the log of ``epoch``
+    epoch: str | None = None  # None: written before epochs were recorded (or never written)
 
 
 @dataclass(frozen=True, slots=True)

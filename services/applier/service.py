@@ -2,8 +2,10 @@
 
 Exactly-once over at-least-once: before acting it asks the target what it holds. A bundle the
 target already holds is ``apply.skipped``; a render older than what the target holds (a late
-redelivery) is ``apply.superseded``. Within one environment applies run one at a time in commit
-order, and when several renders wait only the newest is applied: the others are superseded.
+redelivery) is ``apply.superseded``. A target written under another log's epoch (the log was
+wiped and re-created) is ``log.reset`` once, then handled by digest alone. Within one
+environment applies run one at a time in commit order, and when several renders wait only the
+newest is applied: the others are superseded.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, Target
+from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.settings import Settings
 from orchestrator.targets.git.target import git_target_for
@@ -84,9 +86,15 @@ class Applier:
         env = data["env"]
         policy = RetryPolicy(**(env.get("retry") or {}))
         started = time.monotonic()
+        reset: list[Event] = []
         try:
             target = self.target_for(env, data)
             held = await target.current()
+            if held.epoch and held.epoch != self.bus.epoch:
+                # written under another log (this one was wiped and re-created): its sequences
+                # and revision mean nothing here; only the digest says what it holds
+                reset = await self._log_reset(event, target, held)
+                held = TargetState(held.digest, None, None, held.epoch)
             origin = int(data.get("origin_seq") or 0)
             if held.origin_seq is not None and held.origin_seq > origin:
                 return Ack([self._superseded(event, held.revision or "")])
@@ -99,8 +107,8 @@ class Applier:
             # a manual sync re-applies even an unchanged bundle (it is how drift is undone
             # without selfHeal); the target itself still skips what is truly identical
             if held.digest == data["digest"] and data.get("cause") != "sync":
-                return Ack([self._outcome(ev.APPLY_SKIPPED, event, target, started,
-                                          summary="target already holds this bundle")])
+                return Ack([*reset, self._outcome(ev.APPLY_SKIPPED, event, target, started,
+                                                  summary="target already holds this bundle")])
             payload = await self.bus.get_bundle(str(data["digest"]))
             if payload is None:
                 raise PermanentError(f"bundle {data['digest']} is missing from the store",
@@ -108,13 +116,14 @@ class Applier:
             result = await target.apply(ApplyRequest(
                 env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
                 objects=decode_bundle(payload), origin_seq=origin,
-                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
+                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
+                epoch=self.bus.epoch))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
             details: dict[str, Any] = getattr(exc, "details", None) or {}
-            return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
-                                       reason=exc.reason, **details),
+            return Fail([*reset, self._outcome(ev.APPLY_FAILED, event, None, started,
+                                               error=str(exc), reason=exc.reason, **details),
                          *_health(event, details)])
         except TransientError as exc:
             attempt = delivery.attempt
@@ -126,12 +135,28 @@ class Applier:
                                  source=SOURCE, key=str(attempt),
                                  data={**_pass_on(event), "error": str(exc), "attempt": attempt,
                                        "delay": delay})
-            return Retry(delay, reason=str(exc), emit=[retrying])
+            return Retry(delay, reason=str(exc), emit=[*reset, retrying])
         kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
                  outcome=kind.rsplit(".", 1)[1], summary=result.summary)
-        return Ack([self._outcome(kind, event, target, started, summary=result.summary,
-                                  **result.details), *_health(event, result.details)])
+        return Ack([*reset, self._outcome(kind, event, target, started, summary=result.summary,
+                                          **result.details), *_health(event, result.details)])
+
+    async def _log_reset(self, event: Event, target: Target, held: TargetState) -> list[Event]:
+        """One ``log.reset`` per environment and foreign epoch (none if this log has it)."""
+        known = await self.bus.last_event(event.subject, ev.LOG_RESET)
+        if known is not None and known.event.data.get("target_epoch") == held.epoch:
+            return []
+        log.warning("apply.log_reset", env=event.subject, target_epoch=held.epoch,
+                    log_epoch=self.bus.epoch, target_revision=(held.revision or "")[:12])
+        reset = new_event(ev.LOG_RESET, env=event.subject, cause=event, source=SOURCE, data={
+            "target_epoch": held.epoch, "log_epoch": self.bus.epoch,
+            "target_revision": held.revision, "target_seq": held.origin_seq,
+            "digest": held.digest, "target": target.description,
+            "summary": "the target was written under another event log (this one was reset): "
+                       "its state is treated as unknown and the bundle applied by digest"})
+        return [replace(reset, id=derive_id(ev.LOG_RESET, event.subject, str(held.epoch),
+                                            self.bus.epoch))]
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
