@@ -44,3 +44,9 @@ class Target(Protocol):
     async def current(self) -> TargetState: ...
 
     async def apply(self, request: ApplyRequest) -> ApplyResult: ...
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Whether this very request (revision, digest, sequence, epoch) was applied here,
+        even if something newer was applied since: how a redelivery after a crash between
+        the effect and its record is recognised."""
+        ...

@@ -1,6 +1,9 @@
 """applier: render.succeeded -> apply the bundle to the environment's target.
 
-Exactly-once over at-least-once: before acting it asks the target what it holds. A bundle the
+Exactly-once over at-least-once: before acting it asks the target what it holds, and it
+records ``apply.started`` before it touches the target. A redelivered render whose own apply is
+found on the target (the process died between the effect and its record) is
+``apply.succeeded``, even when a newer commit was applied since. A bundle the
 target already holds is ``apply.skipped``; a render older than what the target holds (a late
 redelivery) is ``apply.superseded``. A target written under another log's epoch (the log was
 wiped and re-created) is ``log.reset`` once, then handled by digest alone. Within one
@@ -42,13 +45,16 @@ class Applier:
         self._consumer: Consumer | None = None
         self._drift: DriftLoop | None = None
 
-    async def start(self) -> None:
+    def consumer_spec(self) -> ConsumerSpec:
         envs = self.settings.envs
-        self._consumer = Consumer(self.bus, ConsumerSpec(
+        return ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
-            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq)))
+            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq))
+
+    async def start(self) -> None:
+        self._consumer = Consumer(self.bus, self.consumer_spec())
         await self._consumer.start()
         self._drift = DriftLoop(self.bus, self.settings)
         await self._drift.start()
@@ -73,7 +79,28 @@ class Applier:
                              reason="UnsupportedTarget")
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
+        if older.attempt > 1 and await self._applied_before(older.event):
+            # redelivered after a crash that came between the effect and its record
+            return [self._outcome(ev.APPLY_SUCCEEDED, older.event, None, time.monotonic(),
+                                  summary="applied before a restart")]
         return [self._superseded(older.event, newest.event.correlationid)]
+
+    def _request(self, event: Event) -> ApplyRequest:
+        """What applying ``event`` asks of its target (the objects are loaded later)."""
+        data = event.data
+        return ApplyRequest(
+            env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
+            objects=(), origin_seq=int(data.get("origin_seq") or 0),
+            message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
+            epoch=self.bus.epoch)
+
+    async def _applied_before(self, event: Event) -> bool:
+        try:
+            target = self.target_for(event.data["env"], event.data)
+            return await target.has_applied(self._request(event))
+        except Exception as exc:  # unknown: superseded is what it would have been
+            log.warning("apply.recognise_failed", env=event.subject, error=str(exc))
+            return False
 
     def _superseded(self, event: Event, by: str) -> Event:
         return _one_outcome(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
@@ -96,7 +123,14 @@ class Applier:
                 reset = await self._log_reset(event, target, held)
                 held = TargetState(held.digest, None, None, held.epoch)
             origin = int(data.get("origin_seq") or 0)
+            request = self._request(event)
             if held.origin_seq is not None and held.origin_seq > origin:
+                if delivery.attempt > 1 and await target.has_applied(request):
+                    # applied, then the process died before saying so, and a newer commit was
+                    # applied since: it was deployed, so the record says so
+                    return Ack([self._outcome(ev.APPLY_SUCCEEDED, event, target, started,
+                                              summary="applied before a restart",
+                                              superseded_by=held.revision or "")])
                 return Ack([self._superseded(event, held.revision or "")])
             if held.digest == data["digest"] and held.revision == event.correlationid \
                     and held.origin_seq == origin:
@@ -113,11 +147,12 @@ class Applier:
             if payload is None:
                 raise PermanentError(f"bundle {data['digest']} is missing from the store",
                                      reason="BundleMissing")
-            result = await target.apply(ApplyRequest(
-                env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
-                objects=decode_bundle(payload), origin_seq=origin,
-                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
-                epoch=self.bus.epoch))
+            # record before effect: a crash from here on leaves a trace of the attempt
+            await self.bus.publish(new_event(
+                ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
+                data={**_pass_on(event), "target": target.description,
+                      "attempt": delivery.attempt}))
+            result = await target.apply(replace(request, objects=decode_bundle(payload)))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))

@@ -67,6 +67,13 @@ def commit_message(request: ApplyRequest) -> str:
             + (f"Conveyor-Log-Epoch: {request.epoch}\n" if request.epoch else ""))
 
 
+def applied_trailers(request: ApplyRequest) -> dict[str, str]:
+    """The trailers that identify one apply of ``request`` on a branch."""
+    match = {"Source-Commit": request.revision, "Digest": request.digest,
+             "Seq": str(request.origin_seq)}
+    return {**match, "Log-Epoch": request.epoch} if request.epoch else match
+
+
 def target_state(state: git_local.BranchState) -> TargetState:
     """What a branch holds, per its head's ``Conveyor-*`` trailers."""
     seq = state.trailers.get("Seq")
@@ -88,6 +95,11 @@ class GitTarget:
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         return await asyncio.to_thread(self._apply, request)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        found = await asyncio.to_thread(git_local.find_trailers, self.repo_path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
 
     def _apply(self, request: ApplyRequest) -> ApplyResult:
         state = git_local.branch_state(self.repo_path, self.branch)
@@ -118,6 +130,13 @@ class RemoteGitTarget:
         state = await asyncio.to_thread(self.mirror.fetch_state)
         self._fetched = True
         return target_state(state)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        if not self._fetched:
+            await self.current()
+        found = await asyncio.to_thread(git_local.find_trailers, self.mirror.path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         files = files_for(request.objects)

@@ -129,6 +129,12 @@ class KubeTarget:
         return TargetState(applied.digest, applied.revision, applied.origin_seq,
                            applied.epoch or None)
 
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Only the last applied sync is recorded: it is this request or it is not known."""
+        applied = (await self.inventory.read()).applied
+        return applied == Record(request.digest, request.revision, request.origin_seq,
+                                 request.epoch)
+
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         async with self.lock:
             return await self.sync(request)
