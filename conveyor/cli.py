@@ -328,7 +328,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=_client_cmd(name))
         return c
 
-    client("status", "environments: desired vs applied revision, last outcome")
+    status = client("status", "environments: desired vs applied revision, last outcome")
+    status.add_argument("--all", action="store_true",
+                        help="list every environment, not only those needing attention")
+    status.add_argument("--outcome", help="only these outcomes, e.g. failed,dead")
+    status.add_argument("--health", help="only this health, e.g. Degraded,Progressing")
+    status.add_argument("--prefix", help="only environments whose name starts so")
+    status.add_argument("--generator", help="only environments of this generator")
     log = client("log", "the event log, oldest first")
     log.add_argument("--env", default=None)
     log.add_argument("--type", default=None, help="event type prefix, e.g. conveyor.apply")

@@ -53,6 +53,7 @@ class EnvState:
     deployments: int = 0
     failures: int = 0
     last_seq: int = 0
+    generator: str = ""  # the conveyor.yaml generator that made it ("" when written by hand)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +86,11 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
         if t != ev.RENDER_SUCCEEDED:
             return {}  # a terminal event handed back to the notifier
     if t == ev.COMMIT_DETECTED:
+        env = event.data.get("env")
+        made_by = str(env.get("generator", "")) if isinstance(env, dict) else s.generator
         return {"desired_revision": rev, "desired_at": event.time,
-                "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1}
+                "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1,
+                "generator": made_by}
     if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
         return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):

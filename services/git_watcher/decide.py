@@ -162,11 +162,18 @@ def backoff_delay(failures: int, interval: float, rand: float) -> float:
 
 
 def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
-    """The environment's block as it travels in events: unexpanded (no secret values)."""
-    return {"name": env.name, "path": env.path, "source": env.source,
-            "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
-            "retry": {"limit": env.retry.limit, "base": env.retry.base,
-                      "factor": env.retry.factor, "max": env.retry.max}}
+    """The environment's block as it travels in events: unexpanded (no secret values).
+
+    A generated environment also names its generator and removal policy; a hand-written one
+    carries neither, so its digest is what it was before generators existed."""
+    payload: dict[str, Any] = {
+        "name": env.name, "path": env.path, "source": env.source,
+        "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
+        "retry": {"limit": env.retry.limit, "base": env.retry.base,
+                  "factor": env.retry.factor, "max": env.retry.max}}
+    if env.generator:
+        payload |= {"generator": env.generator, "onRemove": env.on_remove}
+    return payload
 
 
 def env_digest(env: EnvironmentConfig) -> str:
