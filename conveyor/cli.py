@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from conveyor.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
+from conveyor.app import SERVICES, Conveyor, run_until_signal
 from orchestrator import logging as clog
 from orchestrator.adapters.nats_bus import Retention
 from orchestrator.errors import ConveyorError
@@ -136,28 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    conveyor = Conveyor(settings, names=(args.service,))
-
-    async def main() -> None:
-        extra: list[Service] = []
-        if args.service != "api":
-            # the health server needs the bus, which exists once the service is up
-            class Deferred:
-                server: HealthServer | None = None
-
-                async def start(self) -> None:
-                    assert conveyor.bus is not None
-                    self.server = HealthServer(conveyor.bus, settings.listen)
-                    await self.server.start()
-
-                async def stop(self) -> None:
-                    if self.server is not None:
-                        await self.server.stop()
-
-            extra.append(Deferred())
-        await run_until_signal(conveyor, extra)
-
-    asyncio.run(main())
+    # only the api has its own /healthz and /metrics; any other service gets the small server
+    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    asyncio.run(run_until_signal(conveyor))
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -24,6 +25,8 @@ from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
 from orchestrator.domain.trace import build_trace, latency_ms
 from orchestrator.settings import Settings
+from services.api.app import ApiService
+from services.git_watcher.service import GitWatcher
 
 T = TypeVar("T")
 
@@ -216,9 +219,6 @@ async def run_demo(data_dir: Path, listen: str) -> int:
     try:
         await conveyor.start()
         assert conveyor.bus is not None
-        from services.api.app import ApiService
-        from services.git_watcher.service import GitWatcher
-
         api = conveyor.service("api")
         watcher = conveyor.service("git-watcher")
         assert isinstance(api, ApiService) and isinstance(watcher, GitWatcher)
@@ -254,7 +254,7 @@ async def run_demo(data_dir: Path, listen: str) -> int:
         say(f"    {CLI} status --api {api.url}    {CLI} trace SHA --api {api.url}")
         say(f"Dashboard: {api.url}/")
         say("Press Ctrl-C to stop.")
-        if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in __import__("os").environ:
+        if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in os.environ:
             return 0
         await stop.wait()
     except TimeoutError:

@@ -16,7 +16,7 @@ from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
-from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.health import HealthCheckFailed
 from orchestrator.targets.kube.target import KubeTarget, kube_target
 from tests.support.kubeapi import FakeKubeAPI
@@ -30,7 +30,6 @@ HEALTHY = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyR
 async def fake() -> AsyncIterator[FakeKubeAPI]:
     async with FakeKubeAPI() as server:
         yield server
-        await close_all()
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def kubeconfig(fake: FakeKubeAPI, tmp_path: Path) -> Path:
 
 def make(kubeconfig: Path, env: str = "dev", **sync: Any) -> KubeTarget:
     return kube_target(env, {"kubeconfig": str(kubeconfig), "namespace": "shop"},
-                       {**FAST, **sync})
+                       {**FAST, **sync}, KubePool())
 
 
 def ns(name: str) -> dict[str, Any]:
@@ -134,7 +133,6 @@ async def test_namespaces_and_crds_first_and_crs_wait_until_the_crd_is_establish
         assert not task.done()
         fake.establish("widgets.example.com")
         result = await task
-        await close_all()
     order = patched(fake)
     assert set(order[:2]) == {"shop", "widgets.example.com"}   # bootstrap, whatever the wave
     assert order[2:] == ["z", "w1"]   # wave -5, then wave 0
@@ -270,7 +268,7 @@ async def test_errors_keep_their_classification(fake: FakeKubeAPI, kubeconfig: P
     assert "RFC 1123" in str(invalid.value)
     # a field another manager owns, with force off: permanent conflict
     strict = kube_target("dev", {"kubeconfig": str(kubeconfig), "namespace": "shop",
-                                 "force": False}, FAST)
+                                 "force": False}, FAST, KubePool())
     async with KubeClient(load_kubeconfig(kubeconfig)) as client:
         await client.apply(cm("shared", namespace="shop", k="theirs"), field_manager="helm")
     with pytest.raises(PermanentError) as conflict:
@@ -300,21 +298,21 @@ async def test_forbidden_is_permanent_with_the_api_message_and_no_token(tmp_path
             await make(bad).apply(request([ns("shop")]))
         assert unauthorized.value.reason == "Unauthorized"
         assert "wrong-token-xyz" not in str(unauthorized.value)
-        await close_all()
 
 
 async def test_settings_are_checked(kubeconfig: Path) -> None:
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig), "namespce": "x"}, {})
+        kube_target("dev", {"kubeconfig": str(kubeconfig), "namespce": "x"}, {}, KubePool())
     assert "did you mean 'namespace'" in str(err.value)
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig)}, {"wait": {"timeout": "soon"}})
+        kube_target("dev", {"kubeconfig": str(kubeconfig)}, {"wait": {"timeout": "soon"}},
+                    KubePool())
     assert "sync.wait.timeout" in str(err.value)
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig.parent / "missing")}, {})
+        kube_target("dev", {"kubeconfig": str(kubeconfig.parent / "missing")}, {}, KubePool())
     assert err.value.reason == "InvalidConfig"
     target = kube_target("dev", {"kubeconfig": str(kubeconfig), "inventoryNamespace": "ops"},
-                         {"prune": True, "selfHeal": True, "driftInterval": "90s"})
+                         {"prune": True, "selfHeal": True, "driftInterval": "90s"}, KubePool())
     s = target.settings
     assert (s.prune, s.self_heal, s.drift_interval, s.wait_timeout) == (True, True, 90.0, 300.0)
     assert target.namespace == "default"   # the kubeconfig context's
@@ -324,7 +322,7 @@ async def test_settings_are_checked(kubeconfig: Path) -> None:
 async def test_a_sync_applies_concurrently_within_the_bound_and_leaves_the_bundle_alone(
         fake: FakeKubeAPI, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = kube_target("dev", {"kubeconfig": str(kubeconfig), "namespace": "shop",
-                                 "concurrency": 3}, {**FAST, "wait": False})
+                                 "concurrency": 3}, {**FAST, "wait": False}, KubePool())
     real, flying, peak = target.client.apply, 0, 0
 
     async def counting(obj: Any, **kwargs: Any) -> Any:

@@ -23,6 +23,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -30,6 +31,7 @@ log = structlog.get_logger(__name__)
 BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)
 PROJECTOR: web.AppKey[Projector] = web.AppKey("projector", Projector)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+RESOURCES: web.AppKey[Resources] = web.AppKey("resources", Resources)
 MAX_EVENTS = 10_000
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -227,11 +229,12 @@ async def sync(request: web.Request) -> web.Response:
                              status=202)
 
 
-def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
+def build_app(resources: Resources, projector: Projector) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
-    app[BUS] = bus
+    app[RESOURCES] = resources
+    app[BUS] = resources.bus
     app[PROJECTOR] = projector
-    app[SETTINGS] = settings
+    app[SETTINGS] = resources.settings
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/environments", environments)
     app.router.add_get("/api/v1/environments/{name}", environment)
@@ -249,16 +252,17 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Ap
 
 
 class ApiService:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.projector = Projector(bus)
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
+        self.projector = Projector(self.bus)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> None:
         await self.projector.start()
-        app = build_app(self.bus, self.projector, self.settings)
+        app = build_app(self.resources, self.projector)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         host, _, port = self.settings.listen.rpartition(":")

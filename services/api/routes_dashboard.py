@@ -10,7 +10,7 @@
   projected state whenever the projector folds an event into it (``event: env``), so cards show
   exactly what ``/api/v1/environments`` would, without the page re-implementing the fold.
   A comment line every 15 s keeps proxies from closing an idle stream and finds dead clients.
-- ``GET /metrics`` is the Prometheus text format of the process-wide registry; it refreshes the
+- ``GET /metrics`` is the Prometheus text format of this Conveyor's registry; it refreshes the
   per-consumer queue depth from JetStream first (at most a couple of seconds, else the last
   values).
 """
@@ -25,13 +25,11 @@ from typing import Any, Final
 
 import structlog
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from orchestrator import metrics
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
-from services.api.app import BUS, PROJECTOR, event_json
+from services.api.app import BUS, PROJECTOR, RESOURCES, event_json
 
 log = structlog.get_logger(__name__)
 
@@ -58,12 +56,13 @@ async def index(_: web.Request) -> web.FileResponse:
 
 
 async def prometheus(request: web.Request) -> web.Response:
+    metrics = request.app[RESOURCES].metrics
     try:
-        await asyncio.wait_for(metrics.refresh_consumer_pending(request.app[BUS]),
-                               PENDING_TIMEOUT)
+        async with asyncio.timeout(PENDING_TIMEOUT):
+            metrics.set_consumer_pending(await request.app[BUS].consumer_pending())
     except Exception as exc:  # the scrape still answers, with the last known depths
         log.warning("metrics.pending_refresh_failed", error=str(exc) or type(exc).__name__)
-    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
 
 
 def _int(value: str | None) -> int | None:

@@ -29,7 +29,6 @@ emits it for a valid conveyor.yaml), parsed once per new event.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
 import os
@@ -233,6 +232,8 @@ async def prune(bus: EventBus, *, ttl: float = DEDUPE_TTL, now: float | None = N
 
 
 def _maybe_prune(app: web.Application, bus: EventBus) -> None:
+    from services.api.app import RESOURCES
+
     state = app[STATE]
     now = time.monotonic()
     if now - state.last_prune < PRUNE_EVERY and state.last_prune:
@@ -247,16 +248,11 @@ def _maybe_prune(app: web.Application, bus: EventBus) -> None:
         except Exception as exc:
             log.warning("webhook.prune_failed", error=str(exc))
 
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
+    app[RESOURCES].background.spawn(run(), name="webhook:prune")
 
 
 async def receive(request: web.Request) -> web.Response:
-    from services.api.app import BUS, SETTINGS
+    from services.api.app import BUS, SETTINGS  # app imports this module: see add_routes
 
     provider = request.match_info["provider"].lower()
     if provider not in PROVIDERS:

@@ -18,7 +18,7 @@ One sync (``KubeTarget.sync``) of a bundle:
    environment and not annotated ``conveyor.dev/prune: disabled``, deleted in reverse order.
 6. Write the inventory: the new entries, ``applied-*`` = this bundle, which ``current()`` reads.
 
-``apply`` holds the environment's lock (``kube_clients.env_lock``) around a sync, which the
+``apply`` holds the environment's lock (``KubePool.env_lock``) around a sync, which the
 drift loop's self-heal holds too. Errors keep the client's classification: ``TransientError``
 (retried by the applier with backoff), ``PermanentError`` (apply.failed), including
 ``HealthCheckFailed`` whose ``details`` list the objects that are not healthy.
@@ -50,7 +50,7 @@ from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 
 from . import health as kh
-from .clients import client_for, env_lock
+from .clients import KubePool
 from .inventory import InventoryStore, Record, Stored, union
 from .settings import KubeSettings, kube_settings
 
@@ -59,10 +59,11 @@ T = TypeVar("T")
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
 
 
-def kube_target(env: str, target: Mapping[str, Any], sync: Mapping[str, Any]) -> KubeTarget:
+def kube_target(env: str, target: Mapping[str, Any], sync: Mapping[str, Any],
+                pool: KubePool) -> KubeTarget:
     """The target for ``target: {kubernetes: ...}`` (called by ``Applier.target_for``)."""
     settings = kube_settings(env, target, sync)
-    return KubeTarget(settings, client_for(settings))
+    return KubeTarget(settings, pool.client_for(settings), pool.env_lock(env))
 
 
 @dataclass
@@ -105,8 +106,10 @@ def _crd_scopes(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], b
 
 
 class KubeTarget:
-    def __init__(self, settings: KubeSettings, client: KubeClient) -> None:
+    def __init__(self, settings: KubeSettings, client: KubeClient,
+                 lock: asyncio.Lock | None = None) -> None:
         self.settings = settings
+        self.lock = lock or asyncio.Lock()  # the pool's lock of this environment
         self.client = client
         self.env = settings.env
         self.namespace = settings.namespace or client.config.namespace
@@ -115,10 +118,6 @@ class KubeTarget:
                                         settings.field_manager, settings.force)
         context = f" context {client.config.context}" if client.config.context else ""
         self.description = f"kubernetes {client.config.server}{context}"
-
-    @property
-    def lock(self) -> asyncio.Lock:
-        return env_lock(self.env)
 
     # -- Target ----------------------------------------------------------------------------
 
