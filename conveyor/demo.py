@@ -23,7 +23,7 @@ from conveyor.app import Conveyor
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
-from orchestrator.domain.trace import build_trace, latency_ms
+from orchestrator.domain.trace import TraceNode, build_trace, latency_ms
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
@@ -162,10 +162,7 @@ async def wait_for(bus: EventBus, sha: str, envs: set[str],
 
 
 def show(events: list[ev.Event]) -> None:
-    def walk(node: object, depth: int) -> None:
-        from orchestrator.domain.trace import TraceNode
-
-        assert isinstance(node, TraceNode)
+    def walk(node: TraceNode, depth: int) -> None:
         e = node.event
         lat = f"+{node.latency_ms:.0f} ms" if node.latency_ms is not None else ""
         detail = e.data.get("summary") or e.data.get("error") or ""

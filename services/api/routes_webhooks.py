@@ -47,6 +47,7 @@ from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import normalise
 from orchestrator.domain.webhooks import PROVIDERS, PushEvent, parse_push, verify
 from orchestrator.errors import ConfigError, ConflictError, PermanentError
+from services.api.context import BUS, RESOURCES, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -232,8 +233,6 @@ async def prune(bus: EventBus, *, ttl: float = DEDUPE_TTL, now: float | None = N
 
 
 def _maybe_prune(app: web.Application, bus: EventBus) -> None:
-    from services.api.app import RESOURCES
-
     state = app[STATE]
     now = time.monotonic()
     if now - state.last_prune < PRUNE_EVERY and state.last_prune:
@@ -252,7 +251,6 @@ def _maybe_prune(app: web.Application, bus: EventBus) -> None:
 
 
 async def receive(request: web.Request) -> web.Response:
-    from services.api.app import BUS, SETTINGS  # app imports this module: see add_routes
 
     provider = request.match_info["provider"].lower()
     if provider not in PROVIDERS:

@@ -45,6 +45,7 @@ from orchestrator.domain.config import (
 from orchestrator.domain.events import Event, new_event
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
 from orchestrator.metrics import Metrics
+from orchestrator.rendering import referenced_paths
 from services.git_watcher import decide
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
@@ -82,8 +83,6 @@ def cursor_key(source: str) -> str:
 
 def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
     """referenced_paths bound to one commit (kustomize bases and the like)."""
-    from orchestrator.rendering import referenced_paths
-
     def read(path: str) -> bytes | None:
         return git_local.read_file(repo_path, sha, path)
 

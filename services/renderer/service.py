@@ -23,6 +23,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import new_event
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.rendering import render
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from services.renderer.cache import render_key
@@ -85,8 +86,6 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
-        from orchestrator.rendering import render
-
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]
