@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from orchestrator.adapters.kube import KubeClient, load_kubeconfig
+from orchestrator.domain.health import Health
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
 from orchestrator.targets.kube.clients import KubePool
-from orchestrator.targets.kube.health import HealthCheckFailed
 from orchestrator.targets.kube.target import KubeTarget, kube_target
 from tests.support.kubeapi import FakeKubeAPI
 
@@ -163,15 +163,15 @@ async def test_a_wave_starts_only_when_the_previous_one_is_healthy(
 async def test_health_timeout_fails_listing_the_objects_not_healthy(
         fake: FakeKubeAPI, kubeconfig: Path) -> None:
     target = make(kubeconfig, wait={"timeout": "300ms", "interval": "20ms"})
-    with pytest.raises(HealthCheckFailed) as failed:
-        await target.apply(request([ns("shop"), deployment("web"), cm("later", wave=1)]))
-    assert failed.value.reason == "HealthCheckTimeout"
-    assert "Deployment.apps/shop/web: Progressing" in str(failed.value)
-    objects = failed.value.details["objects"]
+    failed = await target.apply(request([ns("shop"), deployment("web"), cm("later", wave=1)]))
+    assert failed.failure == "HealthCheckTimeout"   # a value, not an exception
+    assert "Deployment.apps/shop/web: Progressing" in failed.summary
+    objects = failed.details["objects"]
     assert [(o["kind"], o["name"], o["status"]) for o in objects] == [
         ("Deployment", "web", "Progressing")]
     assert "generation" in objects[0]["message"]
-    assert failed.value.details["health"]["status"] == "Progressing"
+    assert failed.health is not None and failed.health.status is Health.PROGRESSING
+    assert failed.details["health"] == failed.health.to_dict()
     assert "later" not in patched(fake)   # the next wave never started
     # not recorded as applied: the same bundle is applied again next time, not skipped
     assert (await target.current()).digest is None
@@ -187,10 +187,10 @@ async def test_degraded_object_fails_at_once(fake: FakeKubeAPI, kubeconfig: Path
         **HEALTHY, "conditions": [{"type": "Progressing", "status": "False",
                                    "reason": "ProgressDeadlineExceeded"}]})
     target = make(kubeconfig, wait={"timeout": "1h", "interval": "10ms"})
-    with pytest.raises(HealthCheckFailed) as failed:
-        await target.apply(request([ns("shop"), deployment("web")], digest="sha256:two"))
-    assert failed.value.reason == "Degraded"
-    assert "exceeded its progress deadline" in str(failed.value)
+    failed = await target.apply(request([ns("shop"), deployment("web")], digest="sha256:two"))
+    assert failed.failure == "Degraded"
+    assert "exceeded its progress deadline" in failed.summary
+    assert failed.health is not None and failed.health.status is Health.DEGRADED
 
 
 async def test_prune_deletes_only_what_left_labelled_and_not_opted_out_in_reverse_order(

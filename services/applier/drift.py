@@ -186,19 +186,23 @@ class DriftLoop:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []
             except PermanentError as exc:
-                details: dict[str, Any] = getattr(exc, "details", None) or {}
-                failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
-                                   source=SOURCE, data={
-                                       **common, **details, "error": str(exc),
-                                       "reason": exc.reason, "duration_ms": _ms(started)})
-                return [failed, *([health_event(failed, details["health"], SOURCE)]
-                                  if "health" in details else [])]
+                return [new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
+                                  source=SOURCE, data={
+                                      **common, "error": str(exc), "reason": exc.reason,
+                                      "duration_ms": _ms(started)})]
+        if result.failure is not None:  # the heal's rollout is unhealthy
+            failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected, source=SOURCE,
+                               data={**common, **result.details, "error": result.summary,
+                                     "reason": result.failure, "duration_ms": _ms(started)})
+            return [failed, *([health_event(failed, result.health, SOURCE)]
+                              if result.health is not None else [])]
         kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
         outcome = new_event(kind, env=target.env, cause=detected, source=SOURCE, data={
             **common, **result.details, "summary": f"self-heal: {result.summary}",
             "duration_ms": _ms(started)})
         log.info("drift.healed", env=target.env, summary=result.summary)
-        return [outcome, health_event(outcome, result.details["health"], SOURCE)]
+        return [outcome, *([health_event(outcome, result.health, SOURCE)]
+                           if result.health is not None else [])]
 
     # -- the loop --------------------------------------------------------------------------
 

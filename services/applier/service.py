@@ -20,7 +20,7 @@ from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, Target
+from orchestrator.ports import ApplyRequest, ApplyResult, Target
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.targets.git.target import git_target_for
@@ -114,10 +114,8 @@ class Applier:
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
-            details: dict[str, Any] = getattr(exc, "details", None) or {}
             return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
-                                       reason=exc.reason, **details),
-                         *_health(event, details)])
+                                       reason=exc.reason)])
         except TransientError as exc:
             attempt = delivery.attempt
             if attempt > policy.limit:
@@ -129,11 +127,17 @@ class Applier:
                                  data={**_pass_on(event), "error": str(exc), "attempt": attempt,
                                        "delay": delay})
             return Retry(delay, reason=str(exc), emit=[retrying])
+        if result.failure is not None:  # an unhealthy rollout: an outcome, not an error
+            log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
+                      reason=result.failure, error=result.summary)
+            return Fail([self._outcome(ev.APPLY_FAILED, event, target, started,
+                                       error=result.summary, reason=result.failure,
+                                       **result.details), *_health(event, result)])
         kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
                  outcome=kind.rsplit(".", 1)[1], summary=result.summary)
         return Ack([self._outcome(kind, event, target, started, summary=result.summary,
-                                  **result.details), *_health(event, result.details)])
+                                  **result.details), *_health(event, result)])
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
@@ -146,9 +150,9 @@ class Applier:
         return _one_outcome(outcome) if kind in OUTCOMES else outcome
 
 
-def _health(event: Event, details: dict[str, Any]) -> list[Event]:
+def _health(event: Event, result: ApplyResult) -> list[Event]:
     """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
-    return [health_event(event, details["health"], SOURCE)] if "health" in details else []
+    return [health_event(event, result.health, SOURCE)] if result.health is not None else []
 
 
 OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
