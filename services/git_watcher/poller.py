@@ -32,7 +32,7 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters import git_local
-from orchestrator.adapters.git_source import Checkout
+from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import (
@@ -44,7 +44,9 @@ from orchestrator.domain.config import (
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
-from services.git_watcher import decide, metrics
+from orchestrator.metrics import Metrics
+from orchestrator.rendering import referenced_paths
+from services.git_watcher import decide
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
 
@@ -81,8 +83,6 @@ def cursor_key(source: str) -> str:
 
 def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
     """referenced_paths bound to one commit (kustomize bases and the like)."""
-    from orchestrator.rendering import referenced_paths
-
     def read(path: str) -> bytes | None:
         return git_local.read_file(repo_path, sha, path)
 
@@ -110,13 +110,15 @@ class SourcePoller:
     """Polls one source. ``config()`` returns the configuration in force (from the primary)."""
 
     def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
-                 interval: float, config: Callable[[], Config | None]) -> None:
+                 interval: float, config: Callable[[], Config | None], mirrors: MirrorPool,
+                 metrics: Metrics) -> None:
         self.bus = bus
+        self.metrics = metrics
         self.source = source
         self.interval = interval
         self.branch = source.branch
         self._config = config
-        self.checkout = Checkout.shared(source.repo, data_dir, source=source.name,
+        self.checkout = mirrors.shared(source.repo, data_dir, source=source.name,
                                         credentials=source.credentials)
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
@@ -155,11 +157,11 @@ class SourcePoller:
             try:
                 fetched = await self.checkout.fetch(self.branch or None)
             except ConveyorError as exc:
-                metrics.observe_fetch(self.name, time.monotonic() - started, exc.reason)
+                self.metrics.observe_fetch(self.name, time.monotonic() - started, exc.reason)
                 self.failures += 1
                 self.last_error = exc
                 return await self._failed(cursor, rev, exc)
-            metrics.observe_fetch(self.name, time.monotonic() - started)
+            self.metrics.observe_fetch(self.name, time.monotonic() - started)
             self.failures, self.last_error = 0, None
             if not self.branch and fetched.branch:
                 self.branch = cursor.branch = fetched.branch

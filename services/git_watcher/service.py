@@ -24,12 +24,11 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters.git_source import Checkout
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
 from orchestrator.errors import ConfigError
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
-from orchestrator.settings import Settings
 from services.git_watcher import decide
 from services.git_watcher.decide import (
     DEFAULT_LOCAL_INTERVAL,
@@ -45,9 +44,10 @@ __all__ = ["DEFAULT_LOCAL_INTERVAL", "DEFAULT_REMOTE_INTERVAL", "Cursor", "GitWa
 
 
 class GitWatcher:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = settings = resources.settings
         self.config: Config | None = None
         self._config_text: str | None = None
         self.pollers: dict[str, SourcePoller] = {}
@@ -105,7 +105,8 @@ class GitWatcher:
     def _add(self, source: WatchedSource) -> SourcePoller:
         poller = SourcePoller(self.bus, source, self.settings.data_dir,
                               interval=decide.poll_interval(source, self.settings.interval),
-                              config=lambda: self.config)
+                              config=lambda: self.config, mirrors=self.resources.mirrors,
+                              metrics=self.resources.metrics)
         self.pollers[source.name] = poller
         return poller
 
