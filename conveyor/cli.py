@@ -179,6 +179,12 @@ def cmd_health(args: argparse.Namespace) -> int:
     return health_command(args.file, args.output)
 
 
+def cmd_envs(args: argparse.Namespace) -> int:
+    from orchestrator.commands.envs import envs_command
+
+    return envs_command(Path(args.repo), args.rev, args.output)
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from orchestrator.commands.diff import diff_command
 
@@ -294,6 +300,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--env", default=None)
     render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
     render.set_defaults(func=cmd_render)
+
+    envs = sub.add_parser("envs", help="the environments a revision declares, generators "
+                          "expanded (a dry run)")
+    envs.add_argument("--repo", default=".", help="the Git repository (default: .)")
+    envs.add_argument("--rev", default="HEAD", help="branch, tag or sha (default: HEAD)")
+    envs.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    envs.set_defaults(func=cmd_envs)
 
     health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
     health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
