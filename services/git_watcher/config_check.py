@@ -25,15 +25,17 @@ def _line(text: str, *path: str) -> int | None:
 def check_config(config: Config) -> None:
     """Raise ConfigError (file, line, field) for the first invalid setting found."""
     from orchestrator.notify import parse_routes
-    from orchestrator.rendering.settings import parse_settings
+    from orchestrator.rendering.settings import SettingsError, parse_settings
 
     for name, env in config.environments.items():
         try:
             parse_settings(env.render)
         except ConveyorError as exc:
+            where = ("environments", name, "render",
+                     *(exc.path if isinstance(exc, SettingsError) else ()))
             raise ConfigError(exc.message, file=CONFIG_FILE,
-                              line=_line(config.text, "environments", name, "render"),
-                              field=f"environments.{name}.render") from None
+                              line=_line(config.text, *where) or _line(config.text, *where[:3]),
+                              field=".".join(where)) from None
         if env.target_kind == "kubernetes" and "${" not in str(env.target) + str(env.sync):
             from orchestrator.targets.kube.settings import kube_settings
 

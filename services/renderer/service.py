@@ -108,7 +108,8 @@ class Renderer:
                                                            "render_key": key,
                                                            "duration_ms": ms})])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings)
+            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
+                                             tools=self.settings.render_tools)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
@@ -136,7 +137,8 @@ class Renderer:
     async def _key(self, repo_path: str, sha: str, env_path: str,
                    settings: dict[str, Any]) -> str | None:
         try:
-            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings)
+            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings,
+                                             self.settings.render_tools)
         except Exception as exc:  # no key, no cache: the render itself will report problems
             log.info("render.no_cache_key", error=str(exc))
             return None
