@@ -271,14 +271,18 @@ def events_for_commit(
             config_events.append(_config_invalid(commit, source, err))
         else:
             try:
-                candidate = parse_config(text)
-                check_config(candidate)
+                # adopted only once every check passed: a config that check_config refuses
+                # must not take effect (the last good one stays in force)
+                parsed = parse_config(text)
+                check_config(parsed)
+            except ConfigError as err:
+                config_events.append(_config_invalid(commit, source, err))
+            else:
+                candidate = parsed
                 config_events.append(new_event(
                     ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
                     key=source.name, data={**commit_data(commit, source), "text": text,
                                            "environments": sorted(candidate.environments)}))
-            except ConfigError as err:
-                config_events.append(_config_invalid(commit, source, err))
     in_force = current if current is not None else candidate
     after = candidate
     affected = [env for env in envs_of(after, source.name)

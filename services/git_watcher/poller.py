@@ -31,7 +31,7 @@ from typing import Any
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_local, git_tree
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -213,12 +213,16 @@ class SourcePoller:
     # ------------------------------------------------------------------ worker thread
 
     def _verdict(self, path: str, sha: str) -> decide.VerdictFor:
-        """The commit's signature check under a policy, run at most once (it spawns tools)."""
+        """The commit's checks, run at most once (the signature check spawns tools): its tree
+        must be safe to check out (no ``..``, ``.git``, ``/``, duplicates: what ``git fsck``
+        rejects), then its signature must satisfy the policy."""
         cache: dict[str, Verdict | None] = {}
 
         def verdict(policy: VerifyConfig | None) -> Verdict | None:
             if "v" not in cache:
-                cache["v"] = check_commit(path, sha, policy)
+                problem = git_tree.unsafe_entry(path, sha)
+                cache["v"] = (Verdict(False, "UnsafeTree", f"the tree holds {problem}")
+                              if problem is not None else check_commit(path, sha, policy))
             return cache["v"]
 
         return verdict
