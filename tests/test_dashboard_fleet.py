@@ -20,6 +20,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.projector import Projector
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import build_app
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, async_api, pytestmark
@@ -48,8 +49,8 @@ async def fleet_api(bus: EventBus, nats: EmbeddedNats, tmp: Path) -> AsyncIterat
     end = await bus.last_seq()
     async with asyncio.timeout(120), projector.changed:
         await projector.changed.wait_for(lambda: projector.position >= end)
-    runner = web.AppRunner(build_app(bus, projector, Settings(
-        nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")))
+    runner = web.AppRunner(build_app(Resources.around(bus, Settings(
+        nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")), projector))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]

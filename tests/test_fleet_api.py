@@ -22,6 +22,7 @@ from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.listing import EnvFilter, ListingError, decode_cursor, page
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import build_app
 
@@ -75,8 +76,8 @@ async def api_for(bus: EventBus, nats: EmbeddedNats, tmp: Path) -> AsyncIterator
     end = await bus.last_seq()
     async with asyncio.timeout(20), projector.changed:
         await projector.changed.wait_for(lambda: projector.position >= end)
-    runner = web.AppRunner(build_app(bus, projector, Settings(
-        nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")))
+    runner = web.AppRunner(build_app(Resources.around(bus, Settings(
+        nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")), projector))
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]

@@ -106,6 +106,11 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
                 "last_error": str(event.data.get("error") or event.data.get("reason") or ""),
                 "in_flight": _in_flight_after(s, rev), "failures": s.failures + 1,
                 "last_failure_id": event.id}
+    if t == ev.ENV_REMOVED:
+        return {"in_flight": "", "last_outcome": t, "last_outcome_at": event.time}
+    if t == ev.ENV_PRUNED:
+        return {"last_outcome": t, "last_outcome_at": event.time, "bundle_digest": "",
+                "last_applied_revision": ""}
     if t == ev.APPLY_RETRYING:
         return {"last_error": str(event.data.get("error", "")), "retries": s.retries + 1}
     if t == ev.APPLY_SUPERSEDED:
