@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.adapters.nats_schema import Retention
+from orchestrator.rendering.model import RenderTools
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class Settings:
     sync: str = "always"  # the embedded server's fsync policy: always | interval
     replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
+    render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
 
     @staticmethod
     def api_token_from_env() -> str | None:

@@ -25,6 +25,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.state import EnvState
+from orchestrator.resources import Resources
 from orchestrator.runtime import Consumer, Delivery, Outcome
 from orchestrator.settings import Settings
 from services.api.app import ApiService
@@ -64,7 +65,7 @@ def outcomes(sha: str, count: int = 1):  # type: ignore[no-untyped-def]
 
 async def die_after_the_effect(bus: EventBus, settings: Settings, envs: set[str]) -> None:
     """An applier that publishes ``apply.started``, writes the target, and dies."""
-    applier = Applier(bus, settings)
+    applier = Applier(Resources.around(bus, settings))
     written: set[str] = set()
     all_written = asyncio.Event()
 

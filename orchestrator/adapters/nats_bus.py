@@ -17,7 +17,7 @@ import contextlib
 import itertools
 import json
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,7 +37,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from orchestrator import metrics, subjects
+from orchestrator import subjects
 from orchestrator.adapters.nats_schema import (
     KV_BUCKETS,
     Reconciled,
@@ -53,6 +53,10 @@ log = structlog.get_logger(__name__)
 PUBLISH_RETRY_FOR = 30.0
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
+
+PublishObserver = Callable[[Event, bool], None]
+"""Told of every acknowledged publish (the event, whether the server dropped it as a duplicate):
+how the metrics count events without the bus knowing about them."""
 
 
 def server_list(url: str) -> list[str]:
@@ -88,9 +92,11 @@ class StoredEvent:
 class EventBus:
     """A connection to NATS with Conveyor's stream, buckets and store ensured."""
 
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, *,
+                 on_published: PublishObserver | None = None) -> None:
         self.nc = nc
         self.js = js
+        self.on_published = on_published
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
         self._closing: list[bool] = []
@@ -101,7 +107,8 @@ class EventBus:
     async def connect(cls, url: str, *, name: str = "conveyor",
                       retention: Retention | None = None,
                       replicas: int | None = None,
-                      retry_for: float | None = 0.0) -> EventBus:
+                      retry_for: float | None = 0.0,
+                      on_published: PublishObserver | None = None) -> EventBus:
         """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
 
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
@@ -142,7 +149,7 @@ class EventBus:
                 await asyncio.sleep(delay)  # backoff between attempts (cancellable)
         if attempt > 1:
             log.info("nats.connected", servers=shown, attempts=attempt)
-        bus = cls(nc, nc.jetstream(timeout=10))
+        bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
         bus._closing = closing
         try:
             await bus.ensure_schema(Schema(replicas=replicas, retention=retention))
@@ -203,7 +210,8 @@ class EventBus:
             with attempt:
                 ack = await self.js.publish(subject, payload, headers=headers,
                                             stream=subjects.STREAM)
-        metrics.event_published(event, duplicate=bool(ack.duplicate))
+        if self.on_published is not None:
+            self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
@@ -269,6 +277,16 @@ class EventBus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def consumer_pending(self) -> dict[str, int]:
+        """Messages each durable consumer of the stream has still to finish (pending plus
+        awaiting ack); ephemeral readers are not queues and are left out."""
+        infos = await self.js.consumers_info(subjects.STREAM)
+        return {
+            str(info.config.durable_name): int(info.num_pending or 0)
+            + int(info.num_ack_pending or 0)
+            for info in infos if info.config.durable_name
+        }
 
     # -- key/value ------------------------------------------------------------------------------
     def kv(self, bucket: str) -> KeyValue:
