@@ -40,11 +40,18 @@ DEFAULT_EVENTS = 100
 __all__ = ["ApiService", "build_app", "control", "event_json"]
 
 
-async def healthz(request: web.Request) -> web.Response:
-    bus = request.app[BUS]
-    ok = bus.nc.is_connected
-    return web.json_response({"status": "ok" if ok else "nats disconnected"},
-                             status=200 if ok else 503)
+async def livez(_: web.Request) -> web.Response:
+    """The event loop runs (it answers): what a liveness probe may restart the pod for."""
+    return web.json_response({"status": "live"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """503 with the reason unless connected and the stream, buckets, store and the
+    projector's consumer answer (``/healthz`` is the same)."""
+    reason = await request.app[BUS].not_ready()
+    return web.json_response({"status": "ready" if reason is None else "not ready",
+                              **({"reason": reason} if reason else {})},
+                             status=200 if reason is None else 503)
 
 
 async def environments(request: web.Request) -> web.Response:
@@ -223,7 +230,9 @@ def build_app(resources: Resources, projector: Projector) -> web.Application:
     app[SETTINGS] = resources.settings
     app[STREAMS] = set()
     app.on_shutdown.append(sse.close_streams)
-    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/healthz", readyz)
     app.router.add_get("/api/v1/environments", environments)
     app.router.add_get("/api/v1/environments/{name}", environment)
     app.router.add_get("/api/v1/events", events)
