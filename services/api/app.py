@@ -17,6 +17,7 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
+from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_limit
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.resources import Resources
@@ -34,6 +35,7 @@ from services.api.context import (
 log = structlog.get_logger(__name__)
 
 MAX_EVENTS = 10_000
+DEFAULT_EVENTS = 100
 
 __all__ = ["ApiService", "build_app", "control", "event_json"]
 
@@ -46,8 +48,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def environments(request: web.Request) -> web.Response:
-    envs = request.app[PROJECTOR].envs
-    return web.json_response({"environments": [s.to_dict() for _, s in sorted(envs.items())]})
+    """A page of environments (``limit``, ``continue``) the filters select, with counts."""
+    q = request.query
+    try:
+        flt = EnvFilter.from_query(q)
+        found = page(request.app[PROJECTOR].envs.values(), flt, parse_limit(q.get("limit")),
+                     q.get("continue") or None)
+    except ListingError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(found.to_dict())
 
 
 async def environment(request: web.Request) -> web.Response:
@@ -78,20 +87,54 @@ async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | Non
     return out
 
 
+async def newest_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
+                        correlation: str | None, before: int, limit: int) -> list[StoredEvent]:
+    """The newest ``limit`` matching events below sequence ``before``, oldest first.
+
+    JetStream reads forwards only, so read windows that end at ``before`` and double in size
+    until they hold ``limit`` matches or reach the start of the log: an unfiltered page costs
+    one window; a sparse filter costs O(log n) windows, never a read of the whole log twice.
+    """
+    window = max(limit, 64)
+    while True:
+        start = max(0, before - 1 - window)
+        found = [s for s in await query_events(bus, env=env, type_prefix=type_prefix,
+                                               correlation=correlation, after=start,
+                                               limit=MAX_EVENTS)
+                 if s.seq < before]
+        if len(found) >= limit or start == 0:
+            return found[-limit:]
+        window *= 4
+
+
 async def events(request: web.Request) -> web.Response:
+    """Events: by default the newest page (``limit``, 100 by default) and a ``before`` cursor
+    for the page older than it; with ``after`` the events after that sequence, oldest first
+    (what a follower reads)."""
     q = request.query
     try:
-        limit = min(int(q.get("limit", MAX_EVENTS)), MAX_EVENTS)
-        after = int(q.get("after", 0))
+        limit = min(int(q.get("limit", DEFAULT_EVENTS)), MAX_EVENTS)
+        after = int(q["after"]) if q.get("after") else None
+        before = int(q["before"]) if q.get("before") else None
+        if limit < 1 or (after is not None and after < 0) or (before is not None and before < 1):
+            raise ValueError
     except ValueError:
-        return web.json_response({"error": "limit and after must be integers"}, status=400)
+        return web.json_response({"error": "limit, after and before must be whole numbers "
+                                  "(limit >= 1)"}, status=400)
     env = q.get("env") or None
     if env is not None and not subjects.valid_env_name(env):
         return web.json_response({"error": f"invalid environment name {env!r}"}, status=400)
-    found = await query_events(request.app[BUS], env=env, type_prefix=q.get("type") or None,
-                               correlation=q.get("correlation") or None, after=after,
-                               limit=limit)
-    return web.json_response({"events": [event_json(s) for s in found]})
+    bus = request.app[BUS]
+    what = {"env": env, "type_prefix": q.get("type") or None,
+            "correlation": q.get("correlation") or None}
+    if after is not None:
+        found = await query_events(bus, **what, after=after, limit=limit)
+        more = {"after": found[-1].seq} if len(found) == limit else None
+    else:
+        end = before if before is not None else await bus.last_seq() + 1
+        found = await newest_events(bus, **what, before=end, limit=limit)
+        more = {"before": found[0].seq} if found and found[0].seq > 1 else None
+    return web.json_response({"events": [event_json(s) for s in found], "next": more})
 
 
 async def trace(request: web.Request) -> web.Response:

@@ -16,7 +16,7 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.domain import events as ev
-from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
@@ -46,7 +46,8 @@ class Applier:
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
-            filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
+            filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
+                     *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
             concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq)))
         await self._consumer.start()
@@ -73,6 +74,8 @@ class Applier:
                              reason="UnsupportedTarget")
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
+        if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
+            return []
         return [self._superseded(older.event, newest.event.correlationid)]
 
     def _superseded(self, event: Event, by: str) -> Event:
@@ -81,6 +84,8 @@ class Applier:
                                       data={**_pass_on(event), "superseded_by": by}))
 
     async def handle(self, delivery: Delivery) -> Outcome:
+        if delivery.event.type == ev.ENV_REMOVED:
+            return await self.remove(delivery)
         event = delivery.event
         data = event.data
         env = data["env"]
@@ -139,6 +144,33 @@ class Applier:
         return Ack([self._outcome(kind, event, target, started, summary=result.summary,
                                   **result.details), *_health(event, result)])
 
+    async def remove(self, delivery: Delivery) -> Outcome:
+        """An environment left conveyor.yaml (or its generator stopped making it). ``prune``
+        applies the empty bundle: a Git target gets a commit that removes every manifest (its
+        history stays), a cluster has every object of the environment's inventory deleted.
+        ``orphan`` (the default) leaves the target untouched, as Argo CD's non-cascading delete
+        does. Who triggers it: a committer, by removing the environment from the repository."""
+        event = delivery.event
+        data = event.data
+        if data.get("onRemove") != "prune":
+            return Ack([])
+        env = data["env"]
+        started = time.monotonic()
+        try:
+            target = self.target_for(env, data)
+            result = await target.apply(ApplyRequest(
+                env=event.subject, revision=event.correlationid, digest=EMPTY_DIGEST,
+                objects=[], origin_seq=delivery.seq, cause="remove",
+                message=f"environment {event.subject} removed from conveyor.yaml"))
+        except (PermanentError, ConfigError) as exc:
+            return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
+                                       reason=exc.reason)])
+        except TransientError as exc:
+            return Retry(exc.delay if exc.delay is not None else 5.0, reason=str(exc))
+        return Ack([self._outcome(ev.ENV_PRUNED, event, target, started,
+                                  summary=result.summary or "target cleared",
+                                  generator=data.get("generator", ""))])
+
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
         data = {**_pass_on(event), **extra,
@@ -155,6 +187,7 @@ def _health(event: Event, result: ApplyResult) -> list[Event]:
     return [health_event(event, result.health, SOURCE)] if result.health is not None else []
 
 
+EMPTY_DIGEST = digest_of(encode_bundle([]))
 OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
                       ev.APPLY_SUPERSEDED})
 

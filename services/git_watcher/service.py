@@ -50,6 +50,7 @@ class GitWatcher:
         self.settings = settings = resources.settings
         self.config: Config | None = None
         self._config_text: str | None = None
+        self._config_dirs: tuple[str, ...] = ()
         self.pollers: dict[str, SourcePoller] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
@@ -82,7 +83,7 @@ class GitWatcher:
 
     async def start(self) -> None:
         cursor, _ = await self.primary.load_cursor()
-        self._set_config(cursor.config_text)
+        self._set_config(cursor.config_text, cursor.config_dirs)
         self._reconcile()
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable="git-watcher", stage="source",
@@ -110,15 +111,16 @@ class GitWatcher:
         self.pollers[source.name] = poller
         return poller
 
-    def _set_config(self, text: str | None) -> bool:
-        """Adopt the primary's config text; True when it changed."""
-        if text == self._config_text:
+    def _set_config(self, text: str | None, dirs: tuple[str, ...] = ()) -> bool:
+        """Adopt the primary's config (its text and the directories its generators matched);
+        True when it changed."""
+        if (text, dirs) == (self._config_text, self._config_dirs):
             return False
-        self._config_text = text
+        self._config_text, self._config_dirs = text, dirs
         self.config = None
         if text is not None:
             with contextlib.suppress(ConfigError):
-                self.config = parse_config(text)
+                self.config = parse_config(text, dirs=dirs)
         return True
 
     def _reconcile(self) -> list[str]:
@@ -179,7 +181,7 @@ class GitWatcher:
         emitted = await poller.poll()
         if poller.source.primary:
             cursor, _ = await poller.load_cursor()
-            if self._set_config(cursor.config_text):
+            if self._set_config(cursor.config_text, cursor.config_dirs):
                 self._reconcile()
                 for name, other in self.pollers.items():
                     if not other.source.primary:
