@@ -217,7 +217,8 @@ async def test_an_applier_scoped_to_dev_ignores_prod(nats_server: EmbeddedNats, 
     assert fake.get("v1", "Namespace", "", "prod") is None
     assert fake.get("v1", "ConfigMap", "dev", "cfg-d") is not None
     filters = info.config.filter_subjects or [info.config.filter_subject]
-    assert filters == ["conveyor.events.dev.render.succeeded"]
+    assert filters == ["conveyor.events.dev.render.succeeded",
+                       "conveyor.events.dev.environment.removed"]
 
 
 async def test_conveyor_diff_shows_desired_vs_live(

@@ -111,6 +111,14 @@ class ConfigInvalid(CommitFields):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EnvironmentRemoved(CommitFields):
+    TYPE: ClassVar[str] = ev.ENV_REMOVED
+    env: Json | None = None  # the environment's last configuration
+    on_remove: str = field(default="", metadata=key("onRemove"))  # prune or orphan
+    generator: str = ""  # the generator that made it ("" = declared by hand)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class SourceFields(Payload):
     source: str = ""  # the source's name in conveyor.yaml
     repo: str = ""  # its repository, without credentials
@@ -304,6 +312,16 @@ class ApplyRetrying(ApplyFields):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class EnvironmentPruned(ApplyFields):
+    TYPE: ClassVar[str] = ev.ENV_PRUNED
+    summary: str = ""  # what clearing the target did
+    generator: str = ""  # the generator that made the environment
+
+    def describe(self) -> str:
+        return self.summary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class HealthFields(Payload):
     revision: str = ""  # the commit judged
     short: str = ""  # its abbreviation
@@ -389,6 +407,6 @@ CLASSES: tuple[type[Payload], ...] = (
     SourceRecovered, SourceRewritten, SourceBranchDeleted, RefreshRequested, RenderSucceeded,
     RenderFailed, RenderDead, ApplyStarted, ApplySucceeded, ApplyFailed, ApplySkipped,
     ApplySuperseded, ApplyRetrying, ApplyDead, HealthHealthy, HealthDegraded, HealthProgressing,
-    DriftDetected, NotifySent, NotifyFailed, NotifyDead,
+    DriftDetected, NotifySent, NotifyFailed, NotifyDead, EnvironmentRemoved, EnvironmentPruned,
 )
 BY_TYPE: Mapping[str, type[Payload]] = MappingProxyType({c.TYPE: c for c in CLASSES})
