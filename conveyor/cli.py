@@ -20,6 +20,7 @@ from orchestrator.adapters.nats_bus import Retention
 from orchestrator.commands import client as client_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
+from orchestrator.commands.envs import envs_command
 from orchestrator.commands.health import health_command
 from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
@@ -164,8 +165,6 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from orchestrator.commands.envs import envs_command
-
     return envs_command(Path(args.repo), args.rev, args.output)
 
 

@@ -64,7 +64,7 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event
+from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event, schema_for
 from orchestrator.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
@@ -325,7 +325,8 @@ class Consumer:
     async def _finish(self, item: _Item, outcome: Outcome, lane: _Lane | None = None) -> None:
         delivery = item.delivery
         if isinstance(outcome, Retry) and delivery.attempt >= self.spec.max_deliver:
-            dead = dead_event(self.spec.stage, self.spec.durable, delivery, outcome.reason)
+            dead = dead_event(self.spec.stage, self.spec.durable, delivery, outcome.reason,
+                              code="Exhausted")
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=outcome.reason)
             outcome = Fail((*outcome.emit, dead))
@@ -333,7 +334,7 @@ class Consumer:
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=SILENT_FAIL)
             outcome = Fail((dead_event(self.spec.stage, self.spec.durable, delivery,
-                                       SILENT_FAIL),))
+                                       SILENT_FAIL, code="SilentFail"),))
         try:
             published = await self.bus.publish_all(list(outcome.emit))
         except Exception as exc:
@@ -376,7 +377,9 @@ class Consumer:
         dead = Event(
             type=f"conveyor.{self.spec.stage}.dead", subject=env, source=RUNTIME_SOURCE,
             id=derive_id("malformed", self.spec.durable, str(seq)),
-            data={"reason": reason, "malformed": True, "consumer": self.spec.durable,
+            dataschema=schema_for(f"conveyor.{self.spec.stage}.dead"),
+            data={"reason": reason, "code": "Malformed", "malformed": True,
+                  "consumer": self.spec.durable,
                   "stream_seq": seq, "nats_subject": msg.subject,
                   "payload": bytes(msg.data[:MALFORMED_PAYLOAD_KEPT]).decode(errors="replace")},
         )
