@@ -8,15 +8,34 @@ A handler never touches the message. It gets a ``Delivery`` and returns an ``Out
 
 Events are published *before* the ack. A crash in between redelivers the input; the handler runs
 again and re-emits the same deterministic ids, which JetStream drops: at-least-once delivery with
-exactly-once events.
+exactly-once events. With ``one_outcome`` (the renderer, the applier) every outcome of one input,
+the runtime's own ``dead`` included, carries one id (``events.outcome_id``): when a crash lets an
+input be handled twice and the second handling ends differently (superseded after succeeded,
+dead after failed), JetStream keeps the first and the input still has exactly one outcome.
+
+Why a crash between any two steps loses nothing, stage by stage (each input is acked only after
+everything it caused is in the log, and everything it caused has an id derived from it):
+
+- watcher: events published, *then* the cursor (``services/git_watcher/poller.py``). Killed in
+  between: the next poll re-announces from the old cursor with the same ids, dropped as
+  duplicates; the cursor never passes a commit whose events are not in the log.
+- renderer / applier: the outcome is published, *then* the input is acked (``_finish`` below).
+  Killed in between, or before publishing: the input is still pending on the server and is
+  redelivered after ``ack_wait``; its outcome is re-emitted with the same id. Killed after the
+  ack: the outcome is already in the log. A newer input overtaking the redelivered one is fine:
+  the older one is then ``superseded`` (by the lane, or by the target's ``origin_seq``).
+- projector: records, then ``position``, then the ack (``orchestrator/projector.py``); a
+  half-written event is completed at start before anything reads the projection.
 
 No message disappears without an event saying why:
 
 - a handler that returns ``Retry`` on its ``max_deliver``-th delivery becomes
   ``conveyor.<stage>.dead`` (the reason and the original event) and is ``term()``\\ ed;
-- the server consumer is created with one delivery more than ``max_deliver``: a message that
-  comes back that extra time never got an outcome (its process died or hung each time), and is
-  turned into ``conveyor.<stage>.dead`` without running the handler again;
+- a message that comes back after ``max_deliver`` deliveries never got an outcome (its process
+  died or hung each time), and is turned into ``conveyor.<stage>.dead`` without running the
+  handler again. The server itself never gives up on a message (its ``max_deliver`` is
+  unlimited): had it a limit, a process killed while recording that dead letter would leave
+  the message with no outcome at all, redelivered to nobody;
 - a message that is not a valid event is ``term()``\\ ed with a ``conveyor.<stage>.dead`` event
   carrying the stream sequence, the subject, the parse error and the raw payload.
 
@@ -46,7 +65,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats
 import structlog
@@ -55,7 +74,7 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event
+from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event, outcome_id
 from orchestrator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -112,6 +131,7 @@ class ConsumerSpec:
     supersede: Superseder | None = None
     key: Callable[[Event], str] = field(default=lambda e: e.subject)
     order: Callable[[Delivery], int] = _by_seq  # "newer" within a lane (supersede only)
+    one_outcome: bool = False  # the dead event shares the stage's outcome id (module doc)
 
 
 @dataclass
@@ -151,8 +171,9 @@ class Consumer:
         config = jsapi.ConsumerConfig(
             durable_name=spec.durable, name=spec.durable,
             ack_policy=jsapi.AckPolicy.EXPLICIT, deliver_policy=jsapi.DeliverPolicy.ALL,
-            # one delivery more than the handler gets: that one only records the message dead
-            ack_wait=spec.ack_wait, max_deliver=spec.max_deliver + 1,
+            # unlimited on the server: the runtime ends a message (``.dead``) after
+            # ``max_deliver`` deliveries, and a crash while it does so must redeliver it again
+            ack_wait=spec.ack_wait, max_deliver=-1,
             max_ack_pending=spec.max_ack_pending,
             filter_subjects=spec.filters if len(spec.filters) > 1 else None,
             filter_subject=spec.filters[0] if len(spec.filters) == 1 else None,
@@ -289,6 +310,9 @@ class Consumer:
                 data={"reason": outcome.reason, "attempts": delivery.attempt,
                       "original": delivery.event.to_dict(), "consumer": self.spec.durable},
             )
+            if self.spec.one_outcome:
+                dead = replace(dead, id=outcome_id(self.spec.stage, dead.subject,
+                                                   delivery.event.id))
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=outcome.reason)
             outcome = Fail((*outcome.emit, dead))

@@ -19,7 +19,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
-from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -46,7 +46,8 @@ class Applier:
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
-            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq)))
+            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
+            one_outcome=True))
         await self._consumer.start()
         self._drift = DriftLoop(self.bus, self.settings)
         await self._drift.start()
@@ -162,8 +163,7 @@ def _one_outcome(outcome: Event) -> Event:
     (say superseded after it already succeeded), JetStream keeps the first outcome and drops
     the second.
     """
-    return replace(outcome, id=derive_id("conveyor.apply.outcome", outcome.subject,
-                                         outcome.causationid))
+    return replace(outcome, id=outcome_id("apply", outcome.subject, outcome.causationid))
 
 
 def _pass_on(event: Event) -> dict[str, Any]:
