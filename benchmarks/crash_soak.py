@@ -343,7 +343,8 @@ async def soak(runs: int, mode: str, seed: int, workdir: Path, *, keep: bool = F
             or result.unexplained_duplicates
         echo(f"[{mode} {n}/{runs}] killed {result.killed} at {result.killed_after}s: "
              f"{'PROBLEM ' + json.dumps(asdict(result)) if bad else 'ok'} "
-             f"({result.seconds}s)")
+             f"(outcomes done {result.linger}s after the newest was applied; "
+             f"run {result.seconds}s)")
         if not bad and not keep:
             shutil.rmtree(root, ignore_errors=True)
     return totals, results

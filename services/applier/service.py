@@ -29,6 +29,7 @@ from services.applier.drift import DriftLoop
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
+ACK_WAIT = 5.0  # as the renderer's: a render held by a killed applier is back after 5 s
 PASS_ON = ("revision", "short", "message", "author", "committed_at", "branch", "source", "repo",
            "digest", "objects", "origin_seq")
 
@@ -45,7 +46,7 @@ class Applier:
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
-            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
+            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=ACK_WAIT,
             concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
             one_outcome=True))
         await self._consumer.start()

@@ -32,7 +32,9 @@ from services.renderer.cache import render_key
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
 SNAPSHOTS_KEPT = 8
-ACK_WAIT = 15.0
+# A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
+# process held comes back this soon, so an older commit does not wait long for its outcome.
+ACK_WAIT = 5.0
 
 
 class Snapshots:
