@@ -7,8 +7,6 @@ thread-safe, so each call opens its own Repository and is meant to run in a work
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -215,30 +213,6 @@ def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
         return str(tree[subdir].id)
     except KeyError:
         return None
-
-
-def export_tree(path: str | Path, sha: str, dest: Path) -> None:
-    """Write the commit's tree under ``dest``; symlinks are kept as symlinks (never followed)."""
-    repo = open_repo(path)
-    tree = _commit(repo, sha).tree
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def walk(t: pygit2.Tree, base: Path) -> None:
-        for entry in t:
-            target = base / str(entry.name)
-            if entry.filemode == pygit2.enums.FileMode.TREE:
-                target.mkdir(exist_ok=True)
-                walk(_subtree(repo, entry.id), target)
-            elif entry.filemode == pygit2.enums.FileMode.LINK:
-                os.symlink(_blob(repo, entry.id).decode(errors="replace"), target)
-            elif entry.filemode == pygit2.enums.FileMode.COMMIT:
-                continue  # submodules are not fetched
-            else:
-                target.write_bytes(_blob(repo, entry.id))
-                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
-                    target.chmod(target.stat().st_mode | stat.S_IXUSR)
-
-    walk(tree, dest)
 
 
 def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:

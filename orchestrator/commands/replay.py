@@ -37,6 +37,7 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.commands.client import _fail_unreachable, _headers
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
 from orchestrator.projector import (
@@ -275,8 +276,6 @@ async def _direct(url: str) -> dict[str, Any]:
 
 
 async def replay_command(args: argparse.Namespace) -> int:
-    from orchestrator.commands.client import _fail_unreachable, _headers
-
     if args.nats:
         try:
             report = await _direct(args.nats)

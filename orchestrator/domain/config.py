@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.domain.generators import Generator, parse_generators
+from orchestrator.domain.generators import Generator, parse_generators, relevant_dirs
 from orchestrator.domain.generators import expand as expand_generators
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_one
 from orchestrator.errors import ConfigError
@@ -101,6 +101,7 @@ class Config:
     raw: Mapping[str, Any]
     text: str = ""
     generators: tuple[Generator, ...] = ()
+    dirs: tuple[str, ...] = ()  # the tree's directories the generators matched (see parse_config)
 
     @property
     def reads_tree(self) -> bool:
@@ -338,7 +339,8 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
             raise _err(doc, "missing 'type' (e.g. webhook, slack)", "notifiers", name,
                        file=file)
         notifiers[str(name)] = data
-    return Config(environments, notifiers, sources, root, text, generators)
+    return Config(environments, notifiers, sources, root, text, generators,
+                  relevant_dirs(generators, dirs or ()))
 
 
 def expand(value: str, environ: Mapping[str, str] | None = None) -> str:

@@ -195,12 +195,34 @@ def _dir_params(path: str) -> dict[str, Any]:
                      "segments": parts}}
 
 
+def _hit(pattern: str, path: str) -> bool:
+    want, have = pattern.split("/"), path.split("/")
+    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w)
+                                          for w, h in zip(want, have, strict=True))
+
+
+def relevant_dirs(generators: Sequence[Generator], dirs: Sequence[str]) -> tuple[str, ...]:
+    """The directories any generator's globs match (includes and excludes): all a reader needs
+    to expand the generators again, so only these travel with the config."""
+    patterns = [p for g in generators for p in g.patterns()]
+    return tuple(sorted(d for d in set(dirs) if any(_hit(p, d) for p in patterns)))
+
+
+def touches(generators: Sequence[Generator], changed: Sequence[str]) -> bool:
+    """Whether a commit changing these paths may add or remove a generated directory: some
+    ancestor directory of a changed path matches a generator's glob."""
+    patterns = [p for g in generators for p in g.patterns()]
+    for path in changed:
+        parts = path.split("/")[:-1]
+        for end in range(1, len(parts) + 1):
+            if any(_hit(p, "/".join(parts[:end])) for p in patterns):
+                return True
+    return False
+
+
 def match_directories(rules: Sequence[DirectoryRule], dirs: Sequence[str]) -> list[str]:
     """The directories the rules select, sorted; an exclude wins over any include."""
-    def hit(pattern: str, path: str) -> bool:
-        want, have = pattern.split("/"), path.split("/")
-        return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w)
-                                              for w, h in zip(want, have, strict=True))
+    hit = _hit
     chosen = []
     for path in sorted(set(dirs)):
         if any(hit(r.path, path) for r in rules if r.exclude):
