@@ -358,6 +358,8 @@ class Consumer:
         if self.spec.one_outcome:
             outcome = replace(outcome, emit=[self._one_outcome(e, delivery)
                                              for e in outcome.emit])
+        # Publish, then ack (the ordering argument is in the module docstring): killed before
+        # the ack, the input comes back and its events are re-emitted with the same ids.
         try:
             published = await self.bus.publish_all(list(outcome.emit))
         except Exception as exc:
