@@ -14,6 +14,7 @@ from orchestrator import logging as clog
 from orchestrator.adapters.nats_bus import Retention
 from orchestrator.errors import ConveyorError
 from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -96,6 +97,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
         render_tools=_render_tools(args),
+        secrets=_secret_policy(args),
     )
 
 
@@ -251,6 +253,13 @@ def _render_tools(args: argparse.Namespace) -> RenderTools:
                                  "CONVEYOR_ALLOW_REMOTE_BASES"))
 
 
+def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
+    dirs = getattr(args, "secrets_dir", None) or [
+        d for d in os.environ.get("CONVEYOR_SECRETS_DIR", "").split(os.pathsep) if d]
+    return SecretPolicy(env_allow=_words(getattr(args, "env_allow", None), "CONVEYOR_ENV_ALLOW"),
+                        secrets_dirs=tuple(str(Path(d).resolve()) for d in dirs))
+
+
 def _operator_args(parser: argparse.ArgumentParser) -> None:
     """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
     credential sources. See docs/security.md."""
@@ -263,6 +272,13 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--env-allow", action="append", metavar="GLOBS",
+                        help="environment variables conveyor.yaml's ${VAR} may expand "
+                             "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
+                             "never)")
+    parser.add_argument("--secrets-dir", action="append", metavar="DIR",
+                        help="directories conveyor.yaml's *File keys, kubeconfig and verify "
+                             "paths may name files in (repeatable; default none)")
 
 
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from orchestrator.adapters.nats_bus import Retention
 from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +24,7 @@ class Settings:
     retention: Retention | None = None  # None: keep the stream's retention as it is
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
+    secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach
 
     @staticmethod
     def api_token_from_env() -> str | None:

@@ -26,8 +26,8 @@ import aiohttp
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
 from orchestrator.errors import ConveyorError, PermanentError
+from orchestrator.secrets import SecretPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +108,7 @@ async def compute(env: str, desired: Desired) -> list[Any]:
     """The differences (``ObjectDiff``) between the desired bundle and the live cluster."""
     from orchestrator.targets.kube.clients import close_all
     from orchestrator.targets.kube.compare import compare
+    from orchestrator.targets.kube.settings import expanded_target
     from orchestrator.targets.kube.target import kube_target
 
     target_cfg = desired.env.get("target") or {}
@@ -120,7 +121,10 @@ async def compute(env: str, desired: Desired) -> list[Any]:
     except ValueError as exc:
         raise PermanentError(f"bundle {desired.digest}: {exc}", reason="BundleInvalid") from None
     try:
-        target = kube_target(env, expand_all(target_cfg["kubernetes"] or {}),
+        # the config came from the repository: its references reach what the operator
+        # allows (CONVEYOR_ENV_ALLOW, CONVEYOR_SECRETS_DIR), as in the applier
+        scope = SecretPolicy.from_env().scope()
+        target = kube_target(env, expanded_target(env, target_cfg["kubernetes"], scope),
                              desired.env.get("sync") or {})
         stored = await target.stored()
         diffs, _ = await compare(target, objects, stored.inventory)

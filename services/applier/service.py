@@ -18,7 +18,7 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import RetryPolicy, expand_all
+from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target
@@ -61,12 +61,16 @@ class Applier:
         if "git" in (env.get("target") or {}):  # credentials stay ${VAR} references here
             return git_target_for(env["name"], env["target"]["git"] or {}, data,
                                   data_dir=self.settings.data_dir,
-                                  primary_repo=self.settings.repo)
-        target = expand_all(env.get("target") or {})
+                                  primary_repo=self.settings.repo,
+                                  scope=self.settings.secrets.scope())
+        target = env.get("target") or {}
         if "kubernetes" in target:
+            from orchestrator.targets.kube.settings import expanded_target
             from orchestrator.targets.kube.target import kube_target
 
-            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {})
+            return kube_target(env["name"], expanded_target(
+                env["name"], target["kubernetes"], self.settings.secrets.scope()),
+                env.get("sync") or {})
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
 

@@ -44,6 +44,7 @@ from orchestrator.domain.config import (
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
+from orchestrator.secrets import SecretScope
 from services.git_watcher import decide, metrics
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
@@ -110,14 +111,16 @@ class SourcePoller:
     """Polls one source. ``config()`` returns the configuration in force (from the primary)."""
 
     def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
-                 interval: float, config: Callable[[], Config | None]) -> None:
+                 interval: float, config: Callable[[], Config | None],
+                 scope: SecretScope | None = None) -> None:
         self.bus = bus
         self.source = source
         self.interval = interval
         self.branch = source.branch
         self._config = config
+        self.scope = scope if scope is not None else SecretScope({}, ())
         self.checkout = Checkout.shared(source.repo, data_dir, source=source.name,
-                                        credentials=source.credentials)
+                                        credentials=source.credentials, scope=scope)
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.failures = 0
@@ -220,7 +223,8 @@ class SourcePoller:
             if "v" not in cache:
                 problem = git_tree.unsafe_entry(path, sha)
                 cache["v"] = (Verdict(False, "UnsafeTree", f"the tree holds {problem}")
-                              if problem is not None else check_commit(path, sha, policy))
+                              if problem is not None
+                              else check_commit(path, sha, policy, scope=self.scope))
             return cache["v"]
 
         return verdict

@@ -105,7 +105,7 @@ class GitWatcher:
     def _add(self, source: WatchedSource) -> SourcePoller:
         poller = SourcePoller(self.bus, source, self.settings.data_dir,
                               interval=decide.poll_interval(source, self.settings.interval),
-                              config=lambda: self.config)
+                              config=lambda: self.config, scope=self.settings.secrets.scope())
         self.pollers[source.name] = poller
         return poller
 
