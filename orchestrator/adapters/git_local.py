@@ -232,6 +232,31 @@ def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
     yield from walk(tree, f"{subdir}/" if subdir else "")
 
 
+def resolve(path: str | Path, rev: str) -> str:
+    """A branch, tag, ``HEAD`` or (abbreviated) sha -> the commit's full sha."""
+    repo = open_repo(path)
+    try:
+        return str(repo.revparse_single(rev).peel(pygit2.Commit).id)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise PermanentError(f"{rev!r} is not a revision of {path}", reason="UnknownRevision") \
+            from exc
+
+
+def list_dirs(path: str | Path, sha: str) -> list[str]:
+    """Every directory of the commit's tree (``a``, ``a/b``, ...): what directory generators
+    match against. Only tree objects are read, never a blob."""
+    repo = open_repo(path)
+
+    def walk(t: pygit2.Tree, prefix: str) -> Iterator[str]:
+        for entry in t:
+            if entry.filemode == pygit2.enums.FileMode.TREE:
+                name = f"{prefix}{entry.name}"
+                yield name
+                yield from walk(_subtree(repo, entry.id), name + "/")
+
+    return list(walk(_commit(repo, sha).tree, ""))
+
+
 # -- the git target: rendered manifests committed to a branch ------------------------------------
 @dataclass(frozen=True, slots=True)
 class BranchState:

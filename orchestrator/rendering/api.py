@@ -17,6 +17,10 @@ from typing import Any
 from orchestrator.errors import ManifestError, PermanentError
 from orchestrator.rendering import plain
 from orchestrator.rendering.detect import detect
+from orchestrator.rendering.helm import render_helm
+from orchestrator.rendering.jinja import render_jinja
+from orchestrator.rendering.jsonnet import render_jsonnet
+from orchestrator.rendering.kustomize import render_kustomize
 from orchestrator.rendering.model import RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.parse import Located
 from orchestrator.rendering.safety import EscapeError, display, norm_rel, resolve
@@ -57,20 +61,12 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
         items, errors = plain.render_directory(root, env_rel, parsed, limits)
         version = plain.VERSION
     elif kind == "kustomize":
-        from orchestrator.rendering.kustomize import render_kustomize
-
         items, errors, version = render_kustomize(root, env_rel, tools, limits)
     elif kind == "jsonnet":
-        from orchestrator.rendering.jsonnet import render_jsonnet
-
         items, errors, version = render_jsonnet(root, env_rel, parsed.jsonnet, limits, extra)
     elif kind == "jinja":
-        from orchestrator.rendering.jinja import render_jinja
-
         items, errors, version = render_jinja(root, env_rel, parsed, limits, extra)
     else:  # helm
-        from orchestrator.rendering.helm import render_helm
-
         items, errors, version = render_helm(root, env_rel, parsed.helm, limits, extra, tools)
 
     if not errors:

@@ -17,6 +17,7 @@ a scrubbed, time- and memory-limited subprocess and its output is parsed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -170,25 +171,22 @@ def find_binary(tools: RenderTools, root: Path) -> tuple[list[str], str]:
     return [found, "kustomize"], found
 
 
-_versions: dict[tuple[str, float], str] = {}
-
-
 def tool_version(binary: str, argv: list[str], root: Path, limits: RenderLimits) -> str:
-    key = (binary, os.stat(binary).st_mtime)
-    cached = _versions.get(key)
-    if cached is not None:
-        return cached
-    if argv[1] == "kustomize":  # kubectl
-        out = run_tool([binary, "version", "--client", "-o", "json"], cwd=root, limits=limits,
+    """The tool's version, asked once per binary file (path and modification time)."""
+    return _version_of(binary, os.stat(binary).st_mtime_ns, argv[1] == "kustomize", limits)
+
+
+@functools.lru_cache(maxsize=16)  # a fact about a file, not a resource: safe to share
+def _version_of(binary: str, mtime_ns: int, kubectl: bool, limits: RenderLimits) -> str:
+    cwd = Path(binary).parent  # the version does not depend on the kustomization
+    if kubectl:
+        out = run_tool([binary, "version", "--client", "-o", "json"], cwd=cwd, limits=limits,
                        what="kubectl version")
         data = json.loads(out.stdout)
-        version = (f"kubectl {data.get('clientVersion', {}).get('gitVersion', '?')} "
-                   f"(kustomize {data.get('kustomizeVersion', '?')})")
-    else:
-        out = run_tool([binary, "version"], cwd=root, limits=limits, what="kustomize version")
-        version = f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
-    _versions[key] = version
-    return version
+        return (f"kubectl {data.get('clientVersion', {}).get('gitVersion', '?')} "
+                f"(kustomize {data.get('kustomizeVersion', '?')})")
+    out = run_tool([binary, "version"], cwd=cwd, limits=limits, what="kustomize version")
+    return f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
 
 
 def render_kustomize(root: Path, env_rel: str, tools: RenderTools,

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.adapters import git_local
+from orchestrator.rendering import referenced_paths
 from orchestrator.rendering.model import RenderTools
 
 CACHE_FORMAT = "render-key/v1"
@@ -70,8 +71,6 @@ def operator_tools(tools: RenderTools) -> str:
 def render_key(repo_path: str, sha: str, env_path: str, settings: Mapping[str, Any],
                tools: RenderTools | None = None) -> tuple[str, list[str]]:
     """The cache key of rendering ``env_path`` at ``sha``, and the paths it covers. Blocking."""
-    from orchestrator.rendering import referenced_paths
-
     def read(path: str) -> bytes | None:
         return git_local.read_file(repo_path, sha, path)
 

@@ -19,13 +19,13 @@ import structlog
 from orchestrator import subjects
 from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import new_event
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.rendering import render
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from orchestrator.settings import Settings
 from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)
@@ -62,16 +62,17 @@ class Snapshots:
 
 
 class Renderer:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = settings = resources.settings
         self.snapshots = Snapshots(settings.data_dir / "snapshots")
         self._consumer: Consumer | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return Checkout.for_event(data, self.settings.data_dir,
-                                  scope=self.settings.secrets.scope())
+        return self.resources.mirrors.for_event(data, self.settings.data_dir,
+                                                scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
         envs = self.settings.envs
@@ -87,8 +88,6 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
-        from orchestrator.rendering import render
-
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]

@@ -24,7 +24,7 @@ from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 from orchestrator.secrets import SecretScope
-from orchestrator.targets.git.push import PushMirror, author_from, credentials_and_owner
+from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, credentials_and_owner
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")
@@ -133,6 +133,7 @@ class RemoteGitTarget:
 
 def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
                    data_dir: Path, primary_repo: str = "",
+                   locks: PathLocks | None = None,
                    scope: SecretScope | None = None) -> GitTarget | RemoteGitTarget:
     """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
 
@@ -149,5 +150,6 @@ def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
     creds, operator = credentials_and_owner(git, repo, data, primary_repo=primary_repo)
     mirror = PushMirror(repo, branch, data_dir, credentials=creds,
                         scope=SecretScope.operator() if operator else reach,
-                        author=author_from(expanded.get("author"), f"git target {branch}"))
+                        author=author_from(expanded.get("author"), f"git target {branch}"),
+                        locks=locks)
     return RemoteGitTarget(mirror)
