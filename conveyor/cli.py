@@ -107,6 +107,10 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         retention=_retention(args),
         render_tools=_render_tools(args),
         secrets=_secret_policy(args),
+        allow_local_paths=tuple(str(Path(d).resolve()) for d in (
+            getattr(args, "allow_local_path", None) or [
+                d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
+                if d])),
     )
 
 
@@ -252,6 +256,10 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
                         help="environment variables conveyor.yaml's ${VAR} may expand "
                              "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
                              "never)")
+    parser.add_argument("--allow-local-path", action="append", metavar="DIR",
+                        help="directories whose git repositories conveyor.yaml may name as a "
+                             "source url or target repo (repeatable; default none: remote "
+                             "URLs only, besides --repo itself)")
     parser.add_argument("--secrets-dir", action="append", metavar="DIR",
                         help="directories conveyor.yaml's *File keys, kubeconfig and verify "
                              "paths may name files in (repeatable; default none)")

@@ -25,6 +25,7 @@ class Settings:
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
     secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach
+    allow_local_paths: tuple[str, ...] = ()  # dirs whose repositories conveyor.yaml may name
 
     @staticmethod
     def api_token_from_env() -> str | None:

@@ -108,7 +108,8 @@ class GitWatcher:
                               interval=decide.poll_interval(source, self.settings.interval),
                               config=lambda: self.config, mirrors=self.resources.mirrors,
                               metrics=self.resources.metrics,
-                              scope=self.settings.secrets.scope())
+                              scope=self.settings.secrets.scope(),
+                              local_dirs=self.settings.allow_local_paths)
         self.pollers[source.name] = poller
         return poller
 
