@@ -28,6 +28,7 @@ from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -108,6 +109,11 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         replicas=getattr(args, "replicas", None),
         sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
+        secrets=_secret_policy(args),
+        allow_local_paths=tuple(str(Path(d).resolve()) for d in (
+            getattr(args, "allow_local_path", None) or [
+                d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
+                if d])),
     )
 
 
@@ -228,6 +234,13 @@ def _render_tools(args: argparse.Namespace) -> RenderTools:
                                  "CONVEYOR_ALLOW_REMOTE_BASES"))
 
 
+def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
+    dirs = getattr(args, "secrets_dir", None) or [
+        d for d in os.environ.get("CONVEYOR_SECRETS_DIR", "").split(os.pathsep) if d]
+    return SecretPolicy(env_allow=_words(getattr(args, "env_allow", None), "CONVEYOR_ENV_ALLOW"),
+                        secrets_dirs=tuple(str(Path(d).resolve()) for d in dirs))
+
+
 def _operator_args(parser: argparse.ArgumentParser) -> None:
     """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
     credential sources. See docs/security.md."""
@@ -240,6 +253,17 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--env-allow", action="append", metavar="GLOBS",
+                        help="environment variables conveyor.yaml's ${VAR} may expand "
+                             "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
+                             "never)")
+    parser.add_argument("--allow-local-path", action="append", metavar="DIR",
+                        help="directories whose git repositories conveyor.yaml may name as a "
+                             "source url or target repo (repeatable; default none: remote "
+                             "URLs only, besides --repo itself)")
+    parser.add_argument("--secrets-dir", action="append", metavar="DIR",
+                        help="directories conveyor.yaml's *File keys, kubeconfig and verify "
+                             "paths may name files in (repeatable; default none)")
 
 
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:

@@ -21,7 +21,7 @@ import structlog
 from orchestrator import subjects
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
-from orchestrator.domain.config import RetryPolicy, expand_all
+from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event, outcome_id
 from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, Target, TargetState
@@ -74,11 +74,15 @@ class Applier:
             return git_target_for(env["name"], env["target"]["git"] or {}, data,
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
-                                  locks=self.resources.git_locks)
-        target = expand_all(env.get("target") or {})
+                                  locks=self.resources.git_locks,
+                                  scope=self.settings.secrets.scope())
+        target = env.get("target") or {}
         if "kubernetes" in target:
-            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {},
-                               self.resources.kube)
+            from orchestrator.targets.kube.settings import expanded_target
+
+            return kube_target(env["name"], expanded_target(
+                env["name"], target["kubernetes"], self.settings.secrets.scope()),
+                env.get("sync") or {}, self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
 

@@ -36,7 +36,7 @@ from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.generators import touches
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConfigError
-from services.git_watcher.config_check import check_config
+from services.git_watcher.config_check import Bounds, check_config
 
 SOURCE = "conveyor/git-watcher"
 DEFAULT_LOCAL_INTERVAL = 5.0
@@ -257,6 +257,7 @@ def events_for_commit(
     verdict: VerdictFor | None = None,
     extra: Mapping[str, Any] | None = None,
     dirs: Callable[[], Sequence[str]] | None = None,
+    bounds: Bounds | None = None,
 ) -> CommitEvents:
     """The events one new commit of the primary source produces, and the config after it.
 
@@ -280,7 +281,8 @@ def events_for_commit(
                 # adopted only once every check passed: a config that check_config refuses
                 # must not take effect (the last good one stays in force)
                 parsed = parse_config(text, dirs=dirs() if dirs is not None else None)
-                check_config(parsed)
+                check_config(parsed, bounds or Bounds(primary_repo=source.repo,
+                                                      primary_branch=source.branch))
             except ConfigError as err:
                 config_events.append(_config_invalid(commit, source, err))
             else:

@@ -75,7 +75,8 @@ class Renderer:
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return self.resources.mirrors.for_event(data, self.settings.data_dir)
+        return self.resources.mirrors.for_event(data, self.settings.data_dir,
+                                                scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
         envs = self.settings.envs
