@@ -58,7 +58,8 @@ from orchestrator.domain.health.status import (
 )
 
 __all__ = ["MISSING", "NO_RULE", "PENDING_DELETION", "Health", "HealthCheck", "HealthResult",
-           "HealthStatus", "api_group", "assess", "builtin_rule", "evaluate", "is_worse",
+           "HealthStatus", "api_group", "assess", "builtin_rule", "evaluate", "is_deleting",
+           "is_worse",
            "run_check", "worst"]
 
 HealthCheck = Callable[[Mapping[str, Any]], HealthStatus | None]

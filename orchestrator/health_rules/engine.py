@@ -1,0 +1,70 @@
+"""The health engine: user rules first, then the built-in ones, one ``HealthResult`` per object.
+
+The order is Argo CD's ``GetResourceHealth``: an absent object is Missing and one being deleted
+is Progressing whatever the rules say; then a user rule for the kind (CEL expressions from
+conveyor.yaml, then Lua scripts source by source, see ``sources``) overrides the built-in rule;
+then ``orchestrator.domain.health.evaluate``. The applier, ``conveyor health`` and
+``conveyor health test`` all go through ``HealthEngine.evaluate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.domain.health import (
+    MISSING,
+    PENDING_DELETION,
+    HealthResult,
+    api_group,
+    evaluate,
+    is_deleting,
+)
+from orchestrator.health_rules import sources
+from orchestrator.health_rules.lua import LuaEngine
+from orchestrator.health_rules.sources import LuaRuleSet
+
+
+@dataclass(frozen=True, slots=True)
+class HealthRules:
+    """The user rules in force, in priority order (immutable: swap the whole value)."""
+
+    lua: tuple[LuaRuleSet, ...] = ()
+
+    def __bool__(self) -> bool:
+        return any(s.rules for s in self.lua)
+
+    def then(self, other: HealthRules) -> HealthRules:
+        """These rules first, ``other``'s after them."""
+        return HealthRules(lua=self.lua + other.lua)
+
+
+class HealthEngine:
+    """Evaluates objects against ``rules``; Lua runs on one ``LuaEngine`` made on first need."""
+
+    def __init__(self, rules: HealthRules | None = None, *, lua: LuaEngine | None = None) -> None:
+        self.rules = rules or HealthRules()
+        self._lua = lua
+
+    def with_rules(self, rules: HealthRules) -> HealthEngine:
+        """An engine for other rules sharing this one's Lua runtime."""
+        return HealthEngine(rules, lua=self._lua_engine() if rules.lua else self._lua)
+
+    def _lua_engine(self) -> LuaEngine:
+        if self._lua is None:
+            self._lua = LuaEngine()
+        return self._lua
+
+    def evaluate(self, obj: Mapping[str, Any] | None) -> HealthResult:
+        if obj is None:
+            return HealthResult(MISSING, "built-in")
+        if is_deleting(obj):
+            return HealthResult(PENDING_DELETION, "built-in")
+        if self.rules:
+            group, kind = api_group(obj), str(obj.get("kind") or "")
+            rule = sources.find(self.rules.lua, group, kind)
+            if rule is not None:
+                verdict = self._lua_engine().run(rule.script, obj)
+                return HealthResult(verdict, f"lua:{rule.script.source}")
+        return evaluate(obj)
