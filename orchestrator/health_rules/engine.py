@@ -9,8 +9,10 @@ then ``orchestrator.domain.health.evaluate``. The applier, ``conveyor health`` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from orchestrator.domain.health import (
@@ -68,3 +70,23 @@ class HealthEngine:
                 verdict = self._lua_engine().run(rule.script, obj)
                 return HealthResult(verdict, f"lua:{rule.script.source}")
         return evaluate(obj)
+
+
+def load_rules(*, config_maps: Sequence[Path] = (), directories: Sequence[Path] = ()
+               ) -> HealthRules:
+    """Rules from files the operator names: argocd-cm files first, then directory trees.
+
+    Raises ``sources.HealthRuleError`` naming the file (and line) that cannot be used.
+    """
+    sets = [sources.load_config_map(path) for path in config_maps]
+    sets += [sources.load_directory(path) for path in directories]
+    return HealthRules(lua=tuple(sets))
+
+
+ENV_CUSTOMIZATIONS = "CONVEYOR_HEALTH_CUSTOMIZATIONS"
+"""Directories of Argo-layout health scripts, separated by ``os.pathsep`` (the operator's)."""
+
+
+def customizations_from_env(environ: Mapping[str, str]) -> tuple[Path, ...]:
+    value = environ.get(ENV_CUSTOMIZATIONS, "")
+    return tuple(Path(part) for part in value.split(os.pathsep) if part)
