@@ -185,6 +185,7 @@ def health_test_command(path: str, output: str = "text", *, builtin: bool = Fals
                         stderr: TextIO | None = None) -> int:
     """Run the ``health_test.yaml`` files under ``path``; see the module docstring."""
     from orchestrator.health_rules import suite
+    from orchestrator.health_rules.sources import TEST_FILE
 
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
@@ -195,7 +196,7 @@ def health_test_command(path: str, output: str = "text", *, builtin: bool = Fals
     cases = suite.run_all(root, engine if engine is not None else HealthEngine(),
                           builtin=builtin)
     if not cases:
-        print(f"conveyor health test: no {suite.TEST_FILE} under {path}", file=stderr)
+        print(f"conveyor health test: no {TEST_FILE} under {path}", file=stderr)
         return 2
     if output == "json":
         json.dump({"cases": [c.to_dict() for c in cases], "summary": suite.summary(cases)},
