@@ -23,7 +23,7 @@ from orchestrator.domain.health import (
     evaluate,
     is_deleting,
 )
-from orchestrator.health_rules import sources
+from orchestrator.health_rules import cel, sources
 from orchestrator.health_rules.lua import LuaEngine
 from orchestrator.health_rules.sources import LuaRuleSet
 
@@ -33,13 +33,14 @@ class HealthRules:
     """The user rules in force, in priority order (immutable: swap the whole value)."""
 
     lua: tuple[LuaRuleSet, ...] = ()
+    cel: tuple[cel.CompiledCheck, ...] = ()
 
     def __bool__(self) -> bool:
-        return any(s.rules for s in self.lua)
+        return bool(self.cel) or any(s.rules for s in self.lua)
 
     def then(self, other: HealthRules) -> HealthRules:
         """These rules first, ``other``'s after them."""
-        return HealthRules(lua=self.lua + other.lua)
+        return HealthRules(lua=self.lua + other.lua, cel=self.cel + other.cel)
 
 
 class HealthEngine:
@@ -64,6 +65,9 @@ class HealthEngine:
         if is_deleting(obj):
             return HealthResult(PENDING_DELETION, "built-in")
         if self.rules:
+            check = cel.find(self.rules.cel, obj)
+            if check is not None:
+                return HealthResult(cel.evaluate(check, obj), f"cel:{check.check.source}")
             group, kind = api_group(obj), str(obj.get("kind") or "")
             rule = sources.find(self.rules.lua, group, kind)
             if rule is not None:
@@ -90,3 +94,30 @@ ENV_CUSTOMIZATIONS = "CONVEYOR_HEALTH_CUSTOMIZATIONS"
 def customizations_from_env(environ: Mapping[str, str]) -> tuple[Path, ...]:
     value = environ.get(ENV_CUSTOMIZATIONS, "")
     return tuple(Path(part) for part in value.split(os.pathsep) if part)
+
+
+def cel_checks(health: Mapping[str, Any], file: str = "conveyor.yaml"
+               ) -> tuple[cel.CompiledCheck, ...]:
+    """Compile conveyor.yaml's ``health.checks``; ``cel.CelError`` names file and line."""
+    compiled = []
+    for item in health.get("checks") or ():
+        expressions = {k: str(item[k]) for k in cel.FIELDS if k in item}
+        check = cel.CelCheck(str(item["apiVersion"]), str(item["kind"]), expressions,
+                             source=f"{file}:{item.get('line', '?')}")
+        compiled.append(cel.compile_check(check))
+    return tuple(compiled)
+
+
+def repo_rules(health: Mapping[str, Any], *, files: Mapping[str, str] | None = None,
+               config_map: str | None = None) -> HealthRules:
+    """The rules a repository declares: conveyor.yaml's CEL checks, its argocd-cm file, then
+    its customizations tree (``files``: relative path -> text), in that priority order.
+
+    Raises ``cel.CelError`` or ``sources.HealthRuleError`` naming the file (and line).
+    """
+    sets: list[LuaRuleSet] = []
+    if config_map is not None:
+        sets.append(sources.rules_from_config_map(config_map, str(health["argocdConfigMap"])))
+    if files:
+        sets.append(sources.rules_from_files(files, str(health.get("customizations", ""))))
+    return HealthRules(lua=tuple(sets), cel=cel_checks(health))

@@ -43,6 +43,18 @@ def check_config(config: Config) -> None:
                 raise ConfigError(exc.message, file=CONFIG_FILE,
                                   line=_line(config.text, "environments", name, "target"),
                                   field=f"environments.{name}.target") from None
+    if config.health.get("checks"):
+        from orchestrator.health_rules.cel import CelError
+        from orchestrator.health_rules.engine import cel_checks
+
+        try:
+            cel_checks(config.health)
+        except CelError as exc:
+            where, _, reason = str(exc).partition(": ")
+            line = where.rsplit(":", 1)[-1]
+            raise ConfigError(reason, file=CONFIG_FILE,
+                              line=int(line) if line.isdigit() else None,
+                              field="health.checks") from None
     try:
         parse_routes(config.notifiers)
     except ConfigError as exc:

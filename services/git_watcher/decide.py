@@ -163,10 +163,13 @@ def backoff_delay(failures: int, interval: float, rand: float) -> float:
 
 def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
     """The environment's block as it travels in events: unexpanded (no secret values)."""
-    return {"name": env.name, "path": env.path, "source": env.source,
-            "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
-            "retry": {"limit": env.retry.limit, "base": env.retry.base,
-                      "factor": env.retry.factor, "max": env.retry.max}}
+    payload = {"name": env.name, "path": env.path, "source": env.source,
+               "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
+               "retry": {"limit": env.retry.limit, "base": env.retry.base,
+                         "factor": env.retry.factor, "max": env.retry.max}}
+    if env.health:  # absent when unused, so older digests (and events) stay as they were
+        payload["health"] = dict(env.health)
+    return payload
 
 
 def env_digest(env: EnvironmentConfig) -> str:
