@@ -30,6 +30,7 @@ from typing import Any
 import cel as celexpr
 
 from orchestrator.domain.health import Health, HealthStatus, kstatus
+from orchestrator.health_rules.sources import HealthRuleError
 
 FIELDS = ("inProgress", "failed", "current")
 """Flux's evaluation order."""
@@ -37,7 +38,7 @@ _VERDICTS = {"inProgress": Health.PROGRESSING, "failed": Health.DEGRADED,
              "current": Health.HEALTHY}
 
 
-class CelError(ValueError):
+class CelError(HealthRuleError):
     """An expression that does not compile; the message names where it was written."""
 
 

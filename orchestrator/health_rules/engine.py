@@ -121,3 +121,49 @@ def repo_rules(health: Mapping[str, Any], *, files: Mapping[str, str] | None = N
     if files:
         sets.append(sources.rules_from_files(files, str(health.get("customizations", ""))))
     return HealthRules(lua=tuple(sets), cel=cel_checks(health))
+
+
+MAX_REPO_RULE_BYTES = 512 * 1024
+"""At most this much rule text travels from the renderer to the applier in one event."""
+
+
+def read_repo_files(root: Path, health: Mapping[str, Any]) -> dict[str, Any]:
+    """The rule files conveyor.yaml's ``health:`` names, read from a checkout at ``root``.
+
+    The result travels in ``render.succeeded`` (``{"customizations": {path: text},
+    "argocdConfigMap": text}``) so the applier uses the rules of the very commit it applies.
+    Paths stay inside the checkout; ``sources.HealthRuleError`` says what is wrong.
+    """
+    real_root = root.resolve()
+    out: dict[str, Any] = {}
+    size = 0
+    tree = health.get("customizations")
+    if tree:
+        path = root / str(tree)
+        if not path.resolve().is_relative_to(real_root):
+            raise sources.HealthRuleError(f"conveyor.yaml: health.customizations: {tree} "
+                                          "points outside the repository")
+        if not path.is_dir():
+            raise sources.HealthRuleError(f"conveyor.yaml: health.customizations: {tree}: no "
+                                          "such directory at this commit")
+        out["customizations"] = sources.read_tree(path)
+        size += sum(len(text) for text in out["customizations"].values())
+    config_map = health.get("argocdConfigMap")
+    if config_map:
+        path = root / str(config_map)
+        if not path.resolve().is_relative_to(real_root) or not path.is_file():
+            raise sources.HealthRuleError(f"conveyor.yaml: health.argocdConfigMap: "
+                                          f"{config_map}: no such file in the repository")
+        out["argocdConfigMap"] = path.read_text(encoding="utf-8", errors="replace")
+        size += len(out["argocdConfigMap"])
+    if size > MAX_REPO_RULE_BYTES:
+        raise sources.HealthRuleError(f"conveyor.yaml: health: the rule files hold {size} "
+                                      f"bytes, more than {MAX_REPO_RULE_BYTES}")
+    return out
+
+
+def rules_of_event(health: Mapping[str, Any], files: Mapping[str, Any] | None) -> HealthRules:
+    """``repo_rules`` from conveyor.yaml's ``health:`` and the files a render carried."""
+    files = files or {}
+    return repo_rules(health, files=files.get("customizations"),
+                      config_map=files.get("argocdConfigMap"))

@@ -197,7 +197,10 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Refe
     ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
     if config_counts and CONFIG_FILE in changed:
         return True
-    roots = {env.path, *referenced(env)}
+    # the health rule files conveyor.yaml names count too: the applier waits by them
+    health = [str(env.health[k]) for k in ("customizations", "argocdConfigMap")
+              if env.health.get(k)]
+    roots = {env.path, *referenced(env), *health}
     for path in changed:
         for root in roots:
             if root == "" or path == root or path.startswith(root.rstrip("/") + "/"):
