@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check orchestrator services tests benchmarks
+	$(BIN)/ruff check conveyor orchestrator services tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 

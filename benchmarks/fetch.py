@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aiohttp
 import pygit2
 
+from conveyor.app import Conveyor
 from orchestrator import logging as clog
-from orchestrator.app import Conveyor
 from orchestrator.domain.events import Event
 from orchestrator.domain.webhooks import sign
 from orchestrator.settings import Settings

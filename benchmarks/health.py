@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.domain.health import HealthResult
+from orchestrator.domain.health import Assessment
 from orchestrator.health_rules.engine import HealthEngine, HealthRules, cel_checks
 from orchestrator.health_rules.lua import LuaScript
 from orchestrator.health_rules.sources import LuaRule, LuaRuleSet
@@ -77,7 +77,7 @@ def measure(engine: HealthEngine, objects: list[dict[str, Any]], repeat: int) ->
     best = float("inf")
     for _ in range(repeat):
         started = time.perf_counter()
-        results: list[HealthResult] = [engine.evaluate(obj) for obj in objects]
+        results: list[Assessment] = [engine.evaluate(obj) for obj in objects]
         best = min(best, time.perf_counter() - started)
         assert len(results) == len(objects)
     return best

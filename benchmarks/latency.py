@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import nats
 from nats.js import api as jsapi
 
+from conveyor.app import Conveyor
 from orchestrator import logging as clog
 from orchestrator.adapters.embedded_nats import EmbeddedNats
-from orchestrator.app import Conveyor
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher

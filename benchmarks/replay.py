@@ -39,7 +39,7 @@ from orchestrator.commands.replay import rebuild, replay
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.state import project
-from services.api.projector import encode, records
+from orchestrator.projector import encode, records
 
 AUTHORS = ["Ada Lovelace <ada@example.com>", "Grace Hopper <grace@example.com>",
            "Linus T <linus@example.com>", "Dev Eloper <dev@example.com>"]

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import aiohttp
 
+from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import free_port
-from orchestrator.demo import demo_files
 from tests.support.repos import Repo
 
-CONVEYOR = [sys.executable, "-m", "orchestrator"]
+CONVEYOR = [sys.executable, "-m", "conveyor"]
 
 
 async def run(*args: str, env: dict[str, str] | None = None,
@@ -122,7 +122,7 @@ async def test_up_stops_cleanly_on_sigterm_and_recovers_after_sigkill(tmp_path: 
 
 
 def test_render_concurrency_is_configurable() -> None:
-    from orchestrator import cli
+    from conveyor import cli
 
     args = cli.build_parser().parse_args(["up", "--repo", ".", "--render-concurrency", "7"])
     assert cli._settings(args).render_concurrency == 7

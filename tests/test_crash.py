@@ -27,14 +27,14 @@ from typing import Any
 import pytest
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_tree
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import project
 from orchestrator.rendering import render
-from services.applier.git_target import files_for
+from orchestrator.targets.git.target import files_for
 from tests.support.crash import (
     Chaos,
     NatsProcess,
@@ -174,7 +174,7 @@ def check_branches(repo: Repo, commits: Commits, tmp: Path) -> None:
     for env in ENVS:
         newest = next(sha for sha, touched in reversed(commits) if env in touched)
         snapshot = tmp / f"snapshot-{env}"
-        git_local.export_tree(repo.path, newest, snapshot)
+        git_tree.export_tree(repo.path, newest, snapshot)
         want = files_for([m.obj for m in render(snapshot, f"envs/{env}", {}).manifests])
         branch = f"deploy/{env}"
         assert sorted(repo.files(branch)) == sorted(want), env

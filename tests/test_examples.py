@@ -27,7 +27,7 @@ from orchestrator.domain.ordering import plan_waves, sync_wave
 from orchestrator.notify import parse_routes, providers, render_route, select_routes
 from orchestrator.rendering import RenderResult, render
 from orchestrator.rendering.helm import sdk_available
-from services.applier.kube_settings import kube_settings
+from orchestrator.targets.kube.settings import kube_settings
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXPECTED = ("plain-yaml", "kustomize-overlays", "helm-chart", "jsonnet", "kubernetes-target",

@@ -13,17 +13,17 @@ from typing import Any
 
 import pytest
 
+from conveyor.app import Conveyor
+from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
-from orchestrator.demo import demo_files
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
 from orchestrator.settings import Settings
-from services.applier.git_push import PushMirror, target_credentials
-from services.applier.git_target import GitTarget, RemoteGitTarget, git_target_for
+from orchestrator.targets.git.push import PushMirror, target_credentials
+from orchestrator.targets.git.target import GitTarget, RemoteGitTarget, git_target_for
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import (
     GitDaemon,

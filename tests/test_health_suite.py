@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestrator.cli import main
+from conveyor.cli import main
 
 CRS = Path(__file__).parent / "fixtures" / "health" / "crs"
 

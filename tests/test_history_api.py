@@ -18,17 +18,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from conveyor.app import Conveyor
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.commands import history as history_cmd
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.errors import TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult
 from orchestrator.settings import Settings
+from orchestrator.targets.git.target import GitTarget
 from services.api.app import ApiService
-from services.applier.git_target import GitTarget
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events

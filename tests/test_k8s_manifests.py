@@ -177,8 +177,8 @@ def test_every_workload_has_probes_resources_and_a_restricted_security_context(n
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_conveyor_containers_use_the_published_image_and_the_cli_contract(name: str) -> None:
-    from orchestrator.app import SERVICES
-    from orchestrator.cli import build_parser
+    from conveyor.app import SERVICES
+    from conveyor.cli import build_parser
 
     parser = build_parser()
     nats_service = named(overlay(name), "Service", "nats")

@@ -6,7 +6,13 @@ import random
 from pathlib import Path
 
 import pytest
-from test_crash import (
+
+from orchestrator.adapters.embedded_nats import free_port
+from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.domain import events as ev
+from tests.support.crash import NatsProcess, ServiceProcess, conveyor_binary
+from tests.support.repos import Repo
+from tests.test_crash import (
     ENVS,
     Quiescence,
     burst,
@@ -15,12 +21,6 @@ from test_crash import (
     follow,
     initial,
 )
-
-from orchestrator.adapters.embedded_nats import free_port
-from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain import events as ev
-from tests.support.crash import NatsProcess, ServiceProcess, conveyor_binary
-from tests.support.repos import Repo
 
 pytestmark = pytest.mark.slow
 

@@ -13,16 +13,16 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from conveyor.app import Conveyor
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.commands.replay import replay_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.projector import Projector, dump_bucket
 from orchestrator.settings import Settings
 from services.api.app import ApiService
-from services.api.projector import Projector, dump_bucket
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from orchestrator import cli, subjects
+from conveyor import cli
+from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus, Retention
 from orchestrator.commands.replay import replay
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
 from orchestrator.domain.state import project
-from services.api.projector import encode, records
+from orchestrator.projector import encode, records
 
 
 def test_up_and_run_take_the_retention(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,10 +11,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from conveyor.app import Conveyor
+from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
-from orchestrator.demo import demo_files
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.settings import Settings

@@ -9,7 +9,7 @@ from orchestrator.domain import history as hist
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.history import EnvHistory
 from orchestrator.domain.state import EnvState, Records, fold_records, project
-from services.api.projector import records, writes
+from orchestrator.projector import records, writes
 
 A, B = "a" * 40, "b" * 40
 

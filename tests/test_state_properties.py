@@ -21,7 +21,7 @@ from orchestrator.domain import history as hist
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.history import EnvHistory
 from orchestrator.domain.state import EnvState, Records, project
-from services.api.projector import (
+from orchestrator.projector import (
     COMMIT_PREFIX,
     ENV_PREFIX,
     HISTORY_PREFIX,

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from test_cli import CONVEYOR, _wait_applied, run
 
+from conveyor.app import Conveyor
 from orchestrator.adapters.embedded_nats import EmbeddedNats, free_port
-from orchestrator.app import Conveyor
 from orchestrator.domain import events as ev
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import commit, git, init_repo
 from tests.support.waits import wait_for_events
+from tests.test_cli import CONVEYOR, _wait_applied, run
 
 PLAIN_CONFIG = "environments:\n  dev:\n    path: envs/dev\n"
 CONFIGMAP = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n  namespace: dev\n" \

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from conveyor.app import Conveyor
 from orchestrator.adapters import git_local
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.app import Conveyor
 from orchestrator.domain import events as ev
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher

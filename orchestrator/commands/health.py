@@ -32,9 +32,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.domain.health import HealthResult
+from orchestrator.domain.health import Assessment
 from orchestrator.domain.yamlpos import YamlSyntaxError, load_all
+from orchestrator.health_rules import suite
 from orchestrator.health_rules.engine import HealthEngine
+from orchestrator.health_rules.sources import TEST_FILE
 
 OUTPUTS = ("text", "json")
 
@@ -134,11 +136,11 @@ def describe(obj: Mapping[str, Any]) -> str:
     return f"{obj.get('kind')}/{namespace}/{name}" if namespace else f"{obj.get('kind')}/{name}"
 
 
-def _text_line(obj: Mapping[str, Any], health: HealthResult) -> str:
+def _text_line(obj: Mapping[str, Any], health: Assessment) -> str:
     return f"{describe(obj)}: {health}"
 
 
-def _json_item(obj: Mapping[str, Any], health: HealthResult) -> dict[str, Any]:
+def _json_item(obj: Mapping[str, Any], health: Assessment) -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     return {"kind": obj.get("kind"), "namespace": metadata.get("namespace") or "",
             "name": metadata.get("name") or _name(metadata),
@@ -184,9 +186,6 @@ def health_test_command(path: str, output: str = "text", *, builtin: bool = Fals
                         engine: HealthEngine | None = None, stdout: TextIO | None = None,
                         stderr: TextIO | None = None) -> int:
     """Run the ``health_test.yaml`` files under ``path``; see the module docstring."""
-    from orchestrator.health_rules import suite
-    from orchestrator.health_rules.sources import TEST_FILE
-
     stdout = stdout if stdout is not None else sys.stdout
     stderr = stderr if stderr is not None else sys.stderr
     root = Path(path)

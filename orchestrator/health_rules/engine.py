@@ -1,4 +1,4 @@
-"""The health engine: user rules first, then the built-in ones, one ``HealthResult`` per object.
+"""The health engine: user rules first, then the built-in ones, one ``Assessment`` per object.
 
 The order is Argo CD's ``GetResourceHealth``: an absent object is Missing and one being deleted
 is Progressing whatever the rules say; then a user rule for the kind (CEL expressions from
@@ -18,7 +18,7 @@ from typing import Any
 from orchestrator.domain.health import (
     MISSING,
     PENDING_DELETION,
-    HealthResult,
+    Assessment,
     api_group,
     evaluate,
     is_deleting,
@@ -59,20 +59,20 @@ class HealthEngine:
             self._lua = LuaEngine()
         return self._lua
 
-    def evaluate(self, obj: Mapping[str, Any] | None) -> HealthResult:
+    def evaluate(self, obj: Mapping[str, Any] | None) -> Assessment:
         if obj is None:
-            return HealthResult(MISSING, "built-in")
+            return Assessment(MISSING, "built-in")
         if is_deleting(obj):
-            return HealthResult(PENDING_DELETION, "built-in")
+            return Assessment(PENDING_DELETION, "built-in")
         if self.rules:
             check = cel.find(self.rules.cel, obj)
             if check is not None:
-                return HealthResult(cel.evaluate(check, obj), f"cel:{check.check.source}")
+                return Assessment(cel.evaluate(check, obj), f"cel:{check.check.source}")
             group, kind = api_group(obj), str(obj.get("kind") or "")
             rule = sources.find(self.rules.lua, group, kind)
             if rule is not None:
                 verdict = self._lua_engine().run(rule.script, obj)
-                return HealthResult(verdict, f"lua:{rule.script.source}")
+                return Assessment(verdict, f"lua:{rule.script.source}")
         return evaluate(obj)
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.domain.health import HealthResult
+from orchestrator.domain.health import Assessment
 from orchestrator.health_rules.engine import HealthEngine, HealthRules
 from orchestrator.health_rules.lua import LuaScript
 from orchestrator.health_rules.sources import (
@@ -43,7 +43,7 @@ class Case:
     input_path: str
     expected_status: str
     expected_message: str | None
-    result: HealthResult | None = None
+    result: Assessment | None = None
     error: str = ""
     builtin: bool = False
 
@@ -159,7 +159,7 @@ def _case(label: str, directory: Path, test: Mapping[str, Any], engine: HealthEn
     return _with(base, result=engine.evaluate(obj))
 
 
-def _with(case: Case, *, result: HealthResult | None = None, error: str = "") -> Case:
+def _with(case: Case, *, result: Assessment | None = None, error: str = "") -> Case:
     return Case(case.suite, case.input_path, case.expected_status, case.expected_message,
                 result=result, error=error, builtin=case.builtin)
 

@@ -23,7 +23,7 @@ from orchestrator.domain.diff import ObjectDiff, diff_object
 from orchestrator.domain.inventory import Entry, Inventory, prunable
 from orchestrator.errors import PermanentError
 
-from .kube_target import KubeTarget
+from .target import KubeTarget
 
 
 async def _get(target: KubeTarget, api_version: str, kind: str, namespace: str,

@@ -1,0 +1,1 @@
+"""The Git target: rendered manifests committed to a branch of this or another repository."""

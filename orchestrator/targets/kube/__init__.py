@@ -1,0 +1,1 @@
+"""The Kubernetes target: server-side apply, inventory and prune, health waits, drift compare."""
