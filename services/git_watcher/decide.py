@@ -174,6 +174,8 @@ def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
                   "factor": env.retry.factor, "max": env.retry.max}}
     if env.generator:
         payload |= {"generator": env.generator, "onRemove": env.on_remove}
+    if env.health:  # absent when unused, so older digests (and events) stay as they were
+        payload["health"] = dict(env.health)
     return payload
 
 
@@ -202,7 +204,10 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Refe
     ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
     if config_counts and CONFIG_FILE in changed:
         return True
-    roots = {env.path, *referenced(env)}
+    # the health rule files conveyor.yaml names count too: the applier waits by them
+    health = [str(env.health[k]) for k in ("customizations", "argocdConfigMap")
+              if env.health.get(k)]
+    roots = {env.path, *referenced(env), *health}
     for path in changed:
         for root in roots:
             if root == "" or path == root or path.startswith(root.rstrip("/") + "/"):
