@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from aiohttp import web
 
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.ops import OpsServer
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
@@ -56,48 +56,6 @@ def make_service(name: str, resources: Resources) -> Service:
     raise ValueError(f"unknown service {name!r} (expected one of {', '.join(SERVICES)})")
 
 
-class HealthServer:
-    """Probes and /metrics for a process that runs no api (microservice mode), served from
-    before the first connection attempt: ``/livez`` (the event loop runs: 200 while it answers
-    at all), ``/readyz`` and ``/healthz`` (503 with the reason unless connected and the stream,
-    buckets, store and this process's consumers answer)."""
-
-    def __init__(self, conveyor: Conveyor, listen: str) -> None:
-        self.conveyor = conveyor
-        self.listen = listen
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        async def livez(_: web.Request) -> web.Response:
-            return web.json_response({"status": "live"})
-
-        async def readyz(_: web.Request) -> web.Response:
-            reason = await self.conveyor.not_ready()
-            return web.json_response({"status": "ready" if reason is None else "not ready",
-                                      **({"reason": reason} if reason else {})},
-                                     status=200 if reason is None else 503)
-
-        async def metrics(_: web.Request) -> web.Response:
-            if self.conveyor.resources is None:
-                return web.Response(status=503, text="connecting to NATS\n")
-            m = self.conveyor.resources.metrics
-            return web.Response(body=m.exposition(), headers={"Content-Type": m.content_type})
-
-        app = web.Application()
-        app.router.add_get("/livez", livez)
-        app.router.add_get("/readyz", readyz)
-        app.router.add_get("/healthz", readyz)
-        app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, _, port = self.listen.rpartition(":")
-        await web.TCPSite(self._runner, host, int(port)).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 @dataclass
 class Conveyor:
     """A running set of services in this process, and the resources they share.
@@ -111,7 +69,6 @@ class Conveyor:
     health_server: bool = False
     resources: Resources | None = None
     services: list[tuple[str, Service]] = field(default_factory=list)
-    _health: HealthServer | None = None
     _started: bool = False
 
     @property
@@ -120,14 +77,14 @@ class Conveyor:
 
     async def start(self) -> None:
         if self.health_server:  # up before the first connection attempt: probes answer
-            self._health = HealthServer(self, self.settings.listen)
-            await self._health.start()
+            server = OpsServer(self, self.settings.listen)
+            await server.start()
+            self.services.append(("health", server))  # first: stopped last
         name = "conveyor-" + "-".join(self.names if len(self.names) == 1 else ("up",))
         self.resources = resources = await Resources.open(self.settings, name=name)
         self.settings = resources.settings  # with the embedded server's URL
-        if self._health is not None and "api" in self.names:
-            await self._health.stop()  # the api serves the probes on this address from here
-            self._health = None
+        if self.health_server and "api" in self.names:
+            await self.services.pop(0)[1].stop()  # the api serves them on this address now
         # consumers first, producers last: nothing is published before someone listens
         order = [n for n in ("api", "notifier", "applier", "renderer", "git-watcher")
                  if n in self.names]
@@ -160,9 +117,6 @@ class Conveyor:
                 await asyncio.wait_for(service.stop(), max(0.5, deadline - loop.time()))
             log.info("service.stopped", service=name)
         self.services.clear()
-        if self._health is not None:
-            await self._health.stop()
-            self._health = None
         if self.resources is not None:
             try:
                 await asyncio.wait_for(self.resources.close(), CLOSE_WITHIN)

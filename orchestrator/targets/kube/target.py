@@ -171,7 +171,8 @@ class KubeTarget:
                 health = kh.report([progress.health[key] for key in sorted(progress.health)])
                 return ApplyResult(bool(progress.created or progress.configured),
                                    failure.message,
-                                   {"health": health.to_dict(), "objects": list(failure.objects)},
+                                   {"health": health.to_dict(),
+                                    "unhealthy_objects": list(failure.objects)},
                                    health=health, failure=failure.reason)
         if not recorded:
             await self.inventory.write(union(stored.inventory, new), applied=stored.applied,
