@@ -338,6 +338,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ")
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
     replay.set_defaults(func=_module_cmd("orchestrator.commands.replay", "replay_command"))
+    from orchestrator.commands import gitops
+
+    gitops.add_parsers(sub, DEFAULT_API, lambda name: _module_cmd("orchestrator.commands.gitops",
+                                                                  name))
     return p
 
 

@@ -241,9 +241,9 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Ap
     app.router.add_post("/api/v1/refresh", refresh)
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
-    from services.api import routes_dashboard, routes_history, routes_webhooks
+    from services.api import routes_dashboard, routes_history, routes_releases, routes_webhooks
 
-    for module in (routes_history, routes_dashboard, routes_webhooks):
+    for module in (routes_history, routes_dashboard, routes_webhooks, routes_releases):
         module.add_routes(app)
     return app
 
