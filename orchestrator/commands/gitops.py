@@ -139,12 +139,20 @@ async def rollback(args: argparse.Namespace) -> int:
                           {"to": args.to, "steps": args.steps, "via": args.via})
 
 
+async def promote(args: argparse.Namespace) -> int:
+    if args.repo:
+        return await _local(args, lambda g: g.promote(args.source, args.env, via=args.via,
+                                                      by=_by()))
+    return await _via_api(args, f"/api/v1/environments/{args.env}/promotions",
+                          {"from": args.source, "via": args.via})
+
+
 def add_parsers(sub: Any, default_api: str, func: Callable[[str], Any]) -> None:
     """``release`` and ``rollback`` on the CLI's subparsers (``func(name)`` runs them)."""
 
-    def common(p: argparse.ArgumentParser) -> None:
+    def common(p: argparse.ArgumentParser, via: str = "commit") -> None:
         p.add_argument("env")
-        p.add_argument("--via", choices=("commit", "pull-request"), default="commit")
+        p.add_argument("--via", choices=("commit", "pull-request"), default=via)
         p.add_argument("--api", default=os.environ.get("CONVEYOR_API", default_api))
         p.add_argument("--repo", default=os.environ.get("CONVEYOR_REPO", ""),
                        help="act locally on this repository (needs --nats and push "
@@ -171,3 +179,9 @@ def add_parsers(sub: Any, default_api: str, func: Callable[[str], Any]) -> None:
     back.add_argument("--steps", type=int, default=0,
                       help="deployments back (default 1)")
     back.set_defaults(func=func("rollback"))
+
+    prom = sub.add_parser("promote", help="promote what FROM runs now into TO's declaration, "
+                                          "gates checked first", usage="conveyor promote FROM TO")
+    prom.add_argument("source", metavar="FROM")
+    common(prom, via="")  # "": promotion.<TO>.via of conveyor.yaml (default commit)
+    prom.set_defaults(func=func("promote"))

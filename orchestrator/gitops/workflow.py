@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +38,15 @@ from orchestrator.adapters.git_source import credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
+from orchestrator.domain import promotion
 from orchestrator.domain import release as rel
-from orchestrator.domain.config import DEFAULT_SOURCE, Config, EnvironmentConfig, expand
+from orchestrator.domain.config import (
+    DEFAULT_SOURCE,
+    Config,
+    EnvironmentConfig,
+    PromotionConfig,
+    expand,
+)
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.rollback import choose
 from orchestrator.errors import PermanentError
@@ -51,6 +60,7 @@ log = structlog.get_logger(__name__)
 VIAS = ("commit", "pull-request")
 AUTHOR = Author("Conveyor", "conveyor@localhost")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
+GATE_STAGES = promotion.GATE_STAGES
 CREDENTIALS_HINT = ("the push credentials of the source (CONVEYOR_GIT_* for --repo, "
                     "sources.<name>.credentials for another source)")
 
@@ -323,3 +333,88 @@ class GitOps:
         log.info("gitops.rollback", env=env, to=target.revision[:12], commit=commit[:12])
         return Result("rollback", env, via, True, commit, parent, repo.mirror.branch,
                       attempts_n, tuple(files), pr, event, {"to": target.revision})
+
+    # ------------------------------------------------------------------ promotion
+
+    async def gate_events(self, env: str) -> list[Event]:
+        filters = [f for stage in GATE_STAGES for f in subjects.filter_for(stage, [env])]
+        return [s.event async for s in self.bus.read(filters)]
+
+    async def promote(self, source: str, to: str, *, via: str = "", by: str = "",
+                      auto: bool = False, now: datetime | None = None) -> Result:
+        """Promote what ``source`` runs now into ``to``'s declaration, gates checked first."""
+        for name in (source, to):
+            if not subjects.valid_env_name(name):
+                raise PermanentError(f"invalid environment name {name!r}",
+                                     reason="InvalidRelease")
+        primary = await self.primary()
+        config = await self.config(primary)
+        from_cfg, to_cfg = decl.environment(config, source), decl.environment(config, to)
+        rule = config.promotion.get(to) or PromotionConfig(to, source)
+        if rule.source != source:
+            raise Refused(f"{to} is promoted from {rule.source}, not {source} "
+                          "(promotion in conveyor.yaml)", reason="PromotionRefused")
+        if from_cfg.source != to_cfg.source:
+            raise Refused(f"{source} and {to} are declared in different sources; a promotion "
+                          "is one commit in one repository", reason="PromotionRefused")
+        verdict = promotion.check(source, await self.gate_events(source),
+                                  soak=rule.healthy_for, now=now or datetime.now(UTC))
+        base = {"from": source, "revision": verdict.revision, "auto": auto, "by": by}
+        key = (f"auto:{source}:{verdict.revision}" if auto
+               else f"manual:{source}:{verdict.revision}:{time.time_ns()}")
+        requested = new_event(ev.PROMOTION_REQUESTED, env=to, correlation=verdict.revision,
+                              source=self.source, key=key, data=base)
+        await self.bus.publish(requested)
+        if not verdict.allowed:
+            await self.bus.publish(new_event(ev.PROMOTION_REFUSED, env=to, cause=requested,
+                                             source=self.source,
+                                             data={**base, "reason": verdict.reason}))
+            raise Refused(f"promotion {source} -> {to} refused: {verdict.reason}",
+                          reason="PromotionRefused")
+        repo = await self.repo_for(primary, config, to_cfg)
+        revision = verdict.revision
+        if not await asyncio.to_thread(git_local.has_commit, repo.mirror.path, revision):
+            raise Refused(f"{source} runs {revision[:12]}, which is not on "
+                          f"{repo.mirror.where}", reason="PromotionRefused")
+        images = await asyncio.to_thread(decl.images_of, repo.mirror.path, revision, from_cfg)
+        wanted: list[rel.ImageSpec] = []
+
+        def edit(path: Path, head: str) -> tuple[list[str], str] | None:
+            current = decl.images_of(path, head, to_cfg)
+            todo = rel.merge_images(current, images)
+            if decl.kind_of(path, head, to_cfg) != "kustomize":  # only what TO references
+                todo = [i for i in todo if i.name in {c.name for c in current}]
+            wanted[:] = todo
+            files: dict[str, str | bytes] = dict(
+                decl.release_edits(path, head, to_cfg, todo, []).files) if todo else {}
+            for file, data in decl.copy_files(path, revision, from_cfg, to_cfg,
+                                              rule.files).items():
+                if git_local.read_file(path, head, file) != data:
+                    files[file] = data
+            if not files:
+                return None
+            return sorted(files), decl.write_files(path, head, files)
+
+        summary = ", ".join(map(str, images)) or ", ".join(rule.files) or "no images"
+        text = (f"Promote {source} {revision[:7]} to {to}: {summary}\n\n"
+                f"Conveyor-Promotion: {source}@{revision} -> {to}\n"
+                f"{rel.trailer(images, []) + chr(10) if images else ''}"
+                f"Conveyor-Environment: {to}\n")
+        how = via or rule.via
+        changed, commit, parent, attempts_n, files, pr = await self._write(
+            repo, edit, text, via=how, action="promotion", env=to)
+        detail = {"from": source, "revision": revision, "images": [str(i) for i in wanted]}
+        if not changed or commit is None:
+            return Result("promotion", to, how, False, commit, parent, repo.mirror.branch,
+                          attempts_n, (), None, None, detail)
+        data: dict[str, Any] = {**base, **detail, "files": files, "commit": commit,
+                                "parent": parent, "branch": repo.mirror.branch,
+                                "repo": repo.url, "attempts": attempts_n, "via": how}
+        if pr is not None:
+            data["pull_request"] = pr.to_dict()
+        kind = ev.PROMOTION_PROPOSED if pr is not None else ev.PROMOTION_COMMITTED
+        event = await self._publish(kind, to, commit, data, cause=requested)
+        log.info("gitops.promotion", source=source, to=to, revision=revision[:12],
+                 commit=commit[:12], auto=auto)
+        return Result("promotion", to, how, True, commit, parent, repo.mirror.branch,
+                      attempts_n, tuple(files), pr, event, detail)

@@ -112,7 +112,21 @@ async def rollback(request: web.Request) -> web.Response:
     return await _run(request, act)
 
 
+@control
+async def promote(request: web.Request) -> web.Response:
+    async def act(gitops: GitOps, env: str, body: dict[str, Any]) -> Result:
+        source = _text(body, "from")
+        if not source:
+            raise PermanentError("from must name the environment to promote from",
+                                 reason="InvalidRelease")
+        return await gitops.promote(source, env, via=_text(body, "via"),
+                                    by=f"api {request.remote or ''}".strip())
+
+    return await _run(request, act)
+
+
 def add_routes(app: web.Application) -> None:
     """Register this module's routes on the api application."""
     app.router.add_post("/api/v1/environments/{env}/releases", release)
     app.router.add_post("/api/v1/environments/{env}/rollback", rollback)
+    app.router.add_post("/api/v1/environments/{env}/promotions", promote)
