@@ -115,6 +115,13 @@ class Conveyor:
             await service.start()
             self.services.append((name, service))
             log.info("service.started", service=name)
+        if "git-watcher" in self.names and settings.repo:  # it holds the push credentials
+            from orchestrator.gitops.auto import AutoPromoter
+            from orchestrator.gitops.forge import ForgeSettings
+
+            promoter = AutoPromoter(self.bus, settings, forge=ForgeSettings.from_env())
+            await promoter.start()
+            self.services.append(("promoter", promoter))
 
     def service(self, name: str) -> Service:
         return next(s for n, s in self.services if n == name)

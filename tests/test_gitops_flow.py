@@ -8,10 +8,15 @@ polling, and each step awaits its outcome in the log.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from conveyor.app import Conveyor
@@ -22,9 +27,10 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.domain.trace import build_trace
 from orchestrator.errors import PermanentError
+from orchestrator.gitops.auto import AutoPromoter
 from orchestrator.gitops.workflow import GitOps
 from orchestrator.settings import Settings
-from services.git_watcher.service import GitWatcher
+from services.api.app import ApiService
 from tests.support.gitservers import GitDaemon, Upstream, git
 from tests.support.waits import wait_for_events
 
@@ -61,10 +67,9 @@ def rendered_image(bare: Path, env: str) -> str:
                 if "image:" in line)
 
 
-async def trigger(conveyor: Conveyor) -> None:
-    watcher = conveyor.service("git-watcher")
-    assert isinstance(watcher, GitWatcher)
-    await watcher.poll()
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "conveyor", *args], capture_output=True,
+                          text=True, check=False, cwd=Path(__file__).parent.parent)
 
 
 async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus,
@@ -85,9 +90,9 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             await wait_for_events(bus, deployed(first, "dev"))
             assert rendered_image(up.bare, "dev") == "nginx:1.27"
 
-            # 1. release to dev: a commit on main, deployed like any other
+            # 1. release to dev: a commit on main, deployed like any other (the release asks
+            # the watcher to fetch: no poll interval to wait for)
             released = await ops.release("dev", ["nginx=nginx:1.28"])
-            await trigger(conveyor)
             events = await wait_for_events(bus, deployed(str(released.commit), "dev"))
             assert rendered_image(up.bare, "dev") == "nginx:1.28"
             assert rendered_image(up.bare, "prod") == "nginx:1.27"
@@ -97,13 +102,19 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             assert {n.event.type for n in build_trace(chain)} >= {ev.RELEASE_COMMITTED,
                                                                 ev.COMMIT_DETECTED}
 
-            # 2. promotion: prod gets what dev runs now, plus the listed file
-            promoted = await ops.promote("dev", "prod")
-            assert promoted.changed and promoted.detail["images"] == ["nginx=nginx:1.28"]
-            assert promoted.files == ("envs/prod/kustomization.yaml", "envs/prod/settings.txt")
+            # 2. promotion, with the CLI through the api: prod gets what dev runs now, plus
+            # the listed file
+            api = conveyor.service("api")
+            assert isinstance(api, ApiService)
+            done = await asyncio.to_thread(cli, "promote", "dev", "prod", "--api", api.url,
+                                           "-o", "json")
+            assert done.returncode == 0, done.stderr
+            promoted = json.loads(done.stdout)
+            assert promoted["changed"] and promoted["images"] == ["nginx=nginx:1.28"]
+            assert promoted["files"] == ["envs/prod/kustomization.yaml",
+                                         "envs/prod/settings.txt"]
             assert git(up.bare, "show", "main:envs/prod/settings.txt") == "checkout=v2"
-            await trigger(conveyor)
-            events = await wait_for_events(bus, deployed(str(promoted.commit), "prod"))
+            events = await wait_for_events(bus, deployed(promoted["commit"], "prod"))
             assert rendered_image(up.bare, "prod") == "nginx:1.28"
             message = git(up.bare, "log", "-1", "--format=%B", "main")
             assert f"Conveyor-Promotion: dev@{released.commit} -> prod" in message
@@ -117,16 +128,53 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             with pytest.raises(PermanentError, match="never deployed to prod") as info:
                 await ops.rollback("prod", to=str(released.commit))  # a dev-only commit
             assert info.value.reason == "RollbackRefused"
-            back = await ops.rollback("prod", steps=1)
-            assert back.detail["to"] == first
-            await trigger(conveyor)
-            events = await wait_for_events(bus, deployed(str(back.commit), "prod"))
+            async with aiohttp.ClientSession() as http, http.post(
+                    f"{api.url}/api/v1/environments/prod/rollback", json={"steps": 1}) as resp:
+                back = await resp.json()
+                assert resp.status == 201, back
+            assert back["to"] == first
+            events = await wait_for_events(bus, deployed(back["commit"], "prod"))
             assert rendered_image(up.bare, "prod") == "nginx:1.27"
             assert rendered_image(up.bare, "dev") == "nginx:1.28"  # dev untouched
             [event] = [e for e in events if e.type == ev.ROLLBACK_COMMITTED]
-            assert event.correlationid == back.commit and event.data["to"] == first
+            assert event.correlationid == back["commit"] and event.data["to"] == first
             for name in ("kustomization.yaml", "settings.txt"):
                 assert git(up.bare, "show", f"main:envs/prod/{name}") == \
                     files[f"envs/prod/{name}"].rstrip("\n")
     log = git(up.bare, "log", "--format=%s", "main").splitlines()
     assert len(log) == 4 and log[-1] == "initial"  # never forced: every step is on top
+
+
+async def test_auto_promotion_fires_once_per_revision(nats_server: EmbeddedNats, bus: EventBus,
+                                                      tmp_path: Path) -> None:
+    up = Upstream(tmp_path / "srv", "config")
+    files = demo_files()
+    files["conveyor.yaml"] += "promotion:\n  prod: {from: dev, auto: true}\n"
+    first = up.push(files, "initial")
+    async with GitDaemon(up.root, receive_pack=True) as daemon:
+        settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                            repo=daemon.url("config.git"), branch="main",
+                            listen="127.0.0.1:0", interval=3600.0)
+        async with running(settings) as conveyor:
+            promoter = conveyor.service("promoter")
+            assert isinstance(promoter, AutoPromoter)
+            await wait_for_events(bus, deployed(first, "dev"))
+            await wait_for_events(bus, deployed(first, "prod"))
+            released = await GitOps(bus, settings, environ={}).release(
+                "dev", ["nginx=nginx:1.29"])
+
+            def promoted(events: list[Event]) -> bool:
+                return any(e.type == ev.PROMOTION_COMMITTED for e in events)
+
+            events = await wait_for_events(bus, promoted)
+            [event] = [e for e in events if e.type == ev.PROMOTION_COMMITTED]
+            assert event.subject == "prod" and event.data["auto"] is True
+            assert event.data["revision"] == released.commit and event.source == \
+                "conveyor/promoter"
+            await wait_for_events(bus, deployed(event.correlationid, "prod"))
+            assert rendered_image(up.bare, "prod") == "nginx:1.29"
+            await promoter.check_once()  # dev still runs that revision: nothing more
+            head = git(up.bare, "rev-parse", "main")
+    assert head == event.correlationid
+    every = [s.event async for s in bus.read()]
+    assert len([e for e in every if e.type == ev.PROMOTION_COMMITTED]) == 1

@@ -94,9 +94,8 @@ def check(source: str, events: Sequence[Event], *, soak: float, now: datetime) -
 
 
 def already_promoted(to: str, source: str, revision: str, events: Sequence[Event]) -> bool:
-    """Did ``to`` already receive (or refuse for good) ``source``'s ``revision``? An
-    automatic promotion is tried once per revision; ``conveyor promote`` can always ask."""
-    done = {ev.PROMOTION_COMMITTED, ev.PROMOTION_PROPOSED, ev.PROMOTION_REQUESTED}
+    """Did ``to`` already receive ``source``'s ``revision`` (committed or proposed, by hand or
+    automatically)? An automatic promotion fires once per revision."""
+    done = {ev.PROMOTION_COMMITTED, ev.PROMOTION_PROPOSED}
     return any(e.subject == to and e.type in done and e.data.get("from") == source
-               and e.data.get("revision") == revision and e.data.get("auto")
-               for e in events)
+               and e.data.get("revision") == revision for e in events)

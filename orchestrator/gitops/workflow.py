@@ -242,6 +242,11 @@ class GitOps:
         event = new_event(kind, env=env, correlation=commit, cause=cause, source=self.source,
                           key=f"{kind}:{commit}", data=data)
         await self.bus.publish(event)
+        if data.get("via") == "commit":
+            # the watcher fetches now instead of at its next poll: the commit flows at once
+            await self.bus.publish(new_event(
+                ev.REFRESH_REQUESTED, env=ev.NO_ENV, cause=event, source=self.source,
+                data={"source": str(data.get("source") or DEFAULT_SOURCE), "by": self.source}))
         return event
 
     # ------------------------------------------------------------------ release
@@ -322,10 +327,11 @@ class GitOps:
             raise Refused(f"{env}'s inputs at the head of {repo.mirror.branch} already equal "
                           f"{target.revision[:12]}'s: nothing to roll back",
                           reason="RollbackRefused")
-        data: dict[str, Any] = {"to": target.revision, "to_digest": target.digest, "paths": files,
-                "commit": commit, "parent": parent, "branch": repo.mirror.branch,
-                "repo": repo.url, "attempts": attempts_n, "via": via, "by": by,
-                "message": subject}
+        data: dict[str, Any] = {
+            "to": target.revision, "to_digest": target.digest, "paths": files,
+            "commit": commit, "parent": parent, "branch": repo.mirror.branch, "repo": repo.url,
+            "source": repo.source, "attempts": attempts_n, "via": via, "by": by,
+            "message": subject}
         if pr is not None:
             data["pull_request"] = pr.to_dict()
         kind = ev.ROLLBACK_PROPOSED if pr is not None else ev.ROLLBACK_COMMITTED
@@ -409,7 +415,8 @@ class GitOps:
                           attempts_n, (), None, None, detail)
         data: dict[str, Any] = {**base, **detail, "files": files, "commit": commit,
                                 "parent": parent, "branch": repo.mirror.branch,
-                                "repo": repo.url, "attempts": attempts_n, "via": how}
+                                "repo": repo.url, "source": repo.source,
+                                "attempts": attempts_n, "via": how}
         if pr is not None:
             data["pull_request"] = pr.to_dict()
         kind = ev.PROMOTION_PROPOSED if pr is not None else ev.PROMOTION_COMMITTED
