@@ -2,8 +2,8 @@
 
 It runs beside the git-watcher (the process that holds the source's credentials) and follows
 the log; the rules are those of the configuration in force (the last ``config.loaded``), so
-nothing is fetched until a rule can fire: an apply or a health verdict of an environment some automatic rule promotes *from*
-wakes it, and so does the end of a soak time it is waiting for. It then checks the gates
+nothing is fetched until a rule can fire. An apply or a health verdict wakes it, and so does
+the end of a soak time it is waiting for. It then checks the gates
 (``orchestrator.domain.promotion``) *without* publishing anything, so waiting for a soak
 fills no log; when they pass and ``to`` has not received that revision yet
 (``promotion.committed|proposed`` in the log, by hand or automatically), it promotes
