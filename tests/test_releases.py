@@ -14,13 +14,15 @@ import pytest
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.errors import PermanentError
+from orchestrator.errors import PermanentError, TransientError
+from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.workflow import BranchProtected, GitOps
 from orchestrator.settings import Settings
 from services.api.app import ApiService
-from tests.support.gitservers import GitDaemon, Upstream, git
+from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream, git
 from tests.support.waits import wait_for_events
 
+PASSWORD = "ci-Push-Secret-Value"
 CONFIG = """\
 environments:
   dev:
@@ -229,6 +231,10 @@ async def test_api_route_requires_the_operator_token_and_releases(
             async with http.post(f"{api.url}/api/v1/environments/qa/releases",
                                  json={"images": ["web=web:1"]}, headers=auth) as resp:
                 assert resp.status == 404
+            for path in ("rollback", "promotions"):  # control endpoints too
+                async with http.post(f"{api.url}/api/v1/environments/prod/{path}",
+                                     json={"from": "dev"}) as resp:
+                    assert resp.status == 401
     finally:
         await api.stop()
     assert body["commit"] == git(upstream.bare, "rev-parse", "main")
@@ -239,30 +245,92 @@ async def test_api_route_requires_the_operator_token_and_releases(
 
 
 async def test_cli_release_locally_with_push_credentials(
-        nats_server: EmbeddedNats, bus: EventBus, daemon: GitDaemon, upstream: Upstream,
-        tmp_path: Path) -> None:
-    """The real command line, in its own process: pushes, prints, records the event."""
+        nats_server: EmbeddedNats, bus: EventBus, upstream: Upstream, tmp_path: Path) -> None:
+    """The real command line, in its own process, pushing over smart HTTP with the
+    credentials the operator gave it (``CONVEYOR_GIT_*``); the event goes to the log."""
     import asyncio
+    import os
     import subprocess
     import sys
 
-    args = ["release", "dev", "--image", "web=web:4.0", "--repo", daemon.url(upstream.name),
-            "--branch", "main", "--nats", nats_server.url, "--data-dir", str(tmp_path / "cli"),
-            "-o", "json"]
+    GitHttpServer.enable_push(upstream.bare)
+    async with GitHttpServer(upstream.root, users={"ci": PASSWORD}) as http:
+        args = ["release", "dev", "--image", "web=web:4.0", "--repo", http.url(upstream.name),
+                "--branch", "main", "--nats", nats_server.url, "--data-dir",
+                str(tmp_path / "cli"), "-o", "json"]
 
-    def run() -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "conveyor", *args], capture_output=True,
-                              text=True, check=False, cwd=Path(__file__).parent.parent)
+        def run(password: str) -> subprocess.CompletedProcess[str]:
+            env = {**os.environ, "CONVEYOR_GIT_USERNAME": "ci",
+                   "CONVEYOR_GIT_PASSWORD": password}
+            return subprocess.run([sys.executable, "-m", "conveyor", *args],
+                                  capture_output=True, text=True, check=False, env=env,
+                                  cwd=Path(__file__).parent.parent)
 
-    done = await asyncio.to_thread(run)
-    assert done.returncode == 0, done.stderr
-    body = json.loads(done.stdout)
-    assert body["commit"] == git(upstream.bare, "rev-parse", "main") and body["changed"]
-    assert 'newTag: "4.0"' in show(upstream.bare, "envs/dev/kustomization.yaml")
+        refused = await asyncio.to_thread(run, "wr0ng-password")
+        assert refused.returncode == 1 and "AuthenticationFailed" not in refused.stdout
+        assert "credentials" in refused.stderr and "wr0ng-password" not in refused.stderr
+        done = await asyncio.to_thread(run, PASSWORD)
+        assert done.returncode == 0, done.stderr
+        body = json.loads(done.stdout)
+        assert body["commit"] == git(upstream.bare, "rev-parse", "main") and body["changed"]
+        assert 'newTag: "4.0"' in show(upstream.bare, "envs/dev/kustomization.yaml")
+        assert "ci" in http.remote_users
+        events = await wait_for_events(bus, lambda es: any(
+            e.type == ev.RELEASE_COMMITTED for e in es))
+        assert [e.correlationid for e in events if e.type == ev.RELEASE_COMMITTED] == \
+            [body["commit"]]
+        assert PASSWORD not in json.dumps([e.to_dict() for e in events])
+        args[3] = "web=web"  # no tag: refused before anything is pushed
+        bad = await asyncio.to_thread(run, PASSWORD)
+    assert bad.returncode == 1 and "a tag" in bad.stderr
+
+
+async def test_a_branch_that_keeps_moving_is_transient(bus: EventBus, daemon: GitDaemon,
+                                                       upstream: Upstream,
+                                                       tmp_path: Path) -> None:
+    theirs = upstream.push({"README": "by hand\n"}, "theirs", branch="theirs")
+    (upstream.bare / "theirs").write_text(theirs)
+    hook = upstream.bare / "hooks" / "update"
+    hook.write_text(RACE_HOOK)
+    hook.chmod(0o755)
+    with pytest.raises(TransientError) as info:
+        await gitops(bus, daemon, upstream, tmp_path / "data", max_attempts=1).release(
+            "dev", ["web=web:1.5.0"])
+    assert info.value.reason == "TargetMoved"
+    assert git(upstream.bare, "rev-parse", "main") == theirs  # theirs stays, ours not forced
+
+
+async def test_a_refused_promotion_is_in_the_log_with_its_reason(
+        bus: EventBus, daemon: GitDaemon, upstream: Upstream, tmp_path: Path) -> None:
+    with pytest.raises(PermanentError, match="dev has no deployment") as info:
+        await gitops(bus, daemon, upstream, tmp_path / "data").promote("dev", "prod")
+    assert info.value.reason == "PromotionRefused"
     events = await wait_for_events(bus, lambda es: any(
-        e.type == ev.RELEASE_COMMITTED for e in es))
-    assert [e.correlationid for e in events if e.type == ev.RELEASE_COMMITTED] == \
-        [body["commit"]]
-    args[3] = "web=web"  # no tag: refused before anything is pushed
-    refused = await asyncio.to_thread(run)
-    assert refused.returncode == 1 and "a tag" in refused.stderr
+        e.type == ev.PROMOTION_REFUSED for e in es))
+    kinds = [(e.type, e.subject) for e in events if e.type.startswith("conveyor.promotion")]
+    assert kinds == [(ev.PROMOTION_REQUESTED, "prod"), (ev.PROMOTION_REFUSED, "prod")]
+    assert "no deployment" in events[-1].data["reason"]
+    assert git(upstream.bare, "rev-list", "--count", "main") == "1"
+
+
+def test_rollback_restores_the_render_inputs_and_nothing_else(tmp_path: Path) -> None:
+    """The environment's directory and the base its kustomization reads come back; the
+    configuration and other environments keep their head."""
+    up = Upstream(tmp_path / "srv")
+    old = up.push(FILES, "first")
+    up.push({"envs/dev/kustomization.yaml": DEV_KUSTOMIZATION.replace("1.0.0", "2.0.0"),
+             "envs/dev/extra.yaml": "kind: ConfigMap\n",
+             "base/deploy.yaml": "kind: Deployment # changed\n",
+             "envs/prod/kustomization.yaml": "resources: []\n",
+             "conveyor.yaml": CONFIG + "# reviewed\n"}, "later")
+    head = git(up.bare, "rev-parse", "main")
+    config = decl.read_config(up.bare, head)
+    tree, paths = decl.restore_inputs(up.bare, head, old, config.environments["dev"])
+    assert paths == ["base", "envs/dev"]
+    files = git(up.bare, "ls-tree", "-r", "--name-only", tree).splitlines()
+    assert "envs/dev/extra.yaml" not in files  # added later under an input: removed
+    assert git(up.bare, "show", f"{tree}:envs/dev/kustomization.yaml") + "\n" == \
+        DEV_KUSTOMIZATION
+    assert git(up.bare, "show", f"{tree}:base/deploy.yaml") + "\n" == FILES["base/deploy.yaml"]
+    assert git(up.bare, "show", f"{tree}:envs/prod/kustomization.yaml") == "resources: []"
+    assert git(up.bare, "show", f"{tree}:conveyor.yaml").endswith("# reviewed")

@@ -12,7 +12,8 @@ source's ``credentials``), and opens pull requests with the operator's forge set
 (``CONVEYOR_FORGE*``). Answers: 201 with the commit (or pull request) and the event id; 200
 ``changed: false`` when the declaration already said so; 400 bad input; 404 unknown
 environment; 409 refused (protected branch, a gate, a revision that never deployed); 503 a
-transient failure (with ``Retry-After`` when known); 502 the git server or forge refused.
+transient failure (with ``Retry-After`` when known) or a missing operator setting (no
+``--repo``, no forge); 502 the git server or forge refused.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from services.api.app import BUS, SETTINGS, control
 
 BAD_INPUT = frozenset({"InvalidRelease", "InvalidConfig"})
 REFUSED = frozenset({"BranchProtected", "RollbackRefused", "PromotionRefused", "Refused"})
+NOT_CONFIGURED = frozenset({"InvalidSource", "InvalidForge"})  # the operator's settings
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
@@ -37,7 +39,7 @@ def _error(status: int, message: str, **headers: str) -> web.Response:
 
 
 def _status(exc: ConveyorError) -> int:
-    if isinstance(exc, TransientError):
+    if isinstance(exc, TransientError) or exc.reason in NOT_CONFIGURED:
         return 503
     if exc.reason in BAD_INPUT:
         return 400
