@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from orchestrator.domain.health import Health
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,10 +30,31 @@ class TargetState:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthResult:
+    """The health a target reports for a sync: the worst status, in words, and the objects
+    that are not ready (at most a listed number; ``unhealthy`` is the exact count)."""
+
+    status: Health
+    message: str
+    unhealthy: int = 0
+    objects: tuple[Mapping[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "message": self.message,
+                "unhealthy": self.unhealthy, "objects": [dict(o) for o in self.objects]}
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyResult:
+    """What an apply did. ``failure`` (a reason code such as ``Degraded``) says it did not
+    succeed although nothing went wrong on the way: the rollout is unhealthy. That is an
+    outcome (``apply.failed`` with the health), not an exception."""
+
     changed: bool
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    health: HealthResult | None = None
+    failure: str | None = None
 
 
 class Target(Protocol):

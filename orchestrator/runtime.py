@@ -10,7 +10,16 @@ Events are published *before* the ack. A crash in between redelivers the input; 
 again and re-emits the same deterministic ids, which JetStream drops: at-least-once delivery with
 exactly-once events.
 
-No message disappears without an event saying why:
+No message disappears without an event saying why. This module is the one place where a
+handler's exception becomes an outcome (``outcome_for_error``) and where every final outcome is
+checked to carry an event:
+
+- a handler that raises ``PermanentError`` (``ConfigError``, ``ManifestError``...) ends the
+  message as ``conveyor.<stage>.dead`` with the error's reason code and words and the original
+  event (so ``conveyor retry`` can hand it back once a person fixed the cause);
+- ``TransientError`` is ``Retry`` after its ``delay`` (else exponential backoff), any other
+  exception ``Retry`` with backoff: a bug may be a passing one, and ``max_deliver`` bounds it;
+- a ``Fail`` without events (a handler that gave up silently) gets a ``conveyor.<stage>.dead``;
 
 - a handler that returns ``Retry`` on its ``max_deliver``-th delivery becomes
   ``conveyor.<stage>.dead`` (the reason and the original event) and is ``term()``\\ ed;
@@ -56,12 +65,14 @@ from nats.js import api as jsapi
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event
-from orchestrator.errors import PermanentError
+from orchestrator.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 RUNTIME_SOURCE = "conveyor/runtime"
 MALFORMED_PAYLOAD_KEPT = 4096  # bytes of an unparseable payload copied into its dead event
+MAX_BACKOFF = 60.0
+SILENT_FAIL = "the handler ended the message without an outcome event"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +106,32 @@ Superseder = Callable[[Delivery, Delivery], Awaitable[Sequence[Event]]]
 
 def _by_seq(delivery: Delivery) -> int:
     return delivery.seq
+
+
+def backoff(attempt: int) -> float:
+    return min(MAX_BACKOFF, 2.0 ** attempt)
+
+
+def dead_event(stage: str, consumer: str, delivery: Delivery, reason: str,
+               **extra: object) -> Event:
+    """``conveyor.<stage>.dead``: the message ended without the handler's outcome; ``reason``
+    in words, the original event so ``conveyor retry`` can hand it back."""
+    return new_event(
+        f"conveyor.{stage}.dead", env=delivery.event.subject, cause=delivery.event,
+        source=RUNTIME_SOURCE,
+        data={"reason": reason, "attempts": delivery.attempt,
+              "original": delivery.event.to_dict(), "consumer": consumer, **extra})
+
+
+def outcome_for_error(exc: Exception, delivery: Delivery, *, stage: str,
+                      consumer: str) -> Outcome:
+    """The one mapping of an exception that escaped a handler to an outcome."""
+    if isinstance(exc, PermanentError):
+        return Fail((dead_event(stage, consumer, delivery, str(exc), code=exc.reason),))
+    if isinstance(exc, TransientError):
+        delay = exc.delay if exc.delay is not None else backoff(delivery.attempt)
+        return Retry(delay, reason=f"{exc.reason}: {exc}")
+    return Retry(backoff(delivery.attempt), reason=f"handler error: {exc}")
 
 
 @dataclass
@@ -265,11 +302,16 @@ class Consumer:
         try:
             return await self.spec.handler(delivery)
         except PermanentError as exc:
-            bound.error("handler.permanent_error", error=str(exc))
-            return Fail(())
+            bound.error("handler.permanent_error", reason=exc.reason, error=str(exc))
+            return outcome_for_error(exc, delivery, stage=self.spec.stage,
+                                     consumer=self.spec.durable)
         except Exception as exc:
-            bound.exception("handler.crashed", error=str(exc))
-            return Retry(min(60.0, 2.0 ** delivery.attempt), reason=f"handler error: {exc}")
+            if isinstance(exc, TransientError):
+                bound.warning("handler.transient_error", reason=exc.reason, error=str(exc))
+            else:
+                bound.exception("handler.crashed", error=str(exc))
+            return outcome_for_error(exc, delivery, stage=self.spec.stage,
+                                     consumer=self.spec.durable)
 
     async def _keep_alive(self) -> None:
         """Tell the server every held message is still being worked on (queued ones too)."""
@@ -283,15 +325,15 @@ class Consumer:
     async def _finish(self, item: _Item, outcome: Outcome, lane: _Lane | None = None) -> None:
         delivery = item.delivery
         if isinstance(outcome, Retry) and delivery.attempt >= self.spec.max_deliver:
-            dead = new_event(
-                f"conveyor.{self.spec.stage}.dead", env=delivery.event.subject,
-                cause=delivery.event, source=RUNTIME_SOURCE,
-                data={"reason": outcome.reason, "attempts": delivery.attempt,
-                      "original": delivery.event.to_dict(), "consumer": self.spec.durable},
-            )
+            dead = dead_event(self.spec.stage, self.spec.durable, delivery, outcome.reason)
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=outcome.reason)
             outcome = Fail((*outcome.emit, dead))
+        elif isinstance(outcome, Fail) and not outcome.emit:  # no silent term
+            log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
+                      reason=SILENT_FAIL)
+            outcome = Fail((dead_event(self.spec.stage, self.spec.durable, delivery,
+                                       SILENT_FAIL),))
         try:
             published = await self.bus.publish_all(list(outcome.emit))
         except Exception as exc:

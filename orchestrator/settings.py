@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from orchestrator.adapters.nats_bus import Retention
+from orchestrator.rendering.model import RenderTools
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +22,7 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     retention: Retention | None = None  # None: keep the stream's retention as it is
     render_concurrency: int = 4
+    render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
 
     @staticmethod
     def api_token_from_env() -> str | None:

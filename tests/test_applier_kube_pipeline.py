@@ -22,6 +22,7 @@ from orchestrator.commands.diff import diff_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.applier.service import Applier
@@ -196,8 +197,8 @@ async def test_an_applier_scoped_to_dev_ignores_prod(nats_server: EmbeddedNats, 
                                     data={"env": env_cfg, "digest": digest_of(payload),
                                           "origin_seq": await bus.last_seq() + 1}))
 
-    applier = Applier(bus, Settings(nats_url=nats_server.url, data_dir=tmp_path,
-                                    envs=("dev",)))
+    applier = Applier(Resources.around(bus, Settings(nats_url=nats_server.url, data_dir=tmp_path,
+                                    envs=("dev",))))
     await applier.start()
     try:
         await render("prod", "a")
@@ -213,7 +214,8 @@ async def test_an_applier_scoped_to_dev_ignores_prod(nats_server: EmbeddedNats, 
     assert fake.get("v1", "Namespace", "", "prod") is None
     assert fake.get("v1", "ConfigMap", "dev", "cfg-d") is not None
     filters = info.config.filter_subjects or [info.config.filter_subject]
-    assert filters == ["conveyor.events.dev.render.succeeded"]
+    assert filters == ["conveyor.events.dev.render.succeeded",
+                       "conveyor.events.dev.environment.removed"]
 
 
 async def test_conveyor_diff_shows_desired_vs_live(

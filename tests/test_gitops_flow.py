@@ -29,6 +29,7 @@ from orchestrator.domain.trace import build_trace
 from orchestrator.errors import PermanentError
 from orchestrator.gitops.auto import AutoPromoter
 from orchestrator.gitops.workflow import GitOps
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from tests.support.gitservers import GitDaemon, Upstream, git
@@ -84,7 +85,7 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
         url = daemon.url("config.git")
         settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data", repo=url,
                             branch="main", listen="127.0.0.1:0", interval=3600.0)
-        ops = GitOps(bus, settings, environ={})
+        ops = GitOps(Resources.around(bus, settings), environ={})
         async with running(settings) as conveyor:
             await wait_for_events(bus, deployed(first, "prod"))
             await wait_for_events(bus, deployed(first, "dev"))
@@ -160,7 +161,7 @@ async def test_auto_promotion_fires_once_per_revision(nats_server: EmbeddedNats,
             assert isinstance(promoter, AutoPromoter)
             await wait_for_events(bus, deployed(first, "dev"))
             await wait_for_events(bus, deployed(first, "prod"))
-            released = await GitOps(bus, settings, environ={}).release(
+            released = await GitOps(Resources.around(bus, settings), environ={}).release(
                 "dev", ["nginx=nginx:1.29"])
 
             def promoted(events: list[Event]) -> bool:

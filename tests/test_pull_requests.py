@@ -14,6 +14,7 @@ from orchestrator.domain import events as ev
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import BranchProtected, GitOps
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from tests.support.forges import KINDS, ForgeServer
 from tests.support.gitservers import GitDaemon, Upstream, git
@@ -50,7 +51,7 @@ def ops(bus: EventBus, daemon: GitDaemon, upstream: Upstream, data: Path,
         forge: ForgeSettings | None) -> GitOps:
     settings = Settings(nats_url="", data_dir=data, repo=daemon.url(upstream.name),
                         branch="main")
-    return GitOps(bus, settings, environ={}, forge=forge)
+    return GitOps(Resources.around(bus, settings), environ={}, forge=forge)
 
 
 @pytest.mark.parametrize("kind", KINDS)

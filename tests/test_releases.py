@@ -17,6 +17,7 @@ from orchestrator.domain import events as ev
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.workflow import BranchProtected, GitOps
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream, git
@@ -78,7 +79,7 @@ def gitops(bus: EventBus, daemon: GitDaemon, upstream: Upstream, data: Path,
            **kwargs: object) -> GitOps:
     settings = Settings(nats_url="", data_dir=data, repo=daemon.url(upstream.name),
                         branch="main")
-    return GitOps(bus, settings, environ={}, **kwargs)  # type: ignore[arg-type]
+    return GitOps(Resources.around(bus, settings), environ={}, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_release_commits_the_kustomize_images_edit_with_a_trailer_and_an_event(
@@ -215,7 +216,7 @@ async def test_api_route_requires_the_operator_token_and_releases(
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "api",
                         repo=daemon.url(upstream.name), branch="main", listen="127.0.0.1:0",
                         api_token="ops-token")
-    api = ApiService(bus, settings)
+    api = ApiService(Resources.around(bus, settings))
     await api.start()
     url = f"{api.url}/api/v1/environments/dev/releases"
     try:

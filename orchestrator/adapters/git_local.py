@@ -7,8 +7,6 @@ thread-safe, so each call opens its own Repository and is meant to run in a work
 
 from __future__ import annotations
 
-import os
-import stat
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -217,30 +215,6 @@ def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
         return None
 
 
-def export_tree(path: str | Path, sha: str, dest: Path) -> None:
-    """Write the commit's tree under ``dest``; symlinks are kept as symlinks (never followed)."""
-    repo = open_repo(path)
-    tree = _commit(repo, sha).tree
-    dest.mkdir(parents=True, exist_ok=True)
-
-    def walk(t: pygit2.Tree, base: Path) -> None:
-        for entry in t:
-            target = base / str(entry.name)
-            if entry.filemode == pygit2.enums.FileMode.TREE:
-                target.mkdir(exist_ok=True)
-                walk(_subtree(repo, entry.id), target)
-            elif entry.filemode == pygit2.enums.FileMode.LINK:
-                os.symlink(_blob(repo, entry.id).decode(errors="replace"), target)
-            elif entry.filemode == pygit2.enums.FileMode.COMMIT:
-                continue  # submodules are not fetched
-            else:
-                target.write_bytes(_blob(repo, entry.id))
-                if entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE:
-                    target.chmod(target.stat().st_mode | stat.S_IXUSR)
-
-    walk(tree, dest)
-
-
 def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
     repo = open_repo(path)
     tree = _commit(repo, sha).tree
@@ -256,6 +230,31 @@ def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
                 yield name
 
     yield from walk(tree, f"{subdir}/" if subdir else "")
+
+
+def resolve(path: str | Path, rev: str) -> str:
+    """A branch, tag, ``HEAD`` or (abbreviated) sha -> the commit's full sha."""
+    repo = open_repo(path)
+    try:
+        return str(repo.revparse_single(rev).peel(pygit2.Commit).id)
+    except (KeyError, ValueError, pygit2.GitError) as exc:
+        raise PermanentError(f"{rev!r} is not a revision of {path}", reason="UnknownRevision") \
+            from exc
+
+
+def list_dirs(path: str | Path, sha: str) -> list[str]:
+    """Every directory of the commit's tree (``a``, ``a/b``, ...): what directory generators
+    match against. Only tree objects are read, never a blob."""
+    repo = open_repo(path)
+
+    def walk(t: pygit2.Tree, prefix: str) -> Iterator[str]:
+        for entry in t:
+            if entry.filemode == pygit2.enums.FileMode.TREE:
+                name = f"{prefix}{entry.name}"
+                yield name
+                yield from walk(_subtree(repo, entry.id), name + "/")
+
+    return list(walk(_commit(repo, sha).tree, ""))
 
 
 # -- the git target: rendered manifests committed to a branch ------------------------------------

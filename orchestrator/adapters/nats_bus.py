@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +34,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from orchestrator import metrics, subjects
+from orchestrator import subjects
 from orchestrator.domain.events import Event
 from orchestrator.errors import ConflictError, TransientError
 
@@ -43,6 +43,10 @@ log = structlog.get_logger(__name__)
 # Publishes must finish inside the duplicate window for the server to drop a retried one.
 DUPLICATE_WINDOW = 30 * 60.0
 PUBLISH_RETRY_FOR = 30.0
+
+PublishObserver = Callable[[Event, bool], None]
+"""Told of every acknowledged publish (the event, whether the server dropped it as a duplicate):
+how the metrics count events without the bus knowing about them."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,16 +72,19 @@ class StoredEvent:
 class EventBus:
     """A connection to NATS with Conveyor's stream, buckets and store ensured."""
 
-    def __init__(self, nc: Client, js: JetStreamContext) -> None:
+    def __init__(self, nc: Client, js: JetStreamContext, *,
+                 on_published: PublishObserver | None = None) -> None:
         self.nc = nc
         self.js = js
+        self.on_published = on_published
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
         self._closing: list[bool] = []
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
-                      retention: Retention | None = None) -> EventBus:
+                      retention: Retention | None = None,
+                      on_published: PublishObserver | None = None) -> EventBus:
         async def on_error(exc: Exception) -> None:
             log.warning("nats.error", error=str(exc))
 
@@ -99,7 +106,7 @@ class EventBus:
         except Exception as exc:
             raise TransientError(f"cannot connect to NATS at {url}: {exc}",
                                  reason="NatsUnreachable") from exc
-        bus = cls(nc, nc.jetstream(timeout=10))
+        bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
         bus._closing = closing
         await bus.ensure_schema(retention)
         return bus
@@ -155,7 +162,8 @@ class EventBus:
             with attempt:
                 ack = await self.js.publish(subject, payload, headers=headers,
                                             stream=subjects.STREAM)
-        metrics.event_published(event, duplicate=bool(ack.duplicate))
+        if self.on_published is not None:
+            self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
@@ -221,6 +229,16 @@ class EventBus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def consumer_pending(self) -> dict[str, int]:
+        """Messages each durable consumer of the stream has still to finish (pending plus
+        awaiting ack); ephemeral readers are not queues and are left out."""
+        infos = await self.js.consumers_info(subjects.STREAM)
+        return {
+            str(info.config.durable_name): int(info.num_pending or 0)
+            + int(info.num_ack_pending or 0)
+            for info in infos if info.config.durable_name
+        }
 
     # -- key/value ------------------------------------------------------------------------------
     def kv(self, bucket: str) -> KeyValue:

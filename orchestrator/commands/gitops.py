@@ -27,6 +27,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.errors import ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps, Result
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 
 
@@ -100,7 +101,8 @@ async def _local(args: argparse.Namespace,
         print(f"conveyor {args.command}: {exc}", file=sys.stderr)
         return 2
     try:
-        gitops = GitOps(bus, settings, forge=ForgeSettings.from_env(), source="conveyor/cli")
+        gitops = GitOps(Resources.around(bus, settings), forge=ForgeSettings.from_env(),
+                        source="conveyor/cli")
         result = await action(gitops)
     except ConveyorError as exc:
         print(f"conveyor {args.command}: {exc}", file=sys.stderr)
@@ -147,8 +149,10 @@ async def promote(args: argparse.Namespace) -> int:
                           {"from": args.source, "via": args.via})
 
 
-def add_parsers(sub: Any, default_api: str, func: Callable[[str], Any]) -> None:
-    """``release`` and ``rollback`` on the CLI's subparsers (``func(name)`` runs them)."""
+def add_parsers(sub: Any, default_api: str,
+                func: Callable[[Callable[[argparse.Namespace], Awaitable[int]]], Any]) -> None:
+    """``release``, ``rollback`` and ``promote`` on the CLI's subparsers (``func(command)``
+    makes the parser's runner)."""
 
     def common(p: argparse.ArgumentParser, via: str = "commit") -> None:
         p.add_argument("env")
@@ -170,7 +174,7 @@ def add_parsers(sub: Any, default_api: str, func: Callable[[str], Any]) -> None:
     rel.add_argument("--set", action="append", default=[],
                      help="PATH=VALUE of a Helm values file (repeatable)")
     rel.add_argument("--message", "-m", default="")
-    rel.set_defaults(func=func("release"))
+    rel.set_defaults(func=func(release))
 
     back = sub.add_parser("rollback", help="a commit restoring ENV's inputs to a revision "
                                            "that deployed to it before")
@@ -178,10 +182,10 @@ def add_parsers(sub: Any, default_api: str, func: Callable[[str], Any]) -> None:
     back.add_argument("--to", default="", help="a revision that deployed to ENV")
     back.add_argument("--steps", type=int, default=0,
                       help="deployments back (default 1)")
-    back.set_defaults(func=func("rollback"))
+    back.set_defaults(func=func(rollback))
 
     prom = sub.add_parser("promote", help="promote what FROM runs now into TO's declaration, "
                                           "gates checked first", usage="conveyor promote FROM TO")
     prom.add_argument("source", metavar="FROM")
     common(prom, via="")  # "": promotion.<TO>.via of conveyor.yaml (default commit)
-    prom.set_defaults(func=func("promote"))
+    prom.set_defaults(func=func(promote))

@@ -53,6 +53,7 @@ class EnvState:
     deployments: int = 0
     failures: int = 0
     last_seq: int = 0
+    generator: str = ""  # the conveyor.yaml generator that made it ("" when written by hand)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -85,8 +86,11 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
         if t != ev.RENDER_SUCCEEDED:
             return {}  # a terminal event handed back to the notifier
     if t == ev.COMMIT_DETECTED:
+        env = event.data.get("env")
+        made_by = str(env.get("generator", "")) if isinstance(env, dict) else s.generator
         return {"desired_revision": rev, "desired_at": event.time,
-                "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1}
+                "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1,
+                "generator": made_by}
     if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
         return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):
@@ -102,6 +106,11 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
                 "last_error": str(event.data.get("error") or event.data.get("reason") or ""),
                 "in_flight": _in_flight_after(s, rev), "failures": s.failures + 1,
                 "last_failure_id": event.id}
+    if t == ev.ENV_REMOVED:
+        return {"in_flight": "", "last_outcome": t, "last_outcome_at": event.time}
+    if t == ev.ENV_PRUNED:
+        return {"last_outcome": t, "last_outcome_at": event.time, "bundle_digest": "",
+                "last_applied_revision": ""}
     if t == ev.APPLY_RETRYING:
         return {"last_error": str(event.data.get("error", "")), "retries": s.retries + 1}
     if t == ev.APPLY_SUPERSEDED:

@@ -28,7 +28,7 @@ from orchestrator.domain.trace import parse_time
 from orchestrator.errors import ConfigError, ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps, Result
-from orchestrator.settings import Settings
+from orchestrator.resources import Resources
 
 log = structlog.get_logger(__name__)
 
@@ -37,10 +37,9 @@ IDLE_CHECK = 300.0  # seconds between checks when nothing happens (a missed wake
 
 
 class AutoPromoter:
-    def __init__(self, bus: EventBus, settings: Settings, *,
-                 forge: ForgeSettings | None = None) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources, *, forge: ForgeSettings | None = None) -> None:
+        self.resources = resources
+        self.bus: EventBus = resources.bus
         self.forge = forge
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -89,11 +88,13 @@ class AutoPromoter:
         if loaded is None:
             return IDLE_CHECK
         try:  # the config in force, as the watcher loaded it: no fetch to find out
-            config = parse_config(str(loaded.event.data.get("text") or ""))
+            dirs = loaded.event.data.get("dirs")
+            config = parse_config(str(loaded.event.data.get("text") or ""),
+                                  dirs=[str(d) for d in dirs] if isinstance(dirs, list) else None)
         except ConfigError:
             return IDLE_CHECK
         rules = [r for r in config.promotion.values() if r.auto]
-        gitops = GitOps(self.bus, self.settings, forge=self.forge, source="conveyor/promoter")
+        gitops = GitOps(self.resources, forge=self.forge, source="conveyor/promoter")
         now = now or datetime.now(UTC)
         wait = IDLE_CHECK
         for rule in rules:

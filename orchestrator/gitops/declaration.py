@@ -29,7 +29,7 @@ def read_config(path: Path, sha: str) -> Config:
     data = git_local.read_file(path, sha, CONFIG_FILE)
     if data is None:
         raise PermanentError(f"commit {sha[:12]} has no {CONFIG_FILE}", reason="InvalidConfig")
-    return parse_config(data.decode(errors="replace"))
+    return parse_config(data.decode(errors="replace"), dirs=git_local.list_dirs(path, sha))
 
 
 def environment(config: Config, env: str) -> EnvironmentConfig:

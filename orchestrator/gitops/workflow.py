@@ -52,6 +52,7 @@ from orchestrator.domain.rollback import choose
 from orchestrator.errors import PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings, PullRequest
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from orchestrator.targets.git.push import MAX_ATTEMPTS, Author, PushMirror
 
@@ -118,14 +119,15 @@ Edit = Callable[[Path, str], tuple[list[str], str] | None]
 class GitOps:
     """The actions. Built by a composition root (the CLI, the api) with its resources."""
 
-    def __init__(self, bus: EventBus, settings: Settings, *,
+    def __init__(self, resources: Resources, *,
                  forge: ForgeSettings | None = None, environ: Mapping[str, str] | None = None,
                  max_attempts: int = MAX_ATTEMPTS, source: str = "conveyor/gitops") -> None:
-        if not settings.repo:
+        if not resources.settings.repo:
             raise PermanentError("no source repository: pass --repo (or CONVEYOR_REPO)",
                                  reason="InvalidSource")
-        self.bus = bus
-        self.settings = settings
+        self.bus: EventBus = resources.bus
+        self.settings: Settings = resources.settings
+        self.locks = resources.git_locks  # one lock per mirror for the whole Conveyor
         self.environ = os.environ if environ is None else environ
         self.forge = forge
         self.max_attempts = max_attempts
@@ -148,7 +150,8 @@ class GitOps:
                     source: str) -> _Repo:
         branch = await self._branch_of(url, branch, creds)
         mirror = PushMirror(url, branch, self.settings.data_dir, credentials=creds,
-                            author=AUTHOR, max_attempts=self.max_attempts, kind="source",
+                            author=AUTHOR, max_attempts=self.max_attempts, locks=self.locks,
+                            kind="source",
                             folder="gitops", credentials_hint=CREDENTIALS_HINT)
         await asyncio.to_thread(mirror.fetch_state)
         return _Repo(mirror, mirror.display_url, source)

@@ -8,11 +8,7 @@ to listen off loopback without one). Tokens are compared in constant time.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import hmac
 import json
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
@@ -21,37 +17,27 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
+from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_limit
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
-from orchestrator.settings import Settings
+from orchestrator.resources import Resources
+from services.api import routes_dashboard, routes_history, routes_releases, routes_webhooks, sse
+from services.api.context import (
+    BUS,
+    PROJECTOR,
+    RESOURCES,
+    SETTINGS,
+    STREAMS,
+    control,
+    event_json,
+)
 
 log = structlog.get_logger(__name__)
 
-BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)
-PROJECTOR: web.AppKey[Projector] = web.AppKey("projector", Projector)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MAX_EVENTS = 10_000
+DEFAULT_EVENTS = 100
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def _authorised(request: web.Request) -> bool:
-    token = request.app[SETTINGS].api_token
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
-def control(handler: Handler) -> Handler:
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        if not _authorised(request):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
-        return await handler(request)
-
-    return wrapped
+__all__ = ["ApiService", "build_app", "control", "event_json"]
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -62,8 +48,15 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def environments(request: web.Request) -> web.Response:
-    envs = request.app[PROJECTOR].envs
-    return web.json_response({"environments": [s.to_dict() for _, s in sorted(envs.items())]})
+    """A page of environments (``limit``, ``continue``) the filters select, with counts."""
+    q = request.query
+    try:
+        flt = EnvFilter.from_query(q)
+        found = page(request.app[PROJECTOR].envs.values(), flt, parse_limit(q.get("limit")),
+                     q.get("continue") or None)
+    except ListingError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(found.to_dict())
 
 
 async def environment(request: web.Request) -> web.Response:
@@ -71,10 +64,6 @@ async def environment(request: web.Request) -> web.Response:
     if state is None:
         return web.json_response({"error": "no such environment"}, status=404)
     return web.json_response(state.to_dict())
-
-
-def event_json(stored: StoredEvent) -> dict[str, Any]:
-    return {**stored.event.to_dict(), "sequence": stored.seq}
 
 
 async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
@@ -98,20 +87,54 @@ async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | Non
     return out
 
 
+async def newest_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
+                        correlation: str | None, before: int, limit: int) -> list[StoredEvent]:
+    """The newest ``limit`` matching events below sequence ``before``, oldest first.
+
+    JetStream reads forwards only, so read windows that end at ``before`` and double in size
+    until they hold ``limit`` matches or reach the start of the log: an unfiltered page costs
+    one window; a sparse filter costs O(log n) windows, never a read of the whole log twice.
+    """
+    window = max(limit, 64)
+    while True:
+        start = max(0, before - 1 - window)
+        found = [s for s in await query_events(bus, env=env, type_prefix=type_prefix,
+                                               correlation=correlation, after=start,
+                                               limit=MAX_EVENTS)
+                 if s.seq < before]
+        if len(found) >= limit or start == 0:
+            return found[-limit:]
+        window *= 4
+
+
 async def events(request: web.Request) -> web.Response:
+    """Events: by default the newest page (``limit``, 100 by default) and a ``before`` cursor
+    for the page older than it; with ``after`` the events after that sequence, oldest first
+    (what a follower reads)."""
     q = request.query
     try:
-        limit = min(int(q.get("limit", MAX_EVENTS)), MAX_EVENTS)
-        after = int(q.get("after", 0))
+        limit = min(int(q.get("limit", DEFAULT_EVENTS)), MAX_EVENTS)
+        after = int(q["after"]) if q.get("after") else None
+        before = int(q["before"]) if q.get("before") else None
+        if limit < 1 or (after is not None and after < 0) or (before is not None and before < 1):
+            raise ValueError
     except ValueError:
-        return web.json_response({"error": "limit and after must be integers"}, status=400)
+        return web.json_response({"error": "limit, after and before must be whole numbers "
+                                  "(limit >= 1)"}, status=400)
     env = q.get("env") or None
     if env is not None and not subjects.valid_env_name(env):
         return web.json_response({"error": f"invalid environment name {env!r}"}, status=400)
-    found = await query_events(request.app[BUS], env=env, type_prefix=q.get("type") or None,
-                               correlation=q.get("correlation") or None, after=after,
-                               limit=limit)
-    return web.json_response({"events": [event_json(s) for s in found]})
+    bus = request.app[BUS]
+    what = {"env": env, "type_prefix": q.get("type") or None,
+            "correlation": q.get("correlation") or None}
+    if after is not None:
+        found = await query_events(bus, **what, after=after, limit=limit)
+        more = {"after": found[-1].seq} if len(found) == limit else None
+    else:
+        end = before if before is not None else await bus.last_seq() + 1
+        found = await newest_events(bus, **what, before=end, limit=limit)
+        more = {"before": found[0].seq} if found and found[0].seq > 1 else None
+    return web.json_response({"events": [event_json(s) for s in found], "next": more})
 
 
 async def trace(request: web.Request) -> web.Response:
@@ -140,56 +163,21 @@ async def refresh(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every new event as it is appended to the log."""
     bus = request.app[BUS]
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
     env = request.query.get("env") or None
     start = int(request.query.get("after", 0)) + 1 if "after" in request.query else (
         await bus.last_seq() + 1)
     filters = subjects.filter_for("conveyor", [env] if env else None)
-    # As the dashboard's stream: registered so that shutdown ends it at once (while NATS is still
-    # connected), and a comment line every PING_EVERY s finds clients that went away.
-    from services.api.routes_dashboard import PING_EVERY, STREAMS
 
-    queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(256)
-
-    async def follow() -> None:
+    async def follow(queue: sse.Frames) -> None:
         try:
             async for stored in bus.read(filters, start_seq=start, stop_at_end=False):
-                await queue.put(stored)
+                payload = json.dumps(event_json(stored), separators=(",", ":"))
+                await queue.put(sse.frame(payload, event=stored.event.type, id=stored.seq))
         except Exception as exc:  # cancellation passes through: the stream is closing anyway
             log.warning("api.stream_failed", error=str(exc) or type(exc).__name__)
         await queue.put(None)
 
-    producer = asyncio.create_task(follow())
-    me = asyncio.current_task()
-    streams = request.app[STREAMS]
-    if me is not None:
-        streams.add(me)
-    try:
-        while True:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that lands as the queue yields, and shutdown would wait on this stream
-                async with asyncio.timeout(PING_EVERY):
-                    stored = await queue.get()
-            except TimeoutError:
-                await resp.write(b": ping\n\n")
-                continue
-            if stored is None:
-                break  # NATS went away: the client reconnects with ?after=
-            payload = json.dumps(event_json(stored), separators=(",", ":"))
-            await resp.write(f"id: {stored.seq}\nevent: {stored.event.type}\n"
-                             f"data: {payload}\n\n".encode())
-    except ConnectionError:
-        pass  # the client went away
-    finally:
-        if me is not None:
-            streams.discard(me)
-        producer.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
-    return resp
+    return await sse.serve(request, [follow])
 
 
 async def bundle(request: web.Request) -> web.Response:
@@ -227,11 +215,14 @@ async def sync(request: web.Request) -> web.Response:
                              status=202)
 
 
-def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
+def build_app(resources: Resources, projector: Projector) -> web.Application:
     app = web.Application(client_max_size=1 << 20)
-    app[BUS] = bus
+    app[RESOURCES] = resources
+    app[BUS] = resources.bus
     app[PROJECTOR] = projector
-    app[SETTINGS] = settings
+    app[SETTINGS] = resources.settings
+    app[STREAMS] = set()
+    app.on_shutdown.append(sse.close_streams)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/api/v1/environments", environments)
     app.router.add_get("/api/v1/environments/{name}", environment)
@@ -241,24 +232,23 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Ap
     app.router.add_post("/api/v1/refresh", refresh)
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
-    from services.api import routes_dashboard, routes_history, routes_releases, routes_webhooks
-
     for module in (routes_history, routes_dashboard, routes_webhooks, routes_releases):
         module.add_routes(app)
     return app
 
 
 class ApiService:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
-        self.projector = Projector(bus)
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
+        self.projector = Projector(self.bus)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> None:
         await self.projector.start()
-        app = build_app(self.bus, self.projector, self.settings)
+        app = build_app(self.resources, self.projector)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         host, _, port = self.settings.listen.rpartition(":")

@@ -27,7 +27,7 @@ from orchestrator import subjects
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps, Result
-from services.api.app import BUS, SETTINGS, control
+from services.api.context import RESOURCES, control
 
 BAD_INPUT = frozenset({"InvalidRelease", "InvalidConfig"})
 REFUSED = frozenset({"BranchProtected", "RollbackRefused", "PromotionRefused", "Refused"})
@@ -63,7 +63,7 @@ async def _run(request: web.Request,
     if not isinstance(body, dict):
         return _error(400, "the body must be a JSON object")
     try:
-        gitops = GitOps(request.app[BUS], request.app[SETTINGS], forge=ForgeSettings.from_env(),
+        gitops = GitOps(request.app[RESOURCES], forge=ForgeSettings.from_env(),
                         source="conveyor/api")
         result = await action(gitops, env, body)
     except ConveyorError as exc:

@@ -15,16 +15,17 @@ from typing import Any
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, Target
+from orchestrator.ports import ApplyRequest, ApplyResult, Target
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from orchestrator.settings import Settings
 from orchestrator.targets.git.target import git_target_for
+from orchestrator.targets.kube.health import health_event
+from orchestrator.targets.kube.target import kube_target
 from services.applier.drift import DriftLoop
 
 log = structlog.get_logger(__name__)
@@ -34,9 +35,10 @@ PASS_ON = ("revision", "short", "message", "author", "committed_at", "branch", "
 
 
 class Applier:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
         self._consumer: Consumer | None = None
         self._drift: DriftLoop | None = None
 
@@ -44,33 +46,36 @@ class Applier:
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
-            filters=subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
+            filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
+                     *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
             concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq)))
         await self._consumer.start()
-        self._drift = DriftLoop(self.bus, self.settings)
+        self._drift = DriftLoop(self.resources)
         await self._drift.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
         if self._drift is not None:
-            await self._drift.stop()   # after the consumer: it also closes the kube clients
+            await self._drift.stop()   # after the consumer; Resources.close closes the clients
 
     def target_for(self, env: dict[str, Any], data: dict[str, Any]) -> Target:
         if "git" in (env.get("target") or {}):  # credentials stay ${VAR} references here
             return git_target_for(env["name"], env["target"]["git"] or {}, data,
                                   data_dir=self.settings.data_dir,
-                                  primary_repo=self.settings.repo)
+                                  primary_repo=self.settings.repo,
+                                  locks=self.resources.git_locks)
         target = expand_all(env.get("target") or {})
         if "kubernetes" in target:
-            from orchestrator.targets.kube.target import kube_target
-
-            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {})
+            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {},
+                               self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
+        if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
+            return []
         return [self._superseded(older.event, newest.event.correlationid)]
 
     def _superseded(self, event: Event, by: str) -> Event:
@@ -79,6 +84,8 @@ class Applier:
                                       data={**_pass_on(event), "superseded_by": by}))
 
     async def handle(self, delivery: Delivery) -> Outcome:
+        if delivery.event.type == ev.ENV_REMOVED:
+            return await self.remove(delivery)
         event = delivery.event
         data = event.data
         env = data["env"]
@@ -112,10 +119,8 @@ class Applier:
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
-            details: dict[str, Any] = getattr(exc, "details", None) or {}
             return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
-                                       reason=exc.reason, **details),
-                         *_health(event, details)])
+                                       reason=exc.reason)])
         except TransientError as exc:
             attempt = delivery.attempt
             if attempt > policy.limit:
@@ -127,11 +132,44 @@ class Applier:
                                  data={**_pass_on(event), "error": str(exc), "attempt": attempt,
                                        "delay": delay})
             return Retry(delay, reason=str(exc), emit=[retrying])
+        if result.failure is not None:  # an unhealthy rollout: an outcome, not an error
+            log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
+                      reason=result.failure, error=result.summary)
+            return Fail([self._outcome(ev.APPLY_FAILED, event, target, started,
+                                       error=result.summary, reason=result.failure,
+                                       **result.details), *_health(event, result)])
         kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
                  outcome=kind.rsplit(".", 1)[1], summary=result.summary)
         return Ack([self._outcome(kind, event, target, started, summary=result.summary,
-                                  **result.details), *_health(event, result.details)])
+                                  **result.details), *_health(event, result)])
+
+    async def remove(self, delivery: Delivery) -> Outcome:
+        """An environment left conveyor.yaml (or its generator stopped making it). ``prune``
+        applies the empty bundle: a Git target gets a commit that removes every manifest (its
+        history stays), a cluster has every object of the environment's inventory deleted.
+        ``orphan`` (the default) leaves the target untouched, as Argo CD's non-cascading delete
+        does. Who triggers it: a committer, by removing the environment from the repository."""
+        event = delivery.event
+        data = event.data
+        if data.get("onRemove") != "prune":
+            return Ack([])
+        env = data["env"]
+        started = time.monotonic()
+        try:
+            target = self.target_for(env, data)
+            result = await target.apply(ApplyRequest(
+                env=event.subject, revision=event.correlationid, digest=EMPTY_DIGEST,
+                objects=[], origin_seq=delivery.seq, cause="remove",
+                message=f"environment {event.subject} removed from conveyor.yaml"))
+        except (PermanentError, ConfigError) as exc:
+            return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
+                                       reason=exc.reason)])
+        except TransientError as exc:
+            return Retry(exc.delay if exc.delay is not None else 5.0, reason=str(exc))
+        return Ack([self._outcome(ev.ENV_PRUNED, event, target, started,
+                                  summary=result.summary or "target cleared",
+                                  generator=data.get("generator", ""))])
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
@@ -144,13 +182,12 @@ class Applier:
         return _one_outcome(outcome) if kind in OUTCOMES else outcome
 
 
-def _health(event: Event, details: dict[str, Any]) -> list[Event]:
+def _health(event: Event, result: ApplyResult) -> list[Event]:
     """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
-    from orchestrator.targets.kube.health import health_event
-
-    return [health_event(event, details["health"], SOURCE)] if "health" in details else []
+    return [health_event(event, result.health, SOURCE)] if result.health is not None else []
 
 
+EMPTY_DIGEST = digest_of(encode_bundle([]))
 OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
                       ev.APPLY_SUPERSEDED})
 

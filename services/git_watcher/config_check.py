@@ -12,6 +12,9 @@ from __future__ import annotations
 from orchestrator.domain.config import CONFIG_FILE, Config
 from orchestrator.domain.yamlpos import load_one
 from orchestrator.errors import ConfigError, ConveyorError
+from orchestrator.notify import parse_routes
+from orchestrator.rendering.settings import SettingsError, parse_settings
+from orchestrator.targets.kube.settings import kube_settings
 
 
 def _line(text: str, *path: str) -> int | None:
@@ -24,19 +27,16 @@ def _line(text: str, *path: str) -> int | None:
 
 def check_config(config: Config) -> None:
     """Raise ConfigError (file, line, field) for the first invalid setting found."""
-    from orchestrator.notify import parse_routes
-    from orchestrator.rendering.settings import parse_settings
-
     for name, env in config.environments.items():
         try:
             parse_settings(env.render)
         except ConveyorError as exc:
+            where = ("environments", name, "render",
+                     *(exc.path if isinstance(exc, SettingsError) else ()))
             raise ConfigError(exc.message, file=CONFIG_FILE,
-                              line=_line(config.text, "environments", name, "render"),
-                              field=f"environments.{name}.render") from None
+                              line=_line(config.text, *where) or _line(config.text, *where[:3]),
+                              field=".".join(where)) from None
         if env.target_kind == "kubernetes" and "${" not in str(env.target) + str(env.sync):
-            from orchestrator.targets.kube.settings import kube_settings
-
             try:
                 kube_settings(name, env.target.get("kubernetes"), env.sync)
             except ConveyorError as exc:

@@ -17,15 +17,15 @@ from typing import Any
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import new_event
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.rendering import render
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from orchestrator.settings import Settings
 from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)
@@ -41,7 +41,8 @@ class Snapshots:
         self._ready: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)  # rendered repositories may hold what other local users must not read
 
     async def get(self, repo_path: str, sha: str) -> Path:
         lock = self._locks.setdefault(sha, asyncio.Lock())
@@ -51,7 +52,7 @@ class Snapshots:
                 return self._ready[sha]
             dest = self.root / sha
             shutil.rmtree(dest, ignore_errors=True)
-            await asyncio.to_thread(git_local.export_tree, repo_path, sha, dest)
+            await asyncio.to_thread(git_tree.export_tree, repo_path, sha, dest)
             self._ready[sha] = dest
             while len(self._ready) > SNAPSHOTS_KEPT:
                 old_sha, old = self._ready.popitem(last=False)
@@ -61,15 +62,16 @@ class Snapshots:
 
 
 class Renderer:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = settings = resources.settings
         self.snapshots = Snapshots(settings.data_dir / "snapshots")
         self._consumer: Consumer | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return Checkout.for_event(data, self.settings.data_dir)
+        return self.resources.mirrors.for_event(data, self.settings.data_dir)
 
     async def start(self) -> None:
         envs = self.settings.envs
@@ -85,8 +87,6 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
-        from orchestrator.rendering import render
-
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]
@@ -108,7 +108,8 @@ class Renderer:
                                                            "render_key": key,
                                                            "duration_ms": ms})])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings)
+            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
+                                             tools=self.settings.render_tools)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
@@ -136,7 +137,8 @@ class Renderer:
     async def _key(self, repo_path: str, sha: str, env_path: str,
                    settings: dict[str, Any]) -> str | None:
         try:
-            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings)
+            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings,
+                                             self.settings.render_tools)
         except Exception as exc:  # no key, no cache: the render itself will report problems
             log.info("render.no_cache_key", error=str(exc))
             return None

@@ -23,8 +23,8 @@ Credentials are the source's (unexpanded ``${VAR}`` references or file paths, ex
 each transfer by ``git_remote``), or ``target.git.credentials`` in conveyor.yaml (same keys
 as a source's); errors are translated like a fetch's and never carry a secret.
 
-Every method here blocks: call it in a worker thread. A per-mirror lock serialises this
-process's transfers of one mirror; libgit2 objects never cross threads.
+Every method here blocks: call it in a worker thread. A per-mirror lock (from the Conveyor's
+``PathLocks``) serialises its transfers of one mirror; libgit2 objects never cross threads.
 """
 
 from __future__ import annotations
@@ -109,13 +109,16 @@ def target_credentials(git: Mapping[str, Any], repo: str, data: Mapping[str, Any
     return {}
 
 
-_LOCKS: dict[str, threading.Lock] = {}
-_LOCKS_GUARD = threading.Lock()
+class PathLocks:
+    """One thread lock per working-mirror path, for one Conveyor's worker threads."""
 
+    def __init__(self) -> None:
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
 
-def _lock_for(path: Path) -> threading.Lock:
-    with _LOCKS_GUARD:
-        return _LOCKS.setdefault(str(path), threading.Lock())
+    def lock_for(self, path: Path) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(str(path), threading.Lock())
 
 
 # ``update``'s edit: (mirror path, fetched head) -> (tree, message), or None for no change
@@ -138,8 +141,9 @@ class PushMirror:
     def __init__(self, url: str, branch: str, data_dir: Path, *,
                  credentials: Mapping[str, Any] | None = None, author: Author | None = None,
                  connect_timeout: float = 10.0, timeout: float = 60.0,
-                 max_attempts: int = MAX_ATTEMPTS, kind: str = "git target",
-                 folder: str = "targets", credentials_hint: str | None = None) -> None:
+                 max_attempts: int = MAX_ATTEMPTS, locks: PathLocks | None = None,
+                 kind: str = "git target", folder: str = "targets",
+                 credentials_hint: str | None = None) -> None:
         self.where = f"{kind} {branch}"
         try:
             self.url: GitUrl = parse(url)
@@ -163,6 +167,8 @@ class PushMirror:
         self.max_attempts = max_attempts
         digest = hashlib.sha256(f"{self.url.key()}\n{branch}".encode()).hexdigest()[:16]
         self.path = Path(data_dir) / folder / f"{digest}.git"
+        # the Conveyor's locks (Resources.git_locks); a lone mirror gets its own
+        self._lock = (locks or PathLocks()).lock_for(self.path)
 
     @property
     def display_url(self) -> str:
@@ -172,7 +178,7 @@ class PushMirror:
 
     def fetch_state(self) -> git_local.BranchState:
         """The remote branch as it is now (fetched): head, tree and Conveyor trailers."""
-        with _lock_for(self.path):
+        with self._lock:
             self._fetch()
             return git_local.branch_state(self.path, self.branch)
 
@@ -182,7 +188,7 @@ class PushMirror:
 
         ``fetched`` True builds on the last ``fetch_state`` instead of fetching again.
         """
-        with _lock_for(self.path):
+        with self._lock:
             if not fetched:
                 self._fetch()
             last: ConflictError | None = None
@@ -223,7 +229,7 @@ class PushMirror:
         the branch did not move is ``PermanentError(reason="PushRejected")``.
         """
         dest = push_to or self.branch
-        with _lock_for(self.path):
+        with self._lock:
             if not fetched:
                 self._fetch()
             last: ConflictError | None = None

@@ -24,7 +24,7 @@ from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
 from orchestrator.domain.config import expand_all
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
-from orchestrator.targets.git.push import PushMirror, author_from, target_credentials
+from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, target_credentials
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")
@@ -132,7 +132,8 @@ class RemoteGitTarget:
 
 
 def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
-                   data_dir: Path, primary_repo: str = "") -> GitTarget | RemoteGitTarget:
+                   data_dir: Path, primary_repo: str = "",
+                   locks: PathLocks | None = None) -> GitTarget | RemoteGitTarget:
     """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
 
     ``git`` is the configuration as written: every field but ``credentials`` is expanded
@@ -147,5 +148,6 @@ def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
     mirror = PushMirror(repo, branch, data_dir,
                         credentials=target_credentials(git, repo, data,
                                                        primary_repo=primary_repo),
-                        author=author_from(expanded.get("author"), f"git target {branch}"))
+                        author=author_from(expanded.get("author"), f"git target {branch}"),
+                        locks=locks)
     return RemoteGitTarget(mirror)
