@@ -12,7 +12,7 @@ import pytest
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.errors import PermanentError, TransientError
-from orchestrator.gitops.forge import ForgeSettings
+from orchestrator.gitops.forge import ForgeSettings, repo_path
 from orchestrator.gitops.workflow import BranchProtected, GitOps
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
@@ -134,3 +134,8 @@ def test_forge_settings_from_the_operators_environment() -> None:
     with pytest.raises(PermanentError, match="needs CONVEYOR_FORGE_API_URL"):
         ForgeSettings.from_env({"CONVEYOR_FORGE": "gitea"})
     assert "token=" not in repr(github)
+    assert github is not None
+    assert repo_path(github, "https://github.com/team/web.git") == "team/web"
+    assert repo_path(github, "git@github.com:team/web.git") == "team/web"
+    with pytest.raises(PermanentError, match="CONVEYOR_FORGE_REPO"):
+        repo_path(github, "git://127.0.0.1/web.git")

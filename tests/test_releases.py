@@ -335,3 +335,22 @@ def test_rollback_restores_the_render_inputs_and_nothing_else(tmp_path: Path) ->
     assert git(up.bare, "show", f"{tree}:base/deploy.yaml") + "\n" == FILES["base/deploy.yaml"]
     assert git(up.bare, "show", f"{tree}:envs/prod/kustomization.yaml") == "resources: []"
     assert git(up.bare, "show", f"{tree}:conveyor.yaml").endswith("# reviewed")
+
+
+async def test_an_environment_of_another_source_is_released_in_that_repository(
+        bus: EventBus, daemon: GitDaemon, upstream: Upstream, tmp_path: Path) -> None:
+    """``source: apps``: the declaration lives in the apps repository, pushed with that
+    source's credentials (none here: git daemon), and conveyor.yaml's repository is untouched."""
+    apps = Upstream(upstream.root, "apps")
+    apps.push({"envs/web/kustomization.yaml": "resources: []\nimages:\n- name: web\n"
+                                              "  newTag: '1'\n"}, "apps")
+    config = CONFIG.replace("environments:\n", "environments:\n  web:\n    path: envs/web\n"
+                            "    source: apps\n") + \
+        f"sources:\n  apps:\n    url: {daemon.url(apps.name)}\n    branch: main\n"
+    upstream.push({"conveyor.yaml": config}, "add the apps source")
+    config_head = git(upstream.bare, "rev-parse", "main")
+    result = await gitops(bus, daemon, upstream, tmp_path / "data").release(
+        "web", ["web=web:2"])
+    assert result.commit == git(apps.bare, "rev-parse", "main")
+    assert "newTag: '2'" in show(apps.bare, "envs/web/kustomization.yaml")
+    assert git(upstream.bare, "rev-parse", "main") == config_head
