@@ -44,7 +44,7 @@ class Service(Protocol):
 
 def make_service(name: str, resources: Resources) -> Service:
     if name == "git-watcher":
-        return GitWatcher(resources)
+        return GitWatcher(resources, forge=ForgeSettings.from_env())
     if name == "renderer":
         return Renderer(resources)
     if name == "applier":

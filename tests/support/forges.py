@@ -52,6 +52,9 @@ class Opened:
     body: str
     sha: str
     state: str = "open"
+    labels: list[str] = field(default_factory=list)
+    updated_at: str = "2026-12-01T10:00:00Z"
+    fork: bool = False
 
 
 @dataclass
@@ -83,8 +86,10 @@ class ForgeServer:
             app.router.add_get("/repos/{owner}/{repo}/pulls", self._github_list)
         elif self.kind == "gitlab":
             app.router.add_post("/api/v4/projects/{id}/merge_requests", self._gitlab_create)
+            app.router.add_get("/api/v4/projects/{id}/merge_requests", self._gitlab_list)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
+            app.router.add_get("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_list)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self.port = free_port()
@@ -159,7 +164,19 @@ class ForgeServer:
         return {"id": 1000 + pr.number, "number": pr.number, "state": pr.state,
                 "title": pr.title, "body": pr.body, "url": api,
                 "html_url": f"https://github.example/{pr.repo}/pull/{pr.number}",
-                "head": {"ref": pr.head, "sha": pr.sha}, "base": {"ref": pr.base}}
+                "head": {"ref": pr.head, "sha": pr.sha,
+                         "repo": {"full_name": f"fork/{pr.repo}" if pr.fork else pr.repo}},
+                "base": {"ref": pr.base}, "labels": [{"name": n} for n in pr.labels],
+                "updated_at": pr.updated_at}
+
+    def _open_of(self, repo: str) -> list[Opened]:
+        return [p for p in self.pulls if p.repo == repo and p.state == "open"]
+
+    def _listing(self, request: web.Request) -> web.Response | None:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        return self._rate_limit()
 
     async def _github_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -200,18 +217,42 @@ class ForgeServer:
         return web.json_response(self._github_pr(pr), status=201)
 
     async def _github_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
         per_page = min(100, int(request.query.get("per_page", 30)))
         page = max(1, int(request.query.get("page", 1)))
-        mine = [p for p in self.pulls if p.repo == repo]
+        mine = [p for p in self.pulls if p.repo == repo
+                and request.query.get("state", "open") in (p.state, "all")]
         chunk = mine[(page - 1) * per_page: page * per_page]
         headers = {}
         if page * per_page < len(mine):
-            nxt = f"{self.url}/repos/{repo}/pulls?per_page={per_page}&page={page + 1}"
+            nxt = (f"{self.url}/repos/{repo}/pulls?state={request.query.get('state', 'open')}"
+                   f"&per_page={per_page}&page={page + 1}")
             headers["Link"] = f'<{nxt}>; rel="next"'
         return web.json_response([self._github_pr(p) for p in chunk], headers=headers)
 
     # ------------------------------------------------------------------ GitLab
+
+    async def _gitlab_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = urllib.parse.unquote(request.match_info["id"])
+        per_page = min(100, int(request.query.get("per_page", 20)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = self._open_of(repo) if request.query.get("state") == "opened" else \
+            [p for p in self.pulls if p.repo == repo]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Next-Page": str(page + 1) if page * per_page < len(mine) else "",
+                   "X-Page": str(page), "X-Per-Page": str(per_page), "X-Total": str(len(mine))}
+        return web.json_response([{
+            "id": 5000 + p.number, "iid": p.number, "state": "opened", "title": p.title,
+            "source_branch": p.head, "target_branch": p.base, "sha": p.sha,
+            "labels": p.labels, "updated_at": p.updated_at,
+            "source_project_id": 2 if p.fork else 1, "target_project_id": 1} for p in chunk],
+            headers=headers)
 
     async def _gitlab_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -248,6 +289,16 @@ class ForgeServer:
             status=201)
 
     # ------------------------------------------------------------------ Gitea / Forgejo
+
+    async def _gitea_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        limit = min(50, int(request.query.get("limit", 30)))
+        page = max(1, int(request.query.get("page", 1)))
+        chunk = self._open_of(repo)[(page - 1) * limit: page * limit]
+        return web.json_response([self._github_pr(p) for p in chunk])
 
     async def _gitea_create(self, request: web.Request) -> web.Response:
         self.requests += 1
