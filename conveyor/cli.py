@@ -111,6 +111,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         retention=_retention(args),
         replicas=getattr(args, "replicas", None),
         sync=getattr(args, "sync", None) or "always",
+        lease_ttl=float(getattr(args, "lease_ttl", 10.0)),
         render_tools=_render_tools(args),
         secrets=_secret_policy(args),
         allow_local_paths=tuple(str(Path(d).resolve()) for d in (
@@ -339,6 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", default=os.environ.get("CONVEYOR_DATA_DIR", ".conveyor"))
     run.add_argument("--listen", default="127.0.0.1:8080")
     run.add_argument("--interval", type=float, default=None)
+    run.add_argument("--lease-ttl", type=float,
+                     default=os.environ.get("CONVEYOR_LEASE_TTL") or "10",
+                     help="run applier --env E: replicas share a lease per environment, one "
+                          "acts; a dead holder's lease is taken over after this many seconds "
+                          "(0: no lease)")
     _retention_args(run)
     _concurrency_args(run)
     _operator_args(run)

@@ -44,6 +44,14 @@ class ConflictError(TransientError):
         super().__init__(message, reason=reason, delay=0.0)
 
 
+class FencedError(TransientError):
+    """A write by a lease holder that has been succeeded by another: refused, never retried by
+    this holder (it stops acting when it sees the lease lost)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, reason="Fenced", delay=5.0)
+
+
 class ConfigError(PermanentError):
     """conveyor.yaml is unreadable or invalid; ``location`` is ``file:line`` when known."""
 

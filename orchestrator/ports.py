@@ -19,6 +19,7 @@ class ApplyRequest:
     message: str = ""  # commit subject, for the target's own records
     cause: str = ""  # "commit" or "drift"
     epoch: str = ""  # the event log's epoch (nats_schema): recorded with the target's state
+    fence: int = 0  # the applier's lease token (nats_lease); 0: no lease
 
 
 @dataclass(frozen=True, slots=True)

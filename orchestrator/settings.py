@@ -23,6 +23,7 @@ class Settings:
     api_token: str | None = field(default=None, repr=False)
     retention: Retention | None = None  # None: keep the stream's retention as it is
     sync: str = "always"  # the embedded server's fsync policy: always | interval
+    lease_ttl: float = 10.0  # an environment's applier lease (nats_lease); 0: no lease
     replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach

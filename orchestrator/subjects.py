@@ -17,6 +17,7 @@ ALL_EVENTS: Final = f"{PREFIX}.>"
 STATE_BUCKET: Final = "conveyor-state"
 DELIVERY_BUCKET: Final = "conveyor-deliveries"
 BUNDLE_BUCKET: Final = "conveyor-bundles"
+LEASE_BUCKET: Final = "conveyor-leases"  # one active applier per environment (nats_lease)
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 

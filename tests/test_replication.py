@@ -21,7 +21,8 @@ from orchestrator.errors import PermanentError
 from tests.support.cluster import NatsCluster
 
 STREAMS = (subjects.STREAM, kv_stream(subjects.STATE_BUCKET),
-           kv_stream(subjects.DELIVERY_BUCKET), obj_stream(subjects.BUNDLE_BUCKET))
+           kv_stream(subjects.DELIVERY_BUCKET), kv_stream(subjects.LEASE_BUCKET),
+           obj_stream(subjects.BUNDLE_BUCKET))
 
 
 @pytest.fixture

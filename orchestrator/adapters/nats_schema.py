@@ -42,7 +42,7 @@ log = structlog.get_logger(__name__)
 EPOCH_KEY = "conveyor_epoch"
 # Publishes must finish inside the duplicate window for the server to drop a retried one.
 DUPLICATE_WINDOW = 30 * 60.0
-KV_BUCKETS = (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET)
+KV_BUCKETS = (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET, subjects.LEASE_BUCKET)
 ERR_STREAM_EXISTS = 10058  # "stream name already in use with a different configuration"
 
 

@@ -12,18 +12,24 @@ renders wait only the newest is applied: the others are superseded.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import socket
 import time
 from dataclasses import replace
+from secrets import token_hex
 from typing import Any
 
 import structlog
 
 from orchestrator import subjects
+from orchestrator.adapters.nats_lease import Lease
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event, outcome_id
-from orchestrator.errors import ConfigError, PermanentError, TransientError
+from orchestrator.errors import ConfigError, FencedError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -46,6 +52,9 @@ class Applier:
         self.settings = resources.settings
         self._consumer: Consumer | None = None
         self._drift: DriftLoop | None = None
+        self._lease: Lease | None = None
+        self._leading: asyncio.Task[None] | None = None
+        self.fence = 0  # the lease's fencing token while this applier acts under one
 
     def consumer_spec(self) -> ConsumerSpec:
         envs = self.settings.envs
@@ -58,16 +67,47 @@ class Applier:
             one_outcome=True)
 
     async def start(self) -> None:
+        spec = self.consumer_spec()
+        if self.settings.lease_ttl > 0 and self.settings.envs:
+            # an environment's appliers may run as several replicas: one acts, the others wait
+            self._lease = Lease(self.bus, key=f"applier.{spec.durable}",
+                                holder=f"{socket.gethostname()}:{os.getpid()}:{token_hex(3)}",
+                                ttl=self.settings.lease_ttl)
+            self._leading = asyncio.create_task(self._lead(), name=f"lead:{spec.durable}")
+            return
+        await self._act()
+
+    async def _act(self) -> None:
         self._consumer = Consumer(self.bus, self.consumer_spec())
         await self._consumer.start()
         self._drift = DriftLoop(self.resources)
         await self._drift.start()
 
-    async def stop(self) -> None:
+    async def _lead(self) -> None:
+        assert self._lease is not None
+        while True:
+            self.fence = await self._lease.acquire()
+            await self._act()
+            await self._lease.lost.wait()  # a successor took over: stop acting at once
+            self.fence = 0
+            await self._idle()
+
+    async def _idle(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
         if self._drift is not None:
             await self._drift.stop()   # after the consumer; Resources.close closes the clients
+            self._drift = None
+
+    async def stop(self) -> None:
+        if self._leading is not None:
+            self._leading.cancel()
+            with contextlib.suppress(BaseException):
+                await self._leading
+        await self._idle()
+        if self._lease is not None:
+            await self._lease.release()  # the standby takes over now, not after the ttl
 
     def target_for(self, env: dict[str, Any], data: dict[str, Any]) -> Target:
         if "git" in (env.get("target") or {}):  # credentials stay ${VAR} references here
@@ -102,7 +142,7 @@ class Applier:
             env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
             objects=(), origin_seq=int(data.get("origin_seq") or 0),
             message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
-            epoch=self.bus.epoch)
+            epoch=self.bus.epoch, fence=self.fence)
 
     async def _applied_before(self, event: Event) -> bool:
         try:
@@ -165,6 +205,9 @@ class Applier:
                 data={**_pass_on(event), "target": target.description,
                       "attempt": delivery.attempt}))
             result = await target.apply(replace(request, objects=decode_bundle(payload)))
+        except FencedError as exc:  # a successor holds the lease: leave the render to it
+            log.warning("apply.fenced", env=event.subject, error=str(exc))
+            return Retry(exc.delay or 5.0, reason=str(exc))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))

@@ -194,10 +194,12 @@ class PushMirror:
             return git_local.branch_state(self.path, self.branch)
 
     def publish(self, files: Mapping[str, bytes], message: str, *,
-                fetched: bool = False) -> Published:
+                fetched: bool = False,
+                check: Callable[[git_local.BranchState], None] | None = None) -> Published:
         """Make the remote branch hold ``files``: commit on the remote head and push.
 
-        ``fetched`` True builds on the last ``fetch_state`` instead of fetching again.
+        ``fetched`` True builds on the last ``fetch_state`` instead of fetching again;
+        ``check`` may refuse the head each attempt builds on (the lease fence) by raising.
         """
         with self._lock:
             if not fetched:
@@ -205,6 +207,8 @@ class PushMirror:
             last: ConflictError | None = None
             for attempt in range(1, self.max_attempts + 1):
                 state = git_local.branch_state(self.path, self.branch)
+                if check is not None:
+                    check(state)
                 tree = git_local.build_tree(self.path, files)
                 if tree == state.tree:
                     return Published(False, state.head, state.head, attempt)

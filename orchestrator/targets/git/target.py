@@ -23,6 +23,7 @@ import yaml
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
+from orchestrator.errors import FencedError
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 from orchestrator.secrets import SecretScope
 from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, credentials_and_owner
@@ -64,7 +65,16 @@ def commit_message(request: ApplyRequest) -> str:
             f"Conveyor-Environment: {request.env}\nConveyor-Source-Commit: {request.revision}\n"
             f"Conveyor-Digest: {request.digest}\nConveyor-Seq: {request.origin_seq}\n"
             f"Conveyor-Cause: {request.cause or 'commit'}\n"
-            + (f"Conveyor-Log-Epoch: {request.epoch}\n" if request.epoch else ""))
+            + (f"Conveyor-Log-Epoch: {request.epoch}\n" if request.epoch else "")
+            + (f"Conveyor-Lease: {request.fence}\n" if request.fence else ""))
+
+
+def check_fence(request: ApplyRequest, state: git_local.BranchState, where: str) -> None:
+    """Refuse a write by a lease holder older than the one that wrote the head."""
+    held = state.trailers.get("Lease") or ""
+    if request.fence and held.isdigit() and int(held) > request.fence:
+        raise FencedError(f"{where} was written under lease {held}; this applier holds "
+                          f"{request.fence}, an older one: it lost the lease and must not write")
 
 
 def applied_trailers(request: ApplyRequest) -> dict[str, str]:
@@ -103,6 +113,7 @@ class GitTarget:
 
     def _apply(self, request: ApplyRequest) -> ApplyResult:
         state = git_local.branch_state(self.repo_path, self.branch)
+        check_fence(request, state, self.branch)
         tree = git_local.build_tree(self.repo_path, files_for(request.objects))
         if tree == state.tree:
             return ApplyResult(False, f"{self.branch} already holds these manifests",
@@ -140,8 +151,9 @@ class RemoteGitTarget:
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         files = files_for(request.objects)
-        done = await asyncio.to_thread(self.mirror.publish, files, commit_message(request),
-                                       fetched=self._fetched)
+        done = await asyncio.to_thread(
+            self.mirror.publish, files, commit_message(request), fetched=self._fetched,
+            check=lambda state: check_fence(request, state, self.description))
         self._fetched = True
         where = f"{self.branch} of {self.mirror.display_url}"
         details = {"commit": done.commit, "branch": self.branch,
