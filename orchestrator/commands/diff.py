@@ -27,7 +27,7 @@ import nats
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.adapters.nats_bus import EventBus, redact, server_list
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.diff import summarise
@@ -51,10 +51,11 @@ async def from_nats(url: str, env: str) -> Desired:
     # Not EventBus.connect: that reconciles the stream's config (its retention) with defaults,
     # which a read-only command must never do. The bundle is read from the store directly.
     try:
-        nc = await nats.connect(url, name="conveyor-diff", connect_timeout=5,
-                                max_reconnect_attempts=3)
+        nc = await nats.connect(servers=server_list(url), name="conveyor-diff",
+                                connect_timeout=5, max_reconnect_attempts=3)
     except Exception as exc:
-        raise PermanentError(f"cannot connect to NATS at {url}: {exc}",
+        shown = ", ".join(map(redact, server_list(url)))
+        raise PermanentError(f"cannot connect to NATS at {shown}: {exc}",
                              reason="Unreachable") from None
     try:
         bus = EventBus(nc, nc.jetstream(timeout=10))

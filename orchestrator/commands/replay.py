@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.adapters.nats_bus import EventBus, server_list
 from orchestrator.commands.client import _fail_unreachable, _headers
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
@@ -272,7 +272,7 @@ async def _direct(url: str) -> dict[str, Any]:
     async def quiet(exc: Exception) -> None:  # the failure is reported once, by the caller
         return None
 
-    nc = await nats.connect(url, name="conveyor-replay", connect_timeout=5,
+    nc = await nats.connect(servers=server_list(url), name="conveyor-replay", connect_timeout=5,
                             allow_reconnect=False, error_cb=quiet)
     try:
         bus = EventBus(nc, nc.jetstream(timeout=30))
