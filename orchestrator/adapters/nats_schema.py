@@ -94,7 +94,7 @@ def event_stream_config(schema: Schema, epoch: str) -> jsapi.StreamConfig:
 
 
 async def reconcile(js: JetStreamContext, schema: Schema) -> Reconciled:
-    """Bring the stream, both buckets and the object store to ``schema``; the log's epoch."""
+    """Bring the stream, the KV buckets and the object store to ``schema``; the log's epoch."""
     replicas = schema.replicas
     stream = await _reconcile_stream(js, subjects.STREAM, schema,
                                      create=partial(_create_events, js, schema))
