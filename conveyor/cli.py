@@ -93,8 +93,14 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         interval=getattr(args, "interval", None),
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
+        read_token=getattr(args, "read_token", None) or Settings.read_token_from_env(),
+        allowed_hosts=_hosts(getattr(args, "allowed_hosts", "") or ""),
         retention=_retention(args),
     )
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -183,7 +189,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from orchestrator.commands.diff import diff_command
 
     return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
-                                    token=Settings.api_token_from_env()))
+                                    token=Settings.api_token_from_env()
+                                    or Settings.read_token_from_env()))
 
 
 def _client_cmd(name: str):  # type: ignore[no-untyped-def]
@@ -241,6 +248,16 @@ def _concurrency_args(parser: argparse.ArgumentParser) -> None:
                         help="environments rendered at once (default 4)")
 
 
+def _api_args(parser: argparse.ArgumentParser) -> None:
+    """Who may reach the api: the read-only token and the Host names it answers to."""
+    parser.add_argument("--read-token", default=None,
+                        help="token of the read-only role (default $CONVEYOR_READ_TOKEN; the "
+                             "variable is better: a flag shows in `ps`)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("CONVEYOR_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host names the api answers to besides loopback "
+                             "and the --listen address (.example.com: any subdomain; *: any)")
+
+
 def _retention_args(parser: argparse.ArgumentParser) -> None:
     """The event log's retention: the same values for every process that connects."""
     parser.add_argument("--retention-age", type=_age,
@@ -269,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
     _retention_args(up)
     _concurrency_args(up)
+    _api_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -282,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=None)
     _retention_args(run)
     _concurrency_args(run)
+    _api_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")

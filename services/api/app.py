@@ -1,15 +1,14 @@
 """api: webhook receiver, query API, live event stream and dashboard (aiohttp).
 
-Read endpoints are open; control endpoints (refresh, retry, sync) need
-``Authorization: Bearer $CONVEYOR_API_TOKEN`` whenever a token is configured (and ``up`` refuses
-to listen off loopback without one). Tokens are compared in constant time.
+Who may call what is services.api.auth: with a token configured every read needs the read or
+operator token, and control endpoints (refresh, retry, sync, replay) the operator token
+(``up`` refuses to listen off loopback without one).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -24,6 +23,7 @@ from orchestrator.domain.events import new_event
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.settings import Settings
+from services.api import auth
 
 log = structlog.get_logger(__name__)
 
@@ -35,20 +35,13 @@ MAX_EVENTS = 10_000
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _authorised(request: web.Request) -> bool:
-    token = request.app[SETTINGS].api_token
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 def control(handler: Handler) -> Handler:
+    """Only the operator role may call this handler (services.api.auth)."""
+
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        if not _authorised(request):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+        refused = auth.require(request, request.app[SETTINGS], auth.Role.OPERATOR)
+        if refused is not None:
+            return refused
         return await handler(request)
 
     return wrapped
@@ -228,7 +221,7 @@ async def sync(request: web.Request) -> web.Response:
 
 
 def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
+    app = web.Application(client_max_size=1 << 20, middlewares=[auth.middleware(settings)])
     app[BUS] = bus
     app[PROJECTOR] = projector
     app[SETTINGS] = settings
