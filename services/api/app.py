@@ -20,6 +20,7 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
+from orchestrator.domain.masking import mask_bundle
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.settings import Settings
@@ -186,14 +187,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def bundle(request: web.Request) -> web.Response:
-    """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`."""
+    """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`, with every
+    Secret's values masked (orchestrator.domain.masking)."""
     digest = request.match_info["digest"]
     if not digest.startswith("sha256:") or len(digest) != 71:
         return web.json_response({"error": "expected a digest sha256:<64 hex>"}, status=400)
     payload = await request.app[BUS].get_bundle(digest)
     if payload is None:
         return web.json_response({"error": "no such bundle"}, status=404)
-    return web.Response(body=payload, content_type="application/json")
+    try:
+        masked = mask_bundle(payload)  # Secret values never leave through the api
+    except ValueError:
+        return web.json_response({"error": "the stored object is not a bundle"}, status=422)
+    return web.Response(body=masked, content_type="application/json")
 
 
 @control

@@ -56,11 +56,13 @@ def applied(sha: str, envs: frozenset[str] = frozenset({"dev", "prod"})):  # typ
     return check
 
 
-async def deploys_next_commit(conveyor: Conveyor, repo: Repo, bus: EventBus) -> str:
-    """Commit a new good revision, poll, and wait until both environments applied it."""
-    sha = repo.commit(demo_files(tag=f"1.{uuid.uuid4().hex[:8]}"), "the next good commit")
+async def deploys_next_commit(conveyor: Conveyor, repo: Repo, bus: EventBus,
+                              files: dict[str, str] | None = None,
+                              envs: frozenset[str] = frozenset({"dev", "prod"})) -> str:
+    """Commit a new good revision, poll, and wait until every environment applied it."""
+    sha = repo.commit(files or demo_files(tag=f"1.{uuid.uuid4().hex[:8]}"), "the next good commit")
     watcher = conveyor.service("git-watcher")
     assert isinstance(watcher, GitWatcher)
     await watcher.poll()
-    await wait_for_events(bus, applied(sha))
+    await wait_for_events(bus, applied(sha, envs))
     return sha
