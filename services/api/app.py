@@ -24,7 +24,7 @@ from orchestrator.domain.masking import mask_bundle
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.settings import Settings
-from services.api import auth
+from services.api import auth, browser
 
 log = structlog.get_logger(__name__)
 
@@ -227,7 +227,12 @@ async def sync(request: web.Request) -> web.Response:
 
 
 def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
-    app = web.Application(client_max_size=1 << 20, middlewares=[auth.middleware(settings)])
+    # outermost first: the Host is checked before anything else, cross-site writes are refused
+    # even on a tokenless instance, and only then does the token decide
+    app = web.Application(client_max_size=1 << 20, middlewares=[
+        browser.host_middleware(settings), browser.same_origin_writes,
+        auth.middleware(settings)])
+    browser.install(app)
     app[BUS] = bus
     app[PROJECTOR] = projector
     app[SETTINGS] = settings

@@ -32,6 +32,7 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
 from services.api.app import BUS, PROJECTOR, event_json
+from services.api.browser import DASHBOARD_CSP
 
 log = structlog.get_logger(__name__)
 
@@ -42,9 +43,6 @@ PING_EVERY: Final = 15.0
 PENDING_TIMEOUT: Final = 2.0
 QUEUE_SIZE: Final = 256
 
-CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
 StreamTasks = set[asyncio.Task[Any]]
 STREAMS: Final[web.AppKey[StreamTasks]] = web.AppKey("dashboard_streams")
 
@@ -53,7 +51,7 @@ Item = tuple[str, StoredEvent | EnvState | None]
 
 async def index(_: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={
-        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
 
