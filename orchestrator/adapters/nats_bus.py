@@ -35,6 +35,7 @@ from tenacity import (
 )
 
 from orchestrator import metrics, subjects
+from orchestrator.adapters.nats_auth import redacted
 from orchestrator.domain.events import Event
 from orchestrator.errors import ConflictError, TransientError
 
@@ -97,7 +98,7 @@ class EventBus:
                 disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
             )
         except Exception as exc:
-            raise TransientError(f"cannot connect to NATS at {url}: {exc}",
+            raise TransientError(f"cannot connect to NATS at {redacted(url)}: {exc}",
                                  reason="NatsUnreachable") from exc
         bus = cls(nc, nc.jetstream(timeout=10))
         bus._closing = closing
