@@ -106,7 +106,8 @@ class Conveyor:
             url = await self.embedded.start()
             settings = self.settings = replace(settings, nats_url=url)
         self.bus = await EventBus.connect(settings.nats_url, name="conveyor-" + "-".join(
-            self.names if len(self.names) == 1 else ("up",)), retention=settings.retention)
+            self.names if len(self.names) == 1 else ("up",)), retention=settings.retention,
+            tls_ca=settings.nats_ca)
         # consumers first, producers last: nothing is published before someone listens
         order = [n for n in ("api", "notifier", "applier", "renderer", "git-watcher")
                  if n in self.names]

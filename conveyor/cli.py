@@ -7,13 +7,15 @@ import asyncio
 import ipaddress
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from conveyor.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
 from orchestrator import logging as clog
+from orchestrator.adapters.nats_auth import with_credentials
 from orchestrator.adapters.nats_bus import Retention
 from orchestrator.errors import ConveyorError
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, token_from
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -84,7 +86,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
     if repo and not _is_url(repo):
         repo = str(Path(repo).resolve())
     return Settings(
-        nats_url=getattr(args, "nats", "") or "",
+        nats_url=nats_url(getattr(args, "nats", "") or ""),
+        nats_ca=os.environ.get("CONVEYOR_NATS_CA", "").strip(),
         data_dir=Path(args.data_dir).resolve(),
         repo=repo,
         branch=getattr(args, "branch", "") or os.environ.get("CONVEYOR_BRANCH", ""),
@@ -97,6 +100,17 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         allowed_hosts=_hosts(getattr(args, "allowed_hosts", "") or ""),
         retention=_retention(args),
     )
+
+
+def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """``--nats URL`` with this service's bus credentials (``CONVEYOR_NATS_USER`` and
+    ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them) unless the URL carries its own."""
+    env = os.environ if environ is None else environ
+    user = env.get("CONVEYOR_NATS_USER", "").strip()
+    password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
+    if not url or not user or not password or "@" in url.partition("://")[2].partition("/")[0]:
+        return url
+    return with_credentials(url, user, password)
 
 
 def _hosts(text: str) -> tuple[str, ...]:

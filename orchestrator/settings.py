@@ -19,7 +19,7 @@ def token_from(value: str | None) -> str | None:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    nats_url: str
+    nats_url: str = field(repr=False)  # may carry the bus credentials (user:password@)
     data_dir: Path
     repo: str = ""  # path or URL of the repository holding conveyor.yaml
     branch: str = ""  # "" = the repository's default branch
@@ -31,6 +31,7 @@ class Settings:
     # Host header names the api answers to besides loopback names and the bind address
     # ("*" = any; ".example.com" = the domain and every subdomain): DNS-rebinding protection
     allowed_hosts: tuple[str, ...] = ()
+    nats_ca: str = ""  # CA file that signs the NATS servers' certificates: connect with TLS
     retention: Retention | None = None  # None: keep the stream's retention as it is
     render_concurrency: int = 4
 

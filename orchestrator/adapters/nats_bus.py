@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -78,7 +79,9 @@ class EventBus:
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
-                      retention: Retention | None = None) -> EventBus:
+                      retention: Retention | None = None, tls_ca: str = "") -> EventBus:
+        """``url`` may carry ``user:password@``; ``tls_ca`` (a CA file) turns on TLS that
+        verifies the server against it."""
         async def on_error(exc: Exception) -> None:
             log.warning("nats.error", error=str(exc))
 
@@ -96,6 +99,7 @@ class EventBus:
                 url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
                 connect_timeout=5, allow_reconnect=True, error_cb=on_error,
                 disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
+                **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
             )
         except Exception as exc:
             raise TransientError(f"cannot connect to NATS at {redacted(url)}: {exc}",

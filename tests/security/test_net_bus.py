@@ -4,8 +4,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import ssl
 import stat
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import nats
@@ -104,3 +108,71 @@ def test_messages_never_show_the_password() -> None:
     assert nats_auth.redacted(url) == "nats://***@127.0.0.1:4222"
     assert nats_auth.redacted("nats://127.0.0.1:4222") == "nats://127.0.0.1:4222"
     assert "p@ss" not in repr(nats_auth.BusCredentials("conveyor", "p@ss"))
+
+
+# -- k8s/base: the same attack against the cluster's NATS config --------------------------------
+
+@contextlib.asynccontextmanager
+async def k8s_nats(tmp_path: Path) -> AsyncIterator[tuple[str, ssl.SSLContext]]:
+    """k8s/base's nats.conf on a real nats-server (standalone), with a throwaway certificate."""
+    from orchestrator.adapters.embedded_nats import free_port, nats_server_binary
+    from tests.test_k8s_manifests import runnable_nats_config
+
+    port = free_port()
+    conf, env = runnable_nats_config(tmp_path, port=port)
+    proc = await asyncio.create_subprocess_exec(
+        nats_server_binary(), "-c", str(conf), env=env, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    try:
+        async with asyncio.timeout(20):
+            while b"Server is ready" not in (line := await proc.stderr.readline()):
+                assert line, "nats-server exited"
+        yield f"nats://127.0.0.1:{port}", ssl.create_default_context(
+            cafile=str(tmp_path / "tls" / "ca.crt"))
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+async def refused_publish(url: str, tls: ssl.SSLContext, user: str, subject: str) -> bool:
+    """Publish as ``user``; True when the server answered with a permissions violation."""
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(str(exc))
+
+    nc = await nats.connect(nats_auth.with_credentials(url, user, f"pw-{user}"), tls=tls,
+                            allow_reconnect=False, connect_timeout=5, error_cb=on_error)
+    try:
+        await nc.publish(subject, b"{}")
+        await nc.flush()  # the server's -ERR for the PUB arrives before the PONG of this flush
+    finally:
+        await nc.close()
+    return any("permissions violation" in e.lower() for e in errors)
+
+
+async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -> None:
+    async with k8s_nats(tmp_path) as (url, tls):
+        cases = [  # (user, subject, refused)
+            ("renderer", "conveyor.events.dev.apply.succeeded", True),  # the forged apply
+            ("renderer", "conveyor.events.dev.render.succeeded", False),
+            ("git-watcher", "conveyor.events._.refresh.requested", True),
+            ("applier", "conveyor.events._.refresh.requested", True),
+            ("notifier", "conveyor.events.dev.render.succeeded", True),
+            ("applier", "conveyor.events.dev.apply.succeeded", False),
+            ("git-watcher", "conveyor.events.dev.commit.detected", False),
+            ("api", "conveyor.events._.refresh.requested", False),  # control: only the api
+            ("api", "$JS.API.STREAM.DELETE.CONVEYOR", True),  # nobody deletes the log
+            ("renderer", "$JS.API.STREAM.PURGE.CONVEYOR", True),
+        ]
+        for user, subject, refused in cases:
+            assert await refused_publish(url, tls, user, subject) is refused, (user, subject)
+        # no user, a wrong password, or no TLS: no connection at all
+        for attempt in ({"servers": url, "tls": tls},
+                        {"servers": nats_auth.with_credentials(url, "api", "guess"), "tls": tls},
+                        {"servers": nats_auth.with_credentials(url, "api", "pw-api")}):
+            with pytest.raises(Exception):  # noqa: B017 (auth or TLS: either refuses)
+                nc = await nats.connect(**attempt, allow_reconnect=False,
+                                        max_reconnect_attempts=0, connect_timeout=3)
+                await nc.close()
