@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)
 PROJECTOR: web.AppKey[Projector] = web.AppKey("projector", Projector)
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MAX_EVENTS = 10_000
+MAX_STREAMS = 64  # live streams (SSE) open at once, both endpoints together
+HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's headers
+MAX_STREAMS_KEY: web.AppKey[int] = web.AppKey("max_streams", int)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -92,24 +96,64 @@ async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | Non
     return out
 
 
-async def events(request: web.Request) -> web.Response:
-    q = request.query
-    try:
-        limit = min(int(q.get("limit", MAX_EVENTS)), MAX_EVENTS)
-        after = int(q.get("after", 0))
-    except ValueError:
-        return web.json_response({"error": "limit and after must be integers"}, status=400)
-    env = q.get("env") or None
+class BadQuery(ValueError):
+    """A query parameter the api cannot use: answered 400 with this message, never 500."""
+
+
+_TYPE_PREFIX = re.compile(r"^conveyor(\.[a-z_]{1,32}){0,2}\.?$")
+_SHA_PREFIX = re.compile(r"^[0-9a-fA-F]{1,40}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise BadQuery(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def query_env(request: web.Request) -> str | None:
+    env = request.query.get("env") or None
     if env is not None and not subjects.valid_env_name(env):
-        return web.json_response({"error": f"invalid environment name {env!r}"}, status=400)
-    found = await query_events(request.app[BUS], env=env, type_prefix=q.get("type") or None,
-                               correlation=q.get("correlation") or None, after=after,
-                               limit=limit)
+        raise BadQuery(f"invalid environment name {env[:64]!r}")
+    return env
+
+
+def query_type(request: web.Request) -> str | None:
+    prefix = request.query.get("type") or None
+    if prefix is not None and not _TYPE_PREFIX.match(prefix):
+        raise BadQuery("type must be an event type or prefix such as conveyor.apply")
+    return prefix
+
+
+def query_sha(value: str | None, name: str = "correlation") -> str | None:
+    if value and not _SHA_PREFIX.match(value):
+        raise BadQuery(f"{name} must be a commit SHA or a prefix of one (hex)")
+    return value or None
+
+
+@web.middleware
+async def bad_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+
+
+async def events(request: web.Request) -> web.Response:
+    limit = min(query_int(request, "limit", MAX_EVENTS), MAX_EVENTS)
+    after = query_int(request, "after", 0)
+    found = await query_events(request.app[BUS], env=query_env(request),
+                               type_prefix=query_type(request),
+                               correlation=query_sha(request.query.get("correlation")),
+                               after=after, limit=limit)
     return web.json_response({"events": [event_json(s) for s in found]})
 
 
 async def trace(request: web.Request) -> web.Response:
-    sha = request.match_info["sha"]
+    sha = query_sha(request.match_info["sha"], "the commit") or ""
     found = await query_events(request.app[BUS], env=None, type_prefix=None, correlation=sha)
     evs = [s.event for s in found]
     return web.json_response({
@@ -134,13 +178,16 @@ async def refresh(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every new event as it is appended to the log."""
     bus = request.app[BUS]
+    env = query_env(request)  # checked before the 200 goes out: a bad one is a 400
+    start = query_int(request, "after", 0) + 1 if "after" in request.query else (
+        await bus.last_seq() + 1)
+    filters = subjects.filter_for("conveyor", [env] if env else None)
+    refused = stream_slot_refused(request)
+    if refused is not None:
+        return refused
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
-    env = request.query.get("env") or None
-    start = int(request.query.get("after", 0)) + 1 if "after" in request.query else (
-        await bus.last_seq() + 1)
-    filters = subjects.filter_for("conveyor", [env] if env else None)
     # As the dashboard's stream: registered so that shutdown ends it at once (while NATS is still
     # connected), and a comment line every PING_EVERY s finds clients that went away.
     from services.api.routes_dashboard import PING_EVERY, STREAMS
@@ -190,7 +237,7 @@ async def bundle(request: web.Request) -> web.Response:
     """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`, with every
     Secret's values masked (orchestrator.domain.masking)."""
     digest = request.match_info["digest"]
-    if not digest.startswith("sha256:") or len(digest) != 71:
+    if not _DIGEST.match(digest):
         return web.json_response({"error": "expected a digest sha256:<64 hex>"}, status=400)
     payload = await request.app[BUS].get_bundle(digest)
     if payload is None:
@@ -226,12 +273,27 @@ async def sync(request: web.Request) -> web.Response:
                              status=202)
 
 
-def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Application:
+def stream_slot_refused(request: web.Request) -> web.Response | None:
+    """503 when the live streams (both kinds together) are at their cap: each holds a NATS
+    consumer and a task for as long as the client stays, so their number is bounded."""
+    from services.api.routes_dashboard import STREAMS
+
+    cap = request.app[MAX_STREAMS_KEY]
+    if len(request.app[STREAMS]) < cap:
+        return None
+    log.warning("api.streams_at_cap", cap=cap)
+    return web.json_response({"error": f"too many live streams (at most {cap}); retry later"},
+                             status=503, headers={"Retry-After": "10"})
+
+
+def build_app(bus: EventBus, projector: Projector, settings: Settings, *,
+              max_streams: int = MAX_STREAMS) -> web.Application:
     # outermost first: the Host is checked before anything else, cross-site writes are refused
     # even on a tokenless instance, and only then does the token decide
     app = web.Application(client_max_size=1 << 20, middlewares=[
         browser.host_middleware(settings), browser.same_origin_writes,
-        auth.middleware(settings)])
+        auth.middleware(settings), bad_query])
+    app[MAX_STREAMS_KEY] = max_streams
     browser.install(app)
     app[BUS] = bus
     app[PROJECTOR] = projector
@@ -253,17 +315,24 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings) -> web.Ap
 
 
 class ApiService:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
+    def __init__(self, bus: EventBus, settings: Settings, *, max_streams: int = MAX_STREAMS,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
         self.bus = bus
         self.settings = settings
+        self.max_streams = max_streams
+        self.header_timeout = header_timeout
         self.projector = Projector(bus)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> None:
         await self.projector.start()
-        app = build_app(self.bus, self.projector, self.settings)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        app = build_app(self.bus, self.projector, self.settings, max_streams=self.max_streams)
+        # aiohttp arms keepalive_timeout when a connection opens and again after each answer,
+        # and closes the connection if no complete request head arrived by then: with a short
+        # one, that is the header read timeout (a slow-loris client holds nothing for long)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
+                                     keepalive_timeout=self.header_timeout)
         await self._runner.setup()
         host, _, port = self.settings.listen.rpartition(":")
         site = web.TCPSite(self._runner, host or "127.0.0.1", int(port))

@@ -31,7 +31,7 @@ from orchestrator import metrics
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
-from services.api.app import BUS, PROJECTOR, event_json
+from services.api.app import BUS, PROJECTOR, event_json, stream_slot_refused
 from services.api.browser import DASHBOARD_CSP
 
 log = structlog.get_logger(__name__)
@@ -127,6 +127,9 @@ async def dashboard_stream(request: web.Request) -> web.StreamResponse:
     except ValueError:
         return web.json_response({"error": "after, last and Last-Event-ID must be "
                                            "non-negative integers"}, status=400)
+    refused = stream_slot_refused(request)
+    if refused is not None:
+        return refused
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                        "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     await resp.prepare(request)
