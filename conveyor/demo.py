@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -22,8 +23,10 @@ from conveyor.app import Conveyor
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
-from orchestrator.domain.trace import build_trace, latency_ms
+from orchestrator.domain.trace import TraceNode, build_trace, latency_ms
 from orchestrator.settings import Settings
+from services.api.app import ApiService
+from services.git_watcher.service import GitWatcher
 
 T = TypeVar("T")
 
@@ -159,10 +162,7 @@ async def wait_for(bus: EventBus, sha: str, envs: set[str],
 
 
 def show(events: list[ev.Event]) -> None:
-    def walk(node: object, depth: int) -> None:
-        from orchestrator.domain.trace import TraceNode
-
-        assert isinstance(node, TraceNode)
+    def walk(node: TraceNode, depth: int) -> None:
         e = node.event
         lat = f"+{node.latency_ms:.0f} ms" if node.latency_ms is not None else ""
         detail = e.data.get("summary") or e.data.get("error") or ""
@@ -216,9 +216,6 @@ async def run_demo(data_dir: Path, listen: str) -> int:
     try:
         await conveyor.start()
         assert conveyor.bus is not None
-        from services.api.app import ApiService
-        from services.git_watcher.service import GitWatcher
-
         api = conveyor.service("api")
         watcher = conveyor.service("git-watcher")
         assert isinstance(api, ApiService) and isinstance(watcher, GitWatcher)
@@ -254,7 +251,7 @@ async def run_demo(data_dir: Path, listen: str) -> int:
         say(f"    {CLI} status --api {api.url}    {CLI} trace SHA --api {api.url}")
         say(f"Dashboard: {api.url}/")
         say("Press Ctrl-C to stop.")
-        if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in __import__("os").environ:
+        if not sys.stdin.isatty() and "CONVEYOR_DEMO_EXIT" in os.environ:
             return 0
         await stop.wait()
     except TimeoutError:

@@ -1,9 +1,13 @@
 """Prometheus metrics, all derived from the events this process publishes.
 
-Every event leaves through ``EventBus.publish``, which calls ``event_published`` once the server
-has acknowledged a new (non-duplicate) message. Counting there, rather than in each service,
-means a redelivered input that re-emits the same event id is not counted twice, and every
-service (the api's ``/metrics`` or a ``HealthServer``'s) exports the same series.
+Every event leaves through ``EventBus.publish``, which calls its ``on_published`` observer
+(``Metrics.event_published``, wired by ``orchestrator/resources.py``) once the server has
+acknowledged a new (non-duplicate) message. Counting there, rather than in each service, means a
+redelivered input that re-emits the same event id is not counted twice, and every endpoint of
+the process (the api's ``/metrics`` or the operational server's) exports the same series.
+
+Each ``Metrics`` owns its ``CollectorRegistry``: two Conveyor instances in one process (tests,
+an embedding program) count apart. There is no process-wide instance.
 
 - ``conveyor_events_total{type,outcome}``: events published, by CloudEvents type and outcome.
 - ``conveyor_stage_latency_seconds{stage}``: cause to effect, from the two events' ``time``. The
@@ -14,11 +18,11 @@ service (the api's ``/metrics`` or a ``HealthServer``'s) exports the same series
   (the first word of its description: ``git``, ``kubernetes``), ``unknown`` when it failed before
   a target was built.
 - ``conveyor_notifications_total{provider,outcome}``: ``notify.sent`` / ``notify.failed``.
-- ``conveyor_fetch_duration_seconds{source}`` is not here: the git-watcher times its fetches
-  where they happen (``services/git_watcher/metrics.py``), on the same default registry.
+- ``conveyor_fetch_duration_seconds{source}`` and ``conveyor_fetch_failures_total{source,reason}``:
+  the git-watcher's fetches, observed where they happen (``observe_fetch``).
 - ``conveyor_consumer_pending{consumer}``: messages a durable consumer has still to handle
-  (``num_pending + num_ack_pending``), refreshed by ``refresh_consumer_pending`` (the api does so
-  on every scrape).
+  (``num_pending + num_ack_pending``), set by ``set_consumer_pending`` from
+  ``EventBus.consumer_pending`` (the api does so on every scrape).
 
 A metrics failure must never fail a publish: ``event_published`` logs and carries on.
 """
@@ -28,23 +32,28 @@ from __future__ import annotations
 import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import structlog
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.domain.trace import parse_time
-
-if TYPE_CHECKING:
-    from orchestrator.adapters.nats_bus import EventBus
 
 log = structlog.get_logger(__name__)
 
 # From a few milliseconds (an in-process hop) to ten minutes (a slow rollout).
 LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                           60.0, 120.0, 300.0, 600.0)
+FETCH_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 REMEMBERED_CAUSES: Final = 10_000
 UNKNOWN: Final = "unknown"
 
@@ -54,10 +63,12 @@ NOTIFY_OUTCOMES: Final = frozenset({ev.NOTIFY_SENT, ev.NOTIFY_FAILED})
 
 
 class Metrics:
-    """Conveyor's series on one registry (the process-wide default unless a test gives one)."""
+    """Conveyor's series on one registry (a new one unless the caller gives one)."""
 
-    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
-        self.registry = registry
+    content_type: Final = CONTENT_TYPE_LATEST
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry if registry is not None else CollectorRegistry()
         self.events = Counter("conveyor_events", "Events published, by type and outcome.",
                               ["type", "outcome"], registry=registry)
         self.stage_latency = Histogram(
@@ -77,11 +88,17 @@ class Metrics:
             "conveyor_consumer_pending",
             "Messages a durable consumer has not finished: pending plus awaiting ack.",
             ["consumer"], registry=registry)
+        self.fetch_duration = Histogram(
+            "conveyor_fetch_duration_seconds", "Duration of one fetch of a git source",
+            ["source"], buckets=FETCH_BUCKETS, registry=registry)
+        self.fetch_failures = Counter(
+            "conveyor_fetch_failures", "Failed fetches of a git source, by reason",
+            ["source", "reason"], registry=registry)
         self._times: OrderedDict[str, float] = OrderedDict()  # event id -> epoch seconds
         self._consumers: set[str] = set()
 
     # -- publish ----------------------------------------------------------------------------
-    def event_published(self, event: Event, *, duplicate: bool = False) -> None:
+    def event_published(self, event: Event, duplicate: bool = False) -> None:
         """Record one published event; a duplicate (dropped by the server) is not counted."""
         if duplicate:
             return
@@ -122,18 +139,16 @@ class Metrics:
             self.consumer_pending.labels(consumer=name).set(value)
         self._consumers = set(pending)
 
-    async def refresh_consumer_pending(self, bus: EventBus) -> dict[str, int]:
-        """Read every durable consumer of the stream and update the gauge."""
-        from orchestrator import subjects
+    # -- fetches ----------------------------------------------------------------------------
+    def observe_fetch(self, source: str, seconds: float, reason: str | None = None) -> None:
+        """Record one fetch; ``reason`` (e.g. AuthenticationFailed, Unreachable) when it failed."""
+        self.fetch_duration.labels(source=source).observe(seconds)
+        if reason is not None:
+            self.fetch_failures.labels(source=source, reason=reason).inc()
 
-        infos = await bus.js.consumers_info(subjects.STREAM)
-        pending = {
-            str(info.config.durable_name): int(info.num_pending or 0)
-            + int(info.num_ack_pending or 0)
-            for info in infos if info.config.durable_name  # ephemeral readers are not queues
-        }
-        self.set_consumer_pending(pending)
-        return pending
+    def exposition(self) -> bytes:
+        """The Prometheus text format of this registry."""
+        return generate_latest(self.registry)
 
 
 def _epoch(value: str) -> float | None:
@@ -159,15 +174,3 @@ def _renderer(data: Mapping[str, Any]) -> str:
 def _target_kind(data: Mapping[str, Any]) -> str:
     words = str(data.get("target") or "").split()
     return words[0] if words else UNKNOWN
-
-
-# The process-wide instance on the default registry, which every /metrics endpoint exports.
-METRICS: Final = Metrics()
-
-
-def event_published(event: Event, *, duplicate: bool = False) -> None:
-    METRICS.event_published(event, duplicate=duplicate)
-
-
-async def refresh_consumer_pending(bus: EventBus) -> dict[str, int]:
-    return await METRICS.refresh_consumer_pending(bus)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from orchestrator.domain.health import Health
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +18,7 @@ class ApplyRequest:
     origin_seq: int  # stream sequence of the commit event: orders applies in one environment
     message: str = ""  # commit subject, for the target's own records
     cause: str = ""  # "commit" or "drift"
+    epoch: str = ""  # the event log's epoch (nats_schema): recorded with the target's state
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,14 +27,36 @@ class TargetState:
 
     digest: str | None
     revision: str | None
-    origin_seq: int | None
+    origin_seq: int | None  # meaningful only within the log of ``epoch``
+    epoch: str | None = None  # None: written before epochs were recorded (or never written)
+
+
+@dataclass(frozen=True, slots=True)
+class HealthResult:
+    """The health a target reports for a sync: the worst status, in words, and the objects
+    that are not ready (at most a listed number; ``unhealthy`` is the exact count)."""
+
+    status: Health
+    message: str
+    unhealthy: int = 0
+    objects: tuple[Mapping[str, Any], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"status": self.status.value, "message": self.message,
+                "unhealthy": self.unhealthy, "objects": [dict(o) for o in self.objects]}
 
 
 @dataclass(frozen=True, slots=True)
 class ApplyResult:
+    """What an apply did. ``failure`` (a reason code such as ``Degraded``) says it did not
+    succeed although nothing went wrong on the way: the rollout is unhealthy. That is an
+    outcome (``apply.failed`` with the health), not an exception."""
+
     changed: bool
     summary: str
     details: dict[str, Any] = field(default_factory=dict)
+    health: HealthResult | None = None
+    failure: str | None = None
 
 
 class Target(Protocol):
@@ -42,3 +67,9 @@ class Target(Protocol):
     async def current(self) -> TargetState: ...
 
     async def apply(self, request: ApplyRequest) -> ApplyResult: ...
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Whether this very request (revision, digest, sequence, epoch) was applied here,
+        even if something newer was applied since: how a redelivery after a crash between
+        the effect and its record is recognised."""
+        ...

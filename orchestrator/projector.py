@@ -10,11 +10,25 @@ Keys of the projection (``conveyor-state``; other keys in the bucket, such as th
 - ``commit.<sha>``: ``{"envs": [...], "seq"}``: the environments a commit was announced to.
 - ``position``: ``{"seq"}``: every event at or below it is folded into every key above.
 
+Beside them ``log.epoch`` names the log they were folded from (``nats_schema``). A projection of
+another log (the stream was wiped and re-created, or its position is past the stream's end) is
+purged at start-up: status must not claim revisions that this log never applied.
+
 The fold is :func:`orchestrator.domain.state.fold_records`, the same rule ``conveyor replay``
 uses. Each record skips events at or below its own sequence, so a crash between two writes is
-repaired by the redelivery: the records already written skip the event, the others fold it
+repaired by folding the event again: the records already written skip it, the others fold it
 (whatever their order). ``position`` is written last: it is what lets a redelivery skip an
 event without reading anything, so it must never get ahead of the records.
+
+No reader ever sees a record ahead of ``position``, which is what makes ``conveyor replay``
+exact on a running system (it compares the records with a fold of ``1..position``):
+
+- while running, one event's writes happen under ``folding``, the lock the api's readers take;
+- a crash can still leave an event half-written (records stored, ``position`` not). Its
+  redelivery comes only after the consumer's ``ack_wait``, long after the restarted api has
+  begun to serve. So :meth:`Projector.start` first completes such an event itself, reading it
+  from the stream at ``position + 1``, before anything can read the projection; the
+  redelivery then finds it at or below ``position`` and only acks it.
 
 The projector consumes in stream order on one lane. A failed KV write is retried inside the
 handler rather than nak'ed: a nak would let later events overtake this one, and the
@@ -28,6 +42,7 @@ import json
 from typing import Any
 
 import nats
+import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from orchestrator import subjects
@@ -38,18 +53,29 @@ from orchestrator.domain.history import EnvHistory
 from orchestrator.domain.state import EnvState, Projection, Records, fold_records
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 
+log = structlog.get_logger(__name__)
+
 ENV_PREFIX = "env."
 HISTORY_PREFIX = "history."
 COMMIT_PREFIX = "commit."
 POSITION_KEY = "position"
+EPOCH_KEY = "log.epoch"  # the epoch of the log the projection is folded from (not a record)
 PROJECTION_PREFIXES = (ENV_PREFIX, HISTORY_PREFIX, COMMIT_PREFIX)
 WRITE_RETRY_FOR = 120.0
+ACK_WAIT = 5.0
 
 Stored = dict[str, Any]  # key -> JSON value
 
 
 def is_projection_key(key: str) -> bool:
     return key == POSITION_KEY or key.startswith(PROJECTION_PREFIXES)
+
+
+def record_seq(value: Any) -> int:
+    """The sequence a stored record reflects (``last_seq`` of a state, ``seq`` otherwise)."""
+    if not isinstance(value, dict):
+        return 0
+    return int(value.get("last_seq") or value.get("seq") or 0)
 
 
 def encode(value: Any) -> bytes:
@@ -101,6 +127,7 @@ class Projector:
         self.envs: dict[str, EnvState] = {}
         self.history: dict[str, EnvHistory] = {}
         self.position = 0
+        self._ahead = 0  # the highest sequence a stored record reflects (at load)
         self.changed = asyncio.Condition()
         # held while one event's records are written: a reader holding it sees a projection
         # that is exactly at ``position`` (``conveyor replay`` does)
@@ -109,6 +136,19 @@ class Projector:
 
     async def load(self) -> None:
         stored = await dump_bucket(self.bus, self.bucket)
+        folded_from = await self.bus.kv_get(self.bucket, EPOCH_KEY)
+        position = int((stored.get(POSITION_KEY) or {}).get("seq") or 0)
+        foreign = folded_from is not None and folded_from[0] != self.bus.epoch
+        if stored and (foreign or position > await self.bus.last_seq()):
+            # folded from a log that is gone (wiped and re-created): none of it is true here
+            log.warning("projector.log_reset", records=len(stored), position=position,
+                        folded_from=folded_from[0] if folded_from else None,
+                        log_epoch=self.bus.epoch)
+            for key in stored:
+                await self.bus.kv(self.bucket).purge(key)
+            stored = {}
+        if folded_from is None or folded_from[0] != self.bus.epoch:
+            await self._put(EPOCH_KEY, self.bus.epoch)
         for key, value in stored.items():
             if key.startswith(ENV_PREFIX):
                 self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(value)
@@ -116,12 +156,40 @@ class Projector:
                 self.history[key.removeprefix(HISTORY_PREFIX)] = EnvHistory.from_dict(value)
             elif key == POSITION_KEY:
                 self.position = int(value.get("seq") or 0)
+        self._ahead = max((record_seq(v) for k, v in stored.items() if k != POSITION_KEY),
+                          default=0)
+
+    async def complete_cut_short(self) -> int:
+        """Fold again the events a crash left half-written (records past ``position``).
+
+        One event is in flight at a time (``max_ack_pending=1``), so this is at most the event
+        at ``position + 1``; the records it already reached skip it. Returns events folded."""
+        done = 0
+        async with self.folding:
+            for seq in range(self.position + 1, self._ahead + 1):
+                try:
+                    stored = await self.bus.get_event(seq)
+                except (ValueError, KeyError, TypeError):  # not an event: nothing to fold
+                    continue
+                if stored is not None:
+                    await self._fold(Delivery(stored.event, seq, 1))
+                    done += 1
+            if self._ahead > self.position:  # the rest was removed by retention meanwhile
+                await self._put(POSITION_KEY, {"seq": self._ahead})
+                self.position = self._ahead
+        if done:
+            log.warning("projector.completed_cut_short", events=done, position=self.position)
+        return done
 
     async def start(self) -> None:
         await self.load()
+        await self.complete_cut_short()  # before anyone reads: see the module docstring
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=self.durable, stage="project", filters=[subjects.ALL_EVENTS],
             handler=self.handle, max_deliver=100, concurrency=1, key=lambda e: "all",
+            # the dead process's unacked event blocks the lane until it is redelivered: after a
+            # crash the projection resumes this soon (a live handler keeps it with in_progress)
+            ack_wait=ACK_WAIT,
             # one unacked event at a time: after a crash the dead process's events come back
             # before any later one is delivered (otherwise ``position`` would skip them)
             max_ack_pending=1))

@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
+from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 
 
 def token_from(value: str | None) -> str | None:
@@ -33,7 +35,12 @@ class Settings:
     allowed_hosts: tuple[str, ...] = ()
     nats_ca: str = ""  # CA file that signs the NATS servers' certificates: connect with TLS
     retention: Retention | None = None  # None: keep the stream's retention as it is
+    sync: str = "always"  # the embedded server's fsync policy: always | interval
+    replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
+    render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
+    secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach
+    allow_local_paths: tuple[str, ...] = ()  # dirs whose repositories conveyor.yaml may name
 
     def __post_init__(self) -> None:
         # however the settings were built (flags, environment, a test), a blank token is none

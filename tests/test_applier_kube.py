@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from orchestrator.adapters.kube import KubeClient, load_kubeconfig
+from orchestrator.domain.health import Health
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
-from orchestrator.targets.kube.clients import close_all
-from orchestrator.targets.kube.health import HealthCheckFailed
+from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.target import KubeTarget, kube_target
 from tests.support.kubeapi import FakeKubeAPI
 
@@ -30,7 +30,6 @@ HEALTHY = {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyR
 async def fake() -> AsyncIterator[FakeKubeAPI]:
     async with FakeKubeAPI() as server:
         yield server
-        await close_all()
 
 
 @pytest.fixture
@@ -40,7 +39,7 @@ def kubeconfig(fake: FakeKubeAPI, tmp_path: Path) -> Path:
 
 def make(kubeconfig: Path, env: str = "dev", **sync: Any) -> KubeTarget:
     return kube_target(env, {"kubeconfig": str(kubeconfig), "namespace": "shop"},
-                       {**FAST, **sync})
+                       {**FAST, **sync}, KubePool())
 
 
 def ns(name: str) -> dict[str, Any]:
@@ -134,7 +133,6 @@ async def test_namespaces_and_crds_first_and_crs_wait_until_the_crd_is_establish
         assert not task.done()
         fake.establish("widgets.example.com")
         result = await task
-        await close_all()
     order = patched(fake)
     assert set(order[:2]) == {"shop", "widgets.example.com"}   # bootstrap, whatever the wave
     assert order[2:] == ["z", "w1"]   # wave -5, then wave 0
@@ -165,15 +163,15 @@ async def test_a_wave_starts_only_when_the_previous_one_is_healthy(
 async def test_health_timeout_fails_listing_the_objects_not_healthy(
         fake: FakeKubeAPI, kubeconfig: Path) -> None:
     target = make(kubeconfig, wait={"timeout": "300ms", "interval": "20ms"})
-    with pytest.raises(HealthCheckFailed) as failed:
-        await target.apply(request([ns("shop"), deployment("web"), cm("later", wave=1)]))
-    assert failed.value.reason == "HealthCheckTimeout"
-    assert "Deployment.apps/shop/web: Progressing" in str(failed.value)
-    objects = failed.value.details["objects"]
+    failed = await target.apply(request([ns("shop"), deployment("web"), cm("later", wave=1)]))
+    assert failed.failure == "HealthCheckTimeout"   # a value, not an exception
+    assert "Deployment.apps/shop/web: Progressing" in failed.summary
+    objects = failed.details["unhealthy_objects"]
     assert [(o["kind"], o["name"], o["status"]) for o in objects] == [
         ("Deployment", "web", "Progressing")]
     assert "generation" in objects[0]["message"]
-    assert failed.value.details["health"]["status"] == "Progressing"
+    assert failed.health is not None and failed.health.status is Health.PROGRESSING
+    assert failed.details["health"] == failed.health.to_dict()
     assert "later" not in patched(fake)   # the next wave never started
     # not recorded as applied: the same bundle is applied again next time, not skipped
     assert (await target.current()).digest is None
@@ -189,10 +187,10 @@ async def test_degraded_object_fails_at_once(fake: FakeKubeAPI, kubeconfig: Path
         **HEALTHY, "conditions": [{"type": "Progressing", "status": "False",
                                    "reason": "ProgressDeadlineExceeded"}]})
     target = make(kubeconfig, wait={"timeout": "1h", "interval": "10ms"})
-    with pytest.raises(HealthCheckFailed) as failed:
-        await target.apply(request([ns("shop"), deployment("web")], digest="sha256:two"))
-    assert failed.value.reason == "Degraded"
-    assert "exceeded its progress deadline" in str(failed.value)
+    failed = await target.apply(request([ns("shop"), deployment("web")], digest="sha256:two"))
+    assert failed.failure == "Degraded"
+    assert "exceeded its progress deadline" in failed.summary
+    assert failed.health is not None and failed.health.status is Health.DEGRADED
 
 
 async def test_prune_deletes_only_what_left_labelled_and_not_opted_out_in_reverse_order(
@@ -270,7 +268,7 @@ async def test_errors_keep_their_classification(fake: FakeKubeAPI, kubeconfig: P
     assert "RFC 1123" in str(invalid.value)
     # a field another manager owns, with force off: permanent conflict
     strict = kube_target("dev", {"kubeconfig": str(kubeconfig), "namespace": "shop",
-                                 "force": False}, FAST)
+                                 "force": False}, FAST, KubePool())
     async with KubeClient(load_kubeconfig(kubeconfig)) as client:
         await client.apply(cm("shared", namespace="shop", k="theirs"), field_manager="helm")
     with pytest.raises(PermanentError) as conflict:
@@ -300,21 +298,21 @@ async def test_forbidden_is_permanent_with_the_api_message_and_no_token(tmp_path
             await make(bad).apply(request([ns("shop")]))
         assert unauthorized.value.reason == "Unauthorized"
         assert "wrong-token-xyz" not in str(unauthorized.value)
-        await close_all()
 
 
 async def test_settings_are_checked(kubeconfig: Path) -> None:
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig), "namespce": "x"}, {})
+        kube_target("dev", {"kubeconfig": str(kubeconfig), "namespce": "x"}, {}, KubePool())
     assert "did you mean 'namespace'" in str(err.value)
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig)}, {"wait": {"timeout": "soon"}})
+        kube_target("dev", {"kubeconfig": str(kubeconfig)}, {"wait": {"timeout": "soon"}},
+                    KubePool())
     assert "sync.wait.timeout" in str(err.value)
     with pytest.raises(PermanentError) as err:
-        kube_target("dev", {"kubeconfig": str(kubeconfig.parent / "missing")}, {})
+        kube_target("dev", {"kubeconfig": str(kubeconfig.parent / "missing")}, {}, KubePool())
     assert err.value.reason == "InvalidConfig"
     target = kube_target("dev", {"kubeconfig": str(kubeconfig), "inventoryNamespace": "ops"},
-                         {"prune": True, "selfHeal": True, "driftInterval": "90s"})
+                         {"prune": True, "selfHeal": True, "driftInterval": "90s"}, KubePool())
     s = target.settings
     assert (s.prune, s.self_heal, s.drift_interval, s.wait_timeout) == (True, True, 90.0, 300.0)
     assert target.namespace == "default"   # the kubeconfig context's
@@ -324,7 +322,7 @@ async def test_settings_are_checked(kubeconfig: Path) -> None:
 async def test_a_sync_applies_concurrently_within_the_bound_and_leaves_the_bundle_alone(
         fake: FakeKubeAPI, kubeconfig: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = kube_target("dev", {"kubeconfig": str(kubeconfig), "namespace": "shop",
-                                 "concurrency": 3}, {**FAST, "wait": False})
+                                 "concurrency": 3}, {**FAST, "wait": False}, KubePool())
     real, flying, peak = target.client.apply, 0, 0
 
     async def counting(obj: Any, **kwargs: Any) -> Any:

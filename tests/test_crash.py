@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_tree
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -174,7 +174,7 @@ def check_branches(repo: Repo, commits: Commits, tmp: Path) -> None:
     for env in ENVS:
         newest = next(sha for sha, touched in reversed(commits) if env in touched)
         snapshot = tmp / f"snapshot-{env}"
-        git_local.export_tree(repo.path, newest, snapshot)
+        git_tree.export_tree(repo.path, newest, snapshot)
         want = files_for([m.obj for m in render(snapshot, f"envs/{env}", {}).manifests])
         branch = f"deploy/{env}"
         assert sorted(repo.files(branch)) == sorted(want), env

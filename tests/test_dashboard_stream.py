@@ -20,6 +20,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.projector import Projector
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import build_app
 from services.api.routes_dashboard import STATIC_DIR
@@ -39,7 +40,8 @@ async def api(bus: EventBus, nats_server: EmbeddedNats, tmp_path: Path) -> Async
     await projector.start()
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
                         listen="127.0.0.1:0")
-    runner = web.AppRunner(build_app(bus, projector, settings), shutdown_timeout=30.0)
+    runner = web.AppRunner(build_app(Resources.around(bus, settings), projector),
+                           shutdown_timeout=30.0)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     host, port = runner.addresses[0][:2]

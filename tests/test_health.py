@@ -15,8 +15,8 @@ from orchestrator.domain.health import (
     Health,
     HealthStatus,
     assess,
-    check_for,
-    conditions,
+    builtin_rule,
+    evaluate,
     is_worse,
     worst,
 )
@@ -86,7 +86,7 @@ CASES: dict[str, tuple[Health | None, str | None]] = {
     "job-failed.yaml": (D, "Job has reached the specified backoff limit"),
     "job-suspended.yaml": (S, "Job suspended"),
     "job-resumed.yaml": (P, ""),
-    "cronjob-suspended.yaml": (S, "CronJob is Suspended"),
+    "cronjob-suspended.yaml": (H, "CronJob is Suspended"),
     "cronjob-healthy.yaml": (H, "CronJob has completed its last execution successfully"),
     "cronjob-degraded.yaml": (D, "CronJob has not completed its last execution successfully"),
     "cronjob-degraded-offsets.yaml": (D, None),
@@ -95,7 +95,7 @@ CASES: dict[str, tuple[Health | None, str | None]] = {
                                         "healthy"),
     "cronjob-active.yaml": (H, "The job is running. Its last execution may not have been "
                                "successful"),
-    "cronjob-no-status.yaml": (P, "Waiting for CronJob"),
+    "cronjob-no-status.yaml": (H, "CronJob has not been scheduled yet"),
     "pvc-bound.yaml": (H, ""),
     "pvc-pending.yaml": (P, ""),
     "pvc-lost.yaml": (D, ""),
@@ -174,9 +174,21 @@ def test_a_missing_object_is_missing() -> None:
     assert assess(None) == HealthStatus(Health.MISSING, "Not found in the cluster")
 
 
-def test_the_conditions_fallback_is_used_for_kinds_without_a_check() -> None:
-    assert check_for("example.com", "Widget") is conditions.assess
-    assert check_for("apps", "Deployment") is not conditions.assess
+def test_kinds_without_a_check_fall_back_to_kstatus() -> None:
+    assert builtin_rule("example.com", "Widget") is None
+    assert builtin_rule("apps", "Deployment") is not None
+    assert evaluate(load("custom-stale-generation.yaml")).rule in ("kstatus", "built-in:flux")
+    widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+              "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+    assert evaluate(widget).rule == "kstatus"
+
+
+def test_no_notion_of_health_is_not_the_same_as_no_rule() -> None:
+    configmap = evaluate(load("configmap.yaml"))
+    assert (configmap.verdict, configmap.rule, configmap.has_rule) == (None, "built-in", True)
+    unknown = evaluate(load("custom-no-conditions.yaml"))
+    assert (unknown.verdict, unknown.has_rule) == (None, False)
+    assert str(unknown) == "n/a (no health rule)"
 
 
 def test_every_version_of_a_group_uses_the_same_check() -> None:

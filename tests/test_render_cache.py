@@ -13,6 +13,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.rendering import RenderTools
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
@@ -22,10 +23,11 @@ ENVS = ("a", "b", "c")
 
 
 def files(tool: Path, image: str = "1.0") -> dict[str, str]:
+    # the tool is the operator's choice (--kustomize-binary), not conveyor.yaml's
     out = {
         "conveyor.yaml": "environments:\n" + "".join(
-            f"  {e}:\n    path: overlays/{e}\n    render:\n      kustomize:\n"
-            f"        binary: {tool}\n" for e in ENVS),
+            f"  {e}:\n    path: overlays/{e}\n    render:\n      type: kustomize\n"
+            for e in ENVS),
         "base/kustomization.yaml": "resources: [cm.yaml]\n",
         "base/cm.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: app\n"
                         f"data:\n  image: \"{image}\"\n",
@@ -63,7 +65,8 @@ async def test_unchanged_inputs_reuse_the_bundle_without_running_the_tool(
                     "\"$@\"\n")
     tool.chmod(tool.stat().st_mode | stat.S_IXUSR)
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
-                        repo=str(repo.path), branch="main", interval=3600.0)
+                        repo=str(repo.path), branch="main", interval=3600.0,
+                        render_tools=RenderTools(kustomize_binary=str(tool)))
 
     def tool_runs() -> int:
         # kustomize renders only: the binary's version query runs once per process

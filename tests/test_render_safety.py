@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import ConveyorError, ManifestError, PermanentError
-from orchestrator.rendering import RenderLimits, render
+from orchestrator.rendering import RenderLimits, RenderTools, render
 from orchestrator.rendering.safety import run_tool
 
 CM = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n"
@@ -33,9 +33,10 @@ def outside(tmp_path: Path) -> Path:
     return repo
 
 
-def failure(root: Path, env: str, settings: dict[str, object] | None = None) -> str:
+def failure(root: Path, env: str, settings: dict[str, object] | None = None,
+            tools: RenderTools | None = None) -> str:
     with pytest.raises(ConveyorError) as info:
-        render(root, env, settings)
+        render(root, env, settings, tools=tools or RenderTools())
     assert "stolen" not in str(info.value)
     return str(info.value)
 
@@ -129,18 +130,21 @@ def test_kustomize_unreferenced_symlink_in_read_directory(outside: Path) -> None
     assert "app/innocent: symlink points outside the repository" in failure(outside, "app")
 
 
-def test_kustomize_remote_bases_allowed_only_when_configured(outside: Path) -> None:
+def test_kustomize_remote_bases_allowed_only_from_the_operators_hosts(outside: Path) -> None:
     write(outside, {"app/kustomization.yaml":
                     "resources: [a.yaml, 'https://example.invalid/x.yaml']\n", "app/a.yaml": CM})
-    message = failure(outside, "app", {"kustomize": {"allowRemoteBases": True}})
+    allowed = RenderTools(remote_base_hosts=("example.invalid",))
+    message = failure(outside, "app", tools=allowed)
     assert "remote bases are not allowed" not in message  # kustomize tried, and failed
+    other = failure(outside, "app", tools=RenderTools(remote_base_hosts=("github.com",)))
+    assert "remote bases are not allowed from example.invalid" in other
 
 
 def test_kustomize_binary_from_the_repository_is_refused(outside: Path) -> None:
     write(outside, {"app/kustomization.yaml": "resources: []\n", "bin/kustomize": "#!/bin/sh\n"})
     (outside / "bin" / "kustomize").chmod(0o755)
-    settings = {"kustomize": {"binary": str(outside / "bin" / "kustomize")}}
-    assert "must not be a file of the repository" in failure(outside, "app", settings)
+    tools = RenderTools(kustomize_binary=str(outside / "bin" / "kustomize"))
+    assert "must not be a file of the repository" in failure(outside, "app", tools=tools)
 
 
 # --- tool subprocesses -------------------------------------------------------------------------

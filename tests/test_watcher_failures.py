@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import REGISTRY
 
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support import gitservers
@@ -52,8 +53,9 @@ def detected(events: list[Event], sha: str) -> set[str]:
 @contextlib.asynccontextmanager
 async def watching(bus: EventBus, nats: EmbeddedNats, repo: str,
                    data: Path) -> AsyncIterator[GitWatcher]:
-    watcher = GitWatcher(bus, Settings(nats_url=nats.url, data_dir=data, repo=repo,
-                                       branch="main", interval=3600.0))
+    watcher = GitWatcher(Resources.around(bus, Settings(
+        nats_url=nats.url, data_dir=data, repo=repo, branch="main", interval=3600.0,
+        secrets=SecretPolicy(env_allow=("INFRA_*",)))))
     await watcher.start()
     try:
         yield watcher
@@ -61,8 +63,8 @@ async def watching(bus: EventBus, nats: EmbeddedNats, repo: str,
         await watcher.stop()
 
 
-def failures_metric(reason: str) -> float:
-    value = REGISTRY.get_sample_value("conveyor_fetch_failures_total",
+def failures_metric(watcher: GitWatcher, reason: str) -> float:
+    value = watcher.resources.metrics.registry.get_sample_value("conveyor_fetch_failures_total",
                                       {"source": "infra", "reason": reason})
     return value or 0.0
 
@@ -78,7 +80,6 @@ async def test_wrong_credentials_then_fixed(infra: Upstream, nats_server: Embedd
                                             bus: EventBus, tmp_path: Path,
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("INFRA_PASSWORD", "a-wrong-Password")
-    before = failures_metric("AuthenticationFailed")
     async with GitHttpServer(infra.root, users={"deploy": PASSWORD}) as http:
         primary = Repo(tmp_path / "config")
         primary.commit({"conveyor.yaml": conveyor_yaml(
@@ -94,7 +95,7 @@ async def test_wrong_credentials_then_fixed(infra: Upstream, nats_server: Embedd
             assert poller.failures >= 3
             # backoff: exponential from interval/16, capped at the interval, jittered
             assert 3600 / 16 / 2 <= poller.next_delay <= 3600
-            assert failures_metric("AuthenticationFailed") - before >= 3
+            assert failures_metric(w, "AuthenticationFailed") >= 3  # this watcher's registry
 
             monkeypatch.setenv("INFRA_PASSWORD", PASSWORD)  # the secret is rotated
             newer = infra.push({"net/cm.yaml": CM.format(v=2)}, "while failing")
@@ -181,8 +182,8 @@ async def test_an_unreachable_primary_does_not_stop_the_watcher(
         nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path) -> None:
     """A remote primary down at start-up: the watcher starts and reports it."""
     url = closed_port_url("git")
-    watcher = GitWatcher(bus, Settings(nats_url=nats_server.url, data_dir=tmp_path / "d",
-                                       repo=url, interval=3600.0))
+    watcher = GitWatcher(Resources.around(bus, Settings(
+        nats_url=nats_server.url, data_dir=tmp_path / "d", repo=url, interval=3600.0)))
     await watcher.start()
     try:
         events = await wait_for_events(bus, lambda evs: bool(

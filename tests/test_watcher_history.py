@@ -13,6 +13,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import GitDaemon, Upstream
@@ -35,8 +36,8 @@ def of_type(events: list[Event], kind: str) -> list[Event]:
 @contextlib.asynccontextmanager
 async def watching(bus: EventBus, nats: EmbeddedNats, repo: str, data: Path,
                    branch: str = "main") -> AsyncIterator[GitWatcher]:
-    watcher = GitWatcher(bus, Settings(nats_url=nats.url, data_dir=data, repo=repo,
-                                       branch=branch, interval=3600.0))
+    watcher = GitWatcher(Resources.around(bus, Settings(nats_url=nats.url, data_dir=data, repo=repo,
+                                       branch=branch, interval=3600.0)))
     await watcher.start()
     try:
         yield watcher

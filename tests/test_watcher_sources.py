@@ -14,10 +14,12 @@ import pytest
 
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
-from orchestrator.adapters.git_source import Checkout
+from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream
@@ -54,7 +56,7 @@ def detected(events: list[Event], sha: str) -> set[str]:
 
 @contextlib.asynccontextmanager
 async def watching(bus: EventBus, settings: Settings) -> AsyncIterator[GitWatcher]:
-    watcher = GitWatcher(bus, settings)
+    watcher = GitWatcher(Resources.around(bus, settings))
     await watcher.start()
     try:
         yield watcher
@@ -94,7 +96,8 @@ async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
 def settings_for(primary: Repo, nats: EmbeddedNats, data: Path) -> Settings:
     return Settings(nats_url=nats.url, data_dir=data, repo=str(primary.path), branch="main",
-                    interval=3600.0)  # polls at start, then only when asked
+                    interval=3600.0,  # polls at start, then only when asked
+                    secrets=SecretPolicy(env_allow=("INFRA_*",)))
 
 
 async def test_each_source_announces_only_to_its_environments(
@@ -150,16 +153,17 @@ async def test_an_environment_moved_to_another_source_gets_its_head(
 async def test_the_renderer_finds_a_sources_credentials(
         world: World, nats_server: EmbeddedNats, bus: EventBus,
         tmp_path: Path) -> None:
-    """Checkout.shared(repo) - the renderer's call - gets the watcher's registration, and
-    Checkout.for_event works from the event alone (a renderer in another process)."""
+    """mirrors.shared(repo) - the renderer's call - gets the watcher's registration, and
+    for_event works from the event alone (a renderer in another process, its own pool)."""
     primary, infra, infra_first = world.primary, world.infra, world.infra_first
     data = tmp_path / "data"
-    async with watching(bus, settings_for(primary, nats_server, data)):
+    async with watching(bus, settings_for(primary, nats_server, data)) as watcher:
         events = await wait_for_events(bus, lambda evs: bool(detected(evs, infra_first)))
     event = next(e for e in events if e.correlationid == infra_first)
     later = infra.push({"net/cm.yaml": CM.format(name="net", v=3)}, "infra: later")
-    path = await Checkout.shared(event.data["repo"], data).ensure(later)
+    path = await watcher.resources.mirrors.shared(event.data["repo"], data).ensure(later)
     assert Path(path).is_dir()
-    elsewhere = Checkout.for_event(event.data, tmp_path / "renderer-pod")
+    elsewhere = MirrorPool().for_event(event.data, tmp_path / "renderer-pod",
+                                       scope=SecretPolicy(env_allow=("INFRA_*",)).scope())
     assert elsewhere.mirror.source == "infra"
     assert Path(await elsewhere.ensure(later)).is_dir()

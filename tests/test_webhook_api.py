@@ -19,6 +19,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.webhooks import sign
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.api.routes_webhooks import prune
@@ -103,9 +104,9 @@ async def api(nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
     monkeypatch.delenv("CONVEYOR_WEBHOOK_MAX_BYTES", raising=False)
     await publish_config(bus, CONFIG)
-    service = ApiService(bus, Settings(nats_url=nats_server.url, data_dir=tmp_path / "d",
-                                       repo=str(tmp_path / "primary"), branch="main",
-                                       listen="127.0.0.1:0"))
+    service = ApiService(Resources.around(bus, Settings(
+        nats_url=nats_server.url, data_dir=tmp_path / "d", repo=str(tmp_path / "primary"),
+        branch="main", listen="127.0.0.1:0")))
     await service.start()
     try:
         yield service.url

@@ -35,6 +35,20 @@ from orchestrator.errors import PermanentError
 log = structlog.get_logger(__name__)
 
 READY_LINE = b"Server is ready"
+# JetStream's fsync policy (docs/event-log.md, Durability): "always" fsyncs every write before
+# the ack; "interval" is the server's default, every 2 minutes (an OS crash or power failure
+# loses what was acked since the last sync). Quoted: the config parser reads a bare 2m as
+# two million (seconds).
+SYNC_POLICIES = {"always": "always", "interval": '"2m"'}
+
+
+def jetstream_sync(policy: str) -> str:
+    """The ``sync_interval`` value of a sync policy."""
+    try:
+        return SYNC_POLICIES[policy]
+    except KeyError:
+        raise PermanentError(f"sync policy {policy!r}: expected one of "
+                             f"{', '.join(SYNC_POLICIES)}", reason="InvalidSetting") from None
 
 
 def nats_server_binary() -> str:
@@ -116,6 +130,7 @@ class EmbeddedNats:
     process: asyncio.subprocess.Process | None = None
     url: str = ""  # with the credentials in it: what clients connect to
     public_url: str = ""  # without them: for messages
+    sync: str = "always"  # see SYNC_POLICIES
     _drain: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
 
@@ -134,10 +149,13 @@ class EmbeddedNats:
         _stop_stale(pid_file, self.store_dir)  # only a dead owner's server is left to stop
         port = self.port or free_port(self.host)
         creds = nats_auth.load_or_create(self.data_dir)  # generated once, 0600
-        auth_conf = nats_auth.write_server_config(self.data_dir, creds)
+        config = self.data_dir / nats_auth.SERVER_CONFIG_FILE  # what has no command-line flag
+        nats_auth.write_private(config, (
+            f"jetstream {{\n  sync_interval: {jetstream_sync(self.sync)}\n}}\n"
+            + nats_auth.authorization_block(creds)))  # 0600: it holds the password
         args = [
-            nats_server_binary(), "-c", str(auth_conf),
-            "-js", "-sd", str(self.store_dir), "-a", self.host,
+            nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.store_dir),
+            "-a", self.host,
             "-p", str(port), "-P", str(pid_file), "--server_name", "conveyor-embedded",
         ]
         self.process = await asyncio.create_subprocess_exec(

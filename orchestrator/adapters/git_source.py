@@ -1,17 +1,20 @@
 """Where a source's repository lives on this machine: the path itself, or a local mirror.
 
-A thin wrapper over ``GitMirror`` that the watcher, renderer and applier share, so one process
-keeps one mirror (and one fetch lock) per repository. The primary source (``--repo``) takes its
-credentials from the process environment, as the Kubernetes manifests mount them:
+A thin wrapper over ``GitMirror`` that the watcher, renderer and applier share through one
+``MirrorPool`` (built by ``orchestrator/resources.py``), so one Conveyor keeps one mirror (and
+one fetch lock) per repository, and two Conveyors in one process keep theirs apart.
+
+The primary source (``--repo``) takes its credentials from the process environment, as the
+Kubernetes manifests mount them:
 ``CONVEYOR_GIT_TOKEN`` (or ``CONVEYOR_GIT_USERNAME`` + ``CONVEYOR_GIT_PASSWORD``),
 ``CONVEYOR_GIT_SSH_KEY`` (a key file), ``CONVEYOR_GIT_SSH_PASSPHRASE`` and
 ``CONVEYOR_GIT_KNOWN_HOSTS`` (a known_hosts file). Empty values count as unset.
 
 Other sources take theirs from conveyor.yaml (``sources.<name>.credentials``: ``${VAR}``
 references and file paths, expanded at each fetch by ``GitMirror``). The watcher registers
-each source here with its credentials, so ``Checkout.shared(repo, data_dir)`` (what the
+each source in the pool with its credentials, so ``pool.shared(repo, data_dir)`` (what the
 renderer calls with the ``repo`` of a ``commit.detected`` event) finds them in the same
-process; ``Checkout.for_event(data, data_dir)`` does the same from the ``source_config`` the
+process; ``pool.for_event(data, data_dir)`` does the same from the ``source_config`` the
 event carries, for a renderer running in another process (secondary sources always carry
 one, ``credentials: {}`` when anonymous, so the primary's secrets are not offered to another
 host). A repository nobody registered gets the environment's credentials, as before.
@@ -28,6 +31,7 @@ from typing import Any
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_remote import FetchResult, GitMirror
 from orchestrator.domain.giturls import parse
+from orchestrator.secrets import SecretScope
 
 
 def is_local(repo: str) -> bool:
@@ -67,16 +71,16 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
     return creds
 
 
-_SHARED: dict[tuple[str, str], Checkout] = {}
-
-
 class Checkout:
-    """A source's repository on this machine (one per repository and data dir per process).
+    """A source's repository on this machine (one per repository and data dir per pool).
 
-    ``credentials`` None means the process environment's (``CONVEYOR_GIT_*``)."""
+    ``credentials`` None means the process environment's (``CONVEYOR_GIT_*``, the operator's,
+    expanded unrestricted); otherwise conveyor.yaml's references, reaching only ``scope``
+    (``SecretPolicy.scope()``: the operator's ``--env-allow`` and ``--secrets-dir``)."""
 
     def __init__(self, repo: str, data_dir: Path, *, source: str = "default",
                  credentials: Mapping[str, Any] | None = None,
+                 scope: SecretScope | None = None,
                  connect_timeout: float = 10.0, timeout: float = 60.0) -> None:
         self.repo = repo
         self.source = source
@@ -85,32 +89,10 @@ class Checkout:
         self.mirror = GitMirror(repo, data_dir / "mirrors", source=source,
                                 credentials=credentials if credentials is not None
                                 else credentials_from_env(),
-                                connect_timeout=connect_timeout, timeout=timeout)
-
-    @classmethod
-    def shared(cls, repo: str, data_dir: Path, *, source: str | None = None,
-               credentials: Mapping[str, Any] | None = None, **kwargs: Any) -> Checkout:
-        """The process's checkout of ``repo``. With ``credentials`` (a registration, by the
-        watcher or from an event) it replaces one made without or with other credentials."""
-        key = (repo_key(repo), str(data_dir))
-        found = _SHARED.get(key)
-        if found is not None and (credentials is None or (
-                found.explicit and found.credentials == dict(credentials))):
-            return found
-        _SHARED[key] = cls(repo, data_dir, source=source or "default",
-                           credentials=credentials, **kwargs)
-        return _SHARED[key]
-
-    @classmethod
-    def for_event(cls, data: Mapping[str, Any], data_dir: Path) -> Checkout:
-        """The checkout for a ``commit.detected`` event's ``repo``, using the
-        ``source_config`` it carries (credential references only) when it has one."""
-        repo = str(data["repo"])
-        cfg = data.get("source_config")
-        if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
-            return cls.shared(repo, data_dir, source=str(cfg.get("name") or "default"),
-                              credentials=cfg["credentials"])
-        return cls.shared(repo, data_dir)
+                                scope=(scope or SecretScope({}, ())) if credentials is not None
+                                else SecretScope.operator(),
+                                connect_timeout=connect_timeout, timeout=timeout,
+                                check_now=False)  # the watcher reports it: fetch_failed
 
     @property
     def path(self) -> str:
@@ -127,3 +109,35 @@ class Checkout:
 
     def _has(self, sha: str) -> bool:
         return Path(self.path).exists() and git_local.has_commit(self.path, sha)
+
+
+class MirrorPool:
+    """The checkouts of one Conveyor, by repository and data dir."""
+
+    def __init__(self) -> None:
+        self._checkouts: dict[tuple[str, str], Checkout] = {}
+
+    def shared(self, repo: str, data_dir: Path, *, source: str | None = None,
+               credentials: Mapping[str, Any] | None = None, **kwargs: Any) -> Checkout:
+        """The pool's checkout of ``repo``. With ``credentials`` (a registration, by the
+        watcher or from an event) it replaces one made without or with other credentials."""
+        key = (repo_key(repo), str(data_dir))
+        found = self._checkouts.get(key)
+        if found is not None and (credentials is None or (
+                found.explicit and found.credentials == dict(credentials))):
+            return found
+        self._checkouts[key] = Checkout(repo, data_dir, source=source or "default",
+                                        credentials=credentials, **kwargs)
+        return self._checkouts[key]
+
+    def for_event(self, data: Mapping[str, Any], data_dir: Path, *,
+                  scope: SecretScope | None = None) -> Checkout:
+        """The checkout for a ``commit.detected`` event's ``repo``, using the
+        ``source_config`` it carries (credential references only, reaching ``scope``) when it
+        has one."""
+        repo = str(data["repo"])
+        cfg = data.get("source_config")
+        if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
+            return self.shared(repo, data_dir, source=str(cfg.get("name") or "default"),
+                               credentials=cfg["credentials"], scope=scope)
+        return self.shared(repo, data_dir)

@@ -27,7 +27,7 @@ from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
 CREDENTIALS_FILE: Final = "credentials.json"
-SERVER_CONFIG_FILE: Final = "auth.conf"
+SERVER_CONFIG_FILE: Final = "nats-server.conf"
 USER: Final = "conveyor"
 PRIVATE: Final = 0o600
 
@@ -38,7 +38,7 @@ class BusCredentials:
     password: str = field(repr=False)
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` with mode 0600 from the first byte (no window in which the
     file exists with the umask's mode), replacing it atomically."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
@@ -63,19 +63,17 @@ def load_or_create(directory: Path) -> BusCredentials:
         return BusCredentials(str(data["user"]), str(data["password"]))
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         creds = BusCredentials(USER, secrets.token_urlsafe(32))
-        _write_private(path, json.dumps({"user": creds.user, "password": creds.password}))
+        write_private(path, json.dumps({"user": creds.user, "password": creds.password}))
         return creds
 
 
-def write_server_config(directory: Path, creds: BusCredentials) -> Path:
-    """nats-server's config file with the authorization block (0600); its path."""
-    path = directory / SERVER_CONFIG_FILE
+def authorization_block(creds: BusCredentials) -> str:
+    """nats-server's config block that requires this user and password."""
     # token_urlsafe's alphabet needs no escaping inside a quoted string
-    _write_private(path, "authorization {\n"
-                         f"  user: {json.dumps(creds.user)}\n"
-                         f"  password: {json.dumps(creds.password)}\n"
-                         "}\n")
-    return path
+    return ("authorization {\n"
+            f"  user: {json.dumps(creds.user)}\n"
+            f"  password: {json.dumps(creds.password)}\n"
+            "}\n")
 
 
 def with_credentials(url: str, user: str, password: str) -> str:

@@ -64,24 +64,62 @@ async def _problems(api: str) -> list[str]:
     return out
 
 
+SUMMARY_ROWS = 20  # above this many environments, status lists only those needing attention
+
+
+def _filters(args: argparse.Namespace) -> dict[str, Any]:
+    return {k: getattr(args, k, None) for k in ("outcome", "health", "prefix", "generator")}
+
+
+async def _all_envs(api: str, filters: dict[str, Any]) -> tuple[list[dict[str, Any]],
+                                                                 dict[str, Any]]:
+    """Every selected environment, page by page, and the first page's totals and counts."""
+    body = await _get(api, "/api/v1/environments", **filters)
+    envs = list(body["environments"])
+    while body.get("continue"):
+        body_next = await _get(api, "/api/v1/environments", **filters,
+                               **{"continue": body["continue"]})
+        envs += body_next["environments"]
+        body = {**body, "continue": body_next.get("continue")}
+    return envs, body
+
+
+def _needs_attention(e: dict[str, Any]) -> bool:
+    return bool(e["in_flight"]) or e["health"] in ("Degraded", "Missing") \
+        or e["last_outcome"].rsplit(".", 1)[-1] in ("failed", "dead", "rejected")
+
+
 async def status(args: argparse.Namespace) -> int:
+    """A table of environments; at fleet size a summary line and only the environments that
+    need attention (failing, degraded or in flight) unless ``--all``."""
     try:
-        body = await _get(args.api, "/api/v1/environments")
+        envs, body = await _all_envs(args.api, _filters(args))
         problems = await _problems(args.api) if args.output != "json" else []
     except aiohttp.ClientError as exc:
         return _fail_unreachable(args.api, exc)
-    envs = body["environments"]
     if args.output == "json":
         print(json.dumps(envs, indent=2))
         return 0
     for problem in problems:
         print(f"! {problem}")
     if not envs:
-        print("no environments yet (see `conveyor log`)")
+        print("no environments match" if any(_filters(args).values())
+              else "no environments yet (see `conveyor log`)")
         return 0
+    counts = body.get("counts") or {}
+    summary = ", ".join(f"{n} {k}" for k, n in sorted((counts.get("outcome") or {}).items()))
+    health = ", ".join(f"{n} {k}" for k, n in sorted((counts.get("health") or {}).items()))
+    shown = envs
+    if len(envs) > SUMMARY_ROWS and not args.all:
+        shown = [e for e in envs if _needs_attention(e)]
+        print(f"{len(envs)} environments: {summary or '-'}; health: {health or '-'}")
+        if not shown:
+            print("all settled; `conveyor status --all` lists them")
+            return 0
+        print(f"{len(shown)} need attention (`--all` lists every environment):")
     print(f"{'ENVIRONMENT':<16}{'DESIRED':<10}{'APPLIED':<10}{'HEALTH':<12}{'LAST OUTCOME':<22}"
           "IN FLIGHT / ERROR")
-    for e in envs:
+    for e in shown:
         outcome = e["last_outcome"].removeprefix("conveyor.") or "-"
         note = e["in_flight"] or (e["last_error"][:60] if e["last_error"] else "")
         print(f"{e['name']:<16}{_short(e['desired_revision']):<10}"

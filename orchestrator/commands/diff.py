@@ -23,11 +23,20 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import aiohttp
+import nats
+from nats.js.errors import NotFoundError, ObjectNotFoundError
 
+from orchestrator import subjects
+from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
+from orchestrator.domain.diff import summarise
 from orchestrator.errors import ConveyorError, PermanentError
+from orchestrator.secrets import SecretPolicy
+from orchestrator.targets.kube.clients import KubePool
+from orchestrator.targets.kube.compare import compare
+from orchestrator.targets.kube.settings import expanded_target
+from orchestrator.targets.kube.target import kube_target
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,12 +48,6 @@ class Desired:
 
 
 async def from_nats(url: str, env: str) -> Desired:
-    import nats
-    from nats.js.errors import NotFoundError, ObjectNotFoundError
-
-    from orchestrator import subjects
-    from orchestrator.adapters.nats_bus import EventBus
-
     # Not EventBus.connect: that reconciles the stream's config (its retention) with defaults,
     # which a read-only command must never do. The bundle is read from the store directly.
     try:
@@ -106,10 +109,6 @@ async def from_api(url: str, env: str, token: str | None = None) -> Desired:
 
 async def compute(env: str, desired: Desired) -> list[Any]:
     """The differences (``ObjectDiff``) between the desired bundle and the live cluster."""
-    from orchestrator.targets.kube.clients import close_all
-    from orchestrator.targets.kube.compare import compare
-    from orchestrator.targets.kube.target import kube_target
-
     target_cfg = desired.env.get("target") or {}
     if "kubernetes" not in target_cfg:
         raise PermanentError(f"environment {env} does not have a kubernetes target "
@@ -119,13 +118,17 @@ async def compute(env: str, desired: Desired) -> list[Any]:
         objects = decode_bundle(desired.payload)
     except ValueError as exc:
         raise PermanentError(f"bundle {desired.digest}: {exc}", reason="BundleInvalid") from None
+    pool = KubePool()  # this command's own clients, closed when it is done
     try:
-        target = kube_target(env, expand_all(target_cfg["kubernetes"] or {}),
-                             desired.env.get("sync") or {})
+        # the config came from the repository: its references reach what the operator
+        # allows (CONVEYOR_ENV_ALLOW, CONVEYOR_SECRETS_DIR), as in the applier
+        scope = SecretPolicy.from_env().scope()
+        target = kube_target(env, expanded_target(env, target_cfg["kubernetes"], scope),
+                             desired.env.get("sync") or {}, pool)
         stored = await target.stored()
         diffs, _ = await compare(target, objects, stored.inventory)
     finally:
-        await close_all()
+        await pool.close()
     return diffs
 
 
@@ -153,8 +156,6 @@ async def diff_command(env: str, *, nats: str = "", api: str = "", output: str =
     else:
         for d in diffs:
             out.write(d.unified_text)
-        from orchestrator.domain.diff import summarise
-
         print(f"{env} at {desired.revision[:12]} ({desired.digest[:19]}): {summarise(diffs)}",
               file=out)
     return 1 if diffs else 0

@@ -7,7 +7,10 @@ it: take a consistent snapshot of the live projection at its position ``P``, fol
 key. Replay only folds: no handler runs, nothing is published, no effect is repeated.
 
 A consistent snapshot: in the api process (``POST /api/v1/replay``) the projector's lock is
-held while the live keys are read, so no event is half-written. Run directly against NATS
+held while the live keys are read, so no event is half-written (and an event a crash cut short
+was completed by the projector before the api began to serve: see ``orchestrator.projector``).
+Should a record still be past the position (a write the projector could not store, to be
+redone), replay says so instead of reporting differences. Run directly against NATS
 (``--nats``) there is no lock: the position is read before and after the keys, and the read is
 repeated until both agree and no record is ahead of it (every record carries the sequence it
 reflects, so a half-written event shows).
@@ -34,6 +37,7 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.commands.client import _fail_unreachable, _headers
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
 from orchestrator.projector import (
@@ -41,6 +45,7 @@ from orchestrator.projector import (
     Stored,
     dump_bucket,
     encode,
+    record_seq,
     records,
 )
 
@@ -122,11 +127,7 @@ def _diff_value(key: str, path: str, a: Any, b: Any, out: list[Difference]) -> N
 
 
 def _seqs(stored: Stored) -> list[int]:
-    out = []
-    for value in stored.values():
-        if isinstance(value, dict):
-            out.append(int(value.get("last_seq") or value.get("seq") or 0))
-    return out
+    return [record_seq(value) for key, value in stored.items() if key != POSITION_KEY]
 
 
 async def _position(bus: EventBus, bucket: str) -> int:
@@ -144,13 +145,25 @@ async def snapshot(bus: EventBus, bucket: str = subjects.STATE_BUCKET,
     if lock is not None:
         async with lock:
             stored = await dump_bucket(bus, bucket)
-        return int((stored.get(POSITION_KEY) or {}).get("seq") or 0), stored
+        seq = int((stored.get(POSITION_KEY) or {}).get("seq") or 0)
+        ahead = max(_seqs(stored), default=0)
+        if ahead > seq:  # the projector failed to store an event and will fold it again
+            raise ReplayError(f"the projection in {bucket} has records at sequence {ahead}, "
+                              f"past its position {seq}: an event is still being stored; "
+                              "try again")
+        return seq, stored
+    ahead = 0
     for _ in range(SNAPSHOT_ATTEMPTS):
         before = await _position(bus, bucket)
         stored = await dump_bucket(bus, bucket)
         after = await _position(bus, bucket)
-        if before == after and all(s <= before for s in _seqs(stored)):
+        ahead = max(_seqs(stored), default=0)
+        if before == after and ahead <= before:
             return before, stored
+    if before == after:  # still, with a record past it: an event cut short, not yet completed
+        raise ReplayError(f"the projection in {bucket} has a record at sequence {ahead}, past "
+                          f"its position {before}: its projector stopped half-way through an "
+                          "event and completes it when it starts again")
     raise ReplayError(f"the projection in {bucket} kept moving: no consistent snapshot in "
                       f"{SNAPSHOT_ATTEMPTS} reads (replay through the api instead)")
 
@@ -269,8 +282,6 @@ async def _direct(url: str) -> dict[str, Any]:
 
 
 async def replay_command(args: argparse.Namespace) -> int:
-    from orchestrator.commands.client import _fail_unreachable, _headers
-
     if args.nats:
         try:
             report = await _direct(args.nats)

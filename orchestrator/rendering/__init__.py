@@ -11,7 +11,8 @@ the render cache which paths a render depends on. Settings are documented in ``s
 """
 
 from orchestrator.rendering.api import render
-from orchestrator.rendering.model import Manifest, RenderLimits, RenderResult
+from orchestrator.rendering.model import Manifest, RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.refs import referenced_paths
 
-__all__ = ["Manifest", "RenderLimits", "RenderResult", "referenced_paths", "render"]
+__all__ = ["Manifest", "RenderLimits", "RenderResult", "RenderTools", "referenced_paths",
+           "render"]

@@ -17,23 +17,29 @@ from typing import Any
 from orchestrator.errors import ManifestError, PermanentError
 from orchestrator.rendering import plain
 from orchestrator.rendering.detect import detect
-from orchestrator.rendering.model import RenderLimits, RenderResult
+from orchestrator.rendering.helm import render_helm
+from orchestrator.rendering.jinja import render_jinja
+from orchestrator.rendering.jsonnet import render_jsonnet
+from orchestrator.rendering.kustomize import render_kustomize
+from orchestrator.rendering.model import RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.parse import Located
 from orchestrator.rendering.safety import EscapeError, display, norm_rel, resolve
 from orchestrator.rendering.settings import parse_settings
 from orchestrator.rendering.validate import validate
 
 _DEFAULT_LIMITS = RenderLimits()
+_DEFAULT_TOOLS = RenderTools()
 
 
 def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
-           *, limits: RenderLimits = _DEFAULT_LIMITS,
+           *, limits: RenderLimits = _DEFAULT_LIMITS, tools: RenderTools = _DEFAULT_TOOLS,
            values: Mapping[str, Any] | None = None) -> RenderResult:
     """Render ``env_path`` (repo-relative, "" for the root) of the snapshot at ``root``.
 
     ``values`` are per-render overrides: merged last into helm values (like ``--set``) and into
     jinja's context, and given to jsonnet as the ext code variable ``values``; plain and
-    kustomize ignore them. Blocking: run it in a thread.
+    kustomize ignore them. ``tools`` are the operator's choices (programs, remote bases);
+    ``settings`` the repository's. Blocking: run it in a thread.
     """
     parsed = parse_settings(settings)
     env_rel = norm_rel(env_path.strip().rstrip("/") if env_path else "")
@@ -55,21 +61,13 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
         items, errors = plain.render_directory(root, env_rel, parsed, limits)
         version = plain.VERSION
     elif kind == "kustomize":
-        from orchestrator.rendering.kustomize import render_kustomize
-
-        items, errors, version = render_kustomize(root, env_rel, parsed.kustomize, limits)
+        items, errors, version = render_kustomize(root, env_rel, tools, limits)
     elif kind == "jsonnet":
-        from orchestrator.rendering.jsonnet import render_jsonnet
-
         items, errors, version = render_jsonnet(root, env_rel, parsed.jsonnet, limits, extra)
     elif kind == "jinja":
-        from orchestrator.rendering.jinja import render_jinja
-
         items, errors, version = render_jinja(root, env_rel, parsed, limits, extra)
     else:  # helm
-        from orchestrator.rendering.helm import render_helm
-
-        items, errors, version = render_helm(root, env_rel, parsed.helm, limits, extra)
+        items, errors, version = render_helm(root, env_rel, parsed.helm, limits, extra, tools)
 
     if not errors:
         errors = validate(items, parsed.validate, limits.max_objects)

@@ -21,6 +21,7 @@ from orchestrator.domain.bundle import canonical_objects
 from orchestrator.domain.config import CONFIG_FILE, parse_config
 from orchestrator.errors import ConveyorError, ManifestError
 from orchestrator.rendering.api import render
+from orchestrator.rendering.model import RenderTools
 
 OUTPUTS = ("yaml", "json")
 
@@ -47,7 +48,8 @@ def _errors(exc: ConveyorError) -> list[str]:
 
 
 def render_command(path: Path, env: str | None, output: str, *,
-                   stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+                   stdout: TextIO | None = None, stderr: TextIO | None = None,
+                   tools: RenderTools | None = None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     if output not in OUTPUTS:
@@ -76,7 +78,7 @@ def render_command(path: Path, env: str | None, output: str, *,
             env_path = path.relative_to(root).as_posix() if path != root else ""
             if env_path == ".":
                 env_path = ""
-        result = render(root, env_path, settings)
+        result = render(root, env_path, settings, tools=tools or RenderTools())
     except ConveyorError as exc:
         for line in _errors(exc):
             err.write(f"{line}\n")

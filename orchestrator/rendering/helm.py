@@ -30,7 +30,7 @@ from typing import Any
 
 from orchestrator.domain.yamlpos import YamlSyntaxError, load_one
 from orchestrator.errors import PermanentError
-from orchestrator.rendering.model import RenderLimits
+from orchestrator.rendering.model import RenderLimits, RenderTools
 from orchestrator.rendering.parse import Located, decode, parse_yaml
 from orchestrator.rendering.safety import (
     EscapeError,
@@ -59,7 +59,7 @@ def merge_values(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, 
 
 
 def sdk_available() -> bool:
-    try:
+    try:  # optional dependency: the helm extra (helm-python-sdk)
         import helm_python  # noqa: F401
     except (ImportError, OSError):
         return False
@@ -156,6 +156,7 @@ def _parse_rendered(chart_rel: str, rendered: Mapping[str, str], settings: HelmS
 
 def _worker_main() -> None:
     request = json.load(sys.stdin)
+    # optional dependency (the helm extra), only in the worker process that renders a chart
     import helm_python
     from helm_python import _native
 
@@ -210,7 +211,8 @@ def _via_binary(helm: str, chart_dir: Path, request: Mapping[str, Any], limits: 
 
 
 def render_helm(root: Path, env_rel: str, settings: HelmSettings, limits: RenderLimits,
-                extra: Mapping[str, Any]) -> tuple[list[Located], list[str], str]:
+                extra: Mapping[str, Any], tools: RenderTools | None = None,
+                ) -> tuple[list[Located], list[str], str]:
     chart_dir = resolve(root, env_rel, referrer=f"environment path {display(env_rel)!r}")
     errors = check_tree(root, env_rel)
     errors += _vendored_errors(root, env_rel, limits)
@@ -227,7 +229,11 @@ def render_helm(root: Path, env_rel: str, settings: HelmSettings, limits: Render
                "kube_version": settings.kube_version, "api_versions": list(settings.api_versions),
                "include_crds": settings.include_crds}
     what = f"helm {display(env_rel)}"
-    helm = shutil.which("helm")
+    chosen = tools.helm_binary if tools is not None else None
+    helm = shutil.which(chosen or "helm")
+    if chosen and helm is None:
+        raise PermanentError(f"--helm-binary {chosen!r} is not an executable file",
+                             reason="ToolMissing")
     if helm is not None:
         reply = _via_binary(helm, chart_dir, request, limits, what)
     elif sdk_available():

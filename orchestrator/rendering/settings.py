@@ -8,9 +8,6 @@ CD keeps its vocabulary::
       include: "*.yaml"          # plain/jinja: glob or list of globs, relative to the env path
       exclude: ["test/**"]       #   (Argo: source.directory.include/exclude); {a,b} and ** work
       recurse: true              # plain/jinja: walk sub-directories (default true)
-      kustomize:
-        binary: /usr/local/bin/kustomize   # default: kubectl kustomize
-        allowRemoteBases: false            # remote resources are refused by default
       helm:                      # Argo: source.helm
         releaseName: web         # default: the last segment of the env path
         namespace: web           # .Release.Namespace (default "default")
@@ -36,6 +33,11 @@ CD keeps its vocabulary::
 
 Unknown keys are refused: a typo such as ``exlude`` would otherwise deploy what it meant to hide.
 
+Which program renders and how far a render reaches are the operator's (``RenderTools``:
+``--kustomize-binary``, ``--helm-binary``, ``--allow-remote-bases HOSTS``), never the
+repository's: ``kustomize.binary``, ``kustomize.allowRemoteBases`` and ``helm.binary`` in
+conveyor.yaml are refused naming the flag to use instead (``OPERATOR_ONLY``).
+
 ``recurse`` defaults to true, unlike Argo CD's ``directory.recurse: false``. Deliberately: the
 default was true before Argo parity was sought, and flipping it would make every existing
 environment with manifests in sub-directories silently drop them - and the applier prune them
@@ -60,14 +62,33 @@ from orchestrator.errors import PermanentError
 RENDERERS = ("plain", "kustomize", "helm", "jsonnet", "jinja")
 
 
+# key -> (why a committer may not set it, the operator's flag for it)
+OPERATOR_ONLY: Mapping[tuple[str, str], tuple[str, str]] = {
+    ("kustomize", "binary"): ("chooses a program to run on the host", "--kustomize-binary"),
+    ("kustomize", "allowRemoteBases"): ("opens the render's network to remote hosts",
+                                        "--allow-remote-bases HOSTS"),
+    ("helm", "binary"): ("chooses a program to run on the host", "--helm-binary"),
+}
+
+
+class SettingsError(PermanentError):
+    """A refused ``render:`` setting; ``path`` is the key under ``render`` when known."""
+
+    def __init__(self, message: str, path: tuple[str, ...] = ()) -> None:
+        super().__init__(f"render settings: {message}", reason="InvalidRenderSettings")
+        self.path = path
+
+
 def settings_error(message: str) -> PermanentError:
-    return PermanentError(f"render settings: {message}", reason="InvalidRenderSettings")
+    return SettingsError(message)
 
 
-@dataclass(frozen=True, slots=True)
-class KustomizeSettings:
-    binary: str | None = None
-    allow_remote_bases: bool = False
+def _operator_only(top: Mapping[str, Any]) -> None:
+    for (block, key), (why, flag) in OPERATOR_ONLY.items():
+        raw = top.get(block)
+        if isinstance(raw, Mapping) and key in raw:
+            raise SettingsError(f"{block}.{key} {why}: that is operator configuration "
+                                f"(conveyor {flag}), never conveyor.yaml", (block, key))
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +127,6 @@ class RenderSettings:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     recurse: bool = True
-    kustomize: KustomizeSettings = KustomizeSettings()
     helm: HelmSettings = HelmSettings()
     jsonnet: JsonnetSettings = JsonnetSettings()
     jinja_values: Mapping[str, Any] = field(default_factory=dict)
@@ -201,15 +221,12 @@ def parse_settings(raw: Mapping[str, Any] | None) -> RenderSettings:
     """Check the ``render:`` block; raises PermanentError naming the bad key."""
     top = _block(raw, "render", {"type", "include", "exclude", "recurse", "kustomize", "helm",
                                  "jsonnet", "jinja", "validate"})
+    _operator_only(top)
     kind = _str(top.get("type"), "type")
     if kind is not None and kind not in RENDERERS:
         raise settings_error(f"type must be one of {', '.join(RENDERERS)}, got {kind!r}")
 
-    k = _block(top.get("kustomize"), "kustomize", {"binary", "allowRemoteBases"})
-    kustomize = KustomizeSettings(
-        binary=_str(k.get("binary"), "kustomize.binary"),
-        allow_remote_bases=_bool(k.get("allowRemoteBases"), "kustomize.allowRemoteBases", False),
-    )
+    _block(top.get("kustomize"), "kustomize", set())  # nothing a committer may set
 
     h = _block(top.get("helm"), "helm", {"releaseName", "namespace", "valueFiles", "valuesFiles",
                                          "values", "valuesObject", "includeCRDs", "skipCrds",
@@ -254,7 +271,7 @@ def parse_settings(raw: Mapping[str, Any] | None) -> RenderSettings:
         include=_strings(top.get("include"), "include"),
         exclude=_strings(top.get("exclude"), "exclude"),
         recurse=_bool(top.get("recurse"), "recurse", True),
-        kustomize=kustomize, helm=helm, jsonnet=jsonnet,
+        helm=helm, jsonnet=jsonnet,
         jinja_values=_values(ji.get("values"), "jinja.values"),
         validate=validate,
     )

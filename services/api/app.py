@@ -1,99 +1,55 @@
 """api: webhook receiver, query API, live event stream and dashboard (aiohttp).
 
-Who may call what is services.api.auth: with a token configured every read needs the read or
-operator token, and control endpoints (refresh, retry, sync, replay) the operator token
-(``up`` refuses to listen off loopback without one).
+Read endpoints are open; control endpoints (refresh, retry, sync) need
+``Authorization: Bearer $CONVEYOR_API_TOKEN`` whenever a token is configured (and ``up`` refuses
+to listen off loopback without one). Tokens are compared in constant time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import structlog
 from aiohttp import web
 
-from orchestrator import subjects
+from orchestrator import ops, subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
+from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_limit
 from orchestrator.domain.masking import mask_bundle
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
-from orchestrator.settings import Settings
-from services.api import auth, browser
+from orchestrator.resources import Resources
+from services.api import (
+    auth,
+    browser,
+    routes_dashboard,
+    routes_history,
+    routes_objects,
+    routes_releases,
+    routes_webhooks,
+    sse,
+)
+from services.api.context import (
+    BUS,
+    MAX_STREAMS,
+    PROJECTOR,
+    RESOURCES,
+    SETTINGS,
+    STREAMS,
+    Handler,
+    control,
+    event_json,
+)
 
 log = structlog.get_logger(__name__)
 
-BUS: web.AppKey[EventBus] = web.AppKey("bus", EventBus)
-PROJECTOR: web.AppKey[Projector] = web.AppKey("projector", Projector)
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
 MAX_EVENTS = 10_000
-MAX_STREAMS = 64  # live streams (SSE) open at once, both endpoints together
-HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's headers
-MAX_STREAMS_KEY: web.AppKey[int] = web.AppKey("max_streams", int)
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def control(handler: Handler) -> Handler:
-    """Only the operator role may call this handler (services.api.auth)."""
-
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        refused = auth.require(request, request.app[SETTINGS], auth.Role.OPERATOR)
-        if refused is not None:
-            return refused
-        return await handler(request)
-
-    return wrapped
-
-
-async def healthz(request: web.Request) -> web.Response:
-    bus = request.app[BUS]
-    ok = bus.nc.is_connected
-    return web.json_response({"status": "ok" if ok else "nats disconnected"},
-                             status=200 if ok else 503)
-
-
-async def environments(request: web.Request) -> web.Response:
-    envs = request.app[PROJECTOR].envs
-    return web.json_response({"environments": [s.to_dict() for _, s in sorted(envs.items())]})
-
-
-async def environment(request: web.Request) -> web.Response:
-    state = request.app[PROJECTOR].envs.get(request.match_info["name"])
-    if state is None:
-        return web.json_response({"error": "no such environment"}, status=404)
-    return web.json_response(state.to_dict())
-
-
-def event_json(stored: StoredEvent) -> dict[str, Any]:
-    return {**stored.event.to_dict(), "sequence": stored.seq}
-
-
-async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
-                       correlation: str | None, after: int = 0,
-                       limit: int = MAX_EVENTS) -> list[StoredEvent]:
-    """Events oldest first; env and type filter on the server, correlation while reading."""
-    prefix = type_prefix or "conveyor"
-    envs = [env] if env else None
-    filters = subjects.filter_for(prefix, envs)
-    out: list[StoredEvent] = []
-    async for stored in bus.read(filters, start_seq=after + 1):
-        e = stored.event
-        if correlation and not e.correlationid.startswith(correlation):
-            continue
-        if type_prefix and not (e.type == type_prefix or e.type.startswith(
-                type_prefix.rstrip(".") + ".")):
-            continue
-        out.append(stored)
-        if len(out) >= limit:
-            break
-    return out
+DEFAULT_EVENTS = 100
+HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's head
 
 
 class BadQuery(ValueError):
@@ -141,15 +97,91 @@ async def bad_query(request: web.Request, handler: Handler) -> web.StreamRespons
     except BadQuery as exc:
         return web.json_response({"error": str(exc)}, status=400)
 
+__all__ = ["ApiService", "build_app", "control", "event_json"]
+
+
+async def environments(request: web.Request) -> web.Response:
+    """A page of environments (``limit``, ``continue``) the filters select, with counts."""
+    q = request.query
+    try:
+        flt = EnvFilter.from_query(q)
+        found = page(request.app[PROJECTOR].envs.values(), flt, parse_limit(q.get("limit")),
+                     q.get("continue") or None)
+    except ListingError as exc:
+        return web.json_response({"error": str(exc)}, status=400)
+    return web.json_response(found.to_dict())
+
+
+async def environment(request: web.Request) -> web.Response:
+    state = request.app[PROJECTOR].envs.get(request.match_info["name"])
+    if state is None:
+        return web.json_response({"error": "no such environment"}, status=404)
+    return web.json_response(state.to_dict())
+
+
+async def query_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
+                       correlation: str | None, after: int = 0,
+                       limit: int = MAX_EVENTS) -> list[StoredEvent]:
+    """Events oldest first; env and type filter on the server, correlation while reading."""
+    prefix = type_prefix or "conveyor"
+    envs = [env] if env else None
+    filters = subjects.filter_for(prefix, envs)
+    out: list[StoredEvent] = []
+    async for stored in bus.read(filters, start_seq=after + 1):
+        e = stored.event
+        if correlation and not e.correlationid.startswith(correlation):
+            continue
+        if type_prefix and not (e.type == type_prefix or e.type.startswith(
+                type_prefix.rstrip(".") + ".")):
+            continue
+        out.append(stored)
+        if len(out) >= limit:
+            break
+    return out
+
+
+async def newest_events(bus: EventBus, *, env: str | None, type_prefix: str | None,
+                        correlation: str | None, before: int, limit: int) -> list[StoredEvent]:
+    """The newest ``limit`` matching events below sequence ``before``, oldest first.
+
+    JetStream reads forwards only, so read windows that end at ``before`` and double in size
+    until they hold ``limit`` matches or reach the start of the log: an unfiltered page costs
+    one window; a sparse filter costs O(log n) windows, never a read of the whole log twice.
+    """
+    window = max(limit, 64)
+    while True:
+        start = max(0, before - 1 - window)
+        found = [s for s in await query_events(bus, env=env, type_prefix=type_prefix,
+                                               correlation=correlation, after=start,
+                                               limit=MAX_EVENTS)
+                 if s.seq < before]
+        if len(found) >= limit or start == 0:
+            return found[-limit:]
+        window *= 4
+
 
 async def events(request: web.Request) -> web.Response:
-    limit = min(query_int(request, "limit", MAX_EVENTS), MAX_EVENTS)
-    after = query_int(request, "after", 0)
-    found = await query_events(request.app[BUS], env=query_env(request),
-                               type_prefix=query_type(request),
-                               correlation=query_sha(request.query.get("correlation")),
-                               after=after, limit=limit)
-    return web.json_response({"events": [event_json(s) for s in found]})
+    """Events: by default the newest page (``limit``, 100 by default) and a ``before`` cursor
+    for the page older than it; with ``after`` the events after that sequence, oldest first
+    (what a follower reads)."""
+    q = request.query
+    limit = min(query_int(request, "limit", DEFAULT_EVENTS), MAX_EVENTS)
+    after = query_int(request, "after", 0) if q.get("after") else None
+    before = query_int(request, "before", 0) if q.get("before") else None
+    if limit < 1 or (before is not None and before < 1):
+        raise BadQuery("limit, after and before must be whole numbers (limit, before >= 1)")
+    env = query_env(request)
+    bus = request.app[BUS]
+    what = {"env": env, "type_prefix": query_type(request),
+            "correlation": query_sha(q.get("correlation"))}
+    if after is not None:
+        found = await query_events(bus, **what, after=after, limit=limit)
+        more = {"after": found[-1].seq} if len(found) == limit else None
+    else:
+        end = before if before is not None else await bus.last_seq() + 1
+        found = await newest_events(bus, **what, before=end, limit=limit)
+        more = {"before": found[0].seq} if found and found[0].seq > 1 else None
+    return web.json_response({"events": [event_json(s) for s in found], "next": more})
 
 
 async def trace(request: web.Request) -> web.Response:
@@ -178,59 +210,21 @@ async def refresh(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every new event as it is appended to the log."""
     bus = request.app[BUS]
-    env = query_env(request)  # checked before the 200 goes out: a bad one is a 400
+    env = query_env(request)  # checked before the stream answers 200: a bad one is a 400
     start = query_int(request, "after", 0) + 1 if "after" in request.query else (
         await bus.last_seq() + 1)
     filters = subjects.filter_for("conveyor", [env] if env else None)
-    refused = stream_slot_refused(request)
-    if refused is not None:
-        return refused
-    resp = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                       "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    await resp.prepare(request)
-    # As the dashboard's stream: registered so that shutdown ends it at once (while NATS is still
-    # connected), and a comment line every PING_EVERY s finds clients that went away.
-    from services.api.routes_dashboard import PING_EVERY, STREAMS
 
-    queue: asyncio.Queue[StoredEvent | None] = asyncio.Queue(256)
-
-    async def follow() -> None:
+    async def follow(queue: sse.Frames) -> None:
         try:
             async for stored in bus.read(filters, start_seq=start, stop_at_end=False):
-                await queue.put(stored)
+                payload = json.dumps(event_json(stored), separators=(",", ":"))
+                await queue.put(sse.frame(payload, event=stored.event.type, id=stored.seq))
         except Exception as exc:  # cancellation passes through: the stream is closing anyway
             log.warning("api.stream_failed", error=str(exc) or type(exc).__name__)
         await queue.put(None)
 
-    producer = asyncio.create_task(follow())
-    me = asyncio.current_task()
-    streams = request.app[STREAMS]
-    if me is not None:
-        streams.add(me)
-    try:
-        while True:
-            try:
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
-                # that lands as the queue yields, and shutdown would wait on this stream
-                async with asyncio.timeout(PING_EVERY):
-                    stored = await queue.get()
-            except TimeoutError:
-                await resp.write(b": ping\n\n")
-                continue
-            if stored is None:
-                break  # NATS went away: the client reconnects with ?after=
-            payload = json.dumps(event_json(stored), separators=(",", ":"))
-            await resp.write(f"id: {stored.seq}\nevent: {stored.event.type}\n"
-                             f"data: {payload}\n\n".encode())
-    except ConnectionError:
-        pass  # the client went away
-    finally:
-        if me is not None:
-            streams.discard(me)
-        producer.cancel()
-        with contextlib.suppress(BaseException):
-            await producer
-    return resp
+    return await sse.serve(request, [follow])
 
 
 async def bundle(request: web.Request) -> web.Response:
@@ -273,32 +267,23 @@ async def sync(request: web.Request) -> web.Response:
                              status=202)
 
 
-def stream_slot_refused(request: web.Request) -> web.Response | None:
-    """503 when the live streams (both kinds together) are at their cap: each holds a NATS
-    consumer and a task for as long as the client stays, so their number is bounded."""
-    from services.api.routes_dashboard import STREAMS
-
-    cap = request.app[MAX_STREAMS_KEY]
-    if len(request.app[STREAMS]) < cap:
-        return None
-    log.warning("api.streams_at_cap", cap=cap)
-    return web.json_response({"error": f"too many live streams (at most {cap}); retry later"},
-                             status=503, headers={"Retry-After": "10"})
-
-
-def build_app(bus: EventBus, projector: Projector, settings: Settings, *,
-              max_streams: int = MAX_STREAMS) -> web.Application:
+def build_app(resources: Resources, projector: Projector, *,
+              max_streams: int = sse.DEFAULT_MAX_STREAMS) -> web.Application:
+    settings = resources.settings
     # outermost first: the Host is checked before anything else, cross-site writes are refused
     # even on a tokenless instance, and only then does the token decide
     app = web.Application(client_max_size=1 << 20, middlewares=[
         browser.host_middleware(settings), browser.same_origin_writes,
         auth.middleware(settings), bad_query])
-    app[MAX_STREAMS_KEY] = max_streams
     browser.install(app)
-    app[BUS] = bus
+    app[MAX_STREAMS] = max_streams
+    app[RESOURCES] = resources
+    app[BUS] = resources.bus
     app[PROJECTOR] = projector
-    app[SETTINGS] = settings
-    app.router.add_get("/healthz", healthz)
+    app[SETTINGS] = resources.settings
+    app[STREAMS] = set()
+    app.on_shutdown.append(sse.close_streams)
+    ops.add_routes(app, resources, queue_depth=True)  # /healthz, /metrics
     app.router.add_get("/api/v1/environments", environments)
     app.router.add_get("/api/v1/environments/{name}", environment)
     app.router.add_get("/api/v1/events", events)
@@ -307,27 +292,27 @@ def build_app(bus: EventBus, projector: Projector, settings: Settings, *,
     app.router.add_post("/api/v1/refresh", refresh)
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
-    from services.api import routes_dashboard, routes_history, routes_webhooks
-
-    for module in (routes_history, routes_dashboard, routes_webhooks):
+    for module in (routes_history, routes_objects, routes_dashboard, routes_webhooks,
+                   routes_releases):
         module.add_routes(app)
     return app
 
 
 class ApiService:
-    def __init__(self, bus: EventBus, settings: Settings, *, max_streams: int = MAX_STREAMS,
+    def __init__(self, resources: Resources, *, max_streams: int = sse.DEFAULT_MAX_STREAMS,
                  header_timeout: float = HEADER_TIMEOUT) -> None:
-        self.bus = bus
-        self.settings = settings
         self.max_streams = max_streams
         self.header_timeout = header_timeout
-        self.projector = Projector(bus)
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
+        self.projector = Projector(self.bus)
         self._runner: web.AppRunner | None = None
         self.url = ""
 
     async def start(self) -> None:
         await self.projector.start()
-        app = build_app(self.bus, self.projector, self.settings, max_streams=self.max_streams)
+        app = build_app(self.resources, self.projector, max_streams=self.max_streams)
         # aiohttp arms keepalive_timeout when a connection opens and again after each answer,
         # and closes the connection if no complete request head arrived by then: with a short
         # one, that is the header read timeout (a slow-loris client holds nothing for long)

@@ -25,10 +25,12 @@ from aiohttp import web
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
+from orchestrator.commands.replay import ReplayError
+from orchestrator.commands.replay import replay as run_replay
 from orchestrator.domain import dora
 from orchestrator.domain import history as hist
 from orchestrator.domain.events import Event
-from services.api.app import BUS, PROJECTOR, control
+from services.api.context import BUS, PROJECTOR, control
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
@@ -90,9 +92,6 @@ async def metrics_dora(request: web.Request) -> web.Response:
 
 @control
 async def replay(request: web.Request) -> web.Response:
-    from orchestrator.commands.replay import ReplayError
-    from orchestrator.commands.replay import replay as run_replay
-
     try:
         report = await run_replay(request.app[BUS], lock=request.app[PROJECTOR].folding)
     except ReplayError as exc:

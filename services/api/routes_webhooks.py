@@ -49,6 +49,7 @@ from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import normalise
 from orchestrator.domain.webhooks import PROVIDERS, PushEvent, parse_push, verify
 from orchestrator.errors import ConfigError, ConflictError, PermanentError
+from services.api.context import BUS, RESOURCES, SETTINGS
 
 log = structlog.get_logger(__name__)
 
@@ -249,16 +250,10 @@ def _maybe_prune(app: web.Application, bus: EventBus) -> None:
         except Exception as exc:
             log.warning("webhook.prune_failed", error=str(exc))
 
-    task = asyncio.get_running_loop().create_task(run())
-    _background.add(task)
-    task.add_done_callback(_background.discard)
-
-
-_background: set[asyncio.Task[None]] = set()
+    app[RESOURCES].background.spawn(run(), name="webhook:prune")
 
 
 async def receive(request: web.Request) -> web.Response:
-    from services.api.app import BUS, SETTINGS
 
     provider = request.match_info["provider"].lower()
     if provider not in PROVIDERS:

@@ -11,7 +11,7 @@ the outcome published as ``conveyor.apply.succeeded|skipped|failed`` with ``data
 a re-apply request for the applier's consumer: the consumer skips a bundle the target already
 holds (exactly-once), which a heal by definition is. Ordering and exactly-once are kept instead:
 
-- **per-environment ordering**: the heal holds the environment's lock (``kube_clients.env_lock``),
+- **per-environment ordering**: the heal holds the environment's lock (``KubePool.env_lock``),
   which every apply of this process holds too, so a heal never interleaves with a commit's apply;
   and under the lock it re-reads the inventory and heals only if the cluster still holds the very
   bundle it checked (compare-and-set on the attempted digest and origin sequence): a heal can
@@ -39,19 +39,17 @@ from typing import Any
 
 import structlog
 
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
-from orchestrator.settings import Settings
-from orchestrator.targets.kube.clients import close_all
+from orchestrator.resources import Resources
 from orchestrator.targets.kube.compare import compare
 from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.inventory import Record
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import KubeTarget, kube_target
 
 log = structlog.get_logger(__name__)
@@ -82,10 +80,11 @@ def _object(d: ObjectDiff) -> dict[str, Any]:
 
 
 class DriftLoop:
-    def __init__(self, bus: EventBus, settings: Settings, *,
+    def __init__(self, resources: Resources, *,
                  rng: random.Random | None = None, rediscover: float = REDISCOVER) -> None:
-        self.bus = bus
-        self.settings = settings
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
         self._rng = rng or random.Random()
         self._rediscover = rediscover
         self._stopping = asyncio.Event()
@@ -102,7 +101,6 @@ class DriftLoop:
             with contextlib.suppress(BaseException):
                 await self._task
             self._task = None
-        await close_all()
 
     # -- which environments ----------------------------------------------------------------
 
@@ -124,7 +122,9 @@ class DriftLoop:
         target = config.get("target") or {}
         if "kubernetes" not in target:
             return None
-        return kube_target(env, expand_all(target["kubernetes"] or {}), config.get("sync") or {})
+        scope = self.settings.secrets.scope()
+        return kube_target(env, expanded_target(env, target["kubernetes"], scope),
+                           config.get("sync") or {}, self.resources.kube)
 
     # -- one check -------------------------------------------------------------------------
 
@@ -187,19 +187,23 @@ class DriftLoop:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []
             except PermanentError as exc:
-                details: dict[str, Any] = getattr(exc, "details", None) or {}
-                failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
-                                   source=SOURCE, data={
-                                       **common, **details, "error": str(exc),
-                                       "reason": exc.reason, "duration_ms": _ms(started)})
-                return [failed, *([health_event(failed, details["health"], SOURCE)]
-                                  if "health" in details else [])]
+                return [new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
+                                  source=SOURCE, data={
+                                      **common, "error": str(exc), "reason": exc.reason,
+                                      "duration_ms": _ms(started)})]
+        if result.failure is not None:  # the heal's rollout is unhealthy
+            failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected, source=SOURCE,
+                               data={**common, **result.details, "error": result.summary,
+                                     "reason": result.failure, "duration_ms": _ms(started)})
+            return [failed, *([health_event(failed, result.health, SOURCE)]
+                              if result.health is not None else [])]
         kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
         outcome = new_event(kind, env=target.env, cause=detected, source=SOURCE, data={
             **common, **result.details, "summary": f"self-heal: {result.summary}",
             "duration_ms": _ms(started)})
         log.info("drift.healed", env=target.env, summary=result.summary)
-        return [outcome, health_event(outcome, result.details["health"], SOURCE)]
+        return [outcome, *([health_event(outcome, result.health, SOURCE)]
+                           if result.health is not None else [])]
 
     # -- the loop --------------------------------------------------------------------------
 

@@ -33,9 +33,10 @@ from orchestrator.domain.config import (
     parse_config,
 )
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.generators import touches
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConfigError
-from services.git_watcher.config_check import check_config
+from services.git_watcher.config_check import Bounds, check_config
 
 SOURCE = "conveyor/git-watcher"
 DEFAULT_LOCAL_INTERVAL = 5.0
@@ -162,11 +163,20 @@ def backoff_delay(failures: int, interval: float, rand: float) -> float:
 
 
 def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
-    """The environment's block as it travels in events: unexpanded (no secret values)."""
-    return {"name": env.name, "path": env.path, "source": env.source,
-            "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
-            "retry": {"limit": env.retry.limit, "base": env.retry.base,
-                      "factor": env.retry.factor, "max": env.retry.max}}
+    """The environment's block as it travels in events: unexpanded (no secret values).
+
+    A generated environment also names its generator and removal policy; a hand-written one
+    carries neither, so its digest is what it was before generators existed."""
+    payload: dict[str, Any] = {
+        "name": env.name, "path": env.path, "source": env.source,
+        "target": dict(env.target), "render": dict(env.render), "sync": dict(env.sync),
+        "retry": {"limit": env.retry.limit, "base": env.retry.base,
+                  "factor": env.retry.factor, "max": env.retry.max}}
+    if env.generator:
+        payload |= {"generator": env.generator, "onRemove": env.on_remove}
+    if env.health:  # absent when unused, so older digests (and events) stay as they were
+        payload["health"] = dict(env.health)
+    return payload
 
 
 def env_digest(env: EnvironmentConfig) -> str:
@@ -194,7 +204,10 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Refe
     ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
     if config_counts and CONFIG_FILE in changed:
         return True
-    roots = {env.path, *referenced(env)}
+    # the health rule files conveyor.yaml names count too: the applier waits by them
+    health = [str(env.health[k]) for k in ("customizations", "argocdConfigMap")
+              if env.health.get(k)]
+    roots = {env.path, *referenced(env), *health}
     for path in changed:
         for root in roots:
             if root == "" or path == root or path.startswith(root.rstrip("/") + "/"):
@@ -248,30 +261,50 @@ def events_for_commit(
     referenced: Referenced,
     verdict: VerdictFor | None = None,
     extra: Mapping[str, Any] | None = None,
+    dirs: Callable[[], Sequence[str]] | None = None,
+    bounds: Bounds | None = None,
 ) -> CommitEvents:
     """The events one new commit of the primary source produces, and the config after it.
 
     ``verdict(policy)`` checks the commit's signature under the policy of the config in
     force before it (or, with none yet, the commit's own); it is only called when the commit
-    would produce an event.
+    would produce an event. ``dirs()`` lists the commit's directories, for generators: a commit
+    that adds or removes a directory a generator matches changes the environments as surely as
+    an edit of conveyor.yaml does.
     """
     config_events: list[Event] = []
     candidate = current
-    if changed is None or CONFIG_FILE in changed or current is None:
+    tree_moved = current is not None and changed is not None and current.reads_tree \
+        and touches(current.generators, changed)
+    if changed is None or CONFIG_FILE in changed or current is None or tree_moved:
         text = config_text()
         if text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
             config_events.append(_config_invalid(commit, source, err))
         else:
             try:
-                candidate = parse_config(text)
-                check_config(candidate)
-                config_events.append(new_event(
-                    ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
-                    key=source.name, data={**commit_data(commit, source), "text": text,
-                                           "environments": sorted(candidate.environments)}))
+                # adopted only once every check passed: a config that check_config refuses
+                # must not take effect (the last good one stays in force)
+                parsed = parse_config(text, dirs=dirs() if dirs is not None else None)
+                check_config(parsed, bounds or Bounds(primary_repo=source.repo,
+                                                      primary_branch=source.branch))
             except ConfigError as err:
                 config_events.append(_config_invalid(commit, source, err))
+            else:
+                # re-read only because a generator's directories moved, yet nothing changed
+                # (a commit inside envs/dev): no config event. An edit of the file always
+                # gets one, even back to the config in force (it clears a config.invalid).
+                same = tree_moved and changed is not None and CONFIG_FILE not in changed \
+                    and current is not None and parsed.dirs == current.dirs
+                if not same:
+                    candidate = parsed
+                    data = {**commit_data(commit, source), "text": text,
+                            "environments": sorted(candidate.environments)}
+                    if candidate.reads_tree:
+                        data["dirs"] = list(candidate.dirs)
+                    config_events.append(new_event(
+                        ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
+                        key=source.name, data=data))
     in_force = current if current is not None else candidate
     after = candidate
     affected = [env for env in envs_of(after, source.name)
@@ -285,9 +318,25 @@ def events_for_commit(
                     if changed is None or is_affected(env, changed, referenced)]
         return CommitEvents(announce(commit, source, affected, lambda: check, changed=changed,
                                      key=source.name, extra=extra), current, rejected=True)
-    return CommitEvents(config_events + announce(commit, source, affected, lambda: check,
-                                                 changed=changed, key=source.name,
-                                                 extra=extra), after)
+    removed = removed_envs(current, after, commit, source) if after is not current else []
+    return CommitEvents(config_events + removed
+                        + announce(commit, source, affected, lambda: check, changed=changed,
+                                   key=source.name, extra=extra), after)
+
+
+def removed_envs(before: Config | None, after: Config | None, commit: CommitInfo,
+                 source: SourceRef) -> list[Event]:
+    """``environment.removed`` for each environment the new config no longer declares (a
+    generator stopped making it, or its block was deleted), carrying its ``onRemove`` policy:
+    ``prune`` has the applier clear its target, ``orphan`` leaves the target as it is."""
+    if before is None or after is None:
+        return []
+    return [new_event(ev.ENV_REMOVED, env=name, correlation=commit.sha, source=SOURCE,
+                      key=f"{source.name}:removed:{commit.sha}",
+                      data={**commit_data(commit, source), "env": env_payload(env),
+                            "onRemove": env.on_remove, "generator": env.generator})
+            for name, env in sorted(before.environments.items())
+            if name not in after.environments]
 
 
 def events_for_source_commit(

@@ -31,8 +31,8 @@ from typing import Any
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
-from orchestrator.adapters.git_source import Checkout
+from orchestrator.adapters import git_local, git_tree
+from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import (
@@ -44,7 +44,11 @@ from orchestrator.domain.config import (
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
-from services.git_watcher import decide, metrics
+from orchestrator.metrics import Metrics
+from orchestrator.rendering import referenced_paths
+from orchestrator.secrets import SecretScope
+from services.git_watcher import decide
+from services.git_watcher.config_check import Bounds
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
 
@@ -60,11 +64,12 @@ class Cursor:
     deleted: bool = False
     branch: str = ""
     envs: dict[str, str] = field(default_factory=dict)
+    config_dirs: tuple[str, ...] = ()  # what the in-force config's generators matched
 
     def to_json(self) -> dict[str, Any]:
         return {"head": self.head, "config_text": self.config_text, "failing": self.failing,
                 "reason": self.reason, "deleted": self.deleted, "branch": self.branch,
-                "envs": self.envs}
+                "envs": self.envs, "config_dirs": list(self.config_dirs)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Cursor:
@@ -72,7 +77,8 @@ class Cursor:
         return cls(raw.get("head"), raw.get("config_text"), bool(raw.get("failing")),
                    str(raw.get("reason") or ""), bool(raw.get("deleted")),
                    str(raw.get("branch") or ""),
-                   dict(envs) if isinstance(envs, dict) else {})
+                   dict(envs) if isinstance(envs, dict) else {},
+                   tuple(str(d) for d in raw.get("config_dirs") or ()))
 
 
 def cursor_key(source: str) -> str:
@@ -81,8 +87,6 @@ def cursor_key(source: str) -> str:
 
 def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
     """referenced_paths bound to one commit (kustomize bases and the like)."""
-    from orchestrator.rendering import referenced_paths
-
     def read(path: str) -> bytes | None:
         return git_local.read_file(repo_path, sha, path)
 
@@ -104,20 +108,26 @@ class Announcement:
     events: list[Event]
     config_text: str | None  # primary: the config in force after the new commits
     last: str  # the newest commit announced: the head, or the end of a chunk of a burst
+    config_dirs: tuple[str, ...] = ()  # and the directories its generators matched
 
 
 class SourcePoller:
     """Polls one source. ``config()`` returns the configuration in force (from the primary)."""
 
     def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
-                 interval: float, config: Callable[[], Config | None]) -> None:
+                 interval: float, config: Callable[[], Config | None], mirrors: MirrorPool,
+                 metrics: Metrics, scope: SecretScope | None = None,
+                 local_dirs: tuple[str, ...] = ()) -> None:
         self.bus = bus
+        self.metrics = metrics
         self.source = source
         self.interval = interval
         self.branch = source.branch
         self._config = config
-        self.checkout = Checkout.shared(source.repo, data_dir, source=source.name,
-                                        credentials=source.credentials)
+        self.scope = scope if scope is not None else SecretScope({}, ())
+        self.local_dirs = local_dirs  # --allow-local-path: what conveyor.yaml may name here
+        self.checkout = mirrors.shared(source.repo, data_dir, source=source.name,
+                                        credentials=source.credentials, scope=scope)
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.failures = 0
@@ -155,11 +165,11 @@ class SourcePoller:
             try:
                 fetched = await self.checkout.fetch(self.branch or None)
             except ConveyorError as exc:
-                metrics.observe_fetch(self.name, time.monotonic() - started, exc.reason)
+                self.metrics.observe_fetch(self.name, time.monotonic() - started, exc.reason)
                 self.failures += 1
                 self.last_error = exc
                 return await self._failed(cursor, rev, exc)
-            metrics.observe_fetch(self.name, time.monotonic() - started)
+            self.metrics.observe_fetch(self.name, time.monotonic() - started)
             self.failures, self.last_error = 0, None
             if not self.branch and fetched.branch:
                 self.branch = cursor.branch = fetched.branch
@@ -194,6 +204,7 @@ class SourcePoller:
                 events.extend(found.events)
                 if self.source.primary:
                     cursor.config_text = found.config_text
+                    cursor.config_dirs = found.config_dirs
                 elif config is not None:
                     cursor.envs = {e.name: decide.env_digest(e)
                                    for e in decide.envs_of(config, self.name)}
@@ -211,12 +222,17 @@ class SourcePoller:
     # ------------------------------------------------------------------ worker thread
 
     def _verdict(self, path: str, sha: str) -> decide.VerdictFor:
-        """The commit's signature check under a policy, run at most once (it spawns tools)."""
+        """The commit's checks, run at most once (the signature check spawns tools): its tree
+        must be safe to check out (no ``..``, ``.git``, ``/``, duplicates: what ``git fsck``
+        rejects), then its signature must satisfy the policy."""
         cache: dict[str, Verdict | None] = {}
 
         def verdict(policy: VerifyConfig | None) -> Verdict | None:
             if "v" not in cache:
-                cache["v"] = check_commit(path, sha, policy)
+                problem = git_tree.unsafe_entry(path, sha)
+                cache["v"] = (Verdict(False, "UnsafeTree", f"the tree holds {problem}")
+                              if problem is not None
+                              else check_commit(path, sha, policy, scope=self.scope))
             return cache["v"]
 
         return verdict
@@ -250,8 +266,8 @@ class SourcePoller:
             current: Config | None = None
             if cursor.config_text is not None:
                 with contextlib.suppress(ConfigError):
-                    current = parse_config(cursor.config_text)
-            text_after = cursor.config_text
+                    current = parse_config(cursor.config_text, dirs=cursor.config_dirs)
+            text_after, dirs_after = cursor.config_text, cursor.config_dirs
             for i, commit in enumerate(commits):
                 changed = None if (first_sight and i == 0) else git_local.changed_paths(
                     path, commit.sha)
@@ -260,14 +276,19 @@ class SourcePoller:
                     data = git_local.read_file(path, sha, CONFIG_FILE)
                     return None if data is None else data.decode("utf-8", errors="replace")
 
+                def dirs(sha: str = commit.sha) -> list[str]:
+                    return git_local.list_dirs(path, sha)
+
                 result = decide.events_for_commit(
                     commit, ref, changed, text, current, referenced_at(path, commit.sha),
-                    self._verdict(path, commit.sha), extra)
+                    self._verdict(path, commit.sha), extra, dirs,
+                    Bounds(self.local_dirs, self.source.repo, self.branch))
                 events.extend(result.events)
                 if result.config is not None and result.config is not current:
                     current = result.config
-                    text_after = current.text
-            return Announcement(events, text_after, commits[-1].sha if commits else head)
+                    text_after, dirs_after = current.text, current.dirs
+            return Announcement(events, text_after, commits[-1].sha if commits else head,
+                                dirs_after)
         for i, commit in enumerate(commits):
             changed = None if (first_sight and i == 0) else git_local.changed_paths(
                 path, commit.sha)
@@ -297,6 +318,11 @@ class SourcePoller:
             elif e.type == ev.COMMIT_REJECTED:
                 log.error("watcher.commit_rejected", source=self.name, env=e.subject,
                           revision=e.correlationid[:12], reason=e.data.get("reason"))
+        # Events first, cursor second: the cursor never passes a commit whose events are not
+        # all in the log. Killed between the two (or half-way through the events), the next
+        # poll starts from the old cursor and announces the same commits again with the same
+        # ids (derived from commit, environment and source), which JetStream drops inside its
+        # duplicate window; the commits the first try did announce keep their one event.
         await self.bus.publish_all(events)
         if dirty:
             await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())

@@ -24,12 +24,11 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters.git_source import Checkout
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
 from orchestrator.errors import ConfigError
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
-from orchestrator.settings import Settings
 from services.git_watcher import decide
 from services.git_watcher.decide import (
     DEFAULT_LOCAL_INTERVAL,
@@ -45,11 +44,13 @@ __all__ = ["DEFAULT_LOCAL_INTERVAL", "DEFAULT_REMOTE_INTERVAL", "Cursor", "GitWa
 
 
 class GitWatcher:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = settings = resources.settings
         self.config: Config | None = None
         self._config_text: str | None = None
+        self._config_dirs: tuple[str, ...] = ()
         self.pollers: dict[str, SourcePoller] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
@@ -82,7 +83,7 @@ class GitWatcher:
 
     async def start(self) -> None:
         cursor, _ = await self.primary.load_cursor()
-        self._set_config(cursor.config_text)
+        self._set_config(cursor.config_text, cursor.config_dirs)
         self._reconcile()
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable="git-watcher", stage="source",
@@ -105,19 +106,23 @@ class GitWatcher:
     def _add(self, source: WatchedSource) -> SourcePoller:
         poller = SourcePoller(self.bus, source, self.settings.data_dir,
                               interval=decide.poll_interval(source, self.settings.interval),
-                              config=lambda: self.config)
+                              config=lambda: self.config, mirrors=self.resources.mirrors,
+                              metrics=self.resources.metrics,
+                              scope=self.settings.secrets.scope(),
+                              local_dirs=self.settings.allow_local_paths)
         self.pollers[source.name] = poller
         return poller
 
-    def _set_config(self, text: str | None) -> bool:
-        """Adopt the primary's config text; True when it changed."""
-        if text == self._config_text:
+    def _set_config(self, text: str | None, dirs: tuple[str, ...] = ()) -> bool:
+        """Adopt the primary's config (its text and the directories its generators matched);
+        True when it changed."""
+        if (text, dirs) == (self._config_text, self._config_dirs):
             return False
-        self._config_text = text
+        self._config_text, self._config_dirs = text, dirs
         self.config = None
         if text is not None:
             with contextlib.suppress(ConfigError):
-                self.config = parse_config(text)
+                self.config = parse_config(text, dirs=dirs)
         return True
 
     def _reconcile(self) -> list[str]:
@@ -178,7 +183,7 @@ class GitWatcher:
         emitted = await poller.poll()
         if poller.source.primary:
             cursor, _ = await poller.load_cursor()
-            if self._set_config(cursor.config_text):
+            if self._set_config(cursor.config_text, cursor.config_dirs):
                 self._reconcile()
                 for name, other in self.pollers.items():
                     if not other.source.primary:

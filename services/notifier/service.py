@@ -25,7 +25,6 @@ import aiohttp
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event, derive_id, new_event
@@ -38,8 +37,8 @@ from orchestrator.notify import (
     parse_routes,
     select_routes,
 )
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from orchestrator.settings import Settings
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/notifier"
@@ -75,9 +74,10 @@ def held_key(route: str) -> str:
 
 
 class Notifier:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = resources.settings
         self._consumer: Consumer | None = None
         self._session: aiohttp.ClientSession | None = None
         self._config_seq = -1
@@ -166,7 +166,7 @@ class Notifier:
         previous = str(found[0]) if found else None
         started = time.monotonic()
         result = await deliver(route, event, self._session, previous_ref=previous,
-                               policy=IN_HANDLER)
+                               policy=IN_HANDLER, scope=self.settings.secrets.scope())
         if result.ok:
             await self.bus.kv_put(subjects.DELIVERY_BUCKET,
                                   delivery_key(delivered_as(event), route.name),

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.adapters import git_local
+from orchestrator.rendering import referenced_paths
+from orchestrator.rendering.model import RenderTools
 
 CACHE_FORMAT = "render-key/v1"
 
@@ -56,11 +58,19 @@ def tools_fingerprint() -> str:
     return ";".join(parts)
 
 
-def render_key(repo_path: str, sha: str, env_path: str,
-               settings: Mapping[str, Any]) -> tuple[str, list[str]]:
-    """The cache key of rendering ``env_path`` at ``sha``, and the paths it covers. Blocking."""
-    from orchestrator.rendering import referenced_paths
+def operator_tools(tools: RenderTools) -> str:
+    """The operator's render choices, as they change output: the binaries' identities."""
+    if tools == RenderTools():
+        return ""
+    kustomize = _binary_identity(tools.kustomize_binary) if tools.kustomize_binary else "-"
+    helm = _binary_identity(tools.helm_binary) if tools.helm_binary else "-"
+    return (f";kustomize-binary={kustomize};helm-binary={helm}"
+            f";remote={','.join(sorted(tools.remote_base_hosts))}")
 
+
+def render_key(repo_path: str, sha: str, env_path: str, settings: Mapping[str, Any],
+               tools: RenderTools | None = None) -> tuple[str, list[str]]:
+    """The cache key of rendering ``env_path`` at ``sha``, and the paths it covers. Blocking."""
     def read(path: str) -> bytes | None:
         return git_local.read_file(repo_path, sha, path)
 
@@ -69,6 +79,7 @@ def render_key(repo_path: str, sha: str, env_path: str,
 
     paths = sorted(referenced_paths(read, is_dir, env_path, settings) | {env_path})
     trees = {p: git_local.tree_id(repo_path, sha, p) for p in paths}
+    fingerprint = tools_fingerprint() + operator_tools(tools or RenderTools())
     material = json.dumps({"format": CACHE_FORMAT, "trees": trees, "settings": settings,
-                           "tools": tools_fingerprint()}, sort_keys=True, default=str)
+                           "tools": fingerprint}, sort_keys=True, default=str)
     return "rk-" + hashlib.sha256(material.encode()).hexdigest()[:40], paths

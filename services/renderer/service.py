@@ -11,26 +11,32 @@ import asyncio
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from orchestrator import subjects
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
-from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
-from orchestrator.domain.events import new_event
+from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.health_rules.engine import read_repo_files, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
+from orchestrator.rendering import render
+from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from orchestrator.settings import Settings
 from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
 SNAPSHOTS_KEPT = 8
+# A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
+# process held comes back this soon, so an older commit does not wait long for its outcome.
+ACK_WAIT = 5.0
 
 
 class Snapshots:
@@ -41,7 +47,8 @@ class Snapshots:
         self._ready: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        root.chmod(0o700)  # rendered repositories may hold what other local users must not read
 
     async def get(self, repo_path: str, sha: str) -> Path:
         lock = self._locks.setdefault(sha, asyncio.Lock())
@@ -51,7 +58,7 @@ class Snapshots:
                 return self._ready[sha]
             dest = self.root / sha
             shutil.rmtree(dest, ignore_errors=True)
-            await asyncio.to_thread(git_local.export_tree, repo_path, sha, dest)
+            await asyncio.to_thread(git_tree.export_tree, repo_path, sha, dest)
             self._ready[sha] = dest
             while len(self._ready) > SNAPSHOTS_KEPT:
                 old_sha, old = self._ready.popitem(last=False)
@@ -61,23 +68,25 @@ class Snapshots:
 
 
 class Renderer:
-    def __init__(self, bus: EventBus, settings: Settings) -> None:
-        self.bus = bus
-        self.settings = settings
+    def __init__(self, resources: Resources) -> None:
+        self.resources = resources
+        self.bus = resources.bus
+        self.settings = settings = resources.settings
         self.snapshots = Snapshots(settings.data_dir / "snapshots")
         self._consumer: Consumer | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return Checkout.for_event(data, self.settings.data_dir)
+        return self.resources.mirrors.for_event(data, self.settings.data_dir,
+                                                scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
-            handler=self.handle, max_deliver=8, ack_wait=15.0,
-            concurrency=self.settings.render_concurrency))
+            handler=self.handle, max_deliver=8, ack_wait=ACK_WAIT,
+            concurrency=self.settings.render_concurrency, one_outcome=True))
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -85,8 +94,12 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
-        from orchestrator.rendering import render
+        outcome = await self._render(delivery)
+        # one render outcome per detected commit (the runtime's ``dead`` shares it too): a
+        # commit handled twice after a crash cannot end both rendered and failed
+        return replace(outcome, emit=[_one_outcome(e) for e in outcome.emit])
 
+    async def _render(self, delivery: Delivery) -> Outcome:
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]
@@ -101,6 +114,9 @@ class Renderer:
             repo_path = await self._checkout(data).ensure(event.correlationid)
             key = await self._key(repo_path, event.correlationid, str(env["path"]), settings)
             hit = await self._cached(key)
+            health_files = await self._health_files(env, repo_path, event.correlationid)
+            if health_files is not None:
+                common["health_rules"] = health_files
             if hit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
@@ -108,7 +124,8 @@ class Renderer:
                                                            "render_key": key,
                                                            "duration_ms": ms})])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings)
+            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
+                                             tools=self.settings.render_tools)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
@@ -133,10 +150,27 @@ class Renderer:
                   "cache": "miss", "render_key": key, "duration_ms": ms},
         )])
 
+    async def _health_files(self, env: dict[str, Any], repo_path: str,
+                            sha: str) -> dict[str, Any] | None:
+        """The health rule files conveyor.yaml names, at this commit (None when it names
+        none); a missing or unreadable one fails the render, naming it."""
+        health = env.get("health") or {}
+        if not (health.get("customizations") or health.get("argocdConfigMap")):
+            return None
+
+        snapshot = await self.snapshots.get(repo_path, sha)
+        try:
+            files = await asyncio.to_thread(read_repo_files, snapshot, health)
+            rules_of_event(health, files)  # the applier must be able to use them
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return files
+
     async def _key(self, repo_path: str, sha: str, env_path: str,
                    settings: dict[str, Any]) -> str | None:
         try:
-            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings)
+            key, _ = await asyncio.to_thread(render_key, repo_path, sha, env_path, settings,
+                                             self.settings.render_tools)
         except Exception as exc:  # no key, no cache: the render itself will report problems
             log.info("render.no_cache_key", error=str(exc))
             return None
@@ -159,3 +193,9 @@ class Renderer:
                          source=SOURCE,
                          data={**common, "errors": errors, "error": "; ".join(errors[:20]),
                                "reason": reason, "duration_ms": ms})
+
+
+def _one_outcome(event: Event) -> Event:
+    if event.type in (ev.RENDER_SUCCEEDED, ev.RENDER_FAILED):
+        return replace(event, id=outcome_id("render", event.subject, event.causationid))
+    return event

@@ -18,6 +18,7 @@ from conveyor.demo import demo_files
 from orchestrator import logging as clog
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api import routes_webhooks
 from services.api.app import ApiService
@@ -50,7 +51,7 @@ BAD_QUERIES = [
 @contextlib.asynccontextmanager
 async def second_api(bus: EventBus, settings: Settings, **limits: float) -> AsyncIterator[str]:
     """Another api on the same bus, with limits small enough to reach in a test."""
-    service = ApiService(bus, settings, **limits)  # type: ignore[arg-type]
+    service = ApiService(Resources.around(bus, settings), **limits)  # type: ignore[arg-type]
     await service.start()
     try:
         yield service.url

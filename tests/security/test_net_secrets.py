@@ -17,6 +17,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, encode_bundle
 from orchestrator.domain.diff import diff_object
 from orchestrator.domain.masking import MASK, mask_bundle, mask_object
+from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.applier.drift import DriftLoop
 from services.git_watcher.service import GitWatcher
@@ -135,9 +137,12 @@ def k8s_secret(**data: str) -> dict[str, Any]:
 async def test_drift_of_a_secret_is_reported_without_its_values_and_healed(
         bus: EventBus, tmp_path: Path) -> None:
     from orchestrator.adapters.kube import KubeClient, load_kubeconfig
-    from orchestrator.targets.kube.clients import close_all
 
     async with FakeKubeAPI() as fake:
+        # the kubeconfig lives in the operator's secrets directory (trust-repo's rule)
+        resources = Resources.around(bus, Settings(
+            nats_url="", data_dir=tmp_path, envs=("dev",),
+            secrets=SecretPolicy(secrets_dirs=(str(tmp_path),))))
         try:
             ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}}
             await deploy(bus, fake, tmp_path, self_heal=True,
@@ -149,7 +154,7 @@ async def test_drift_of_a_secret_is_reported_without_its_values_and_healed(
                     params={"fieldManager": "kubectl-edit"},
                     content_type="application/merge-patch+json",
                     body=json.dumps({"data": {"password": tampered}}).encode())
-            loop = DriftLoop(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",)))
+            loop = DriftLoop(resources)
             check = await loop.check("dev")
             assert check is not None and check.drifted
             detected = check.events[0]
@@ -163,7 +168,7 @@ async def test_drift_of_a_secret_is_reported_without_its_values_and_healed(
             live = fake.get("v1", "Secret", "shop", "db")
             assert live is not None and live["data"]["password"] == ENCODED  # healed
         finally:
-            await close_all()
+            await resources.close()
 
 
 def test_a_masked_bundle_keeps_keys_and_diff_api_compares_masked_secrets_by_key() -> None:

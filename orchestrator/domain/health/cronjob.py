@@ -1,7 +1,10 @@
 """CronJob health, as Argo CD's built-in ``resource_customizations/batch/CronJob/health.lua``.
 
-gitops-engine has no Go check for CronJobs; Argo CD ships this one and we follow it:
-``spec.suspend`` is Suspended; without a status yet, Progressing; never scheduled, Healthy
+gitops-engine has no Go check for CronJobs; Argo CD ships this one and we follow it as changed
+in argo-cd#24430 (Argo CD 3.2): a suspended CronJob is Healthy, "CronJob is Suspended" (a
+Suspended CronJob suspended the whole application, argo-cd#24428), and one without a status yet
+is Healthy, "CronJob has not been scheduled yet" (a new CronJob has nothing to wait for, so a
+sync wave must not hang on it); never scheduled, Healthy
 (nothing says a run was missed); scheduled but never succeeded, or a run active right now,
 Healthy (we cannot tell yet); a last success older than the last schedule with nothing active
 means the last run failed: Degraded; otherwise Healthy.
@@ -33,9 +36,7 @@ def _instant(obj: Mapping[str, Any], name: str) -> datetime | None:
 
 def assess(obj: Mapping[str, Any]) -> HealthStatus:
     if f.boolean(obj, "spec", "suspend"):
-        return HealthStatus(Health.SUSPENDED, "CronJob is Suspended")
-    if f.field(obj, "status") is None:
-        return HealthStatus(Health.PROGRESSING, "Waiting for CronJob")
+        return HealthStatus(Health.HEALTHY, "CronJob is Suspended")
     last_schedule = _instant(obj, "lastScheduleTime")
     if last_schedule is None:
         return HealthStatus(Health.HEALTHY, "CronJob has not been scheduled yet")

@@ -102,3 +102,40 @@ def condition(obj: Mapping[str, Any], kind: str) -> Mapping[str, Any] | None:
 def text(value: Any) -> str:
     """A condition's field as text ("" when absent), never failing on odd types."""
     return "" if value is None else str(value)
+
+
+def loose_integer(value: Any) -> int | None:
+    """A generation-like value read the tolerant way: an integer, or a string of digits.
+
+    Anything else (a pod-template hash that older Argo Rollouts keep in
+    ``status.observedGeneration``, a float, a boolean) is None: "cannot compare", never an error,
+    so a controller's odd bookkeeping does not make its object Unknown.
+    """
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def condition_map(obj: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``status.conditions`` by type; the first of each type wins, as a controller lists it."""
+    found: dict[str, Mapping[str, Any]] = {}
+    for item in conditions(obj):
+        found.setdefault(text(item.get("type")), item)
+    return found
+
+
+def is_true(condition: Mapping[str, Any] | None) -> bool:
+    return condition is not None and condition.get("status") == "True"
+
+
+def is_false(condition: Mapping[str, Any] | None) -> bool:
+    return condition is not None and condition.get("status") == "False"
+
+
+def message_of(condition: Mapping[str, Any], default: str = "") -> str:
+    """A condition's message, else its reason, else ``default``."""
+    return text(condition.get("message")) or text(condition.get("reason")) or default

@@ -5,7 +5,8 @@ autoscaling/v1, from the JSON annotation ``autoscaling.alpha.kubernetes.io/condi
 
 1. any condition saying the HPA cannot work is Degraded: ``AbleToScale`` with reason
    ``FailedGetScale``/``FailedUpdateScale`` (the target cannot be read or scaled), or
-   ``ScalingActive`` with a ``FailedGet*Metric`` reason or ``InvalidSelector``/
+   ``ScalingActive`` with a ``FailedGet*Metric`` or ``FailedComputeMetricsReplicas`` (Argo CD
+   3.x's Lua check) reason or ``InvalidSelector``/
    ``InvalidMetricSourceType`` (no metric, no decision). Checked across all conditions first,
    as Argo CD does since argo-cd#26274: an ``AbleToScale`` True listed before a failing metric
    no longer hides it.
@@ -34,6 +35,7 @@ _DEGRADED = frozenset({
     ("ScalingActive", "FailedGetPodsMetric"),
     ("ScalingActive", "FailedGetObjectMetric"),
     ("ScalingActive", "FailedGetExternalMetric"),
+    ("ScalingActive", "FailedComputeMetricsReplicas"),
     ("ScalingActive", "InvalidSelector"),
     ("ScalingActive", "InvalidMetricSourceType"),
 })

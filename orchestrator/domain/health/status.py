@@ -81,3 +81,41 @@ def worst(statuses: Iterable[Health | HealthStatus | None]) -> Health:
         if health > result:
             result = health
     return result
+
+
+NO_RULE = ""
+"""``Assessment.rule`` when no rule applies to the object's kind."""
+
+
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """One object's assessment: a verdict and the rule that gave it. Every health engine
+    returns one and never raises (``orchestrator.ports.HealthResult`` is the report of a whole
+    sync, folded from these).
+
+    ``verdict`` None means "no verdict": with a ``rule`` (a ConfigMap, a template kind) the kind
+    has no notion of health; with ``rule == NO_RULE`` nothing knows how to assess this kind, so
+    a user knows to add a rule (``conveyor health`` and ``conveyor.health.*`` events say so).
+    Rules are named ``built-in``, ``built-in:<project>``, ``kstatus``, ``lua:<source>`` and
+    ``cel:<source>``.
+    """
+
+    verdict: HealthStatus | None
+    rule: str = NO_RULE
+
+    @property
+    def status(self) -> Health | None:
+        return self.verdict.status if self.verdict is not None else None
+
+    @property
+    def message(self) -> str:
+        return self.verdict.message if self.verdict is not None else ""
+
+    @property
+    def has_rule(self) -> bool:
+        return self.rule != NO_RULE
+
+    def __str__(self) -> str:
+        if self.verdict is not None:
+            return str(self.verdict)
+        return "n/a (no health assessment)" if self.has_rule else "n/a (no health rule)"

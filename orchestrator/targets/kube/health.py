@@ -24,7 +24,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import ObjectKey, object_key
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.health import Health, HealthStatus, assess, worst
-from orchestrator.errors import PermanentError
+from orchestrator.ports import HealthResult
 
 READY = frozenset({Health.HEALTHY, Health.SUSPENDED})
 EVENT_FOR = {Health.HEALTHY: ev.HEALTH_HEALTHY, Health.SUSPENDED: ev.HEALTH_HEALTHY,
@@ -57,8 +57,8 @@ def of(obj: Mapping[str, Any] | None, key: ObjectKey, api_version: str) -> Objec
     return ObjectHealth(key, api_version, assess(obj))
 
 
-def report(healths: Sequence[ObjectHealth]) -> dict[str, Any]:
-    """``{status, message, objects}``: the worst health and the objects that are not ready."""
+def report(healths: Sequence[ObjectHealth]) -> HealthResult:
+    """The worst health and the objects that are not ready."""
     status = worst(h.status for h in healths)
     bad = sorted((h for h in healths if not is_ready(h.status)), key=lambda h: h.key)
     if not bad:
@@ -66,21 +66,24 @@ def report(healths: Sequence[ObjectHealth]) -> dict[str, Any]:
     else:
         message = f"{len(bad)} of {len(healths)} object(s) not healthy: " + "; ".join(
             str(h) for h in bad[:5]) + (" ..." if len(bad) > 5 else "")
-    return {"status": status.value, "message": message, "unhealthy": len(bad),
-            "objects": [h.to_dict() for h in bad[:LISTED]]}
+    return HealthResult(status, message, len(bad), tuple(h.to_dict() for h in bad[:LISTED]))
 
 
-class HealthCheckFailed(PermanentError):
-    """The health wait timed out or an object became Degraded; ``details`` go in apply.failed."""
+@dataclass(frozen=True, slots=True)
+class HealthFailure:
+    """Why a health wait ended without every object ready: ``reason`` ``Degraded`` (an object
+    became Degraded) or ``HealthCheckTimeout``; ``objects`` the ones that were not ready."""
 
-    def __init__(self, message: str, *, reason: str, details: dict[str, Any]) -> None:
-        super().__init__(message, reason=reason)
-        self.details = details
+    reason: str
+    message: str
+    objects: tuple[Mapping[str, Any], ...]
 
 
 async def wait_ready(client: KubeClient, healths: list[ObjectHealth], *, deadline: float,
-                     interval: float, what: str) -> list[ObjectHealth]:
-    """Re-read the objects that are not ready until all are, or raise ``HealthCheckFailed``.
+                     interval: float, what: str,
+                     ) -> tuple[list[ObjectHealth], HealthFailure | None]:
+    """Re-read the objects that are not ready until all are (failure None), one becomes
+    Degraded or the deadline passes.
 
     ``healths`` is the first assessment (of the objects the apply returned); the result is the
     last one, in the same order.
@@ -89,18 +92,18 @@ async def wait_ready(client: KubeClient, healths: list[ObjectHealth], *, deadlin
     while True:
         pending = [i for i, h in enumerate(current) if not is_ready(h.status)]
         if not pending:
-            return current
+            return current, None
         degraded = [h for h in (current[i] for i in pending)
                     if h.status is not None and h.status.status is Health.DEGRADED]
         remaining = deadline - time.monotonic()
         if degraded or remaining <= 0:
             bad = degraded or [current[i] for i in pending]
             cause = "became Degraded" if degraded else "timed out waiting for health"
-            raise HealthCheckFailed(
+            return current, HealthFailure(
+                "Degraded" if degraded else "HealthCheckTimeout",
                 f"{what}: {cause}: " + "; ".join(str(h) for h in bad[:10])
                 + (f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""),
-                reason="Degraded" if degraded else "HealthCheckTimeout",
-                details={"health": report(current), "objects": [h.to_dict() for h in bad]})
+                tuple(h.to_dict() for h in bad))
         await asyncio.sleep(min(interval, remaining))
         fresh = await asyncio.gather(*(
             client.get(current[i].api_version, current[i].key.kind,
@@ -114,13 +117,10 @@ def initial(objects: Sequence[Mapping[str, Any]]) -> list[ObjectHealth]:
     return [of(obj, object_key(obj), str(obj.get("apiVersion", ""))) for obj in objects]
 
 
-def health_event(cause: Event, health: Mapping[str, Any], source: str) -> Event:
+def health_event(cause: Event, health: HealthResult, source: str) -> Event:
     """``conveyor.health.<healthy|progressing|degraded>`` for a sync's health report."""
-    kind = EVENT_FOR.get(Health(health.get("status", Health.HEALTHY.value)), ev.HEALTH_DEGRADED)
+    kind = EVENT_FOR.get(health.status, ev.HEALTH_DEGRADED)
     passed = ("revision", "short", "digest", "origin_seq", "cause")
     data: dict[str, Any] = {k: cause.data[k] for k in passed if k in cause.data}
     return new_event(kind, env=cause.subject, cause=cause, source=source, key="health",
-                     data={**data, "status": health.get("status"),
-                           "message": health.get("message", ""),
-                           "unhealthy": health.get("unhealthy", 0),
-                           "objects": list(health.get("objects") or ())})
+                     data={**data, **health.to_dict()})

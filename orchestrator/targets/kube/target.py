@@ -18,10 +18,11 @@ One sync (``KubeTarget.sync``) of a bundle:
    environment and not annotated ``conveyor.dev/prune: disabled``, deleted in reverse order.
 6. Write the inventory: the new entries, ``applied-*`` = this bundle, which ``current()`` reads.
 
-``apply`` holds the environment's lock (``kube_clients.env_lock``) around a sync, which the
+``apply`` holds the environment's lock (``KubePool.env_lock``) around a sync, which the
 drift loop's self-heal holds too. Errors keep the client's classification: ``TransientError``
-(retried by the applier with backoff), ``PermanentError`` (apply.failed), including
-``HealthCheckFailed`` whose ``details`` list the objects that are not healthy.
+(retried by the applier with backoff), ``PermanentError`` (apply.failed). An unhealthy rollout
+is not an error: the sync stops at that wave and returns an ``ApplyResult`` whose ``failure``
+is ``Degraded`` or ``HealthCheckTimeout`` and whose ``health`` lists the objects not ready.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 
 from . import health as kh
-from .clients import client_for, env_lock
+from .clients import KubePool
 from .inventory import InventoryStore, Record, Stored, union
 from .settings import KubeSettings, kube_settings
 
@@ -59,10 +60,11 @@ T = TypeVar("T")
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
 
 
-def kube_target(env: str, target: Mapping[str, Any], sync: Mapping[str, Any]) -> KubeTarget:
+def kube_target(env: str, target: Mapping[str, Any], sync: Mapping[str, Any],
+                pool: KubePool) -> KubeTarget:
     """The target for ``target: {kubernetes: ...}`` (called by ``Applier.target_for``)."""
     settings = kube_settings(env, target, sync)
-    return KubeTarget(settings, client_for(settings))
+    return KubeTarget(settings, pool.client_for(settings), pool.env_lock(env))
 
 
 @dataclass
@@ -105,8 +107,10 @@ def _crd_scopes(objects: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], b
 
 
 class KubeTarget:
-    def __init__(self, settings: KubeSettings, client: KubeClient) -> None:
+    def __init__(self, settings: KubeSettings, client: KubeClient,
+                 lock: asyncio.Lock | None = None) -> None:
         self.settings = settings
+        self.lock = lock or asyncio.Lock()  # the pool's lock of this environment
         self.client = client
         self.env = settings.env
         self.namespace = settings.namespace or client.config.namespace
@@ -116,17 +120,20 @@ class KubeTarget:
         context = f" context {client.config.context}" if client.config.context else ""
         self.description = f"kubernetes {client.config.server}{context}"
 
-    @property
-    def lock(self) -> asyncio.Lock:
-        return env_lock(self.env)
-
     # -- Target ----------------------------------------------------------------------------
 
     async def current(self) -> TargetState:
         applied = (await self.inventory.read()).applied
         if applied is None:
             return TargetState(None, None, None)
-        return TargetState(applied.digest, applied.revision, applied.origin_seq)
+        return TargetState(applied.digest, applied.revision, applied.origin_seq,
+                           applied.epoch or None)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Only the last applied sync is recorded: it is this request or it is not known."""
+        applied = (await self.inventory.read()).applied
+        return applied == Record(request.digest, request.revision, request.origin_seq,
+                                 request.epoch)
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         async with self.lock:
@@ -144,7 +151,7 @@ class KubeTarget:
         waves = plan_waves(objects)
         stored = await self.inventory.read()
         new = Inventory.of(self.env, objects)
-        record = Record(request.digest, request.revision, request.origin_seq)
+        record = Record(request.digest, request.revision, request.origin_seq, request.epoch)
         before = await self._live_versions(objects)
         progress = _Progress()
         recorded = False
@@ -154,10 +161,19 @@ class KubeTarget:
                                            attempted=record)
                 recorded = True
             await self._apply_wave(wave, before, progress)
+            failure = None
             if wave.phase is Phase.BOOTSTRAP:
-                await self._wait(wave, progress, deadline, crds_only=not self.settings.wait)
+                failure = await self._wait(wave, progress, deadline,
+                                           crds_only=not self.settings.wait)
             elif self.settings.wait:
-                await self._wait(wave, progress, deadline, crds_only=False)
+                failure = await self._wait(wave, progress, deadline, crds_only=False)
+            if failure is not None:  # later waves wait for this one: the sync ends here
+                health = kh.report([progress.health[key] for key in sorted(progress.health)])
+                return ApplyResult(bool(progress.created or progress.configured),
+                                   failure.message,
+                                   {"health": health.to_dict(),
+                                    "unhealthy_objects": list(failure.objects)},
+                                   health=health, failure=failure.reason)
         if not recorded:
             await self.inventory.write(union(stored.inventory, new), applied=stored.applied,
                                        attempted=record)
@@ -170,7 +186,7 @@ class KubeTarget:
         if pruned:
             parts.append(f"{len(pruned)} pruned")
         summary = (f"server-side applied {len(objects)} object(s) in {len(waves)} wave(s): "
-                   f"{', '.join(parts)}; health {health['status']}")
+                   f"{', '.join(parts)}; health {health.status.value}")
         log.info("kube.synced", env=self.env, revision=request.revision[:12],
                  cause=request.cause or "commit", summary=summary,
                  ms=round((time.monotonic() - started) * 1000, 1))
@@ -180,7 +196,7 @@ class KubeTarget:
             "pruned": pruned, "not_pruned": kept, "waves": len(waves),
             "inventory": {"configmap": self.inventory.where,
                           "entries": [e.to_dict() for e in new.entries]},
-            "health": health})
+            "health": health.to_dict()}, health=health)
 
     # -- preparing -------------------------------------------------------------------------
 
@@ -306,17 +322,18 @@ class KubeTarget:
             progress.health[key] = kh.of(out, key, str(obj["apiVersion"]))
 
     async def _wait(self, wave: Wave, progress: _Progress, deadline: float, *,
-                    crds_only: bool) -> None:
+                    crds_only: bool) -> kh.HealthFailure | None:
         keys = [k for k in wave.keys
                 if not crds_only or (k.group, k.kind) == CRD_KIND]
         if not keys:
-            return
+            return None
         what = f"environment {self.env}, {wave}"
-        done = await kh.wait_ready(self.client, [progress.health[k] for k in keys],
-                                   deadline=deadline, interval=self.settings.poll_interval,
-                                   what=what)
+        done, failure = await kh.wait_ready(self.client, [progress.health[k] for k in keys],
+                                            deadline=deadline,
+                                            interval=self.settings.poll_interval, what=what)
         for health in done:
             progress.health[health.key] = health
+        return failure
 
     # -- pruning ---------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@
   const GOOD = /\.(succeeded|healthy|sent|detected|skipped|recovered|loaded)$/;
 
   const state = {envs: new Map(), events: [], seen: new Set(), lastSeq: 0, route: null,
-    stream: null, retryMs: 2000};
+    stream: null, retryMs: 2000, renderPending: false};
   const $ = (id) => document.getElementById(id);
 
   // -- small helpers -------------------------------------------------------------------------
@@ -164,11 +164,60 @@
           count(env.failures, "failure"), count(env.commits_seen, "commit")].join(" · "))));
   }
 
+  // At fleet size (1,000 environments) every change must cost O(1) or one linear pass: a
+  // card is replaced in place when it is on screen, and anything else (a new environment, a
+  // filter, a regroup) schedules one render of the whole list per animation frame.
+  const outcomeOf = (env) => (env.last_outcome ? env.last_outcome.split(".").pop() : "none");
+  const GROUP = {health: (e) => String(e.health || "Unknown"), outcome: outcomeOf,
+    generator: (e) => e.generator || "written by hand"};
+
+  function filters() {
+    return {q: $("env-search").value.trim().toLowerCase(), health: $("env-health").value,
+      outcome: $("env-outcome").value, group: $("env-group").value};
+  }
+
+  function selected(env, f) {
+    return (!f.q || env.name.toLowerCase().includes(f.q))
+      && (!f.health || String(env.health || "Unknown") === f.health)
+      && (!f.outcome || outcomeOf(env) === f.outcome);
+  }
+
+  function renderCounts(all, shown) {
+    const health = {};
+    for (const env of all) {
+      const key = String(env.health || "Unknown");
+      health[key] = (health[key] || 0) + 1;
+    }
+    const parts = Object.keys(health).sort().map((k) => `${health[k]} ${k}`);
+    $("env-counts").textContent = all.length ? `${shown} of ${all.length} environments`
+      + (parts.length ? ` · ${parts.join(" · ")}` : "") : "";
+  }
+
   function renderCards() {
-    const list = $("env-cards");
-    const envs = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
-    list.replaceChildren(...envs.map(card));
-    $("envs-empty").hidden = envs.length > 0;
+    state.renderPending = false;
+    const f = filters();
+    const all = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
+    const envs = all.filter((env) => selected(env, f));
+    const groups = new Map();
+    for (const env of envs) {
+      const key = f.group ? GROUP[f.group](env) : "";
+      if (!groups.has(key)) groups.set(key, []);
+      groups.get(key).push(env);
+    }
+    const keys = [...groups.keys()].sort();
+    $("env-cards").replaceChildren(...keys.flatMap((key) => [
+      key ? h("h3", {}, `${key} (${groups.get(key).length})`) : null,
+      h("ul", {class: "cards", "aria-label": key || "Environments"},
+        groups.get(key).map((env) => card(env))),
+    ].filter(Boolean)));
+    renderCounts(all, envs.length);
+    $("envs-empty").hidden = all.length > 0;
+  }
+
+  function scheduleRender() {
+    if (state.renderPending) return;
+    state.renderPending = true;
+    requestAnimationFrame(renderCards);
   }
 
   function updateEnv(env) {
@@ -176,8 +225,14 @@
     if (known && (known.last_seq || 0) > (env.last_seq || 0)) return;
     state.envs.set(env.name, env);
     const existing = $("env-cards").querySelector(`li[data-env="${CSS.escape(env.name)}"]`);
-    if (existing) existing.replaceWith(card(env));
-    else renderCards();
+    const f = filters();
+    const sameGroup = known && (!f.group || GROUP[f.group](known) === GROUP[f.group](env));
+    if (existing && sameGroup && selected(env, f) && !state.renderPending) {
+      existing.replaceWith(card(env));
+      renderCounts([...state.envs.values()], $("env-cards").querySelectorAll("li.card").length);
+    } else {
+      scheduleRender();
+    }
     if (state.route && state.route.view === "env" && state.route.name === env.name) {
       $("env-card").replaceChildren(card(env, "detail"));
     }
@@ -185,8 +240,16 @@
 
   async function loadEnvs() {
     try {
-      const body = await getJSON("/api/v1/environments");
-      for (const env of body.environments || []) updateEnv(env);
+      let path = "/api/v1/environments?limit=1000";
+      for (;;) {  // follow the pages: one request per thousand environments
+        const body = await getJSON(path);
+        for (const env of body.environments || []) {
+          const known = state.envs.get(env.name);
+          if (!known || (known.last_seq || 0) <= (env.last_seq || 0)) state.envs.set(env.name, env);
+        }
+        if (!body.continue) break;
+        path = `/api/v1/environments?limit=1000&continue=${encodeURIComponent(body.continue)}`;
+      }
       renderCards();
     } catch (err) {
       $("envs-empty").hidden = false;
@@ -442,6 +505,39 @@
       ? `${count(rows.length, "deployment")}, ${count(failures, "failure")}`
       : "No deployments yet.";
     $("env-history").tBodies[0].replaceChildren(...rows.map(historyRow));
+    renderObjects(name);
+  }
+
+  // What the environment runs, object by object, and what its last change changed: both
+  // from the bundles the api already stores (identities only; Secret values never leave).
+  async function renderObjects(name) {
+    const here = () => state.route && state.route.view === "env" && state.route.name === name;
+    try {
+      const [objects, changes] = await Promise.all([
+        getJSON(`/api/v1/environments/${encodeURIComponent(name)}/objects`),
+        getJSON(`/api/v1/environments/${encodeURIComponent(name)}/changes`)]);
+      if (!here()) return;
+      const list = objects.objects || [];
+      $("env-objects-status").textContent = list.length
+        ? `${count(list.length, "object")} at ${short(objects.revision)}` : "Nothing applied yet.";
+      $("env-objects").tBodies[0].replaceChildren(...list.map((o) => h("tr", {},
+        h("td", {"data-label": "Kind"}, o.kind),
+        h("td", {"data-label": "Namespace"}, o.namespace || "(cluster)"),
+        h("td", {"data-label": "Name"}, o.name),
+        h("td", {"data-label": "Health", title: o.message || ""},
+          h("span", {class: `badge health-${String(o.health).toLowerCase()}`}, o.health)))));
+      const diffs = changes.objects || [];
+      $("env-changes-status").textContent = changes.to
+        ? (changes.from ? `${short(changes.from.revision)} → ${short(changes.to.revision)}: `
+          : `first deployment, ${short(changes.to.revision)}: `) + (changes.summary || "")
+            .split("\n")[0]
+        : "No deployment yet.";
+      $("env-changes").replaceChildren(...diffs.map((d) => h("li", {class: `change-${d.change}`},
+        h("details", {}, h("summary", {}, `${d.change} ${d.kind}/${d.namespace ? d.namespace + "/" : ""}${d.name}`),
+          h("pre", {}, d.diff)))));
+    } catch (err) {
+      if (here()) $("env-objects-status").textContent = `Could not load the objects (${err.message}).`;
+    }
   }
 
   // -- routing and live refresh --------------------------------------------------------------
@@ -487,9 +583,15 @@
   function start() {
     $("commit-search").addEventListener("submit", (ev) => {
       ev.preventDefault();
-      const sha = $("commit-sha").value.trim();
-      if (SHA.test(sha)) location.hash = `#/commit/${sha.toLowerCase()}`;
+      const text = $("commit-sha").value.trim();
+      // an environment's name may look like a short sha ("e0500"): a known name wins
+      if (state.envs.has(text)) location.hash = `#/env/${encodeURIComponent(text)}`;
+      else if (SHA.test(text)) location.hash = `#/commit/${text.toLowerCase()}`;
     });
+    for (const id of ["env-search", "env-health", "env-outcome", "env-group"]) {
+      $(id).addEventListener(id === "env-search" ? "input" : "change", scheduleRender);
+    }
+    $("env-filters").addEventListener("submit", (ev) => ev.preventDefault());
     $("skip-link").addEventListener("click", (ev) => {  // not a route: just move focus
       ev.preventDefault();
       $("main").focus();

@@ -1,0 +1,127 @@
+"""Argo projects (``argoproj.io``): Rollouts, AnalysisRun, Experiment, Workflows, Argo CD apps.
+
+Status APIs: Argo Rollouts' ``RolloutStatus`` (``phase`` Healthy/Progressing/Paused/Degraded and
+``message`` since v1.0, ``pauseConditions``, ``InvalidSpec``/``Progressing`` conditions;
+``observedGeneration`` is a pod-template hash string in releases before v1.0), AnalysisRun and
+Experiment ``status.phase`` (Pending, Running, Successful, Failed, Error, Inconclusive), Argo
+Workflows' ``status.phase`` (Pending, Running, Succeeded, Failed, Error) and CronWorkflow's
+``spec.suspend`` and ``SubmissionError``/``SpecError`` conditions, Argo CD's
+``Application.status.health``. Verdicts and messages follow Argo CD's shipped Lua checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.domain.health import fields as f
+from orchestrator.domain.health import kstatus
+from orchestrator.domain.health.crs.common import by_phase, no_health
+from orchestrator.domain.health.status import Health, HealthStatus
+
+PROJECT = "argo"
+GROUP = "argoproj.io"
+
+_ROLLOUT_PHASES = {"Healthy": Health.HEALTHY, "Progressing": Health.PROGRESSING,
+                   "Degraded": Health.DEGRADED, "Paused": Health.SUSPENDED}
+
+
+def rollout(obj: Mapping[str, Any]) -> HealthStatus:
+    for condition in f.conditions(obj):
+        if condition.get("type") == "InvalidSpec":
+            return HealthStatus(Health.DEGRADED, f.message_of(condition))
+    if f.field(obj, "status") is None:
+        return HealthStatus(Health.PROGRESSING, "Waiting for rollout spec update to be observed")
+    if kstatus.generation_lag(obj) is not None:
+        return HealthStatus(Health.PROGRESSING, "Waiting for rollout spec update to be observed")
+    phase = f.string(obj, "status", "phase")
+    if phase:
+        health = _ROLLOUT_PHASES.get(phase, Health.UNKNOWN)
+        return HealthStatus(health, f.string(obj, "status", "message"))
+    return _legacy_rollout(obj)
+
+
+def _legacy_rollout(obj: Mapping[str, Any]) -> HealthStatus:
+    """Rollouts before v1.0 report no phase: read pause, deadline and replica counts."""
+    if f.boolean(obj, "spec", "paused") or f.items(obj, "status", "pauseConditions"):
+        return HealthStatus(Health.SUSPENDED, "Rollout is paused")
+    progressing = f.condition(obj, "Progressing")
+    if progressing is not None and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return HealthStatus(Health.DEGRADED, f.message_of(progressing))
+    replicas = f.optional_integer(obj, "spec", "replicas")
+    updated = f.integer(obj, "status", "updatedReplicas")
+    if replicas is not None and updated < replicas:
+        return HealthStatus(Health.PROGRESSING,
+                            "Waiting for roll out to finish: More replicas need to be updated")
+    if f.integer(obj, "status", "replicas") > updated:
+        return HealthStatus(Health.PROGRESSING, "Waiting for roll out to finish: old replicas "
+                            "are pending termination")
+    if f.integer(obj, "status", "availableReplicas") < updated:
+        return HealthStatus(Health.PROGRESSING, "Waiting for roll out to finish: updated "
+                            "replicas are still becoming available")
+    return HealthStatus(Health.HEALTHY, "")
+
+
+_ANALYSIS_PHASES = {"Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
+                    "Successful": Health.HEALTHY, "Failed": Health.DEGRADED,
+                    "Error": Health.DEGRADED, "Inconclusive": Health.UNKNOWN}
+_ANALYSIS_MESSAGES = {"Pending": "Analysis run is running", "Running": "Analysis run is running",
+                      "Successful": "Analysis run completed successfully",
+                      "Failed": "Analysis run failed", "Error": "Analysis run had an error",
+                      "Inconclusive": "Analysis run was inconclusive"}
+
+
+def analysis_run(obj: Mapping[str, Any]) -> HealthStatus:
+    phase = f.string(obj, "status", "phase")
+    if phase in ("Pending", "Running"):  # Argo CD's check ignores status.message while running
+        return HealthStatus(Health.PROGRESSING, "Analysis run is running")
+    return by_phase(obj, _ANALYSIS_PHASES, messages=_ANALYSIS_MESSAGES,
+                    waiting="Waiting for analysis run to finish: status has not been reconciled.")
+
+
+def experiment(obj: Mapping[str, Any]) -> HealthStatus:
+    return by_phase(obj, _ANALYSIS_PHASES, waiting="Waiting for experiment to start")
+
+
+_WORKFLOW_PHASES = {"Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
+                    "Succeeded": Health.HEALTHY, "Failed": Health.DEGRADED,
+                    "Error": Health.DEGRADED}
+
+
+def workflow(obj: Mapping[str, Any]) -> HealthStatus:
+    return by_phase(obj, _WORKFLOW_PHASES, waiting="")
+
+
+def cron_workflow(obj: Mapping[str, Any]) -> HealthStatus:
+    for condition in f.conditions(obj):
+        if condition.get("type") in ("SubmissionError", "SpecError") \
+                and condition.get("status") == "True":
+            return HealthStatus(Health.DEGRADED, f.message_of(condition))
+    if f.boolean(obj, "spec", "suspend"):
+        return HealthStatus(Health.SUSPENDED, "CronWorkflow is suspended")
+    return HealthStatus(Health.HEALTHY, "")
+
+
+def application(obj: Mapping[str, Any]) -> HealthStatus:
+    """An Argo CD Application's own health (the customization Argo CD's docs give)."""
+    status = f.string(obj, "status", "health", "status")
+    try:
+        health = Health(status) if status else Health.PROGRESSING
+    except ValueError:
+        health = Health.UNKNOWN
+    return HealthStatus(health, f.string(obj, "status", "health", "message"))
+
+
+KINDS = {
+    (GROUP, "Rollout"): rollout,
+    (GROUP, "AnalysisRun"): analysis_run,
+    (GROUP, "Experiment"): experiment,
+    (GROUP, "Workflow"): workflow,
+    (GROUP, "CronWorkflow"): cron_workflow,
+    (GROUP, "WorkflowTemplate"): no_health,
+    (GROUP, "ClusterWorkflowTemplate"): no_health,
+    (GROUP, "AnalysisTemplate"): no_health,
+    (GROUP, "ClusterAnalysisTemplate"): no_health,
+    (GROUP, "AppProject"): no_health,
+    (GROUP, "Application"): application,
+}

@@ -1,0 +1,50 @@
+"""KEDA (``keda.sh``): ScaledObject, ScaledJob, trigger authentications.
+
+Status API: ``ScaledObject``/``ScaledJob`` conditions ``Ready`` (the scaler and its HPA work),
+``Active`` (there is load), ``Fallback`` (metrics fail, fallback replicas in use) and ``Paused``
+(``autoscaling.keda.sh/paused`` or ``paused-replicas`` annotations). Following Argo CD's check:
+Ready False or Fallback True is Degraded, Paused True Suspended, Ready True Healthy, otherwise
+Progressing. ``Active`` False only means "idle" and is still Healthy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from orchestrator.domain.health import fields as f
+from orchestrator.domain.health import kstatus
+from orchestrator.domain.health.crs.common import no_health
+from orchestrator.domain.health.status import Health, HealthStatus
+
+PROJECT = "keda"
+GROUP = "keda.sh"
+
+
+def scaled(obj: Mapping[str, Any]) -> HealthStatus:
+    lag = kstatus.generation_lag(obj)
+    if lag is not None:
+        return lag
+    by_type = f.condition_map(obj)
+    ready, fallback, paused = by_type.get("Ready"), by_type.get("Fallback"), by_type.get("Paused")
+    if f.is_false(ready):
+        assert ready is not None
+        return HealthStatus(Health.DEGRADED, f.message_of(ready))
+    if f.is_true(fallback):
+        assert fallback is not None
+        return HealthStatus(Health.DEGRADED, f.message_of(fallback))
+    if f.is_true(paused):
+        assert paused is not None
+        return HealthStatus(Health.SUSPENDED, f.message_of(paused, "Scaling is paused"))
+    if f.is_true(ready):
+        assert ready is not None
+        return HealthStatus(Health.HEALTHY, f.message_of(ready))
+    return HealthStatus(Health.PROGRESSING, "Waiting for the scaler to be ready")
+
+
+KINDS = {
+    (GROUP, "ScaledObject"): scaled,
+    (GROUP, "ScaledJob"): scaled,
+    (GROUP, "TriggerAuthentication"): no_health,
+    (GROUP, "ClusterTriggerAuthentication"): no_health,
+}

@@ -1,0 +1,180 @@
+"""Pull requests through a forge's REST API: GitHub, GitLab (merge requests), Gitea/Forgejo.
+
+Operator settings, never the repository's (a committer must not choose where Conveyor sends
+a token): ``CONVEYOR_FORGE`` (``github``, ``gitlab``, ``gitea``; ``forgejo`` is ``gitea``),
+``CONVEYOR_FORGE_API_URL`` (default ``https://api.github.com``, ``https://gitlab.com/api/v4``,
+none for Gitea; GitHub Enterprise is ``https://HOST/api/v3``), ``CONVEYOR_FORGE_TOKEN`` or
+``CONVEYOR_FORGE_TOKEN_FILE`` (re-read at each request), and ``CONVEYOR_FORGE_REPO``
+(``owner/name``; default: the path of the source URL without ``.git``).
+
+The calls, from each forge's published REST reference:
+
+- GitHub: ``POST /repos/{owner}/{repo}/pulls`` ``{title, head, base, body}`` -> 201
+  ``{number, html_url}``; ``Authorization: Bearer``; ``X-GitHub-Api-Version: 2022-11-28``.
+- GitLab: ``POST /projects/{url-encoded path}/merge_requests`` ``{source_branch,
+  target_branch, title, description}`` -> 201 ``{iid, web_url}``; ``PRIVATE-TOKEN``.
+- Gitea/Forgejo: ``POST /repos/{owner}/{repo}/pulls`` ``{head, base, title, body}`` -> 201
+  ``{number, html_url}``; ``Authorization: token``.
+
+A rate-limited answer (429, or 403 with ``x-ratelimit-remaining: 0``) is
+``TransientError(reason="RateLimited", delay=Retry-After or the reset time)``; refused
+credentials are ``PermanentError("AuthenticationFailed")``; other refusals name the forge's
+message. The token never appears in an error or a log.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from orchestrator.domain.giturls import parse
+from orchestrator.errors import PermanentError, TransientError
+
+KINDS = ("github", "gitlab", "gitea")
+DEFAULT_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
+TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    number: int
+    url: str
+    head: str
+    base: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "url": self.url, "head": self.head, "base": self.base}
+
+
+@dataclass(frozen=True, slots=True)
+class ForgeSettings:
+    kind: str
+    api_url: str
+    repo: str = ""  # owner/name; "" = from the source URL
+    token: str | None = field(default=None, repr=False)
+    token_file: str = ""
+
+    @staticmethod
+    def from_env(environ: Mapping[str, str] | None = None) -> ForgeSettings | None:
+        env = os.environ if environ is None else environ
+        kind = (env.get("CONVEYOR_FORGE") or "").strip().lower()
+        if not kind:
+            return None
+        kind = "gitea" if kind == "forgejo" else kind
+        if kind not in KINDS:
+            raise PermanentError(f"CONVEYOR_FORGE={kind!r}: one of github, gitlab, gitea, "
+                                 "forgejo", reason="InvalidForge")
+        api = (env.get("CONVEYOR_FORGE_API_URL") or DEFAULT_API.get(kind, "")).rstrip("/")
+        if not api:
+            raise PermanentError(f"CONVEYOR_FORGE={kind} needs CONVEYOR_FORGE_API_URL (e.g. "
+                                 "https://gitea.example.org/api/v1)", reason="InvalidForge")
+        return ForgeSettings(kind, api, (env.get("CONVEYOR_FORGE_REPO") or "").strip("/"),
+                             env.get("CONVEYOR_FORGE_TOKEN") or None,
+                             env.get("CONVEYOR_FORGE_TOKEN_FILE") or "")
+
+    def read_token(self) -> str:
+        if self.token_file:
+            try:
+                return Path(self.token_file).read_text().strip()
+            except OSError as exc:
+                raise PermanentError(f"cannot read CONVEYOR_FORGE_TOKEN_FILE: {exc.strerror}",
+                                     reason="InvalidForge") from None
+        if not self.token:
+            raise PermanentError("no forge token: set CONVEYOR_FORGE_TOKEN or "
+                                 "CONVEYOR_FORGE_TOKEN_FILE", reason="InvalidForge")
+        return self.token
+
+
+def repo_path(settings: ForgeSettings, source_url: str) -> str:
+    if settings.repo:
+        return settings.repo
+    try:
+        path = parse(source_url).path
+    except ValueError:
+        path = source_url
+    path = path.strip("/").removesuffix(".git")
+    if path.count("/") < 1:
+        raise PermanentError(f"cannot tell the forge repository from {source_url!r}: set "
+                             "CONVEYOR_FORGE_REPO=owner/name", reason="InvalidForge")
+    return path
+
+
+def _rate_limit_delay(status: int, headers: Mapping[str, str]) -> float | None:
+    remaining = headers.get("x-ratelimit-remaining") or headers.get("ratelimit-remaining")
+    if status != 429 and not (status == 403 and remaining == "0"):
+        return None
+    retry = headers.get("retry-after")
+    if retry and retry.isdigit():
+        return float(retry)
+    reset = headers.get("x-ratelimit-reset") or headers.get("ratelimit-reset")
+    if reset and reset.isdigit():
+        return max(1.0, float(reset) - time.time())
+    return 60.0
+
+
+class Forge:
+    """One forge's pull-request API for one repository."""
+
+    def __init__(self, settings: ForgeSettings, source_url: str) -> None:
+        self.settings = settings
+        self.repo = repo_path(settings, source_url)
+
+    def _request(self, title: str, head: str, base: str, body: str
+                 ) -> tuple[str, dict[str, str], dict[str, Any]]:
+        s, token = self.settings, self.settings.read_token()
+        if s.kind == "github":
+            owner, _, name = self.repo.partition("/")
+            return (f"{s.api_url}/repos/{owner}/{name}/pulls",
+                    {"Authorization": f"Bearer {token}",
+                     "Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": "2022-11-28"},
+                    {"title": title, "head": head, "base": base, "body": body})
+        if s.kind == "gitlab":
+            project = urllib.parse.quote(self.repo, safe="")
+            return (f"{s.api_url}/projects/{project}/merge_requests",
+                    {"PRIVATE-TOKEN": token},
+                    {"source_branch": head, "target_branch": base, "title": title,
+                     "description": body, "remove_source_branch": True})
+        owner, _, name = self.repo.partition("/")
+        return (f"{s.api_url}/repos/{owner}/{name}/pulls",
+                {"Authorization": f"token {token}"},
+                {"title": title, "head": head, "base": base, "body": body})
+
+    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
+        url, headers, payload = self._request(title, head, base, body)
+        where = f"{self.settings.kind} {self.repo}"
+        try:
+            async with aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session, \
+                    session.post(url, json=payload, headers={
+                        **headers, "User-Agent": "conveyor"}) as resp:
+                status = resp.status
+                try:
+                    data: Any = await resp.json(content_type=None)
+                except ValueError:
+                    data = {}
+                answer_headers = {k.lower(): v for k, v in resp.headers.items()}
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise TransientError(f"{where}: the forge API at {self.settings.api_url} did not "
+                                 f"answer ({type(exc).__name__})", reason="Unreachable") from None
+        delay = _rate_limit_delay(status, answer_headers)
+        if delay is not None:
+            raise TransientError(f"{where}: rate-limited by the forge API; retry in "
+                                 f"{int(delay)} s", reason="RateLimited", delay=delay)
+        if status == 401:
+            raise PermanentError(f"{where}: the forge refused the token (401)",
+                                 reason="AuthenticationFailed")
+        if status not in (200, 201) or not isinstance(data, Mapping):
+            message = data.get("message") if isinstance(data, Mapping) else ""
+            raise PermanentError(f"{where}: opening the pull request failed ({status}: "
+                                 f"{message or 'no message'})", reason="PullRequestFailed")
+        if self.settings.kind == "gitlab":
+            return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
+        return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)

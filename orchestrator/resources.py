@@ -1,0 +1,118 @@
+"""What one Conveyor owns while it runs, built once by the composition root and passed down.
+
+``conveyor/app.py`` (``Conveyor.start``) opens one ``Resources`` and hands it to every service
+it runs; nothing below reaches for a module global. Two Conveyors in one process (a test, a
+program embedding it) therefore share nothing: each has its own NATS connection (and embedded
+nats-server), its own mirrors and fetch locks, its own kubernetes clients and environment
+locks, its own Prometheus registry and its own background tasks.
+
+``close`` undoes ``open`` in reverse order: background tasks are cancelled and awaited, the
+kubernetes clients closed, the bus drained and closed, and an embedded nats-server stopped.
+Services are stopped by their owner before that (they may still publish while stopping).
+
+What stays process-wide, by the libraries' design rather than ours (see docs/architecture.md):
+libgit2's global options (``pygit2.settings``: timeouts and the SSH home that
+``git_remote._ssh_home`` swaps under its lock) and ``git_local``'s per-thread cache of open
+repositories (libgit2 objects must not cross threads; entries are keyed by path, so two
+Conveyors on different data dirs never meet in it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import structlog
+
+from orchestrator.adapters.embedded_nats import EmbeddedNats
+from orchestrator.adapters.git_source import MirrorPool
+from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.metrics import Metrics
+from orchestrator.settings import Settings
+from orchestrator.targets.git.push import PathLocks
+from orchestrator.targets.kube.clients import KubePool
+
+log = structlog.get_logger(__name__)
+
+
+class Background:
+    """Fire-and-forget tasks of one Conveyor, held (so they are not garbage collected mid-run)
+    and cancelled on close (so a stop leaves none pending)."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._closed = False
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str | None = None) -> None:
+        if self._closed:
+            coro.close()  # stopping: the work is dropped, as a cancelled task's would be
+            return
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def close(self) -> None:
+        self._closed = True
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass
+class Resources:
+    """One Conveyor's resources (``open`` builds them, ``close`` releases them)."""
+
+    settings: Settings
+    bus: EventBus
+    metrics: Metrics = field(default_factory=Metrics)
+    mirrors: MirrorPool = field(default_factory=MirrorPool)
+    kube: KubePool = field(default_factory=KubePool)
+    git_locks: PathLocks = field(default_factory=PathLocks)
+    background: Background = field(default_factory=Background)
+    embedded: EmbeddedNats | None = None
+    owns_bus: bool = True
+
+    @classmethod
+    async def open(cls, settings: Settings, *, name: str = "conveyor") -> Resources:
+        """Start nats-server when no ``nats_url`` is set, connect, ensure the stream."""
+        embedded: EmbeddedNats | None = None
+        if not settings.nats_url:
+            embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
+            settings = replace(settings, nats_url=await embedded.start())
+        metrics = Metrics()
+        try:
+            bus = await EventBus.connect(settings.nats_url, name=name,
+                                         retention=settings.retention,
+                                         replicas=settings.replicas, retry_for=None,
+                                         on_published=metrics.event_published,
+                                         tls_ca=settings.nats_ca)
+        except BaseException:
+            if embedded is not None:
+                await embedded.stop()
+            raise
+        return cls(settings, bus, metrics=metrics, embedded=embedded)
+
+    @classmethod
+    def around(cls, bus: EventBus, settings: Settings) -> Resources:
+        """Resources over a bus the caller owns (and closes): for tests and tools that
+        connect themselves. Publishes are counted on this ``metrics`` from now on."""
+        metrics = Metrics()
+        bus.on_published = metrics.event_published
+        return cls(settings, bus, metrics=metrics, owns_bus=False)
+
+    async def close(self) -> None:
+        await self.background.close()
+        await self.kube.close()
+        if self.owns_bus:
+            with contextlib.suppress(Exception):
+                await self.bus.close()
+        if self.embedded is not None:
+            await self.embedded.stop()
