@@ -166,6 +166,9 @@ async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -
             ("notifier", "conveyor.events.dev.render.succeeded", True),
             ("applier", "conveyor.events.dev.apply.succeeded", False),
             ("git-watcher", "conveyor.events.dev.commit.detected", False),
+            ("git-watcher", "conveyor.events.prod.promotion.committed", False),
+            ("renderer", "conveyor.events.prod.promotion.committed", True),
+            ("applier", "conveyor.events.dev.log.reset", False),
             ("api", "conveyor.events._.refresh.requested", False),  # control: only the api
             ("api", "$JS.API.STREAM.DELETE.CONVEYOR", True),  # nobody deletes the log
             ("renderer", "$JS.API.STREAM.PURGE.CONVEYOR", True),
