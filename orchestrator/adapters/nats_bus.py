@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -108,8 +109,12 @@ class EventBus:
                       retention: Retention | None = None,
                       replicas: int | None = None,
                       retry_for: float | None = 0.0,
-                      on_published: PublishObserver | None = None) -> EventBus:
+                      on_published: PublishObserver | None = None,
+                      tls_ca: str = "") -> EventBus:
         """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
+
+        Servers may carry ``user:password@`` (the embedded server's generated credentials,
+        nats_auth); ``tls_ca`` (a CA file) turns on TLS verified against it.
 
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
@@ -136,6 +141,7 @@ class EventBus:
                     reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
                 )
                 break
             except Exception as exc:
