@@ -178,8 +178,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    # only the api has its own /healthz and /metrics; any other service gets the small server
-    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    # probes answer from the start; the api takes the address over once connected
+    conveyor = Conveyor(settings, names=(args.service,), health_server=True)
     asyncio.run(run_until_signal(conveyor))
     return 0
 
