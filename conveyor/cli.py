@@ -16,7 +16,7 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
@@ -105,6 +105,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
+        sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
     )
 
@@ -255,6 +257,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -272,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.add_argument("--sync", choices=("always", "interval"),
+                    default=os.environ.get("CONVEYOR_SYNC") or "always",
+                    help="the embedded server's fsync: always (before every ack; nothing "
+                         "acked is lost on power failure) or interval (every 2 min, faster; "
+                         "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
     _operator_args(up)

@@ -197,6 +197,7 @@ class Consumer:
         # add_consumer reconciles mutable fields of an existing durable (binding alone would
         # silently keep the old config).
         await self.bus.js.add_consumer(subjects.STREAM, config)
+        self.bus.durables.add(spec.durable)
         self._sub = await self.bus.js.pull_subscribe_bind(
             durable=spec.durable, stream=subjects.STREAM)
         self._task = asyncio.create_task(self._pull_loop(), name=f"consumer:{spec.durable}")

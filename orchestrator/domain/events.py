@@ -54,6 +54,7 @@ DRIFT_DETECTED: Final = "conveyor.drift.detected"
 NOTIFY_SENT: Final = "conveyor.notify.sent"
 NOTIFY_FAILED: Final = "conveyor.notify.failed"
 NOTIFY_DEAD: Final = "conveyor.notify.dead"
+LOG_RESET: Final = "conveyor.log.reset"  # a target was written under another log's epoch
 
 KNOWN_TYPES: Final = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)

@@ -1,5 +1,8 @@
 """One frozen payload class per event type: the ``data`` an event carries, field by field.
 
+(Over 400 lines on purpose: this is the event schema, one short class per type, read top to
+bottom like the table it generates; splitting it by stage would scatter the shared bases.)
+
 Each class names its event type (``TYPE``) and the payload version it describes
 (``VERSION``); ``orchestrator/domain/codec.py`` builds events' ``data`` from them and reads it
 back, upcasting what older versions wrote. The field comments are the documentation:
@@ -250,6 +253,24 @@ class ApplyFields(CommitFields):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyStarted(ApplyFields):
     TYPE: ClassVar[str] = ev.APPLY_STARTED
+    attempt: int = 0  # the delivery of the render that starts it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogReset(Payload):
+    """The target was written under another event log (this one was recreated)."""
+
+    TYPE: ClassVar[str] = ev.LOG_RESET
+    target_epoch: str | None = None  # the epoch of the log the target was written under
+    log_epoch: str = ""  # this log's epoch
+    target_revision: str | None = None  # what the target holds
+    target_seq: int | None = None
+    digest: str | None = None
+    target: str = ""
+    summary: str = ""
+
+    def describe(self) -> str:
+        return self.summary
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -408,5 +429,6 @@ CLASSES: tuple[type[Payload], ...] = (
     RenderFailed, RenderDead, ApplyStarted, ApplySucceeded, ApplyFailed, ApplySkipped,
     ApplySuperseded, ApplyRetrying, ApplyDead, HealthHealthy, HealthDegraded, HealthProgressing,
     DriftDetected, NotifySent, NotifyFailed, NotifyDead, EnvironmentRemoved, EnvironmentPruned,
+    LogReset,
 )
 BY_TYPE: Mapping[str, type[Payload]] = MappingProxyType({c.TYPE: c for c in CLASSES})

@@ -96,6 +96,10 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
                 "generator": made_by}
     if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
         return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
+    if t == ev.APPLY_SUCCEEDED and event.data.get("superseded_by"):
+        # recognised after a restart, with a newer commit applied since: it was deployed, but
+        # the environment holds the newer one
+        return {"deployments": s.deployments + 1}
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):
         return {"last_applied_revision": rev, "last_applied_at": event.time,
                 "bundle_digest": (p.digest if isinstance(p, ApplyFields) and p.digest

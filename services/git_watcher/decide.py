@@ -284,9 +284,12 @@ def events_for_commit(
             except ConfigError as err:
                 config_events.append(_config_invalid(commit, source, err))
             else:
-                same = current is not None and parsed.text == current.text \
-                    and parsed.dirs == current.dirs
-                if not same:  # a commit inside envs/dev changes no generated environment
+                # re-read only because a generator's directories moved, yet nothing changed
+                # (a commit inside envs/dev): no config event. An edit of the file always
+                # gets one, even back to the config in force (it clears a config.invalid).
+                same = tree_moved and changed is not None and CONFIG_FILE not in changed \
+                    and current is not None and parsed.dirs == current.dirs
+                if not same:
                     candidate = parsed
                     data = {**commit_data(commit, source), "text": text,
                             "environments": sorted(candidate.environments)}
