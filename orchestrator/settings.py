@@ -8,6 +8,7 @@ from pathlib import Path
 
 from orchestrator.adapters.nats_schema import Retention
 from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,6 +26,8 @@ class Settings:
     replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
+    secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach
+    allow_local_paths: tuple[str, ...] = ()  # dirs whose repositories conveyor.yaml may name
 
     @staticmethod
     def api_token_from_env() -> str | None:

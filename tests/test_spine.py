@@ -17,6 +17,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
@@ -25,7 +26,8 @@ from tests.support.waits import wait_for_events
 
 def settings_for(repo: Repo, nats: EmbeddedNats, data: Path) -> Settings:
     return Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
-                    listen="127.0.0.1:0", interval=3600.0)  # polls only when triggered
+                    listen="127.0.0.1:0", interval=3600.0,  # polls only when triggered
+                    secrets=SecretPolicy(env_allow=("OPS_*",)))
 
 
 @contextlib.asynccontextmanager

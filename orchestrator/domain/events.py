@@ -91,6 +91,12 @@ def derive_id(*parts: str) -> str:
     return digest[:32]
 
 
+def outcome_id(stage: str, env: str, cause_id: str) -> str:
+    """The one id every outcome of a stage's input shares (``succeeded``, ``failed``,
+    ``superseded``, ``dead``...): whichever is published first is the only one in the log."""
+    return derive_id(f"conveyor.{stage}.outcome", env, cause_id)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 

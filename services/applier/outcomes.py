@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from orchestrator.domain import events as ev
-from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.ports import ApplyResult, Target
 from orchestrator.targets.kube.health import health_event
 
@@ -35,8 +35,7 @@ def elapsed_ms(started: float) -> float:
 
 def one_per_cause(outcome: Event) -> Event:
     """Every outcome type of one cause gets the same id (see the module doc)."""
-    return replace(outcome, id=derive_id("conveyor.apply.outcome", outcome.subject,
-                                         outcome.causationid))
+    return replace(outcome, id=outcome_id("apply", outcome.subject, outcome.causationid))
 
 
 def outcome(kind: str, cause: Event, *, source: str, started: float,

@@ -21,7 +21,7 @@ import structlog
 from orchestrator import subjects
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
-from orchestrator.domain.config import RetryPolicy, expand_all
+from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, Target, TargetState
@@ -34,6 +34,7 @@ from services.applier.drift import DriftLoop
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
+ACK_WAIT = 5.0  # as the renderer's: a render held by a killed applier is back after 5 s
 
 
 class Applier:
@@ -50,8 +51,9 @@ class Applier:
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
                      *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
-            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=15.0,
-            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq))
+            handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=ACK_WAIT,
+            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
+            one_outcome=True)
 
     async def start(self) -> None:
         self._consumer = Consumer(self.bus, self.consumer_spec())
@@ -70,11 +72,15 @@ class Applier:
             return git_target_for(env["name"], env["target"]["git"] or {}, data,
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
-                                  locks=self.resources.git_locks)
-        target = expand_all(env.get("target") or {})
+                                  locks=self.resources.git_locks,
+                                  scope=self.settings.secrets.scope())
+        target = env.get("target") or {}
         if "kubernetes" in target:
-            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {},
-                               self.resources.kube)
+            from orchestrator.targets.kube.settings import expanded_target
+
+            return kube_target(env["name"], expanded_target(
+                env["name"], target["kubernetes"], self.settings.secrets.scope()),
+                env.get("sync") or {}, self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
 

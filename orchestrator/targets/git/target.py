@@ -23,9 +23,9 @@ import yaml
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
-from orchestrator.domain.config import expand_all
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
-from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, target_credentials
+from orchestrator.secrets import SecretScope
+from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, credentials_and_owner
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")
@@ -155,21 +155,23 @@ class RemoteGitTarget:
 
 def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
                    data_dir: Path, primary_repo: str = "",
-                   locks: PathLocks | None = None) -> GitTarget | RemoteGitTarget:
+                   locks: PathLocks | None = None,
+                   scope: SecretScope | None = None) -> GitTarget | RemoteGitTarget:
     """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
 
     ``git`` is the configuration as written: every field but ``credentials`` is expanded
     here; credentials stay ``${VAR}`` references until a transfer needs them. ``repo``
     defaults to the environment's source repository (the event's ``repo``).
     """
-    expanded = expand_all({k: v for k, v in git.items() if k != "credentials"})
+    reach = scope if scope is not None else SecretScope({}, ())
+    expanded = reach.expand_all({k: v for k, v in git.items() if k != "credentials"})
     repo = str(expanded.get("repo") or data["repo"])
     branch = str(expanded.get("branch") or f"deploy/{env}")
     if is_local(repo):
         return GitTarget(str(Path(local_path(repo)).resolve()), branch)
-    mirror = PushMirror(repo, branch, data_dir,
-                        credentials=target_credentials(git, repo, data,
-                                                       primary_repo=primary_repo),
+    creds, operator = credentials_and_owner(git, repo, data, primary_repo=primary_repo)
+    mirror = PushMirror(repo, branch, data_dir, credentials=creds,
+                        scope=SecretScope.operator() if operator else reach,
                         author=author_from(expanded.get("author"), f"git target {branch}"),
                         locks=locks)
     return RemoteGitTarget(mirror)
