@@ -113,10 +113,6 @@ class Config:
         this file (then a commit that adds or removes a matching directory changes it)."""
         return any(g.reads_tree for g in self.generators)
 
-    @staticmethod
-    def empty() -> Config:
-        return Config({}, {}, {}, {}, "")
-
 
 def _err(doc: Document | None, message: str, *path: str | int, file: str) -> ConfigError:
     line = doc.where(*path).line if doc is not None else None
