@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 from aiohttp import web
@@ -22,8 +23,8 @@ from services.api.context import STREAMS
 PING_EVERY: Final = 15.0
 QUEUE_SIZE: Final = 256
 PRODUCER_GRACE: Final = 2.0
-HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                  "X-Accel-Buffering": "no"}
+HEADERS: Final = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                  "X-Accel-Buffering": "no"})
 
 Frames = asyncio.Queue[bytes | None]
 Producer = Callable[[Frames], Coroutine[Any, Any, None]]
