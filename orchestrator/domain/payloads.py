@@ -288,6 +288,7 @@ class ApplySucceeded(ApplyFields):
     waves: int = 0  # (kubernetes) sync waves applied
     inventory: Json | None = None  # (kubernetes) the inventory ConfigMap and its entries
     health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects}
+    superseded_by: str = ""  # found applied after a restart, a newer revision applied since
 
     def describe(self) -> str:
         return self.summary
