@@ -20,6 +20,8 @@ from typing import Protocol
 import structlog
 
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.gitops.auto import AutoPromoter
+from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.ops import OpsServer
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
@@ -42,7 +44,7 @@ class Service(Protocol):
 
 def make_service(name: str, resources: Resources) -> Service:
     if name == "git-watcher":
-        return GitWatcher(resources)
+        return GitWatcher(resources, forge=ForgeSettings.from_env())
     if name == "renderer":
         return Renderer(resources)
     if name == "applier":
@@ -83,6 +85,10 @@ class Conveyor:
             await service.start()
             self.services.append((service_name, service))
             log.info("service.started", service=service_name)
+        if "git-watcher" in self.names and self.settings.repo:  # it has the push credentials
+            promoter = AutoPromoter(resources, forge=ForgeSettings.from_env())
+            await promoter.start()
+            self.services.append(("promoter", promoter))
         if self.health_server and "api" not in self.names:
             server = OpsServer(resources, self.settings.listen)
             await server.start()

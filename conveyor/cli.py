@@ -23,6 +23,7 @@ from conveyor.demo import run_demo
 from orchestrator import logging as clog
 from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
+from orchestrator.commands import gitops as gitops_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
 from orchestrator.commands.envs import envs_command
@@ -431,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
                 replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 
 

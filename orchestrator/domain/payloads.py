@@ -257,23 +257,6 @@ class ApplyStarted(ApplyFields):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class LogReset(Payload):
-    """The target was written under another event log (this one was recreated)."""
-
-    TYPE: ClassVar[str] = ev.LOG_RESET
-    target_epoch: str | None = None  # the epoch of the log the target was written under
-    log_epoch: str = ""  # this log's epoch
-    target_revision: str | None = None  # what the target holds
-    target_seq: int | None = None
-    digest: str | None = None
-    target: str = ""
-    summary: str = ""
-
-    def describe(self) -> str:
-        return self.summary
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class ApplySucceeded(ApplyFields):
     TYPE: ClassVar[str] = ev.APPLY_SUCCEEDED
     summary: str = ""  # what the target did, in words
@@ -420,6 +403,92 @@ class NotifyFailed(NotifyFields):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LogReset(Payload):
+    TYPE: ClassVar[str] = ev.LOG_RESET
+    target_epoch: str = ""  # the epoch the target was written under
+    log_epoch: str = ""  # this log's epoch
+    target_revision: str | None = None  # the revision the target holds
+    target_seq: int | None = None  # the Conveyor-Seq the target recorded (of the old log)
+    digest: str | None = None  # the bundle the target holds
+    target: str = ""  # the target, in words
+    summary: str = ""
+
+    def describe(self) -> str:
+        return self.summary
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GitopsFields(Payload):
+    """A commit Conveyor made (or proposed as a pull request) to the watched repository."""
+
+    commit: str = ""  # the commit made
+    parent: str | None = None  # the branch head it was made on
+    branch: str = ""  # the branch written (the watched source branch)
+    repo: str = ""  # the repository, without credentials
+    source: str = ""  # the source's name in conveyor.yaml
+    files: tuple[str, ...] = ()  # the files the commit changed
+    attempts: int = 0  # pushes it took (a concurrent push is rebased and retried)
+    via: str = ""  # commit or pull-request
+    by: str = ""  # who asked: the api client's address or the CLI user
+    message: str = ""  # the commit's subject
+    pull_request: Json | None = None  # {url, number} with --via pull-request
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseCommitted(GitopsFields):
+    TYPE: ClassVar[str] = ev.RELEASE_COMMITTED
+    images: tuple[str, ...] = ()  # NAME=REF[:TAG|@DIGEST] written
+    sets: tuple[str, ...] = ()  # PATH=VALUE written into a Helm values file
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseProposed(ReleaseCommitted):
+    TYPE: ClassVar[str] = ev.RELEASE_PROPOSED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackCommitted(GitopsFields):
+    TYPE: ClassVar[str] = ev.ROLLBACK_COMMITTED
+    to: str = ""  # the revision whose inputs were restored
+    to_digest: str = ""  # the bundle that revision deployed
+    paths: tuple[str, ...] = ()  # the inputs restored
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RollbackProposed(RollbackCommitted):
+    TYPE: ClassVar[str] = ev.ROLLBACK_PROPOSED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionRequested(Payload):
+    TYPE: ClassVar[str] = ev.PROMOTION_REQUESTED
+    from_env: str = field(default="", metadata=key("from"))  # the environment promoted from
+    revision: str = ""  # the revision it runs
+    auto: bool = False  # fired by the promotion rule, not by a person
+    by: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionRefused(PromotionRequested):
+    TYPE: ClassVar[str] = ev.PROMOTION_REFUSED
+    reason: str = ""  # the gate that refused it
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionCommitted(GitopsFields):
+    TYPE: ClassVar[str] = ev.PROMOTION_COMMITTED
+    from_env: str = field(default="", metadata=key("from"))
+    revision: str = ""  # the revision of FROM promoted
+    auto: bool = False
+    images: tuple[str, ...] = ()  # the images written into TO's declaration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionProposed(PromotionCommitted):
+    TYPE: ClassVar[str] = ev.PROMOTION_PROPOSED
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unknown(Payload):
     """An event type this version does not know: everything is in ``extra``."""
 
@@ -430,6 +499,7 @@ CLASSES: tuple[type[Payload], ...] = (
     RenderFailed, RenderDead, ApplyStarted, ApplySucceeded, ApplyFailed, ApplySkipped,
     ApplySuperseded, ApplyRetrying, ApplyDead, HealthHealthy, HealthDegraded, HealthProgressing,
     DriftDetected, NotifySent, NotifyFailed, NotifyDead, EnvironmentRemoved, EnvironmentPruned,
-    LogReset,
+    LogReset, ReleaseCommitted, ReleaseProposed, RollbackCommitted, RollbackProposed,
+    PromotionRequested, PromotionRefused, PromotionCommitted, PromotionProposed,
 )
 BY_TYPE: Mapping[str, type[Payload]] = MappingProxyType({c.TYPE: c for c in CLASSES})
