@@ -1,4 +1,9 @@
-"""The `conveyor` command line."""
+"""The `conveyor` command line.
+
+(Over 400 lines: every command's flags and its handler side by side, in the order
+``conveyor --help`` lists them; the work itself is in ``conveyor/app.py`` and
+``orchestrator/commands``.)
+"""
 
 from __future__ import annotations
 

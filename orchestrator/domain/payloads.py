@@ -1,5 +1,8 @@
 """One frozen payload class per event type: the ``data`` an event carries, field by field.
 
+(Over 400 lines on purpose: this is the event schema, one short class per type, read top to
+bottom like the table it generates; splitting it by stage would scatter the shared bases.)
+
 Each class names its event type (``TYPE``) and the payload version it describes
 (``VERSION``); ``orchestrator/domain/codec.py`` builds events' ``data`` from them and reads it
 back, upcasting what older versions wrote. The field comments are the documentation:
@@ -250,6 +253,7 @@ class ApplyFields(CommitFields):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyStarted(ApplyFields):
     TYPE: ClassVar[str] = ev.APPLY_STARTED
+    attempt: int = 0  # the delivery of the render that starts it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -267,6 +271,7 @@ class ApplySucceeded(ApplyFields):
     waves: int = 0  # (kubernetes) sync waves applied
     inventory: Json | None = None  # (kubernetes) the inventory ConfigMap and its entries
     health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects}
+    superseded_by: str = ""  # found applied after a restart, a newer revision applied since
 
     def describe(self) -> str:
         return self.summary
@@ -407,6 +412,9 @@ class LogReset(Payload):
     digest: str | None = None  # the bundle the target holds
     target: str = ""  # the target, in words
     summary: str = ""
+
+    def describe(self) -> str:
+        return self.summary
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

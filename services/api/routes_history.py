@@ -34,7 +34,7 @@ from services.api.context import BUS, PROJECTOR, control
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
-RETRYABLE_FILTERS = [f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed"]
+RETRYABLE_FILTERS = (f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed")
 
 
 def _error(status: int, message: str) -> web.Response:

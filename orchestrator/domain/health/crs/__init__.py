@@ -9,6 +9,10 @@ same verdicts without carrying scripts over. ``RULES`` maps ``(group, kind)`` to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
 from orchestrator.domain.health.crs import (
     argo,
     certmanager,
@@ -24,19 +28,20 @@ from orchestrator.domain.health.crs import (
 )
 from orchestrator.domain.health.crs.common import Check
 
-RULES: dict[tuple[str, str], tuple[str, Check]] = {}
-GROUP_RULES: dict[str, tuple[str, Check]] = {}
-SUFFIX_RULES: dict[str, tuple[str, Check]] = {}
+_MODULES = (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
+            prometheus, sealed_secrets, strimzi)
 
-for _module in (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
-                prometheus, sealed_secrets, strimzi):
-    _name = f"built-in:{_module.PROJECT}"
-    for _key, _check in getattr(_module, "KINDS", {}).items():
-        RULES[_key] = (_name, _check)
-    for _group, _check in getattr(_module, "GROUPS", {}).items():
-        GROUP_RULES[_group] = (_name, _check)
-    for _suffix, _check in getattr(_module, "SUFFIXES", {}).items():
-        SUFFIX_RULES[_suffix] = (_name, _check)
+
+def _table(attribute: str) -> Mapping[Any, tuple[str, Check]]:
+    """Every module's ``attribute`` table, each check named after its project; frozen."""
+    return MappingProxyType({key: (f"built-in:{module.PROJECT}", check)
+                             for module in _MODULES
+                             for key, check in getattr(module, attribute, {}).items()})
+
+
+RULES: Mapping[tuple[str, str], tuple[str, Check]] = _table("KINDS")
+GROUP_RULES: Mapping[str, tuple[str, Check]] = _table("GROUPS")
+SUFFIX_RULES: Mapping[str, tuple[str, Check]] = _table("SUFFIXES")
 
 
 def rule_for(group: str, kind: str) -> tuple[str, Check] | None:
