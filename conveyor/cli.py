@@ -107,7 +107,21 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
         render_tools=_render_tools(args),
+        health_customizations=_health_customizations(args),
     )
+
+
+def _health_customizations(args: argparse.Namespace) -> tuple[Path, ...]:
+    given = getattr(args, "health_customizations", None) or ()
+    return tuple(Path(d).resolve() for d in given) or customizations_from_env(os.environ)
+
+
+def _health_args(parser: argparse.ArgumentParser) -> None:
+    """The operator's health scripts (a host path: never conveyor.yaml's to name)."""
+    parser.add_argument("--health-customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua) for "
+                             "every environment; repeatable; default "
+                             "$CONVEYOR_HEALTH_CUSTOMIZATIONS (os.pathsep-separated)")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -292,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     _retention_args(up)
     _concurrency_args(up)
     _operator_args(up)
+    _health_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -306,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     _retention_args(run)
     _concurrency_args(run)
     _operator_args(run)
+    _health_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")

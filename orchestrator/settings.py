@@ -23,6 +23,10 @@ class Settings:
     retention: Retention | None = None  # None: keep the stream's retention as it is
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
+    # Argo CD-layout trees of health scripts (<group>/<Kind>/health.lua) the operator mounts:
+    # --health-customizations DIR / CONVEYOR_HEALTH_CUSTOMIZATIONS; a repository's own rules
+    # (conveyor.yaml health:) come first
+    health_customizations: tuple[Path, ...] = ()
 
     @staticmethod
     def api_token_from_env() -> str | None:

@@ -20,6 +20,8 @@ from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy, expand_all
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
+from orchestrator.health_rules.engine import HealthEngine, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.ports import ApplyRequest, ApplyResult, Target
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -73,6 +75,20 @@ class Applier:
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
 
+    def health_for(self, env: dict[str, Any], data: dict[str, Any]) -> HealthEngine:
+        """The health rules of this apply: the repository's at the rendered commit (CEL checks
+        of conveyor.yaml, its argocd-cm file, its customizations tree), then the operator's,
+        then the built-in ones. Rules that cannot be used fail the apply, naming the file."""
+        operator = self.resources.health_engine()
+        health = env.get("health") or {}
+        if not health:
+            return operator
+        try:
+            repo = rules_of_event(health, data.get("health_rules"))
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return operator.with_rules(repo.then(operator.rules))
+
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
         if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
             return []
@@ -115,7 +131,8 @@ class Applier:
             result = await target.apply(ApplyRequest(
                 env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
                 objects=decode_bundle(payload), origin_seq=origin,
-                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
+                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
+                health=self.health_for(env, data)))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
