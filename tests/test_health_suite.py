@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.cli import main
+from conveyor.cli import _settings, build_parser, main
+from orchestrator.errors import ConveyorError
+from orchestrator.resources import operator_health
+from orchestrator.settings import Settings
 
 CRS = Path(__file__).parent / "fixtures" / "health" / "crs"
 
@@ -179,3 +182,20 @@ def test_an_unreadable_rule_file_is_an_error(tmp_path: Path,
 def test_health_without_a_file_says_what_is_needed(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = conveyor("health", capsys=capsys)
     assert code == 2 and "-f FILE|- is required" in err
+
+
+def test_up_and_run_take_the_operators_trees(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["up", "--repo", str(tmp_path), "--health-customizations",
+                                      str(tmp_path / "a"), "--health-customizations", "b"])
+    assert _settings(args).health_customizations == (tmp_path / "a", Path("b").resolve())
+    monkeypatch.setenv("CONVEYOR_HEALTH_CUSTOMIZATIONS", str(tmp_path / "env"))
+    args = build_parser().parse_args(["run", "applier", "--nats", "nats://x"])
+    assert _settings(args).health_customizations == (tmp_path / "env",)
+
+
+def test_an_unusable_operator_tree_stops_the_start(tmp_path: Path) -> None:
+    settings = Settings(nats_url="", data_dir=tmp_path,
+                        health_customizations=(tmp_path / "missing",))
+    with pytest.raises(ConveyorError, match=r"--health-customizations: .*not a directory"):
+        operator_health(settings)
