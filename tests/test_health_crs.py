@@ -61,6 +61,10 @@ def test_a_custom_resource_being_deleted_is_progressing_whatever_its_rule() -> N
     obj = yaml.safe_load((CRS / "keda.sh/ScaledObject/testdata/fallback.yaml").read_text())
     obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert evaluate(obj).verdict == HealthStatus(Health.PROGRESSING, "Pending deletion")
+    obj["metadata"]["finalizers"] = ["keda.sh/finalizer", "example.com/finalizer"]
+    assert evaluate(obj).verdict == HealthStatus(
+        Health.PROGRESSING, "Pending deletion; blocked by finalizers: keda.sh/finalizer, "
+                            "example.com/finalizer")
 
 
 def test_objects_without_a_name_are_assessed() -> None:

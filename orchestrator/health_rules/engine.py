@@ -17,11 +17,11 @@ from typing import Any
 
 from orchestrator.domain.health import (
     MISSING,
-    PENDING_DELETION,
     Assessment,
     api_group,
     evaluate,
     is_deleting,
+    pending_deletion,
 )
 from orchestrator.health_rules import cel, sources
 from orchestrator.health_rules.lua import LuaEngine
@@ -63,7 +63,7 @@ class HealthEngine:
         if obj is None:
             return Assessment(MISSING, "built-in")
         if is_deleting(obj):
-            return Assessment(PENDING_DELETION, "built-in")
+            return Assessment(pending_deletion(obj), "built-in")
         if self.rules:
             check = cel.find(self.rules.cel, obj)
             if check is not None:
