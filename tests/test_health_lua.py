@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -118,10 +117,9 @@ def test_memory_bombs_fail_safely(lua: LuaEngine, script: str) -> None:
     "while true do xpcall(function() while true do end end, function(e) return e end) end",
 ])
 def test_endless_scripts_hit_the_time_limit(lua: LuaEngine, script: str) -> None:
-    started = time.monotonic()
-    verdict = run(lua, script)
+    verdict = run(lua, script)  # returns at all: the limit stopped it (pytest-timeout guards)
     assert verdict is not None and verdict.status is Health.UNKNOWN
-    assert time.monotonic() - started < 10  # the limit is 0.3 s; a loaded machine is slower
+    assert "time limit" in verdict.message or "stack overflow" in verdict.message
     assert run(lua, READY_SCRIPT) == HealthStatus(Health.PROGRESSING, "Waiting: 2/3")
 
 
@@ -277,3 +275,16 @@ def test_a_bad_config_map_names_file_and_line(text: str, message: str) -> None:
     with pytest.raises(HealthRuleError) as caught:
         rules_from_config_map(text, "argocd-cm.yaml")
     assert str(caught.value).startswith(message)
+
+
+def test_a_script_that_timed_out_is_not_run_again_in_the_same_sync(tmp_path: Path) -> None:
+    write(tmp_path, "widgets.example.com/Widget/health.lua", "while true do end")
+    engine = HealthEngine(HealthRules(lua=(load_directory(tmp_path),)),
+                          lua=LuaEngine(timeout=0.2))
+    first = engine.evaluate(WIDGET)
+    assert first.status is Health.UNKNOWN and "time limit" in first.message
+    again = [engine.evaluate(WIDGET) for _ in range(20)]
+    assert all(a.status is Health.UNKNOWN and "not run again in this sync" in a.message
+               for a in again)
+    fresh = engine.with_rules(engine.rules)  # the next sync tries again
+    assert "not run again" not in fresh.evaluate(WIDGET).message

@@ -10,6 +10,7 @@ then ``orchestrator.domain.health.evaluate``. The applier, ``conveyor health`` a
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +19,15 @@ from typing import Any
 from orchestrator.domain.health import (
     MISSING,
     Assessment,
+    Health,
+    HealthStatus,
     api_group,
     evaluate,
     is_deleting,
     pending_deletion,
 )
 from orchestrator.health_rules import cel, sources
-from orchestrator.health_rules.lua import LuaEngine
+from orchestrator.health_rules.lua import LuaEngine, LuaScript
 from orchestrator.health_rules.sources import LuaRuleSet
 
 
@@ -44,11 +47,18 @@ class HealthRules:
 
 
 class HealthEngine:
-    """Evaluates objects against ``rules``; Lua runs on one ``LuaEngine`` made on first need."""
+    """Evaluates objects against ``rules``; Lua runs on one ``LuaEngine`` made on first need.
+
+    An engine lives for one sync (``with_rules`` makes one per apply). A script that used up
+    its time limit is not run again by the same engine: every later object it would assess is
+    Unknown at once, so a committed ``while true do end`` costs one second per sync, not one
+    per object and poll (assessments run on the applier's event loop).
+    """
 
     def __init__(self, rules: HealthRules | None = None, *, lua: LuaEngine | None = None) -> None:
         self.rules = rules or HealthRules()
         self._lua = lua
+        self._slow: dict[str, HealthStatus] = {}
 
     def with_rules(self, rules: HealthRules) -> HealthEngine:
         """An engine for other rules sharing this one's Lua runtime."""
@@ -71,9 +81,21 @@ class HealthEngine:
             group, kind = api_group(obj), str(obj.get("kind") or "")
             rule = sources.find(self.rules.lua, group, kind)
             if rule is not None:
-                verdict = self._lua_engine().run(rule.script, obj)
-                return Assessment(verdict, f"lua:{rule.script.source}")
+                return Assessment(self._run_lua(rule.script, obj), f"lua:{rule.script.source}")
         return evaluate(obj)
+
+    def _run_lua(self, script: LuaScript, obj: Mapping[str, Any]) -> HealthStatus | None:
+        slow = self._slow.get(script.source)
+        if slow is not None:
+            return slow
+        lua = self._lua_engine()
+        started = time.monotonic()
+        verdict = lua.run(script, obj)
+        if time.monotonic() - started >= lua.timeout and verdict is not None \
+                and verdict.status is Health.UNKNOWN:
+            self._slow[script.source] = HealthStatus(
+                Health.UNKNOWN, f"{verdict.message} (not run again in this sync)")
+        return verdict
 
 
 def load_rules(*, config_maps: Sequence[Path] = (), directories: Sequence[Path] = ()

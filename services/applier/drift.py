@@ -182,7 +182,8 @@ class DriftLoop:
                 result = await target.sync(ApplyRequest(
                     env=target.env, revision=held.revision, digest=held.digest, objects=desired,
                     origin_seq=held.origin_seq, cause="drift",
-                    health=self.resources.health_engine()))
+                    health=self.resources.health_engine().with_rules(
+                        self.resources.health_engine().rules)))
             except TransientError as exc:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []

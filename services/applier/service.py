@@ -82,7 +82,7 @@ class Applier:
         operator = self.resources.health_engine()
         health = env.get("health") or {}
         if not health:
-            return operator
+            return operator.with_rules(operator.rules)  # an engine of its own for this sync
         try:
             repo = rules_of_event(health, data.get("health_rules"))
         except HealthRuleError as exc:
