@@ -25,7 +25,12 @@ from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
-from orchestrator.health_rules.engine import HealthEngine, customizations_from_env, load_rules
+from orchestrator.health_rules.engine import (
+    HealthEngine,
+    customizations_from_env,
+    load_rules,
+    rules_of_checkout,
+)
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
@@ -179,8 +184,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     directories = tuple(Path(d) for d in args.customizations or ()) \
         or customizations_from_env(os.environ)
     try:
-        engine = HealthEngine(load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
-                                         directories=directories))
+        rules = load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                           directories=directories)
+        if args.config:  # the repository's rules come first, as in the applier
+            rules = rules_of_checkout(Path(args.config)).then(rules)
+        engine = HealthEngine(rules)
     except HealthRuleError as exc:
         print(f"conveyor health: {exc}", file=sys.stderr)
         return 1
@@ -352,6 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
     health.add_argument("--argocd-cm", action="append", metavar="FILE",
                         help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.add_argument("--config", metavar="CONVEYOR_YAML", default="",
+                        help="also the health: rules of this conveyor.yaml (its paths read "
+                             "beside it), first, as the applier uses them")
     health.set_defaults(func=cmd_health, health_command=None)
     health_sub = health.add_subparsers(dest="health_command")
     health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "

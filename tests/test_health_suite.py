@@ -199,3 +199,32 @@ def test_an_unusable_operator_tree_stops_the_start(tmp_path: Path) -> None:
                         health_customizations=(tmp_path / "missing",))
     with pytest.raises(ConveyorError, match=r"--health-customizations: .*not a directory"):
         operator_health(settings)
+
+
+def test_health_with_a_repositorys_conveyor_yaml(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    repo = customization(tmp_path / "repo" / "health", GOOD).parent
+    (repo / "conveyor.yaml").write_text(textwrap.dedent("""\
+        environments:
+          prod: {path: envs/prod}
+        health:
+          customizations: health
+          checks:
+            - apiVersion: gizmos.example.com/v1
+              kind: Gizmo
+              current: "has(status.ok) && status.ok"
+        """))
+    live = tmp_path / "live.yaml"
+    live.write_text(yaml.safe_dump_all([
+        widget("Stuck", reason="jammed"),
+        {"apiVersion": "gizmos.example.com/v1", "kind": "Gizmo", "metadata": {"name": "g"},
+         "status": {"ok": True}}]))
+    code, out, _ = conveyor("health", "-f", str(live), "--config", str(repo / "conveyor.yaml"),
+                            capsys=capsys)
+    assert (code, out) == (0, "Widget/shop/w: Degraded (jammed)\n"
+                              "Gizmo/g: Healthy (current: has(status.ok) && status.ok)\n")
+    (repo / "conveyor.yaml").write_text("environments:\n  prod: {path: p}\nhealth:\n"
+                                        "  customizations: nowhere\n")
+    code, _, err = conveyor("health", "-f", str(live), "--config", str(repo / "conveyor.yaml"),
+                            capsys=capsys)
+    assert code == 1 and "health.customizations: nowhere: no such directory" in err

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.domain.config import parse_config
 from orchestrator.domain.health import (
     MISSING,
     Assessment,
@@ -26,6 +27,7 @@ from orchestrator.domain.health import (
     is_deleting,
     pending_deletion,
 )
+from orchestrator.errors import ConfigError
 from orchestrator.health_rules import cel, sources
 from orchestrator.health_rules.lua import LuaEngine, LuaScript
 from orchestrator.health_rules.sources import LuaRuleSet
@@ -182,6 +184,21 @@ def read_repo_files(root: Path, health: Mapping[str, Any]) -> dict[str, Any]:
         raise sources.HealthRuleError(f"conveyor.yaml: health: the rule files hold {size} "
                                       f"bytes, more than {MAX_REPO_RULE_BYTES}")
     return out
+
+
+def rules_of_checkout(config_file: Path) -> HealthRules:
+    """The rules a conveyor.yaml declares, with its paths read beside it (a working copy):
+    what ``conveyor health --config`` uses to show what the applier will."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise sources.HealthRuleError(f"{config_file}: {exc}") from None
+    try:
+        config = parse_config(text, str(config_file))
+    except ConfigError as exc:
+        raise sources.HealthRuleError(str(exc)) from None
+    files = read_repo_files(config_file.parent, config.health)
+    return rules_of_event(config.health, files)
 
 
 def rules_of_event(health: Mapping[str, Any], files: Mapping[str, Any] | None) -> HealthRules:
