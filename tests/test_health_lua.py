@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from orchestrator.domain.health import Health, HealthStatus
+from orchestrator.health_rules import lua as lua_module
 from orchestrator.health_rules.engine import HealthEngine, HealthRules
 from orchestrator.health_rules.lua import INVALID, LuaEngine, LuaScript
 from orchestrator.health_rules.sources import (
@@ -288,3 +289,14 @@ def test_a_script_that_timed_out_is_not_run_again_in_the_same_sync(tmp_path: Pat
                for a in again)
     fresh = engine.with_rules(engine.rules)  # the next sync tries again
     assert "not run again" not in fresh.evaluate(WIDGET).message
+
+
+def test_compiled_scripts_are_bounded_and_recompiled_when_needed() -> None:
+    engine = LuaEngine()
+    first = LuaScript("first.lua", 'return {status = "Healthy", message = "first"}')
+    assert engine.run(first, WIDGET) == HealthStatus(Health.HEALTHY, "first")
+    for n in range(lua_module.COMPILED_KEPT + 5):
+        engine.run(LuaScript(f"s{n}.lua", f'return {{status = "Healthy", message = "{n}"}}'),
+                   WIDGET)
+    assert len(engine._ids) == lua_module.COMPILED_KEPT
+    assert engine.run(first, WIDGET) == HealthStatus(Health.HEALTHY, "first")
