@@ -47,9 +47,9 @@ def test_every_project_of_the_issue_has_fixtures() -> None:
             "kafka.strimzi.io", "bitnami.com", "monitoring.coreos.com"} <= groups
 
 
-def test_fixtures_cover_suspended_and_every_other_status_but_missing() -> None:
+def test_fixtures_cover_every_status() -> None:
     statuses = {expected["status"] for _, _, expected in CASES}
-    assert statuses == {h.value for h in Health} - {"Missing"}
+    assert statuses == {h.value for h in Health}
 
 
 def test_an_absent_custom_resource_is_missing() -> None:
