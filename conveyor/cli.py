@@ -16,10 +16,12 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
+from orchestrator.commands import gitops as gitops_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
+from orchestrator.commands.envs import envs_command
 from orchestrator.commands.health import health_command, health_test_command
 from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
@@ -34,6 +36,7 @@ from orchestrator.health_rules.engine import (
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
@@ -111,8 +114,15 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
+        sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
         health_customizations=_health_customizations(args),
+        secrets=_secret_policy(args),
+        allow_local_paths=tuple(str(Path(d).resolve()) for d in (
+            getattr(args, "allow_local_path", None) or [
+                d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
+                if d])),
     )
 
 
@@ -202,8 +212,6 @@ def cmd_health(args: argparse.Namespace) -> int:
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from orchestrator.commands.envs import envs_command
-
     return envs_command(Path(args.repo), args.rev, args.output)
 
 
@@ -265,6 +273,13 @@ def _render_tools(args: argparse.Namespace) -> RenderTools:
                                  "CONVEYOR_ALLOW_REMOTE_BASES"))
 
 
+def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
+    dirs = getattr(args, "secrets_dir", None) or [
+        d for d in os.environ.get("CONVEYOR_SECRETS_DIR", "").split(os.pathsep) if d]
+    return SecretPolicy(env_allow=_words(getattr(args, "env_allow", None), "CONVEYOR_ENV_ALLOW"),
+                        secrets_dirs=tuple(str(Path(d).resolve()) for d in dirs))
+
+
 def _operator_args(parser: argparse.ArgumentParser) -> None:
     """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
     credential sources. See docs/security.md."""
@@ -277,6 +292,17 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--env-allow", action="append", metavar="GLOBS",
+                        help="environment variables conveyor.yaml's ${VAR} may expand "
+                             "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
+                             "never)")
+    parser.add_argument("--allow-local-path", action="append", metavar="DIR",
+                        help="directories whose git repositories conveyor.yaml may name as a "
+                             "source url or target repo (repeatable; default none: remote "
+                             "URLs only, besides --repo itself)")
+    parser.add_argument("--secrets-dir", action="append", metavar="DIR",
+                        help="directories conveyor.yaml's *File keys, kubeconfig and verify "
+                             "paths may name files in (repeatable; default none)")
 
 
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:
@@ -294,6 +320,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.add_argument("--sync", choices=("always", "interval"),
+                    default=os.environ.get("CONVEYOR_SYNC") or "always",
+                    help="the embedded server's fsync: always (before every ack; nothing "
+                         "acked is lost on power failure) or interval (every 2 min, faster; "
+                         "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
     _operator_args(up)
@@ -418,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
                 replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 
 

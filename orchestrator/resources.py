@@ -108,12 +108,13 @@ class Resources:
         health = operator_health(settings)  # a bad rule tree stops the start, before any I/O
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
-            embedded = EmbeddedNats(settings.data_dir / "nats")
+            embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
             settings = replace(settings, nats_url=await embedded.start())
         metrics = Metrics()
         try:
             bus = await EventBus.connect(settings.nats_url, name=name,
                                          retention=settings.retention,
+                                         replicas=settings.replicas, retry_for=None,
                                          on_published=metrics.event_published)
         except BaseException:
             if embedded is not None:

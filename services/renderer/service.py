@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
-from orchestrator.domain.events import new_event
+from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
@@ -33,6 +34,9 @@ from services.renderer.cache import render_key
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
 SNAPSHOTS_KEPT = 8
+# A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
+# process held comes back this soon, so an older commit does not wait long for its outcome.
+ACK_WAIT = 5.0
 
 
 class Snapshots:
@@ -73,15 +77,16 @@ class Renderer:
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return self.resources.mirrors.for_event(data, self.settings.data_dir)
+        return self.resources.mirrors.for_event(data, self.settings.data_dir,
+                                                scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
-            handler=self.handle, max_deliver=8, ack_wait=15.0,
-            concurrency=self.settings.render_concurrency))
+            handler=self.handle, max_deliver=8, ack_wait=ACK_WAIT,
+            concurrency=self.settings.render_concurrency, one_outcome=True))
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -89,6 +94,12 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
+        outcome = await self._render(delivery)
+        # one render outcome per detected commit (the runtime's ``dead`` shares it too): a
+        # commit handled twice after a crash cannot end both rendered and failed
+        return replace(outcome, emit=[_one_outcome(e) for e in outcome.emit])
+
+    async def _render(self, delivery: Delivery) -> Outcome:
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]
@@ -182,3 +193,9 @@ class Renderer:
                          source=SOURCE,
                          data={**common, "errors": errors, "error": "; ".join(errors[:20]),
                                "reason": reason, "duration_ms": ms})
+
+
+def _one_outcome(event: Event) -> Event:
+    if event.type in (ev.RENDER_SUCCEEDED, ev.RENDER_FAILED):
+        return replace(event, id=outcome_id("render", event.subject, event.causationid))
+    return event
