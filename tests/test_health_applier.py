@@ -17,6 +17,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.kubeapi import FakeKubeAPI
@@ -95,7 +96,10 @@ async def running(repo: Repo, nats: EmbeddedNats, data: Path,
                   operator: Path) -> AsyncIterator[Conveyor]:
     conveyor = Conveyor(Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path),
                                  branch="main", listen="127.0.0.1:0", interval=3600.0,
-                                 health_customizations=(operator,)))
+                                 health_customizations=(operator,),
+                                 # the operator allows DEV_KUBECONFIG, a file in its directory
+                                 secrets=SecretPolicy(env_allow=("DEV_*",),
+                                                      secrets_dirs=(str(data.parent),))))
     await conveyor.start()
     try:
         yield conveyor
@@ -157,7 +161,7 @@ async def test_the_applier_waits_by_repo_and_operator_rules_and_names_kinds_with
         events = await wait_for_events(bus, outcome(second, ev.HEALTH_DEGRADED))
         [failed] = of(events, second, ev.APPLY_FAILED)
         assert failed.data["reason"] == "Degraded"
-        [sprocket] = [o for o in failed.data["objects"] if o["kind"] == "Sprocket"]
+        [sprocket] = [o for o in failed.data["unhealthy_objects"] if o["kind"] == "Sprocket"]
         assert sprocket["status"] == "Degraded" and sprocket["rule"] == "cel:conveyor.yaml:13"
 
 
