@@ -270,7 +270,7 @@ class ApplySucceeded(ApplyFields):
     not_pruned: tuple[str, ...] = ()  # objects that left the bundle but were kept
     waves: int = 0  # (kubernetes) sync waves applied
     inventory: Json | None = None  # (kubernetes) the inventory ConfigMap and its entries
-    health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects}
+    health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects, no_rule}
     superseded_by: str = ""  # found applied after a restart, a newer revision applied since
 
     def describe(self) -> str:
@@ -336,7 +336,8 @@ class HealthFields(Payload):
     status: str = ""  # Healthy, Suspended, Progressing, Missing, Degraded, Unknown
     message: str = ""  # the verdict in words
     unhealthy: int = 0  # objects not ready (exact)
-    objects: tuple[Json, ...] = ()  # those objects (at most 50)
+    objects: tuple[Json, ...] = ()  # those objects (at most 50), each with the rule that judged it
+    no_rule: tuple[str, ...] = ()  # kinds (Kind.group) no health rule knows: not waited for
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
