@@ -147,13 +147,14 @@ class Forge:
                 {"Authorization": f"token {token}"},
                 {"title": title, "head": head, "base": base, "body": body})
 
-    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
-        url, headers, payload = self._request(title, head, base, body)
+    async def _call(self, method: str, url: str, *, headers: Mapping[str, str],
+                    payload: Any = None) -> tuple[int, Any, dict[str, str]]:
+        """One request; rate limits and refused tokens raised here, the rest returned."""
         where = f"{self.settings.kind} {self.repo}"
         try:
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session, \
-                    session.post(url, json=payload, headers={
+                    session.request(method, url, json=payload, headers={
                         **headers, "User-Agent": "conveyor"}) as resp:
                 status = resp.status
                 try:
@@ -171,10 +172,72 @@ class Forge:
         if status == 401:
             raise PermanentError(f"{where}: the forge refused the token (401)",
                                  reason="AuthenticationFailed")
+        return status, data, answer_headers
+
+    def _failed(self, what: str, status: int, data: Any) -> PermanentError:
+        message = data.get("message") if isinstance(data, Mapping) else ""
+        return PermanentError(f"{self.settings.kind} {self.repo}: {what} failed ({status}: "
+                              f"{message or 'no message'})", reason="PullRequestFailed")
+
+    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
+        url, headers, payload = self._request(title, head, base, body)
+        status, data, _ = await self._call("POST", url, headers=headers, payload=payload)
         if status not in (200, 201) or not isinstance(data, Mapping):
-            message = data.get("message") if isinstance(data, Mapping) else ""
-            raise PermanentError(f"{where}: opening the pull request failed ({status}: "
-                                 f"{message or 'no message'})", reason="PullRequestFailed")
+            raise self._failed("opening the pull request", status, data)
         if self.settings.kind == "gitlab":
             return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
         return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
+
+    # ------------------------------------------------------------------ previews (GitHub)
+
+    def _github(self) -> tuple[str, dict[str, str]]:
+        if self.settings.kind != "github":
+            raise PermanentError(f"pull-request previews talk to GitHub so far, not "
+                                 f"{self.settings.kind}", reason="InvalidForge")
+        token = self.settings.read_token()
+        return (f"{self.settings.api_url}/repos/{self.repo}",
+                {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                 "X-GitHub-Api-Version": "2022-11-28"})
+
+    async def upsert_comment(self, number: int, body: str, marker: str) -> tuple[int, bool]:
+        """The pull request's comment holding ``marker``, updated to ``body`` (created when
+        there is none). Every page of comments is read (``Link: rel="next"``). Returns
+        (comment id, created)."""
+        base, headers = self._github()
+        url: str | None = f"{base}/issues/{number}/comments?per_page=100"
+        found: int | None = None
+        while url and found is None:
+            status, data, answer = await self._call("GET", url, headers=headers)
+            if status != 200 or not isinstance(data, list):
+                raise self._failed("listing the comments", status, data)
+            found = next((int(c["id"]) for c in data if isinstance(c, Mapping)
+                          and marker in str(c.get("body") or "")), None)
+            url = _next_link(answer.get("link", ""))
+        if found is not None:
+            status, data, _ = await self._call("PATCH", f"{base}/issues/comments/{found}",
+                                               headers=headers, payload={"body": body})
+            if status != 200:
+                raise self._failed("updating the comment", status, data)
+            return found, False
+        status, data, _ = await self._call("POST", f"{base}/issues/{number}/comments",
+                                           headers=headers, payload={"body": body})
+        if status != 201 or not isinstance(data, Mapping):
+            raise self._failed("commenting", status, data)
+        return int(data["id"]), True
+
+    async def set_status(self, sha: str, context: str, state: str, description: str) -> None:
+        base, headers = self._github()
+        status, data, _ = await self._call(
+            "POST", f"{base}/statuses/{sha}", headers=headers,
+            payload={"state": state, "context": context, "description": description})
+        if status != 201:
+            raise self._failed(f"setting the status {context}", status, data)
+
+
+def _next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (RFC 8288), if any."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return url.strip().strip("<>")
+    return None

@@ -21,7 +21,14 @@ from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_lim
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.resources import Resources
-from services.api import routes_dashboard, routes_history, routes_releases, routes_webhooks, sse
+from services.api import (
+    routes_dashboard,
+    routes_history,
+    routes_previews,
+    routes_releases,
+    routes_webhooks,
+    sse,
+)
 from services.api.context import (
     BUS,
     PROJECTOR,
@@ -232,7 +239,8 @@ def build_app(resources: Resources, projector: Projector) -> web.Application:
     app.router.add_post("/api/v1/refresh", refresh)
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
-    for module in (routes_history, routes_dashboard, routes_webhooks, routes_releases):
+    for module in (routes_history, routes_dashboard, routes_webhooks, routes_releases,
+                   routes_previews):
         module.add_routes(app)
     return app
 

@@ -55,6 +55,14 @@ class Opened:
 
 
 @dataclass
+class Comment:
+    id: int
+    number: int  # the pull request (an issue, to GitHub's comments API)
+    body: str
+    edits: int = 0
+
+
+@dataclass
 class ForgeServer:
     kind: str
     root: Path
@@ -62,6 +70,8 @@ class ForgeServer:
     port: int = 0
     pulls: list[Opened] = field(default_factory=list)
     rate_limited: int = 0  # answer this many requests with a rate-limit response first
+    comments: list[Comment] = field(default_factory=list)
+    statuses: list[dict[str, str]] = field(default_factory=list)  # with "sha"
     requests: int = 0
     _runner: web.AppRunner | None = None
 
@@ -81,6 +91,13 @@ class ForgeServer:
         if self.kind == "github":
             app.router.add_post("/repos/{owner}/{repo}/pulls", self._github_create)
             app.router.add_get("/repos/{owner}/{repo}/pulls", self._github_list)
+            app.router.add_get("/repos/{owner}/{repo}/issues/{number}/comments",
+                               self._github_comments)
+            app.router.add_post("/repos/{owner}/{repo}/issues/{number}/comments",
+                                self._github_comment)
+            app.router.add_patch("/repos/{owner}/{repo}/issues/comments/{id}",
+                                 self._github_edit)
+            app.router.add_post("/repos/{owner}/{repo}/statuses/{sha}", self._github_status)
         elif self.kind == "gitlab":
             app.router.add_post("/api/v4/projects/{id}/merge_requests", self._gitlab_create)
         else:
@@ -210,6 +227,78 @@ class ForgeServer:
             nxt = f"{self.url}/repos/{repo}/pulls?per_page={per_page}&page={page + 1}"
             headers["Link"] = f'<{nxt}>; rel="next"'
         return web.json_response([self._github_pr(p) for p in chunk], headers=headers)
+
+    # GitHub "Issue comments" (docs.github.com/en/rest/issues/comments) and "Commit
+    # statuses" (docs.github.com/en/rest/commits/statuses): a pull request's comments are its
+    # issue's; statuses take state error|failure|pending|success and a context.
+
+    def _comment_json(self, c: Comment) -> dict[str, Any]:
+        return {"id": c.id, "body": c.body, "user": {"login": "conveyor[bot]"},
+                "html_url": f"https://github.example/pull/{c.number}#issuecomment-{c.id}"}
+
+    async def _github_comments(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        number = int(request.match_info["number"])
+        per_page = min(100, int(request.query.get("per_page", 30)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = [c for c in self.comments if c.number == number]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {}
+        if page * per_page < len(mine):
+            base = f"{self.url}{request.path}"
+            headers["Link"] = (f'<{base}?per_page={per_page}&page={page + 1}>; rel="next", '
+                               f'<{base}?per_page={per_page}&page='
+                               f'{(len(mine) + per_page - 1) // per_page}>; rel="last"')
+        return web.json_response([self._comment_json(c) for c in chunk], headers=headers)
+
+    async def _github_comment(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        body = await self._json(request)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "IssueComment", "field": "body", "code": "missing_field"}]},
+                status=422)
+        if len(body["body"]) > 65536:
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "IssueComment", "field": "body", "code": "custom",
+                 "message": "body is too long (maximum is 65536 characters)"}]}, status=422)
+        comment = Comment(900 + len(self.comments), int(request.match_info["number"]),
+                          body["body"])
+        self.comments.append(comment)
+        return web.json_response(self._comment_json(comment), status=201)
+
+    async def _github_edit(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        found = next((c for c in self.comments if c.id == int(request.match_info["id"])), None)
+        body = await self._json(request)
+        if found is None:
+            return web.json_response({"message": "Not Found"}, status=404)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"message": "Validation Failed"}, status=422)
+        found.body, found.edits = body["body"], found.edits + 1
+        return web.json_response(self._comment_json(found))
+
+    async def _github_status(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        body = await self._json(request)
+        state = (body or {}).get("state")
+        if state not in ("error", "failure", "pending", "success"):
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "Status", "field": "state", "code": "custom"}]}, status=422)
+        assert body is not None
+        entry = {"sha": request.match_info["sha"], "state": str(state),
+                 "context": str(body.get("context") or "default"),
+                 "description": str(body.get("description") or "")}
+        self.statuses.append(entry)
+        return web.json_response({**entry, "id": len(self.statuses)}, status=201)
 
     # ------------------------------------------------------------------ GitLab
 
