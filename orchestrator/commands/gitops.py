@@ -154,8 +154,8 @@ def add_parsers(sub: Any, default_api: str,
     """``release``, ``rollback`` and ``promote`` on the CLI's subparsers (``func(command)``
     makes the parser's runner)."""
 
-    def common(p: argparse.ArgumentParser, via: str = "commit") -> None:
-        p.add_argument("env")
+    def common(p: argparse.ArgumentParser, via: str = "commit", env: str = "ENV") -> None:
+        p.add_argument("env", metavar=env)
         p.add_argument("--via", choices=("commit", "pull-request"), default=via)
         p.add_argument("--api", default=os.environ.get("CONVEYOR_API", default_api))
         p.add_argument("--repo", default=os.environ.get("CONVEYOR_REPO", ""),
@@ -185,7 +185,7 @@ def add_parsers(sub: Any, default_api: str,
     back.set_defaults(func=func(rollback))
 
     prom = sub.add_parser("promote", help="promote what FROM runs now into TO's declaration, "
-                                          "gates checked first", usage="conveyor promote FROM TO")
+                                          "gates checked first")
     prom.add_argument("source", metavar="FROM")
-    common(prom, via="")  # "": promotion.<TO>.via of conveyor.yaml (default commit)
+    common(prom, via="", env="TO")  # via "": promotion.<TO>.via of conveyor.yaml
     prom.set_defaults(func=func(promote))
