@@ -124,6 +124,12 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             assert types == [ev.PROMOTION_REQUESTED, ev.PROMOTION_COMMITTED]
             again = await ops.promote("dev", "prod")
             assert not again.changed  # prod already runs what dev runs
+            shown = await asyncio.to_thread(cli, "promotions", "--api", api.url)
+            assert shown.returncode == 0, shown.stderr
+            [row] = shown.stdout.splitlines()[1:]
+            assert row.split()[:6] == ["dev", "->", "prod", str(released.commit)[:7],
+                                       promoted["commit"][:7], "no"]
+            assert "open: dev healthy on" in row
 
             # 3. rollback in Git: prod's inputs as they were at its previous deployment
             with pytest.raises(PermanentError, match="never deployed to prod") as info:
