@@ -26,6 +26,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.errors import TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from orchestrator.targets.git.target import GitTarget
 from services.api.app import ApiService
@@ -123,7 +124,8 @@ async def test_history_metrics_retry_and_trace_tell_the_story(
                           "envs/prod/cm.yaml": cm("prod", "'1'")}, "initial")
         conveyor = Conveyor(Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
                                      repo=str(repo.path), branch="main", listen="127.0.0.1:0",
-                                     interval=3600.0, api_token=TOKEN))
+                                     interval=3600.0, api_token=TOKEN,
+                                     secrets=SecretPolicy(env_allow=("OPS_*",))))
         await conveyor.start()
         try:
             watcher = conveyor.service("git-watcher")

@@ -19,6 +19,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.metrics import Metrics
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from tests.support.repos import Repo
@@ -180,7 +181,7 @@ async def test_api_metrics_after_a_pipeline_run(repo: Repo, nats_server: Embedde
     # the Conveyor counts on its own registry: everything in it is this run's
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
                         repo=str(repo.path), branch="main", listen="127.0.0.1:0",
-                        interval=3600.0)
+                        interval=3600.0, secrets=SecretPolicy(env_allow=("OPS_*",)))
     conveyor = Conveyor(settings)
     await conveyor.start()
     try:

@@ -23,11 +23,12 @@ from orchestrator.domain.webhooks import sign
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from tests.support.forges import ForgeServer
-from tests.support.gitservers import GitDaemon, Upstream, git
+from tests.support.gitservers import GitHttpServer, Upstream, git
 from tests.support.waits import wait_for_events
 
 SECRET = "preview-webhook-secret"
 TOKEN = "preview-forge-token"
+GIT_PASSWORD = "preview-git-Secret-value"
 PASSWORD_OLD = "hunter2-old-value"
 PASSWORD_NEW = "hunter2-new-value"
 
@@ -77,13 +78,16 @@ async def test_pull_request_preview_comment_and_statuses(
     up = Upstream(tmp_path / "srv", "config")
     first = up.push(files(), "initial")
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
-    async with GitDaemon(up.root, receive_pack=True) as daemon, \
+    monkeypatch.setenv("CONVEYOR_GIT_USERNAME", "conveyor")  # the operator's credentials:
+    monkeypatch.setenv("CONVEYOR_GIT_PASSWORD", GIT_PASSWORD)  # the watcher's and the preview's
+    GitHttpServer.enable_push(up.bare)
+    async with GitHttpServer(up.root, users={"conveyor": GIT_PASSWORD}) as server, \
             ForgeServer("github", up.root, TOKEN) as forge:
         monkeypatch.setenv("CONVEYOR_FORGE", "github")
         monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
         monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", TOKEN)
         settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
-                            repo=daemon.url("config.git"), branch="main",
+                            repo=server.url("config.git"), branch="main",
                             listen="127.0.0.1:0", interval=3600.0)
         async with running(settings) as conveyor, aiohttp.ClientSession() as http:
             for env in ("dev", "prod"):
@@ -140,6 +144,7 @@ async def test_pull_request_preview_comment_and_statuses(
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and "ignored" in await resp.json()
             every = [s.event async for s in bus.read()]
+    assert server.remote_users and set(server.remote_users) == {"conveyor"}
     # nothing of the pull request was applied anywhere
     assert git(up.bare, "rev-parse", "deploy/dev") == deployed
     assert not [e for e in every if e.correlationid in (head, broken)

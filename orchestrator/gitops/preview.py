@@ -45,6 +45,7 @@ from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretScope
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/preview"
@@ -79,7 +80,9 @@ class Previewer:
         path = self._mirror()
         url = parse(self.settings.repo)
         head_ref = f"refs/conveyor/pull/{event.number}"
-        creds = git_remote.load_credentials(credentials_from_env(), source="preview")
+        # the operator's own credentials (CONVEYOR_GIT_*), as the watcher fetches with them
+        creds = git_remote.load_credentials(credentials_from_env(), source="preview",
+                                            scope=SecretScope.operator())
         with self.resources.git_locks.lock_for(path):
             git_remote.fetch_refs(
                 git_local.open_repo(path), url,

@@ -45,7 +45,6 @@ from orchestrator.domain.config import (
     Config,
     EnvironmentConfig,
     PromotionConfig,
-    expand,
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.rollback import choose
@@ -53,6 +52,7 @@ from orchestrator.errors import PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings, PullRequest
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretScope
 from orchestrator.settings import Settings
 from orchestrator.targets.git.push import MAX_ATTEMPTS, Author, PushMirror
 
@@ -136,20 +136,24 @@ class GitOps:
 
     # ------------------------------------------------------------------ repositories
 
-    async def _branch_of(self, url: str, branch: str, creds: Mapping[str, Any]) -> str:
+    async def _branch_of(self, url: str, branch: str, creds: Mapping[str, Any],
+                         scope: SecretScope) -> str:
         if branch:
             return branch
         found = await GitMirror(url, self.settings.data_dir / "mirrors",
-                                credentials=creds).fetch()
+                                credentials=creds, scope=scope).fetch()
         if not found.branch:
             raise PermanentError(f"{url}: the repository names no default branch; pass "
                                  "--branch", reason="InvalidSource")
         return found.branch
 
     async def _open(self, url: str, branch: str, creds: Mapping[str, Any],
-                    source: str) -> _Repo:
-        branch = await self._branch_of(url, branch, creds)
-        mirror = PushMirror(url, branch, self.settings.data_dir, credentials=creds,
+                    source: str, scope: SecretScope) -> _Repo:
+        """``scope``: what the credentials' references may reach: the operator's own
+        (``CONVEYOR_GIT_*``) unrestricted, a source's from conveyor.yaml only what the
+        operator allows (``--env-allow``, ``--secrets-dir``)."""
+        branch = await self._branch_of(url, branch, creds, scope)
+        mirror = PushMirror(url, branch, self.settings.data_dir, credentials=creds, scope=scope,
                             author=AUTHOR, max_attempts=self.max_attempts, locks=self.locks,
                             kind="source",
                             folder="gitops", credentials_hint=CREDENTIALS_HINT)
@@ -159,7 +163,8 @@ class GitOps:
     async def primary(self) -> _Repo:
         """The branch holding conveyor.yaml, fetched now."""
         return await self._open(self.settings.repo, self.settings.branch,
-                                credentials_from_env(self.environ), DEFAULT_SOURCE)
+                                credentials_from_env(self.environ), DEFAULT_SOURCE,
+                                SecretScope.operator(self.environ))
 
     async def config(self, repo: _Repo) -> Config:
         head = self._head(repo)
@@ -174,8 +179,9 @@ class GitOps:
         if not isinstance(creds, Mapping):
             raise PermanentError(f"source {env.source!r}: credentials must be a mapping",
                                  reason="InvalidCredentials")
-        url = expand(source.url, self.environ) if source.url else self.settings.repo
-        return await self._open(url, source.branch, dict(creds), env.source)
+        scope = self.settings.secrets.scope()
+        url = scope.expand(source.url) if source.url else self.settings.repo
+        return await self._open(url, source.branch, dict(creds), env.source, scope)
 
     @staticmethod
     def _head(repo: _Repo) -> str:

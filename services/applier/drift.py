@@ -41,7 +41,6 @@ import structlog
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
@@ -50,6 +49,7 @@ from orchestrator.resources import Resources
 from orchestrator.targets.kube.compare import compare
 from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.inventory import Record
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import KubeTarget, kube_target
 
 log = structlog.get_logger(__name__)
@@ -122,8 +122,9 @@ class DriftLoop:
         target = config.get("target") or {}
         if "kubernetes" not in target:
             return None
-        return kube_target(env, expand_all(target["kubernetes"] or {}), config.get("sync") or {},
-                           self.resources.kube)
+        scope = self.settings.secrets.scope()
+        return kube_target(env, expanded_target(env, target["kubernetes"], scope),
+                           config.get("sync") or {}, self.resources.kube)
 
     # -- one check -------------------------------------------------------------------------
 

@@ -46,7 +46,9 @@ from orchestrator.domain.events import Event, new_event
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
 from orchestrator.metrics import Metrics
 from orchestrator.rendering import referenced_paths
+from orchestrator.secrets import SecretScope
 from services.git_watcher import decide
+from services.git_watcher.config_check import Bounds
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
 
@@ -114,15 +116,18 @@ class SourcePoller:
 
     def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
                  interval: float, config: Callable[[], Config | None], mirrors: MirrorPool,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, scope: SecretScope | None = None,
+                 local_dirs: tuple[str, ...] = ()) -> None:
         self.bus = bus
         self.metrics = metrics
         self.source = source
         self.interval = interval
         self.branch = source.branch
         self._config = config
+        self.scope = scope if scope is not None else SecretScope({}, ())
+        self.local_dirs = local_dirs  # --allow-local-path: what conveyor.yaml may name here
         self.checkout = mirrors.shared(source.repo, data_dir, source=source.name,
-                                        credentials=source.credentials)
+                                        credentials=source.credentials, scope=scope)
         self.lock = asyncio.Lock()
         self.wake = asyncio.Event()
         self.failures = 0
@@ -226,7 +231,8 @@ class SourcePoller:
             if "v" not in cache:
                 problem = git_tree.unsafe_entry(path, sha)
                 cache["v"] = (Verdict(False, "UnsafeTree", f"the tree holds {problem}")
-                              if problem is not None else check_commit(path, sha, policy))
+                              if problem is not None
+                              else check_commit(path, sha, policy, scope=self.scope))
             return cache["v"]
 
         return verdict
@@ -275,7 +281,8 @@ class SourcePoller:
 
                 result = decide.events_for_commit(
                     commit, ref, changed, text, current, referenced_at(path, commit.sha),
-                    self._verdict(path, commit.sha), extra, dirs)
+                    self._verdict(path, commit.sha), extra, dirs,
+                    Bounds(self.local_dirs, self.source.repo, self.branch))
                 events.extend(result.events)
                 if result.config is not None and result.config is not current:
                     current = result.config
@@ -311,6 +318,11 @@ class SourcePoller:
             elif e.type == ev.COMMIT_REJECTED:
                 log.error("watcher.commit_rejected", source=self.name, env=e.subject,
                           revision=e.correlationid[:12], reason=e.data.get("reason"))
+        # Events first, cursor second: the cursor never passes a commit whose events are not
+        # all in the log. Killed between the two (or half-way through the events), the next
+        # poll starts from the old cursor and announces the same commits again with the same
+        # ids (derived from commit, environment and source), which JetStream drops inside its
+        # duplicate window; the commits the first try did announce keep their one event.
         await self.bus.publish_all(events)
         if dirty:
             await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())

@@ -107,7 +107,9 @@ class GitWatcher:
         poller = SourcePoller(self.bus, source, self.settings.data_dir,
                               interval=decide.poll_interval(source, self.settings.interval),
                               config=lambda: self.config, mirrors=self.resources.mirrors,
-                              metrics=self.resources.metrics)
+                              metrics=self.resources.metrics,
+                              scope=self.settings.secrets.scope(),
+                              local_dirs=self.settings.allow_local_paths)
         self.pollers[source.name] = poller
         return poller
 

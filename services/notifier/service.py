@@ -166,7 +166,7 @@ class Notifier:
         previous = str(found[0]) if found else None
         started = time.monotonic()
         result = await deliver(route, event, self._session, previous_ref=previous,
-                               policy=IN_HANDLER)
+                               policy=IN_HANDLER, scope=self.settings.secrets.scope())
         if result.ok:
             await self.bus.kv_put(subjects.DELIVERY_BUCKET,
                                   delivery_key(delivered_as(event), route.name),

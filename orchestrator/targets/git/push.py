@@ -44,6 +44,7 @@ from orchestrator.adapters.git_source import credentials_from_env, repo_key
 from orchestrator.domain.config import DEFAULT_SOURCE
 from orchestrator.domain.giturls import GitUrl, parse
 from orchestrator.errors import ConflictError, PermanentError, TransientError
+from orchestrator.secrets import SecretScope
 
 log = structlog.get_logger(__name__)
 
@@ -91,22 +92,29 @@ def target_credentials(git: Mapping[str, Any], repo: str, data: Mapping[str, Any
     3. the primary source's when ``repo`` is the primary repository (``--repo``);
     4. none: a secondary source's or the primary's secrets are never offered to another host.
     """
+    return credentials_and_owner(git, repo, data, primary_repo=primary_repo)[0]
+
+
+def credentials_and_owner(git: Mapping[str, Any], repo: str, data: Mapping[str, Any], *,
+                          primary_repo: str = "") -> tuple[dict[str, Any], bool]:
+    """``target_credentials`` and whether the operator wrote them (``CONVEYOR_GIT_*``, expanded
+    unrestricted) rather than conveyor.yaml (expanded within the operator's secret scope)."""
     if "credentials" in git:
         creds = git["credentials"]
         if not isinstance(creds, Mapping):
             raise PermanentError("target.git.credentials must be a mapping",
                                  reason="InvalidCredentials")
-        return dict(creds)
+        return dict(creds), False
     key = repo_key(repo)
     if data.get("repo") and key == repo_key(str(data["repo"])):
         cfg = data.get("source_config")
         if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
-            return dict(cfg["credentials"])
+            return dict(cfg["credentials"]), False
         if str(data.get("source") or DEFAULT_SOURCE) == DEFAULT_SOURCE:
-            return credentials_from_env()
+            return credentials_from_env(), True
     if primary_repo and key == repo_key(primary_repo):
-        return credentials_from_env()
-    return {}
+        return credentials_from_env(), True
+    return {}, False
 
 
 class PathLocks:
@@ -140,6 +148,7 @@ class PushMirror:
 
     def __init__(self, url: str, branch: str, data_dir: Path, *,
                  credentials: Mapping[str, Any] | None = None, author: Author | None = None,
+                 scope: SecretScope | None = None,
                  connect_timeout: float = 10.0, timeout: float = 60.0,
                  max_attempts: int = MAX_ATTEMPTS, locks: PathLocks | None = None,
                  kind: str = "git target", folder: str = "targets",
@@ -160,7 +169,9 @@ class PushMirror:
         self.branch = branch
         self.credentials_hint = credentials_hint
         self.credentials = dict(credentials or {})
-        git_remote.load_credentials(self.credentials, source=self.where)  # fail early
+        self.scope = scope if scope is not None else SecretScope({}, ())
+        git_remote.load_credentials(self.credentials, source=self.where,
+                                    scope=self.scope)  # fail early
         self.author = author or Author()
         self.connect_timeout = connect_timeout
         self.timeout = timeout
@@ -268,7 +279,8 @@ class PushMirror:
         return git_local.open_repo(self.path)
 
     def _creds(self) -> git_remote.Credentials:
-        return git_remote.load_credentials(self.credentials, source=self.where)
+        return git_remote.load_credentials(self.credentials, source=self.where,
+                                           scope=self.scope)
 
     def _check(self) -> str:
         if self.credentials_hint:
