@@ -145,6 +145,13 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             assert rendered_image(up.bare, "dev") == "nginx:1.28"  # dev untouched
             [event] = [e for e in events if e.type == ev.ROLLBACK_COMMITTED]
             assert event.correlationid == back["commit"] and event.data["to"] == first
+            # the history marks what Conveyor committed
+            shown = await asyncio.to_thread(cli, "history", "prod", "--api", api.url)
+            assert shown.returncode == 0, shown.stderr
+            rows = shown.stdout.splitlines()[1:]
+            assert f"[rollback to {first[:7]}] Roll back prod to {first[:7]}" in rows[0]
+            assert "[promotion from dev] Promote dev" in rows[1]
+            assert "[" not in rows[2]  # the first deployment: an ordinary commit
             for name in ("kustomization.yaml", "settings.txt"):
                 assert git(up.bare, "show", f"main:envs/prod/{name}") == \
                     files[f"envs/prod/{name}"].rstrip("\n")
