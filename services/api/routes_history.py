@@ -78,7 +78,10 @@ async def history(request: web.Request) -> web.Response:
 
 GITOPS_STAGES = ("conveyor.release", "conveyor.rollback", "conveyor.promotion")
 GITOPS_MADE = {ev.RELEASE_COMMITTED: "release", ev.ROLLBACK_COMMITTED: "rollback",
-               ev.PROMOTION_COMMITTED: "promotion"}
+               ev.PROMOTION_COMMITTED: "promotion", ev.RELEASE_PROPOSED: "release",
+               ev.ROLLBACK_PROPOSED: "rollback", ev.PROMOTION_PROPOSED: "promotion"}
+# (a proposed commit deploys when its pull request is merged without a new commit: by
+# fast-forward or rebase-free merge; a merge commit of its own is an ordinary commit)
 
 
 async def gitops_actions(bus: EventBus, env: str) -> dict[str, dict[str, str]]:
