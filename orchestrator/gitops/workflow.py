@@ -132,7 +132,6 @@ class GitOps:
         self.forge = forge
         self.max_attempts = max_attempts
         self.source = source
-        self._fetched: dict[str, _Repo] = {}
 
     # ------------------------------------------------------------------ repositories
 
