@@ -56,14 +56,19 @@ async def running(settings: Settings) -> AsyncIterator[Conveyor]:
         await conveyor.stop()
 
 
-def delivery(action: str, number: int, head: str) -> tuple[bytes, dict[str, str]]:
+EVENT_HEADER = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event",
+                "forgejo": "X-Forgejo-Event"}
+SYNC = {"github": "synchronize", "gitea": "synchronized", "forgejo": "synchronized"}
+
+
+def delivery(provider: str, action: str, number: int,
+             head: str) -> tuple[bytes, dict[str, str]]:
     body = json.dumps({"action": action, "number": number,
                        "pull_request": {"number": number, "head": {"sha": head,
                                                                    "ref": "feature"},
                                         "base": {"ref": "main"}},
                        "repository": {"full_name": "team/config"}}).encode()
-    return body, {**sign("github", body, SECRET), "X-GitHub-Event": "pull_request",
-                  "X-GitHub-Delivery": f"{action}-{head[:7]}",
+    return body, {**sign(provider, body, SECRET), EVENT_HEADER[provider]: "pull_request",
                   "Content-Type": "application/json"}
 
 
@@ -72,9 +77,11 @@ def posted(head: str) -> Callable[[list[Event]], bool]:
                           and e.correlationid == head for e in es)
 
 
+@pytest.mark.parametrize("provider", ["github", "gitea", "forgejo"])
 async def test_pull_request_preview_comment_and_statuses(
-        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        provider: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
+    kind = "github" if provider == "github" else "gitea"
     up = Upstream(tmp_path / "srv", "config")
     first = up.push(files(), "initial")
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
@@ -82,8 +89,8 @@ async def test_pull_request_preview_comment_and_statuses(
     monkeypatch.setenv("CONVEYOR_GIT_PASSWORD", GIT_PASSWORD)  # the watcher's and the preview's
     GitHttpServer.enable_push(up.bare)
     async with GitHttpServer(up.root, users={"conveyor": GIT_PASSWORD}) as server, \
-            ForgeServer("github", up.root, TOKEN) as forge:
-        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+            ForgeServer(kind, up.root, TOKEN) as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", provider)
         monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
         monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", TOKEN)
         settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
@@ -96,16 +103,16 @@ async def test_pull_request_preview_comment_and_statuses(
             deployed = git(up.bare, "rev-parse", "deploy/dev")
             api = conveyor.service("api")
             assert isinstance(api, ApiService)
-            url = f"{api.url}/api/v1/previews/github"
+            url = f"{api.url}/api/v1/previews/{provider}"
 
             # the pull request: dev scaled to 4, its Secret changed; prod untouched
             head = up.push(files(replicas=4, password=PASSWORD_NEW), "scale dev",
                            branch="feature")
             git(up.bare, "update-ref", "refs/pull/7/head", head)
-            body, headers = delivery("opened", 7, head)
-            async with http.post(url, data=body, headers={**headers,
-                                                          "X-Hub-Signature-256": "sha256=0"}
-                                 ) as resp:
+            body, headers = delivery(provider, "opened", 7, head)
+            forged = {k: ("sha256=" + "0" * 64 if "sig" in k.lower() else v)
+                      for k, v in headers.items()}
+            async with http.post(url, data=body, headers=forged) as resp:
                 assert resp.status == 401  # a wrong signature: refused
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 202, await resp.text()
@@ -131,7 +138,7 @@ async def test_pull_request_preview_comment_and_statuses(
             broken = up.push({"envs/dev/kustomization.yaml": "resources: [missing.yaml]\n"},
                              "oops", branch="feature")
             git(up.bare, "update-ref", "refs/pull/7/head", broken)
-            body, headers = delivery("synchronize", 7, broken)
+            body, headers = delivery(provider, SYNC[provider], 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 202
             await wait_for_events(bus, posted(broken))
@@ -140,7 +147,7 @@ async def test_pull_request_preview_comment_and_statuses(
             assert forge.statuses[-1]["sha"] == broken
             assert forge.statuses[-1]["state"] == "failure"
 
-            body, headers = delivery("closed", 7, broken)
+            body, headers = delivery(provider, "closed", 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and "ignored" in await resp.json()
             every = [s.event async for s in bus.read()]

@@ -1,7 +1,7 @@
 """Pull-request previews: what a pull request would change in each environment, for people.
 
-Pure. ``parse_pull_request`` reads a GitHub ``pull_request`` webhook delivery (opened,
-synchronize, reopened); ``comment`` writes the one comment Conveyor keeps per pull request
+Pure. ``parse_pull_request`` reads a GitHub, Gitea or Forgejo ``pull_request`` webhook
+delivery (opened, synchronize(d), reopened); ``comment`` writes the one comment Conveyor keeps per pull request
 (found again by its hidden marker and updated on every push), from each affected
 environment's object-level diff (``orchestrator.domain.diff``: Secret values redacted) or its
 render error; ``status`` is the commit status of one environment (``conveyor/<env>``).
@@ -31,17 +31,28 @@ class PullRequestEvent:
     action: str
 
 
-def parse_pull_request(headers: Mapping[str, str], body: bytes) -> PullRequestEvent | None:
-    """A GitHub ``pull_request`` delivery worth a preview, else None (other events and
-    actions: closed, labeled...). Raises ValueError for a body that is not one."""
-    event = {k.lower(): v for k, v in headers.items()}.get("x-github-event", "")
+EVENT_HEADERS = {"github": ("x-github-event",),
+                 "gitea": ("x-gitea-event", "x-forgejo-event"),
+                 "forgejo": ("x-forgejo-event", "x-gitea-event")}
+# GitHub says "synchronize", Gitea and Forgejo "synchronized"
+PREVIEWED = {"opened": "opened", "reopened": "reopened", "synchronize": "synchronize",
+             "synchronized": "synchronize"}
+
+
+def parse_pull_request(headers: Mapping[str, str], body: bytes,
+                       provider: str = "github") -> PullRequestEvent | None:
+    """A ``pull_request`` delivery worth a preview (GitHub, Gitea, Forgejo: the same
+    payload shape), else None (other events and actions: closed, labeled...). Raises
+    ValueError for a body that is not one."""
+    h = {k.lower(): v for k, v in headers.items()}
+    event = next((h[name] for name in EVENT_HEADERS.get(provider, ()) if name in h), "")
     if event != "pull_request":
         return None
     data = json.loads(body)
     if not isinstance(data, dict):
         raise ValueError("the body is not a JSON object")
-    action = str(data.get("action") or "")
-    if action not in ACTIONS:
+    action = PREVIEWED.get(str(data.get("action") or ""))
+    if action is None:
         return None
     pr, repo = data.get("pull_request") or {}, data.get("repository") or {}
     try:

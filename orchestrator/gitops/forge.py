@@ -188,13 +188,18 @@ class Forge:
             return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
         return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
 
-    # ------------------------------------------------------------------ previews (GitHub)
+    # ------------------------------------------------------------------ previews
+    # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
+    # comments of the pull request, paged with a Link header, and commit statuses.
 
     def _github(self) -> tuple[str, dict[str, str]]:
-        if self.settings.kind != "github":
-            raise PermanentError(f"pull-request previews talk to GitHub so far, not "
-                                 f"{self.settings.kind}", reason="InvalidForge")
+        if self.settings.kind not in ("github", "gitea"):
+            raise PermanentError(f"pull-request previews post to GitHub, Gitea or Forgejo, "
+                                 f"not {self.settings.kind}", reason="InvalidForge")
         token = self.settings.read_token()
+        if self.settings.kind == "gitea":
+            return f"{self.settings.api_url}/repos/{self.repo}", {
+                "Authorization": f"token {token}"}
         return (f"{self.settings.api_url}/repos/{self.repo}",
                 {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
                  "X-GitHub-Api-Version": "2022-11-28"})
@@ -204,7 +209,8 @@ class Forge:
         there is none). Every page of comments is read (``Link: rel="next"``). Returns
         (comment id, created)."""
         base, headers = self._github()
-        url: str | None = f"{base}/issues/{number}/comments?per_page=100"
+        page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
+        url: str | None = f"{base}/issues/{number}/comments?{page}"
         found: int | None = None
         while url and found is None:
             status, data, answer = await self._call("GET", url, headers=headers)
@@ -216,7 +222,7 @@ class Forge:
         if found is not None:
             status, data, _ = await self._call("PATCH", f"{base}/issues/comments/{found}",
                                                headers=headers, payload={"body": body})
-            if status != 200:
+            if status not in (200, 201):
                 raise self._failed("updating the comment", status, data)
             return found, False
         status, data, _ = await self._call("POST", f"{base}/issues/{number}/comments",

@@ -19,6 +19,10 @@ it, and checks what the forge checks, so a client that only works against itself
 - Gitea/Forgejo "Create a pull request" (the swagger at /api/swagger): ``POST /api/v1/repos/
   {owner}/{repo}/pulls`` with ``head``, ``base``, ``title``; ``Authorization: token``;
   201 with ``number``, ``html_url``; 401; 409 for an existing one; 422 for a bad branch.
+  Issue comments (``GET|POST .../issues/{index}/comments``, ``PATCH .../issues/comments/{id}``,
+  paged with ``page``/``limit`` (at most 50), ``Link`` and ``X-Total-Count``) and commit
+  statuses (``POST .../statuses/{sha}``, states pending, success, error, failure, warning)
+  have GitHub's shapes under ``/api/v1``.
 
 Branches are checked against the served bare repositories (``<root>/<name>.git``).
 """
@@ -91,17 +95,20 @@ class ForgeServer:
         if self.kind == "github":
             app.router.add_post("/repos/{owner}/{repo}/pulls", self._github_create)
             app.router.add_get("/repos/{owner}/{repo}/pulls", self._github_list)
-            app.router.add_get("/repos/{owner}/{repo}/issues/{number}/comments",
-                               self._github_comments)
-            app.router.add_post("/repos/{owner}/{repo}/issues/{number}/comments",
-                                self._github_comment)
-            app.router.add_patch("/repos/{owner}/{repo}/issues/comments/{id}",
-                                 self._github_edit)
-            app.router.add_post("/repos/{owner}/{repo}/statuses/{sha}", self._github_status)
         elif self.kind == "gitlab":
             app.router.add_post("/api/v4/projects/{id}/merge_requests", self._gitlab_create)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
+        if self.kind in ("github", "gitea"):  # Gitea's comments and statuses follow GitHub's
+            api = "" if self.kind == "github" else "/api/v1"
+            app.router.add_get(api + "/repos/{owner}/{repo}/issues/{number}/comments",
+                               self._github_comments)
+            app.router.add_post(api + "/repos/{owner}/{repo}/issues/{number}/comments",
+                                self._github_comment)
+            app.router.add_patch(api + "/repos/{owner}/{repo}/issues/comments/{id}",
+                                 self._github_edit)
+            app.router.add_post(api + "/repos/{owner}/{repo}/statuses/{sha}",
+                                self._github_status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self.port = free_port()
@@ -241,15 +248,18 @@ class ForgeServer:
         if self._token_of(request) != self.token:
             return web.json_response({"message": "Bad credentials"}, status=401)
         number = int(request.match_info["number"])
-        per_page = min(100, int(request.query.get("per_page", 30)))
+        # GitHub pages with per_page (max 100), Gitea with limit (its MAX_RESPONSE_ITEMS, 50)
+        size_key = "per_page" if self.kind == "github" else "limit"
+        per_page = min(100 if self.kind == "github" else 50,
+                       int(request.query.get(size_key, 30)))
         page = max(1, int(request.query.get("page", 1)))
         mine = [c for c in self.comments if c.number == number]
         chunk = mine[(page - 1) * per_page: page * per_page]
-        headers = {}
+        headers = {"X-Total-Count": str(len(mine))} if self.kind == "gitea" else {}
         if page * per_page < len(mine):
             base = f"{self.url}{request.path}"
-            headers["Link"] = (f'<{base}?per_page={per_page}&page={page + 1}>; rel="next", '
-                               f'<{base}?per_page={per_page}&page='
+            headers["Link"] = (f'<{base}?{size_key}={per_page}&page={page + 1}>; rel="next", '
+                               f'<{base}?{size_key}={per_page}&page='
                                f'{(len(mine) + per_page - 1) // per_page}>; rel="last"')
         return web.json_response([self._comment_json(c) for c in chunk], headers=headers)
 
@@ -290,7 +300,9 @@ class ForgeServer:
             return web.json_response({"message": "Bad credentials"}, status=401)
         body = await self._json(request)
         state = (body or {}).get("state")
-        if state not in ("error", "failure", "pending", "success"):
+        states = ("error", "failure", "pending", "success") + (
+            ("warning",) if self.kind == "gitea" else ())
+        if state not in states:
             return web.json_response({"message": "Validation Failed", "errors": [
                 {"resource": "Status", "field": "state", "code": "custom"}]}, status=422)
         assert body is not None
