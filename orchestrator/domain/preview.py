@@ -1,8 +1,8 @@
 """Pull-request previews: what a pull request would change in each environment, for people.
 
 Pure. ``parse_pull_request`` reads a GitHub, Gitea or Forgejo ``pull_request`` webhook
-delivery (opened, synchronize(d), reopened); ``comment`` writes the one comment Conveyor keeps per pull request
-(found again by its hidden marker and updated on every push), from each affected
+delivery (opened, synchronize(d), reopened); ``comment`` writes the one comment Conveyor
+keeps per pull request (found again by its hidden marker and updated on every push), from each affected
 environment's object-level diff (``orchestrator.domain.diff``: Secret values redacted) or its
 render error; ``status`` is the commit status of one environment (``conveyor/<env>``).
 """
