@@ -4,7 +4,8 @@ Pure. ``parse_pull_request`` reads a GitHub, Gitea or Forgejo ``pull_request`` w
 delivery (opened, synchronize(d), reopened); ``comment`` writes the one comment Conveyor
 keeps per pull request (found again by its hidden marker and updated on every push), from
 each affected environment's object-level diff (``orchestrator.domain.diff``: Secret values
-redacted) or its render error; ``status`` is the commit status of one environment (``conveyor/<env>``).
+redacted) or its render error; ``status`` is the commit status of one environment
+(``conveyor/<env>``).
 """
 
 from __future__ import annotations
