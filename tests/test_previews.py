@@ -58,11 +58,23 @@ async def running(settings: Settings) -> AsyncIterator[Conveyor]:
 
 EVENT_HEADER = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event",
                 "forgejo": "X-Forgejo-Event"}
-SYNC = {"github": "synchronize", "gitea": "synchronized", "forgejo": "synchronized"}
+SYNC = {"github": "synchronize", "gitea": "synchronized", "forgejo": "synchronized",
+        "gitlab": "update"}
+FAILED = {"github": "failure", "gitea": "failure", "forgejo": "failure", "gitlab": "failed"}
 
 
 def delivery(provider: str, action: str, number: int,
              head: str) -> tuple[bytes, dict[str, str]]:
+    if provider == "gitlab":  # a "Merge Request Hook" (docs.gitlab.com/user/project/
+        # integrations/webhook_events/#merge-request-events); the secret comes as a token
+        attributes = {"iid": number, "action": {"opened": "open"}.get(action, action),
+                      "source_branch": "feature", "target_branch": "main",
+                      "last_commit": {"id": head}, **({"oldrev": "0" * 40}
+                                                       if action == "update" else {})}
+        gl = json.dumps({"object_kind": "merge_request", "object_attributes": attributes,
+                         "project": {"path_with_namespace": "team/config"}}).encode()
+        return gl, {**sign("gitlab", gl, SECRET), "X-Gitlab-Event": "Merge Request Hook",
+                    "Content-Type": "application/json"}
     body = json.dumps({"action": action, "number": number,
                        "pull_request": {"number": number, "head": {"sha": head,
                                                                    "ref": "feature"},
@@ -77,11 +89,12 @@ def posted(head: str) -> Callable[[list[Event]], bool]:
                           and e.correlationid == head for e in es)
 
 
-@pytest.mark.parametrize("provider", ["github", "gitea", "forgejo"])
+@pytest.mark.parametrize("provider", ["github", "gitlab", "gitea", "forgejo"])
 async def test_pull_request_preview_comment_and_statuses(
         provider: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    kind = "github" if provider == "github" else "gitea"
+    kind = "gitea" if provider == "forgejo" else provider
+    ref = "refs/merge-requests/7/head" if provider == "gitlab" else "refs/pull/7/head"
     up = Upstream(tmp_path / "srv", "config")
     first = up.push(files(), "initial")
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
@@ -108,10 +121,10 @@ async def test_pull_request_preview_comment_and_statuses(
             # the pull request: dev scaled to 4, its Secret changed; prod untouched
             head = up.push(files(replicas=4, password=PASSWORD_NEW), "scale dev",
                            branch="feature")
-            git(up.bare, "update-ref", "refs/pull/7/head", head)
+            git(up.bare, "update-ref", ref, head)
             body, headers = delivery(provider, "opened", 7, head)
-            forged = {k: ("sha256=" + "0" * 64 if "sig" in k.lower() else v)
-                      for k, v in headers.items()}
+            forged = {k: ("sha256=" + "0" * 64 if "sig" in k.lower() or "token" in k.lower()
+                          else v) for k, v in headers.items()}
             async with http.post(url, data=body, headers=forged) as resp:
                 assert resp.status == 401  # a wrong signature: refused
             async with http.post(url, data=body, headers=headers) as resp:
@@ -137,7 +150,7 @@ async def test_pull_request_preview_comment_and_statuses(
             # a push to the pull request breaks the render: the same comment is updated
             broken = up.push({"envs/dev/kustomization.yaml": "resources: [missing.yaml]\n"},
                              "oops", branch="feature")
-            git(up.bare, "update-ref", "refs/pull/7/head", broken)
+            git(up.bare, "update-ref", ref, broken)
             body, headers = delivery(provider, SYNC[provider], 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 202
@@ -145,7 +158,7 @@ async def test_pull_request_preview_comment_and_statuses(
             assert len(forge.comments) == 1 and forge.comments[0].edits == 1
             assert "render failed" in forge.comments[0].body
             assert forge.statuses[-1]["sha"] == broken
-            assert forge.statuses[-1]["state"] == "failure"
+            assert forge.statuses[-1]["state"] == FAILED[provider]
 
             body, headers = delivery(provider, "closed", 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:

@@ -24,12 +24,20 @@ ACTIONS = ("opened", "synchronize", "reopened")
 
 @dataclass(frozen=True, slots=True)
 class PullRequestEvent:
-    number: int
+    number: int  # GitLab: the merge request's iid
     head_sha: str
     head_ref: str
     base_ref: str
-    repo: str  # owner/name
+    repo: str  # owner/name (GitLab: the project's path with namespace)
     action: str
+    provider: str = "github"
+
+    @property
+    def fetch_ref(self) -> str:
+        """Where the forge serves the pull request's head in the base repository."""
+        if self.provider == "gitlab":
+            return f"refs/merge-requests/{self.number}/head"
+        return f"refs/pull/{self.number}/head"
 
 
 EVENT_HEADERS = {"github": ("x-github-event",),
@@ -46,6 +54,8 @@ def parse_pull_request(headers: Mapping[str, str], body: bytes,
     payload shape), else None (other events and actions: closed, labeled...). Raises
     ValueError for a body that is not one."""
     h = {k.lower(): v for k, v in headers.items()}
+    if provider == "gitlab":
+        return _gitlab(h, body)
     event = next((h[name] for name in EVENT_HEADERS.get(provider, ()) if name in h), "")
     if event != "pull_request":
         return None
@@ -59,10 +69,34 @@ def parse_pull_request(headers: Mapping[str, str], body: bytes,
     try:
         return PullRequestEvent(int(pr["number"]), str(pr["head"]["sha"]),
                                 str(pr["head"]["ref"]), str(pr["base"]["ref"]),
-                                str(repo["full_name"]), action)
+                                str(repo["full_name"]), action, provider)
     except (KeyError, TypeError, ValueError):
         raise ValueError("a pull_request delivery without number, head, base or "
                          "repository") from None
+
+
+def _gitlab(h: Mapping[str, str], body: bytes) -> PullRequestEvent | None:
+    """GitLab's "Merge Request Hook": open and reopen, and an update that pushed commits
+    (``oldrev`` set; other updates are title, labels, approvals...)."""
+    if h.get("x-gitlab-event") != "Merge Request Hook":
+        return None
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    mr = data.get("object_attributes") or {}
+    action = {"open": "opened", "reopen": "reopened"}.get(str(mr.get("action") or ""))
+    if mr.get("action") == "update" and mr.get("oldrev"):
+        action = "synchronize"
+    if action is None:
+        return None
+    try:
+        return PullRequestEvent(int(mr["iid"]), str(mr["last_commit"]["id"]),
+                                str(mr["source_branch"]), str(mr["target_branch"]),
+                                str((data.get("project") or {})["path_with_namespace"]),
+                                action, "gitlab")
+    except (KeyError, TypeError, ValueError):
+        raise ValueError("a merge request delivery without iid, last_commit, branches or "
+                         "project") from None
 
 
 @dataclass(frozen=True, slots=True)

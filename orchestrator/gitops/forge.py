@@ -190,12 +190,10 @@ class Forge:
 
     # ------------------------------------------------------------------ previews
     # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
-    # comments of the pull request, paged with a Link header, and commit statuses.
+    # comments of the pull request, paged with a Link header, and commit statuses. GitLab:
+    # the merge request's notes (PUT to edit) and ``/projects/:id/statuses/:sha``.
 
     def _github(self) -> tuple[str, dict[str, str]]:
-        if self.settings.kind not in ("github", "gitea"):
-            raise PermanentError(f"pull-request previews post to GitHub, Gitea or Forgejo, "
-                                 f"not {self.settings.kind}", reason="InvalidForge")
         token = self.settings.read_token()
         if self.settings.kind == "gitea":
             return f"{self.settings.api_url}/repos/{self.repo}", {
@@ -204,13 +202,26 @@ class Forge:
                 {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
                  "X-GitHub-Api-Version": "2022-11-28"})
 
+    def _gitlab(self, number: int) -> tuple[str, str, dict[str, str]]:
+        project = urllib.parse.quote(self.repo, safe="")
+        base = f"{self.settings.api_url}/projects/{project}"
+        return base, f"{base}/merge_requests/{number}/notes", {
+            "PRIVATE-TOKEN": self.settings.read_token()}
+
     async def upsert_comment(self, number: int, body: str, marker: str) -> tuple[int, bool]:
-        """The pull request's comment holding ``marker``, updated to ``body`` (created when
-        there is none). Every page of comments is read (``Link: rel="next"``). Returns
+        """The pull request's comment (GitLab: note) holding ``marker``, updated to ``body``
+        (created when there is none). Every page is read (``Link: rel="next"``). Returns
         (comment id, created)."""
-        base, headers = self._github()
-        page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
-        url: str | None = f"{base}/issues/{number}/comments?{page}"
+        if self.settings.kind == "gitlab":
+            _, notes, headers = self._gitlab(number)
+            url: str | None = f"{notes}?per_page=100"
+            edit_url, create, edit = notes + "/{id}", notes, "PUT"
+        else:
+            base, headers = self._github()
+            page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
+            url = f"{base}/issues/{number}/comments?{page}"
+            edit_url, create, edit = base + "/issues/comments/{id}", \
+                f"{base}/issues/{number}/comments", "PATCH"
         found: int | None = None
         while url and found is None:
             status, data, answer = await self._call("GET", url, headers=headers)
@@ -220,23 +231,32 @@ class Forge:
                           and marker in str(c.get("body") or "")), None)
             url = _next_link(answer.get("link", ""))
         if found is not None:
-            status, data, _ = await self._call("PATCH", f"{base}/issues/comments/{found}",
-                                               headers=headers, payload={"body": body})
+            status, data, _ = await self._call(edit, edit_url.format(id=found), headers=headers,
+                                               payload={"body": body})
             if status not in (200, 201):
                 raise self._failed("updating the comment", status, data)
             return found, False
-        status, data, _ = await self._call("POST", f"{base}/issues/{number}/comments",
-                                           headers=headers, payload={"body": body})
+        status, data, _ = await self._call("POST", create, headers=headers,
+                                           payload={"body": body})
         if status != 201 or not isinstance(data, Mapping):
             raise self._failed("commenting", status, data)
         return int(data["id"]), True
 
     async def set_status(self, sha: str, context: str, state: str, description: str) -> None:
-        base, headers = self._github()
-        status, data, _ = await self._call(
-            "POST", f"{base}/statuses/{sha}", headers=headers,
-            payload={"state": state, "context": context, "description": description})
-        if status != 201:
+        """A commit status; ``state`` is GitHub's (success, failure, error, pending), named
+        as each forge names it."""
+        if self.settings.kind == "gitlab":
+            base, _, headers = self._gitlab(0)
+            gitlab_state = {"failure": "failed", "error": "failed"}.get(state, state)
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": gitlab_state, "name": context, "description": description})
+        else:
+            base, headers = self._github()
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": state, "context": context, "description": description})
+        if status not in (200, 201):
             raise self._failed(f"setting the status {context}", status, data)
 
 

@@ -2,8 +2,9 @@
 
 For an opened or updated pull request (``orchestrator.domain.preview.PullRequestEvent``):
 
-1. fetch the base branch and the pull request's head (``refs/pull/<n>/head``, as GitHub
-   serves it) into a private mirror ``<data-dir>/previews/<hash>.git``;
+1. fetch the base branch and the pull request's head (``refs/pull/<n>/head`` as GitHub and
+   Gitea serve it, ``refs/merge-requests/<iid>/head`` on GitLab) into a private mirror
+   ``<data-dir>/previews/<hash>.git``;
 2. take the environments and their render settings from conveyor.yaml *of the base branch*:
    a pull request is untrusted, so its own conveyor.yaml chooses nothing here (its edits to
    conveyor.yaml are previewed once merged);
@@ -87,7 +88,7 @@ class Previewer:
             git_remote.fetch_refs(
                 git_local.open_repo(path), url,
                 [f"+refs/heads/{event.base_ref}:refs/heads/{event.base_ref}",
-                 f"+refs/pull/{event.number}/head:{head_ref}"], creds,
+                 f"+{event.fetch_ref}:{head_ref}"], creds,
                 where=f"pull request #{event.number} of {url.display()}",
                 check="the source's credentials (CONVEYOR_GIT_*)")
         repo = git_local.open_repo(path)

@@ -1,6 +1,6 @@
 """api route: pull-request previews from signed ``pull_request`` webhooks.
 
-``POST /api/v1/previews/{github|gitea|forgejo}``: configure it as the pull request webhook of
+``POST /api/v1/previews/{github|gitlab|gitea|forgejo}``: configure it as the pull request webhook of
 the repository (event "Pull requests", content type JSON, the same secret as the push webhook:
 ``CONVEYOR_WEBHOOK_SECRET[_<PROVIDER>]`` or the primary source's ``webhook.secret``). A delivery
 that no secret verifies is refused (401) before its body is read as JSON. Opened, synchronized
@@ -31,7 +31,7 @@ from services.api.routes_webhooks import authorised_sources, hook_sources
 
 log = structlog.get_logger(__name__)
 MAX_BODY = 5 << 20  # GitHub caps deliveries at 25 MB; a pull_request one is a few kB
-FORGE_OF = {"github": "github", "gitea": "gitea", "forgejo": "gitea"}
+FORGE_OF = {"github": "github", "gitea": "gitea", "forgejo": "gitea", "gitlab": "gitlab"}
 PreviewLocks = dict[tuple[str, int], asyncio.Lock]
 LOCKS: web.AppKey[PreviewLocks] = web.AppKey("preview_locks")
 

@@ -97,6 +97,11 @@ class ForgeServer:
             app.router.add_get("/repos/{owner}/{repo}/pulls", self._github_list)
         elif self.kind == "gitlab":
             app.router.add_post("/api/v4/projects/{id}/merge_requests", self._gitlab_create)
+            notes = "/api/v4/projects/{id}/merge_requests/{number}/notes"
+            app.router.add_get(notes, self._gitlab_notes)
+            app.router.add_post(notes, self._gitlab_note)
+            app.router.add_put(notes + "/{note}", self._gitlab_edit)
+            app.router.add_post("/api/v4/projects/{id}/statuses/{sha}", self._gitlab_status)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
         if self.kind in ("github", "gitea"):  # Gitea's comments and statuses follow GitHub's
@@ -347,6 +352,72 @@ class ForgeServer:
             "description": pr.body, "source_branch": head, "target_branch": base, "sha": sha,
             "web_url": f"https://gitlab.example/{repo}/-/merge_requests/{pr.number}"},
             status=201)
+
+    # GitLab "Notes" (docs.gitlab.com/api/notes/#merge-requests): GET|POST
+    # /projects/:id/merge_requests/:iid/notes, PUT .../notes/:note_id; paged with per_page and
+    # page, X-Next-Page and Link. "Commits" statuses (docs.gitlab.com/api/commits/#set-the-
+    # pipeline-status-of-a-commit): POST /projects/:id/statuses/:sha with state pending,
+    # running, success, failed or canceled and a name.
+
+    async def _gitlab_notes(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        number = int(request.match_info["number"])
+        per_page = min(100, int(request.query.get("per_page", 20)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = [c for c in self.comments if c.number == number]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Total": str(len(mine)), "X-Page": str(page), "X-Next-Page": ""}
+        if page * per_page < len(mine):
+            headers["X-Next-Page"] = str(page + 1)
+            headers["Link"] = (f'<{self.url}{request.path}?page={page + 1}&per_page={per_page}>;'
+                               ' rel="next"')
+        return web.json_response([{"id": c.id, "body": c.body, "noteable_iid": c.number,
+                                   "author": {"username": "conveyor"}} for c in chunk],
+                                 headers=headers)
+
+    async def _gitlab_note(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        body = await self._json(request)
+        if body is None or not isinstance(body.get("body"), str) or not body["body"]:
+            return web.json_response({"error": "body is missing"}, status=400)
+        note = Comment(3000 + len(self.comments), int(request.match_info["number"]),
+                       body["body"])
+        self.comments.append(note)
+        return web.json_response({"id": note.id, "body": note.body,
+                                  "noteable_iid": note.number}, status=201)
+
+    async def _gitlab_edit(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        found = next((c for c in self.comments if c.id == int(request.match_info["note"])
+                      and c.number == int(request.match_info["number"])), None)
+        body = await self._json(request)
+        if found is None:
+            return web.json_response({"message": "404 Not found"}, status=404)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"error": "body is missing"}, status=400)
+        found.body, found.edits = body["body"], found.edits + 1
+        return web.json_response({"id": found.id, "body": found.body})
+
+    async def _gitlab_status(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        body = await self._json(request) or {}
+        state = body.get("state")
+        if state not in ("pending", "running", "success", "failed", "canceled"):
+            return web.json_response({"error": "state does not have a valid value"},
+                                     status=400)
+        entry = {"sha": request.match_info["sha"], "state": str(state),
+                 "context": str(body.get("name") or "default"),
+                 "description": str(body.get("description") or "")}
+        self.statuses.append(entry)
+        return web.json_response({**entry, "id": len(self.statuses)}, status=201)
 
     # ------------------------------------------------------------------ Gitea / Forgejo
 
