@@ -189,3 +189,27 @@ def test_preview_deliveries_and_the_comment() -> None:
     assert "changes no environment" in pv.comment(event, [])
     huge = pv.EnvPreview("dev", error="x" * 100_000)
     assert len(pv.comment(event, [huge] * 30)) <= pv.COMMENT_MAX + 100
+
+
+def test_gitlab_merge_request_deliveries() -> None:
+    import json as _json
+
+    from orchestrator.domain import preview as pv
+
+    def body(action: str, **extra: object) -> bytes:
+        return _json.dumps({"object_kind": "merge_request", "project": {
+            "path_with_namespace": "group/sub/web"}, "object_attributes": {
+            "iid": 12, "action": action, "source_branch": "f", "target_branch": "main",
+            "last_commit": {"id": "c" * 40}, **extra}}).encode()
+
+    hook = {"X-Gitlab-Event": "Merge Request Hook"}
+    event = pv.parse_pull_request(hook, body("open"), "gitlab")
+    assert event == pv.PullRequestEvent(12, "c" * 40, "f", "main", "group/sub/web", "opened",
+                                        "gitlab")
+    assert event.fetch_ref == "refs/merge-requests/12/head"
+    pushed = pv.parse_pull_request(hook, body("update", oldrev="d" * 40), "gitlab")
+    assert pushed is not None and pushed.action == "synchronize"
+    assert pv.parse_pull_request(hook, body("update"), "gitlab") is None  # a title edit
+    assert pv.parse_pull_request(hook, body("merge"), "gitlab") is None
+    assert pv.parse_pull_request({"X-Gitlab-Event": "Push Hook"}, body("open"),
+                                 "gitlab") is None
