@@ -379,3 +379,35 @@ async def test_a_local_checkout_is_released_into_when_clean(bus: EventBus,
         await ops.release("dev", ["web=web:9.0"])
     assert info.value.reason == "CheckoutDirty"
     assert git(work, "rev-parse", "HEAD") == result.commit
+
+
+async def test_another_sources_credentials_reach_only_what_the_operator_allows(
+        bus: EventBus, daemon: GitDaemon, upstream: Upstream, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sources.apps.credentials.password: ${APPS_PASSWORD}``: pushed with it when the
+    operator allows the name (``--env-allow APPS_*``), refused, naming why, when not."""
+    from orchestrator.secrets import SecretPolicy
+
+    apps = Upstream(upstream.root, "apps")
+    apps.push({"envs/web/kustomization.yaml": "images:\n- name: web\n  newTag: '1'\n"}, "a")
+    GitHttpServer.enable_push(apps.bare)
+    async with GitHttpServer(upstream.root, users={"ci": PASSWORD}) as http:
+        config = CONFIG.replace("environments:\n", "environments:\n  web:\n    path: envs/web\n"
+                                "    source: apps\n") + (
+            f"sources:\n  apps:\n    url: {http.url(apps.name)}\n    branch: main\n"
+            "    credentials: {username: ci, password: '${APPS_PASSWORD}'}\n")
+        upstream.push({"conveyor.yaml": config}, "add the apps source")
+        monkeypatch.setenv("APPS_PASSWORD", PASSWORD)
+
+        def ops(policy: SecretPolicy) -> GitOps:
+            settings = Settings(nats_url="", data_dir=tmp_path / "data",
+                                repo=daemon.url(upstream.name), branch="main", secrets=policy)
+            return GitOps(Resources.around(bus, settings), environ={})
+
+        with pytest.raises(PermanentError, match="APPS_PASSWORD") as info:
+            await ops(SecretPolicy()).release("web", ["web=web:2"])
+        assert PASSWORD not in str(info.value)
+        assert git(apps.bare, "rev-list", "--count", "main") == "1"
+        result = await ops(SecretPolicy(env_allow=("APPS_*",))).release("web", ["web=web:2"])
+    assert result.commit == git(apps.bare, "rev-parse", "main")
+    assert "ci" in http.remote_users
