@@ -64,6 +64,9 @@ PROMOTION_REQUESTED: Final = "conveyor.promotion.requested"
 PROMOTION_COMMITTED: Final = "conveyor.promotion.committed"
 PROMOTION_PROPOSED: Final = "conveyor.promotion.proposed"
 PROMOTION_REFUSED: Final = "conveyor.promotion.refused"
+PREVIEW_RENDERED: Final = "conveyor.preview.rendered"
+PREVIEW_POSTED: Final = "conveyor.preview.posted"
+PREVIEW_FAILED: Final = "conveyor.preview.failed"
 
 KNOWN_TYPES: Final = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)
