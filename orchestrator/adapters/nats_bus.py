@@ -35,7 +35,7 @@ from tenacity import (
 )
 
 from orchestrator import subjects
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, TransientError
 
 log = structlog.get_logger(__name__)
@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 # Publishes must finish inside the duplicate window for the server to drop a retried one.
 DUPLICATE_WINDOW = 30 * 60.0
 PUBLISH_RETRY_FOR = 30.0
+PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
 
 PublishObserver = Callable[[Event, bool], None]
 """Told of every acknowledged publish (the event, whether the server dropped it as a duplicate):
@@ -149,6 +150,9 @@ class EventBus:
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:
         subject = subjects.event_subject(event.subject, event.type)
+        # what the server accepts (1 MiB by default), less room for the subject and headers:
+        # an oversized event is cut to fit rather than stall its stage forever
+        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
         payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
         async for attempt in AsyncRetrying(

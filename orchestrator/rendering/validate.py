@@ -13,6 +13,7 @@ from a file we parsed, or ``<tool source>: <object>: reason`` for tool output.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +23,9 @@ from orchestrator.rendering.parse import Located
 from orchestrator.rendering.settings import ValidateSettings
 
 DEFAULT_KUBERNETES_VERSION = "1.30"
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _label(obj: dict[str, Any]) -> str:
@@ -59,10 +63,18 @@ def structure_errors(item: Located) -> list[str]:
         elif not isinstance(name, str) or not name:
             errors.append(f"{item.where('metadata', 'name')}: {prefix}metadata.name must be a "
                           "non-empty string")
+        elif name in (".", "..") or "/" in name or "%" in name:
+            # a path segment of the object's API URL: "." or "a/b" would address another
+            errors.append(f"{item.where('metadata', 'name')}: {prefix}metadata.name {name!r} "
+                          "is not a valid object name ('.', '..', '/' and '%' are refused)")
         namespace = meta.get("namespace")
         if namespace is not None and not isinstance(namespace, str):
             errors.append(f"{item.where('metadata', 'namespace')}: {prefix}metadata.namespace "
                           "must be a string")
+        elif isinstance(namespace, str) and namespace and not _DNS_LABEL.match(namespace):
+            errors.append(f"{item.where('metadata', 'namespace')}: {prefix}metadata.namespace "
+                          f"{namespace!r} is not a namespace name (lower-case letters, digits "
+                          "and '-', at most 63)")
     return errors
 
 

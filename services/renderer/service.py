@@ -125,6 +125,9 @@ class Renderer:
             return Retry(exc.delay or min(60.0, 2.0 ** delivery.attempt), reason=str(exc))
         except PermanentError as exc:
             return Fail([self._failed(delivery, common, [str(exc)], exc.reason, started)])
+        except RecursionError:  # input nested past the interpreter's stack: it always will be
+            return Fail([self._failed(delivery, common, ["the manifests are nested too deeply "
+                                                         "to process"], "TooDeep", started)])
         ms = round((time.monotonic() - started) * 1000, 1)
         log.info("render.succeeded", env=event.subject, revision=event.correlationid[:12],
                  objects=len(result.manifests), digest=digest[:19], ms=ms)
