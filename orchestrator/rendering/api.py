@@ -25,7 +25,7 @@ from orchestrator.rendering.model import RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.parse import Located
 from orchestrator.rendering.safety import EscapeError, display, norm_rel, resolve
 from orchestrator.rendering.settings import parse_settings
-from orchestrator.rendering.validate import validate
+from orchestrator.rendering.validate import mask, validate
 
 _DEFAULT_LIMITS = RenderLimits()
 _DEFAULT_TOOLS = RenderTools()
@@ -71,6 +71,6 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
 
     if not errors:
         errors = validate(items, parsed.validate, limits.max_objects)
-    if errors:
-        raise ManifestError(errors)
+    if errors:  # whatever quoted a Secret's value (a template, a tool) says <redacted> instead
+        raise ManifestError(mask(errors, items))
     return RenderResult(tuple(i.manifest for i in items), kind, version)

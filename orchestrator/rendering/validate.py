@@ -13,6 +13,8 @@ from a file we parsed, or ``<tool source>: <object>: reason`` for tool output.
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -116,9 +118,61 @@ def schema_errors(items: Sequence[Located], settings: ValidateSettings) -> list[
         except kubernetes_validate.ValidationError as exc:
             path = [p for p in exc.absolute_path]
             field = ".".join(str(p) for p in path) or "(object)"
-            errors.append(f"{item.where(*path)}: {_label(obj)}: {field}: {exc.message} "
+            message = exc.message
+            if is_secret(obj) and path and path[0] in SECRET_FIELDS:
+                # jsonschema's message starts with the value itself: never for a Secret
+                message = f"the value fails the schema's {exc.validator!r} rule"
+            errors.append(f"{item.where(*path)}: {_label(obj)}: {field}: {message} "
                           f"(Kubernetes {exc.version} schema)")
     return errors
+
+
+SECRET_FIELDS = ("data", "stringData")
+REDACTED = "<redacted>"
+
+
+def is_secret(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("kind") == "Secret" and \
+        str(obj.get("apiVersion", "v1")) == "v1"
+
+
+def secret_values(items: Sequence[Located]) -> list[str]:
+    """Every string under a Secret's ``data``/``stringData`` (and each ``data`` value
+    decoded), longest first: what no error may quote."""
+    found: set[str] = set()
+    for item in items:
+        obj = item.manifest.obj
+        if not is_secret(obj):
+            continue
+        stack: list[Any] = [obj.get(f) for f in SECRET_FIELDS]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+            elif isinstance(value, str | int | float) and not isinstance(value, bool):
+                text = str(value)
+                if len(text) >= 3:
+                    found.add(text)
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    decoded = base64.b64decode(text, validate=True).decode()
+                    if len(decoded) >= 3:
+                        found.add(decoded)
+    return sorted(found, key=len, reverse=True)
+
+
+def mask(errors: Sequence[str], items: Sequence[Located]) -> list[str]:
+    """``errors`` with every Secret value of ``items`` replaced by ``<redacted>``."""
+    values = secret_values(items)
+    if not values:
+        return list(errors)
+    out = []
+    for error in errors:
+        for value in values:
+            error = error.replace(value, REDACTED)
+        out.append(error)
+    return out
 
 
 def validate(items: Sequence[Located], settings: ValidateSettings, max_objects: int
@@ -136,4 +190,4 @@ def validate(items: Sequence[Located], settings: ValidateSettings, max_objects: 
     errors.extend(duplicate_errors(valid))
     if settings.schema and valid:
         errors.extend(schema_errors(valid, settings))
-    return errors
+    return mask(errors, items)
