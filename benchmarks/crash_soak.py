@@ -41,6 +41,7 @@ from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.domain.trace import parse_time
 from tests.support.crash import (
     NatsProcess,
     ServiceProcess,
@@ -82,6 +83,7 @@ class RunResult:
     replay_mismatches: list[str] = field(default_factory=list)  # replay outputs that differed
     duplicates: int = 0
     unexplained_duplicates: int = 0
+    linger: float = 0.0  # seconds from the newest commit's apply to the last outcome
     seconds: float = 0.0
 
 
@@ -94,6 +96,7 @@ class Totals:
     replay_mismatches: int = 0
     duplicate_deliveries: int = 0
     unexplained_duplicate_deliveries: int = 0
+    longest_linger_seconds: float = 0.0
 
     def add(self, r: RunResult) -> None:
         self.runs += 1
@@ -103,6 +106,7 @@ class Totals:
         self.replay_mismatches += len(r.replay_mismatches)
         self.duplicate_deliveries += r.duplicates
         self.unexplained_duplicate_deliveries += r.unexplained_duplicates
+        self.longest_linger_seconds = max(self.longest_linger_seconds, r.linger)
 
 
 class System:
@@ -207,6 +211,22 @@ def outcomes(events: list[tuple[int, Event]]) -> dict[tuple[str, str], list[str]
     return chains
 
 
+def linger(events: list[tuple[int, Event]], pairs: set[tuple[str, str]], newest: str) -> float:
+    """Seconds from the newest commit's ``apply.succeeded`` on dev to the last outcome of any
+    commit: how long an older commit went on waiting after the newest was deployed."""
+    def at(e: Event) -> float:
+        parsed = parse_time(e.time)
+        return parsed.timestamp() if parsed is not None else 0.0
+
+    times = [at(e) for _, e in events
+             if e.type in TERMINAL and (e.correlationid, e.subject) in pairs]
+    applied = [at(e) for _, e in events if e.type == ev.APPLY_SUCCEEDED
+               and e.correlationid == newest and e.subject == "dev"]
+    if not times or not applied:
+        return 0.0
+    return round(max(0.0, max(times) - min(applied)), 2)
+
+
 def terminal_count(chain: list[str]) -> int:
     return sum(t in TERMINAL for t in chain)
 
@@ -281,6 +301,7 @@ async def one_run(n: int, mode: str, rng: random.Random, root: Path) -> RunResul
 
         _, events = await follow(url, settled, SETTLE_TIMEOUT)
         chains = outcomes(events)
+        result.linger = linger(events, pairs, newest)
         for sha, env in sorted(pairs):
             chain = chains.get((sha, env), [])
             count = terminal_count(chain)
@@ -322,7 +343,8 @@ async def soak(runs: int, mode: str, seed: int, workdir: Path, *, keep: bool = F
             or result.unexplained_duplicates
         echo(f"[{mode} {n}/{runs}] killed {result.killed} at {result.killed_after}s: "
              f"{'PROBLEM ' + json.dumps(asdict(result)) if bad else 'ok'} "
-             f"({result.seconds}s)")
+             f"(outcomes done {result.linger}s after the newest was applied; "
+             f"run {result.seconds}s)")
         if not bad and not keep:
             shutil.rmtree(root, ignore_errors=True)
     return totals, results

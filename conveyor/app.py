@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import structlog
-from aiohttp import web
 
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.ops import OpsServer
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
@@ -54,37 +54,6 @@ def make_service(name: str, resources: Resources) -> Service:
     raise ValueError(f"unknown service {name!r} (expected one of {', '.join(SERVICES)})")
 
 
-class HealthServer:
-    """/healthz and /metrics for a process that runs no api (microservice mode)."""
-
-    def __init__(self, resources: Resources, listen: str) -> None:
-        self.resources = resources
-        self.listen = listen
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        async def healthz(_: web.Request) -> web.Response:
-            ok = self.resources.bus.nc.is_connected
-            return web.json_response({"status": "ok" if ok else "nats disconnected"},
-                                     status=200 if ok else 503)
-
-        async def metrics(_: web.Request) -> web.Response:
-            m = self.resources.metrics
-            return web.Response(body=m.exposition(), headers={"Content-Type": m.content_type})
-
-        app = web.Application()
-        app.router.add_get("/healthz", healthz)
-        app.router.add_get("/metrics", metrics)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        host, _, port = self.listen.rpartition(":")
-        await web.TCPSite(self._runner, host, int(port)).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
 @dataclass
 class Conveyor:
     """A running set of services in this process, and the resources they share.
@@ -115,7 +84,7 @@ class Conveyor:
             self.services.append((service_name, service))
             log.info("service.started", service=service_name)
         if self.health_server and "api" not in self.names:
-            server = HealthServer(resources, self.settings.listen)
+            server = OpsServer(resources, self.settings.listen)
             await server.start()
             self.services.insert(0, ("health", server))  # stopped last
 

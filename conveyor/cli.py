@@ -16,15 +16,18 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
-from orchestrator.commands.health import health_command
+from orchestrator.commands.envs import envs_command
+from orchestrator.commands.health import health_command, health_test_command
 from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
+from orchestrator.health_rules.engine import HealthEngine, customizations_from_env, load_rules
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
 from orchestrator.secrets import SecretPolicy
@@ -105,6 +108,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
+        sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
         secrets=_secret_policy(args),
         allow_local_paths=tuple(str(Path(d).resolve()) for d in (
@@ -166,12 +171,24 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    return health_command(args.file, args.output)
+    directories = tuple(Path(d) for d in args.customizations or ()) \
+        or customizations_from_env(os.environ)
+    try:
+        engine = HealthEngine(load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                                         directories=directories))
+    except HealthRuleError as exc:
+        print(f"conveyor health: {exc}", file=sys.stderr)
+        return 1
+    if args.health_command == "test":
+        return health_test_command(args.dir, args.output, builtin=args.built_in, engine=engine)
+    if not args.file:
+        print("conveyor health: -f FILE|- is required (or `conveyor health test DIR`)",
+              file=sys.stderr)
+        return 2
+    return health_command(args.file, args.output, engine=engine)
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from orchestrator.commands.envs import envs_command
-
     return envs_command(Path(args.repo), args.rev, args.output)
 
 
@@ -280,6 +297,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.add_argument("--sync", choices=("always", "interval"),
+                    default=os.environ.get("CONVEYOR_SYNC") or "always",
+                    help="the embedded server's fsync: always (before every ack; nothing "
+                         "acked is lost on power failure) or interval (every 2 min, faster; "
+                         "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
     _operator_args(up)
@@ -335,10 +362,23 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("-o", "--output", choices=("text", "json"), default="text")
     envs.set_defaults(func=cmd_envs)
 
-    health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
-    health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
+    health = sub.add_parser("health", help="assess the health of objects in a manifest stream; "
+                                           "`health test DIR` runs health_test.yaml files")
+    health.add_argument("-f", "--file", default="", help="FILE or - for stdin")
     health.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    health.set_defaults(func=cmd_health)
+    health.add_argument("--customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua); "
+                             "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
+    health.add_argument("--argocd-cm", action="append", metavar="FILE",
+                        help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.set_defaults(func=cmd_health, health_command=None)
+    health_sub = health.add_subparsers(dest="health_command")
+    health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "
+                                                     "against the health.lua beside them")
+    health_test.add_argument("dir")
+    health_test.add_argument("--built-in", action="store_true",
+                             help="ignore the scripts: how far the built-in rules agree")
+    health_test.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     diff = sub.add_parser("diff", help="the latest rendered bundle of ENV vs its live cluster "
                                        "(exit 0 same, 1 different, 2 error)")

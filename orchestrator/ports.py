@@ -18,6 +18,7 @@ class ApplyRequest:
     origin_seq: int  # stream sequence of the commit event: orders applies in one environment
     message: str = ""  # commit subject, for the target's own records
     cause: str = ""  # "commit" or "drift"
+    epoch: str = ""  # the event log's epoch (nats_schema): recorded with the target's state
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +27,8 @@ class TargetState:
 
     digest: str | None
     revision: str | None
-    origin_seq: int | None
+    origin_seq: int | None  # meaningful only within the log of ``epoch``
+    epoch: str | None = None  # None: written before epochs were recorded (or never written)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +67,9 @@ class Target(Protocol):
     async def current(self) -> TargetState: ...
 
     async def apply(self, request: ApplyRequest) -> ApplyResult: ...
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Whether this very request (revision, digest, sequence, epoch) was applied here,
+        even if something newer was applied since: how a redelivery after a crash between
+        the effect and its record is recognised."""
+        ...

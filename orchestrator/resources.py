@@ -85,12 +85,13 @@ class Resources:
         """Start nats-server when no ``nats_url`` is set, connect, ensure the stream."""
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
-            embedded = EmbeddedNats(settings.data_dir / "nats")
+            embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
             settings = replace(settings, nats_url=await embedded.start())
         metrics = Metrics()
         try:
             bus = await EventBus.connect(settings.nats_url, name=name,
                                          retention=settings.retention,
+                                         replicas=settings.replicas, retry_for=None,
                                          on_published=metrics.event_published)
         except BaseException:
             if embedded is not None:

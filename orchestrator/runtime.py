@@ -8,7 +8,24 @@ A handler never touches the message. It gets a ``Delivery`` and returns an ``Out
 
 Events are published *before* the ack. A crash in between redelivers the input; the handler runs
 again and re-emits the same deterministic ids, which JetStream drops: at-least-once delivery with
-exactly-once events.
+exactly-once events. With ``one_outcome`` (the renderer, the applier) every outcome of one input,
+the runtime's own ``dead`` included, carries one id (``events.outcome_id``): when a crash lets an
+input be handled twice and the second handling ends differently (superseded after succeeded,
+dead after failed), JetStream keeps the first and the input still has exactly one outcome.
+
+Why a crash between any two steps loses nothing, stage by stage (each input is acked only after
+everything it caused is in the log, and everything it caused has an id derived from it):
+
+- watcher: events published, *then* the cursor (``services/git_watcher/poller.py``). Killed in
+  between: the next poll re-announces from the old cursor with the same ids, dropped as
+  duplicates; the cursor never passes a commit whose events are not in the log.
+- renderer / applier: the outcome is published, *then* the input is acked (``_finish`` below).
+  Killed in between, or before publishing: the input is still pending on the server and is
+  redelivered after ``ack_wait``; its outcome is re-emitted with the same id. Killed after the
+  ack: the outcome is already in the log. A newer input overtaking the redelivered one is fine:
+  the older one is then ``superseded`` (by the lane, or by the target's ``origin_seq``).
+- projector: records, then ``position``, then the ack (``orchestrator/projector.py``); a
+  half-written event is completed at start before anything reads the projection.
 
 No message disappears without an event saying why. This module is the one place where a
 handler's exception becomes an outcome (``outcome_for_error``) and where every final outcome is
@@ -23,9 +40,11 @@ checked to carry an event:
 
 - a handler that returns ``Retry`` on its ``max_deliver``-th delivery becomes
   ``conveyor.<stage>.dead`` (the reason and the original event) and is ``term()``\\ ed;
-- the server consumer is created with one delivery more than ``max_deliver``: a message that
-  comes back that extra time never got an outcome (its process died or hung each time), and is
-  turned into ``conveyor.<stage>.dead`` without running the handler again;
+- a message that comes back after ``max_deliver`` deliveries never got an outcome (its process
+  died or hung each time), and is turned into ``conveyor.<stage>.dead`` without running the
+  handler again. The server itself never gives up on a message (its ``max_deliver`` is
+  unlimited): had it a limit, a process killed while recording that dead letter would leave
+  the message with no outcome at all, redelivered to nobody;
 - a message that is not a valid event is ``term()``\\ ed with a ``conveyor.<stage>.dead`` event
   carrying the stream sequence, the subject, the parse error and the raw payload.
 
@@ -55,7 +74,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import nats
 import structlog
@@ -64,7 +83,7 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event
+from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event, outcome_id, schema_for
 from orchestrator.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
@@ -149,6 +168,7 @@ class ConsumerSpec:
     supersede: Superseder | None = None
     key: Callable[[Event], str] = field(default=lambda e: e.subject)
     order: Callable[[Delivery], int] = _by_seq  # "newer" within a lane (supersede only)
+    one_outcome: bool = False  # the dead event shares the stage's outcome id (module doc)
 
 
 @dataclass
@@ -188,8 +208,9 @@ class Consumer:
         config = jsapi.ConsumerConfig(
             durable_name=spec.durable, name=spec.durable,
             ack_policy=jsapi.AckPolicy.EXPLICIT, deliver_policy=jsapi.DeliverPolicy.ALL,
-            # one delivery more than the handler gets: that one only records the message dead
-            ack_wait=spec.ack_wait, max_deliver=spec.max_deliver + 1,
+            # unlimited on the server: the runtime ends a message (``.dead``) after
+            # ``max_deliver`` deliveries, and a crash while it does so must redeliver it again
+            ack_wait=spec.ack_wait, max_deliver=-1,
             max_ack_pending=spec.max_ack_pending,
             filter_subjects=spec.filters if len(spec.filters) > 1 else None,
             filter_subject=spec.filters[0] if len(spec.filters) == 1 else None,
@@ -197,6 +218,7 @@ class Consumer:
         # add_consumer reconciles mutable fields of an existing durable (binding alone would
         # silently keep the old config).
         await self.bus.js.add_consumer(subjects.STREAM, config)
+        self.bus.durables.add(spec.durable)
         self._sub = await self.bus.js.pull_subscribe_bind(
             durable=spec.durable, stream=subjects.STREAM)
         self._task = asyncio.create_task(self._pull_loop(), name=f"consumer:{spec.durable}")
@@ -325,7 +347,8 @@ class Consumer:
     async def _finish(self, item: _Item, outcome: Outcome, lane: _Lane | None = None) -> None:
         delivery = item.delivery
         if isinstance(outcome, Retry) and delivery.attempt >= self.spec.max_deliver:
-            dead = dead_event(self.spec.stage, self.spec.durable, delivery, outcome.reason)
+            dead = dead_event(self.spec.stage, self.spec.durable, delivery, outcome.reason,
+                              code="Exhausted")
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=outcome.reason)
             outcome = Fail((*outcome.emit, dead))
@@ -333,7 +356,12 @@ class Consumer:
             log.error("consumer.dead", consumer=self.spec.durable, seq=delivery.seq,
                       reason=SILENT_FAIL)
             outcome = Fail((dead_event(self.spec.stage, self.spec.durable, delivery,
-                                       SILENT_FAIL),))
+                                       SILENT_FAIL, code="SilentFail"),))
+        if self.spec.one_outcome:
+            outcome = replace(outcome, emit=[self._one_outcome(e, delivery)
+                                             for e in outcome.emit])
+        # Publish, then ack (the ordering argument is in the module docstring): killed before
+        # the ack, the input comes back and its events are re-emitted with the same ids.
         try:
             published = await self.bus.publish_all(list(outcome.emit))
         except Exception as exc:
@@ -365,6 +393,14 @@ class Consumer:
                 self._cancel_parked(lane, max(newer, key=lambda i: self.spec.order(i.delivery)))
         self._done(item)
 
+    def _one_outcome(self, event: Event, delivery: Delivery) -> Event:
+        """This stage's ``dead`` for the input shares the id of the handler's outcomes."""
+        if event.type == f"conveyor.{self.spec.stage}.dead" \
+                and event.causationid == delivery.event.id:
+            return replace(event, id=outcome_id(self.spec.stage, event.subject,
+                                                delivery.event.id))
+        return event
+
     async def _malformed(self, msg: Msg, seq: int, error: Exception) -> None:
         """A message that is not an event: term it, and say so in the log."""
         parts = msg.subject.split(".")
@@ -376,7 +412,9 @@ class Consumer:
         dead = Event(
             type=f"conveyor.{self.spec.stage}.dead", subject=env, source=RUNTIME_SOURCE,
             id=derive_id("malformed", self.spec.durable, str(seq)),
-            data={"reason": reason, "malformed": True, "consumer": self.spec.durable,
+            dataschema=schema_for(f"conveyor.{self.spec.stage}.dead"),
+            data={"reason": reason, "code": "Malformed", "malformed": True,
+                  "consumer": self.spec.durable,
                   "stream_seq": seq, "nats_subject": msg.subject,
                   "payload": bytes(msg.data[:MALFORMED_PAYLOAD_KEPT]).decode(errors="replace")},
         )

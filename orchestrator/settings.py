@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.rendering.model import RenderTools
 from orchestrator.secrets import SecretPolicy
 
@@ -22,6 +22,8 @@ class Settings:
     interval: float | None = None  # poll interval override
     api_token: str | None = field(default=None, repr=False)
     retention: Retention | None = None  # None: keep the stream's retention as it is
+    sync: str = "always"  # the embedded server's fsync policy: always | interval
+    replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
     secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach

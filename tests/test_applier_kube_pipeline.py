@@ -21,7 +21,9 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.commands.diff import diff_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.payloads import ApplyFailed
 from orchestrator.resources import Resources
 from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
@@ -151,10 +153,11 @@ async def test_commits_are_applied_pruned_skipped_and_health_timeouts_fail(
         await trigger(conveyor)
         events = await wait_for_events(bus, outcome(fourth, ev.HEALTH_PROGRESSING))
         failed, progressing = of(events, fourth, ev.APPLY_FAILED, ev.HEALTH_PROGRESSING)
-        assert failed.data["reason"] == "HealthCheckTimeout"
-        assert [(o["kind"], o["name"], o["status"]) for o in failed.data["objects"]] == [
+        payload = decode(failed)
+        assert isinstance(payload, ApplyFailed) and payload.reason == "HealthCheckTimeout"
+        assert [(o["kind"], o["name"], o["status"]) for o in payload.unhealthy_objects] == [
             ("Deployment", "web", "Progressing")]
-        assert "Deployment.apps/shop/web: Progressing" in failed.data["error"]
+        assert "Deployment.apps/shop/web: Progressing" in payload.error
         assert progressing.data["objects"][0]["name"] == "web"
     inventory = fake.get("v1", "ConfigMap", "shop", "conveyor-inventory-dev")
     assert inventory is not None

@@ -24,7 +24,7 @@ from conveyor.app import Conveyor
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.commands.replay import replay
+from orchestrator.commands.replay import ReplayError, replay
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.projector import (
@@ -167,6 +167,10 @@ async def test_projector_killed_mid_event_then_replay_agrees(
     assert left[POSITION_KEY] == {"seq": cut - 1}
     assert max(record_seq(v) for k, v in left.items() if k != POSITION_KEY) == cut
 
+    # straight to NATS while no projector runs: replay says what it sees, not differences
+    with pytest.raises(ReplayError, match=f"record at sequence {cut}, past its position"):
+        await replay(bus)
+
     restarted = Projector(bus)
     await restarted.start()
     try:
@@ -174,6 +178,7 @@ async def test_projector_killed_mid_event_then_replay_agrees(
         report = await replay(bus, lock=restarted.folding)
         assert report.seq >= cut
         assert report.equal, [d.describe() for d in report.differences]
+        assert (await replay(bus)).equal
         # the redelivered event is only acked, and the lane goes on to the end of the log
         after = await bus.publish(Event.from_dict({**events[0].to_dict(), "id": "after-kill"}))
         async with restarted.changed:

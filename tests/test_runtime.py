@@ -66,6 +66,9 @@ async def test_malformed_message_is_a_dead_event_not_a_log_line(bus: EventBus) -
     c = Consumer(bus, ConsumerSpec(durable="t-bad", stage="render",
                                    filters=["conveyor.events.*.commit.detected"],
                                    handler=handler))
+    # the server handles a term() apart from consumer info requests: await its advisory
+    terminated = await bus.nc.subscribe(
+        "$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.CONVEYOR.t-bad")
     await c.start()
     try:
         ack = await bus.js.publish("conveyor.events.dev.commit.detected", b"{not json",
@@ -75,8 +78,10 @@ async def test_malformed_message_is_a_dead_event_not_a_log_line(bus: EventBus) -
             async for stored in bus.read(["conveyor.events.*.render.dead"], stop_at_end=False):
                 events.append(stored.event)
                 break
+        await terminated.next_msg(timeout=30)
     finally:
-        await c.stop()  # waits for the term() that follows the dead event
+        await terminated.unsubscribe()
+        await c.stop()
     info = await bus.js.consumer_info("CONVEYOR", "t-bad")
     dead = next(e for e in events if e.type == "conveyor.render.dead")
     assert dead.subject == "dev" and dead.data["malformed"] is True

@@ -65,7 +65,7 @@ async def test_commit_reaches_both_target_branches(repo: Repo, nats_server: Embe
     async with running(settings_for(repo, nats_server, tmp_path / "data")) as conveyor:
         events = await wait_for_events(bus, finished(first, {"dev", "prod"}))
         assert of(events, first, "dev") == [ev.COMMIT_DETECTED, ev.RENDER_SUCCEEDED,
-                                            ev.APPLY_SUCCEEDED]
+                                            ev.APPLY_STARTED, ev.APPLY_SUCCEEDED]
         second = repo.commit(demo_files(tag="1.28", dev_replicas=4), "bump")
         await trigger(conveyor)
         events = await wait_for_events(bus, finished(second, {"dev", "prod"}))
@@ -82,8 +82,12 @@ async def test_commit_reaches_both_target_branches(repo: Repo, nats_server: Embe
     dev = repo.read("deploy/dev", "dev/deployment.apps-web.yaml")
     assert dev is not None and "replicas: 4" in dev
     # every event of the chain points at its cause and carries the commit
-    chain = [e for e in events if e.correlationid == second and e.subject == "dev"]
+    chain = [e for e in events if e.correlationid == second and e.subject == "dev"
+             and e.type != ev.APPLY_STARTED]
     assert [e.causationid for e in chain[1:]] == [e.id for e in chain[:-1]]
+    started = next(e for e in events if e.correlationid == second and e.subject == "dev"
+                   and e.type == ev.APPLY_STARTED)  # a record beside the outcome, same cause
+    assert started.causationid == chain[-1].causationid
 
 
 async def test_unchanged_render_is_skipped(repo: Repo, nats_server: EmbeddedNats, bus: EventBus,
@@ -239,7 +243,7 @@ async def test_api_serves_environments_events_and_refresh(
                                 params={"correlation": first[:10], "env": "dev",
                                         "type": "conveyor.apply"}) as resp:
                 body = await resp.json()
-            assert [e["type"] for e in body["events"]] == [ev.APPLY_SUCCEEDED]
+            assert [e["type"] for e in body["events"]] == [ev.APPLY_STARTED, ev.APPLY_SUCCEEDED]
             async with http.post(f"{api.url}/api/v1/refresh") as resp:
                 assert resp.status == 401
             second = repo.commit(demo_files(tag="3.0"), "via refresh")
@@ -285,8 +289,9 @@ async def test_sync_reapplies_the_latest_render_and_needs_the_token(
                 assert resp.status == 202
                 requested = (await resp.json())["requested"]
             events = await wait_for_events(bus, lambda evs: any(
-                e.causationid == requested for e in evs))
-            outcome = next(e for e in events if e.causationid == requested)
+                e.causationid == requested and e.type != ev.APPLY_STARTED for e in evs))
+            outcome = next(e for e in events
+                           if e.causationid == requested and e.type != ev.APPLY_STARTED)
             # the git target holds exactly these manifests: nothing to commit, but it was tried
             assert outcome.type == ev.APPLY_SKIPPED
             assert "already holds these manifests" in outcome.data["summary"]

@@ -34,6 +34,20 @@ from orchestrator.errors import PermanentError
 log = structlog.get_logger(__name__)
 
 READY_LINE = b"Server is ready"
+# JetStream's fsync policy (docs/event-log.md, Durability): "always" fsyncs every write before
+# the ack; "interval" is the server's default, every 2 minutes (an OS crash or power failure
+# loses what was acked since the last sync). Quoted: the config parser reads a bare 2m as
+# two million (seconds).
+SYNC_POLICIES = {"always": "always", "interval": '"2m"'}
+
+
+def jetstream_sync(policy: str) -> str:
+    """The ``sync_interval`` value of a sync policy."""
+    try:
+        return SYNC_POLICIES[policy]
+    except KeyError:
+        raise PermanentError(f"sync policy {policy!r}: expected one of "
+                             f"{', '.join(SYNC_POLICIES)}", reason="InvalidSetting") from None
 
 
 def nats_server_binary() -> str:
@@ -114,6 +128,7 @@ class EmbeddedNats:
     port: int = 0
     process: asyncio.subprocess.Process | None = None
     url: str = ""
+    sync: str = "always"  # see SYNC_POLICIES
     _drain: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
 
@@ -129,8 +144,11 @@ class EmbeddedNats:
             self._lock_fd = _lock_data_dir(self.data_dir)  # raises when another owner is alive
         _stop_stale(pid_file, self.store_dir)  # only a dead owner's server is left to stop
         port = self.port or free_port(self.host)
+        config = self.data_dir / "nats-server.conf"  # what has no command-line flag
+        config.write_text(f"jetstream {{\n  sync_interval: {jetstream_sync(self.sync)}\n}}\n")
         args = [
-            nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+            nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.store_dir),
+            "-a", self.host,
             "-p", str(port), "-P", str(pid_file), "--server_name", "conveyor-embedded",
         ]
         self.process = await asyncio.create_subprocess_exec(

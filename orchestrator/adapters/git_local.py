@@ -277,6 +277,23 @@ def _trailers(message: str) -> dict[str, str]:
     return out
 
 
+def find_trailers(path: str | Path, branch: str, match: Mapping[str, str],
+                  limit: int = 200) -> str | None:
+    """The newest of ``branch``'s last ``limit`` first-parent commits whose ``Conveyor-*``
+    trailers include every pair of ``match`` (keys without the prefix), or None."""
+    repo = open_repo(path)
+    ref = repo.references.get(f"refs/heads/{branch}")
+    commit = _commit(repo, ref.resolve().target) if ref is not None else None
+    for _ in range(limit):
+        if commit is None:
+            return None
+        found = _trailers(commit.message)
+        if all(found.get(k) == v for k, v in match.items()):
+            return str(commit.id)
+        commit = commit.parents[0] if commit.parents else None
+    return None
+
+
 def branch_state(path: str | Path, branch: str) -> BranchState:
     repo = open_repo(path)
     ref = repo.references.get(f"refs/heads/{branch}")

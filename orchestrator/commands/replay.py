@@ -152,12 +152,18 @@ async def snapshot(bus: EventBus, bucket: str = subjects.STATE_BUCKET,
                               f"past its position {seq}: an event is still being stored; "
                               "try again")
         return seq, stored
+    ahead = 0
     for _ in range(SNAPSHOT_ATTEMPTS):
         before = await _position(bus, bucket)
         stored = await dump_bucket(bus, bucket)
         after = await _position(bus, bucket)
-        if before == after and all(s <= before for s in _seqs(stored)):
+        ahead = max(_seqs(stored), default=0)
+        if before == after and ahead <= before:
             return before, stored
+    if before == after:  # still, with a record past it: an event cut short, not yet completed
+        raise ReplayError(f"the projection in {bucket} has a record at sequence {ahead}, past "
+                          f"its position {before}: its projector stopped half-way through an "
+                          "event and completes it when it starts again")
     raise ReplayError(f"the projection in {bucket} kept moving: no consistent snapshot in "
                       f"{SNAPSHOT_ATTEMPTS} reads (replay through the api instead)")
 

@@ -58,6 +58,9 @@ class EnvironmentConfig:
     raw: Mapping[str, Any] = field(default_factory=dict)
     generator: str = ""  # the generator that made it ("" when written by hand)
     on_remove: str = "orphan"  # what happens to its target when it stops being generated
+    health: Mapping[str, Any] = field(default_factory=dict)
+    """conveyor.yaml's top-level ``health:`` block (shared by every environment), as checked by
+    ``_health``; it travels with the environment in events."""
 
     @property
     def target_kind(self) -> str:
@@ -102,6 +105,7 @@ class Config:
     text: str = ""
     generators: tuple[Generator, ...] = ()
     dirs: tuple[str, ...] = ()  # the tree's directories the generators matched (see parse_config)
+    health: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def reads_tree(self) -> bool:
@@ -259,6 +263,56 @@ def _environment(doc: Document, name: str, raw: Any, at: tuple[str | int, ...],
     )
 
 
+HEALTH_KEYS = ("customizations", "argocdConfigMap", "checks")
+CHECK_KEYS = ("apiVersion", "kind", "current", "inProgress", "failed")
+
+
+def _health(doc: Document, raw: Any, file: str) -> dict[str, Any]:
+    """``health:``: user health rules, all of them files or text of this repository.
+
+    ``customizations`` (an Argo CD-layout ``<group>/<Kind>/health.lua`` tree) and
+    ``argocdConfigMap`` (an argocd-cm manifest) are paths inside the repository; ``checks`` are
+    Flux-style CEL expressions (``apiVersion``, ``kind``, ``current``, optional ``inProgress``
+    and ``failed``). Each check keeps its line (``line``) so errors and verdicts can name it.
+    """
+    data = _mapping(doc, raw, "health", file=file)
+    for key in data:
+        if key not in HEALTH_KEYS:
+            hint = difflib.get_close_matches(str(key), HEALTH_KEYS, n=1)
+            more = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise _err(doc, f"unknown key {key!r}{more}", "health", str(key), file=file)
+    out: dict[str, Any] = {}
+    for key in ("customizations", "argocdConfigMap"):
+        if key in data:
+            out[key] = _safe_relpath(doc, data[key], "health", key, file=file)
+    checks = data.get("checks")
+    if checks is None:
+        return out
+    if not isinstance(checks, list):
+        raise _err(doc, "must be a list of {apiVersion, kind, current, inProgress, failed}",
+                   "health", "checks", file=file)
+    out["checks"] = []
+    for index, item in enumerate(checks):
+        check = _mapping(doc, item, "health", "checks", index, file=file)
+        for key in check:
+            if key not in CHECK_KEYS:
+                hint = difflib.get_close_matches(str(key), CHECK_KEYS, n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise _err(doc, f"unknown key {key!r}{more}", "health", "checks", index,
+                           str(key), file=file)
+        for key in ("apiVersion", "kind", "current"):
+            if not isinstance(check.get(key), str) or not check[key].strip():
+                raise _err(doc, f"needs '{key}' (a string)", "health", "checks", index,
+                           file=file)
+        for key in ("inProgress", "failed"):
+            if key in check and not isinstance(check[key], str):
+                raise _err(doc, "must be a CEL expression (a string)", "health", "checks",
+                           index, key, file=file)
+        out["checks"].append({**{k: str(v) for k, v in check.items()},
+                              "line": doc.where("health", "checks", index).line})
+    return out
+
+
 def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None = None) -> Config:
     """Parse and check conveyor.yaml. Raises ConfigError with file, line and field.
 
@@ -273,11 +327,12 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
     if doc is None:
         raise ConfigError("the file is empty; it needs an 'environments' mapping", file=file)
     root = _mapping(doc, doc.value, file=file)
-    unknown = set(root) - {"environments", "generators", "notifiers", "sources", "version"}
+    unknown = set(root) - {"environments", "generators", "notifiers", "sources", "version",
+                           "health"}
     if unknown:
         key = sorted(unknown)[0]
         raise _err(doc, "unknown top-level key (expected environments, generators, notifiers, "
-                   "sources, version)", key, file=file)
+                   "sources, health, version)", key, file=file)
     if root.get("version", 1) != 1:
         raise _err(doc, "this Conveyor reads version 1 of conveyor.yaml", "version", file=file)
 
@@ -316,6 +371,7 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
             verify=_verify(doc, data.get("verify"), name, file),
         )
 
+    health = _health(doc, root.get("health"), file) if root.get("health") is not None else {}
     envs_raw = root.get("environments")
     if envs_raw is None and root.get("generators") is None:
         raise ConfigError("missing 'environments'", file=file, line=1, field="environments")
@@ -332,6 +388,9 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
             _environment(doc, made.name, made.raw, made.where, sources, file),
             generator=made.generator, on_remove=made.on_remove)
 
+    if health:
+        environments = {name: replace(env, health=health) for name, env in environments.items()}
+
     notifiers: dict[str, Mapping[str, Any]] = {}
     for name, raw in _mapping(doc, root.get("notifiers"), "notifiers", file=file).items():
         data = _mapping(doc, raw, "notifiers", name, file=file)
@@ -340,7 +399,7 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
                        file=file)
         notifiers[str(name)] = data
     return Config(environments, notifiers, sources, root, text, generators,
-                  relevant_dirs(generators, dirs or ()))
+                  relevant_dirs(generators, dirs or ()), health)
 
 
 def expand(value: str, environ: Mapping[str, str] | None = None) -> str:

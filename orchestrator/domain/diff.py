@@ -165,11 +165,12 @@ def _yaml_lines(obj: Mapping[str, Any] | None) -> list[str]:
 
 
 def _unified(key: ObjectKey, desired: dict[str, Any] | None, live: dict[str, Any] | None,
-             secret: bool) -> str:
+             secret: bool, labels: tuple[str, str] = ("live", "desired")) -> str:
     if secret:
         desired, live = _redact_pair(desired, live)
     lines = difflib.unified_diff(_yaml_lines(live), _yaml_lines(desired),
-                                 fromfile=f"live/{key}", tofile=f"desired/{key}", lineterm="")
+                                 fromfile=f"{labels[0]}/{key}", tofile=f"{labels[1]}/{key}",
+                                 lineterm="")
     return "\n".join(lines) + "\n"
 
 
@@ -208,6 +209,27 @@ def diff(desired: Iterable[Mapping[str, Any]],
         if found is not None:
             diffs.append(found)
     return diffs
+
+
+def diff_revisions(new: Iterable[Mapping[str, Any]],
+                   old: Iterable[Mapping[str, Any]]) -> list[ObjectDiff]:
+    """What a change of desired state changed, object by object, between two bundles.
+
+    Both sides are manifests, so they are compared exactly (no server-side-apply projection
+    as in ``diff``: a field the change removed is a change). Secret values are redacted the
+    same way; the text runs from ``before/`` to ``after/``.
+    """
+    after = {object_key(obj): strip_server_fields(obj) for obj in new}
+    before = {object_key(obj): strip_server_fields(obj) for obj in old}
+    out = []
+    for key in sorted(after.keys() | before.keys()):
+        a, b = after.get(key), before.get(key)
+        if a == b:
+            continue
+        change: Change = "added" if b is None else "removed" if a is None else "changed"
+        out.append(ObjectDiff(key, change, _unified(key, a, b, _is_secret(a or b or {}),
+                                                     ("before", "after"))))
+    return out
 
 
 def summarise(diffs: Iterable[ObjectDiff]) -> str:

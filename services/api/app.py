@@ -13,7 +13,7 @@ import json
 import structlog
 from aiohttp import web
 
-from orchestrator import subjects
+from orchestrator import ops, subjects
 from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
@@ -21,7 +21,7 @@ from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_lim
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.resources import Resources
-from services.api import routes_dashboard, routes_history, routes_webhooks, sse
+from services.api import routes_dashboard, routes_history, routes_objects, routes_webhooks, sse
 from services.api.context import (
     BUS,
     PROJECTOR,
@@ -38,13 +38,6 @@ MAX_EVENTS = 10_000
 DEFAULT_EVENTS = 100
 
 __all__ = ["ApiService", "build_app", "control", "event_json"]
-
-
-async def healthz(request: web.Request) -> web.Response:
-    bus = request.app[BUS]
-    ok = bus.nc.is_connected
-    return web.json_response({"status": "ok" if ok else "nats disconnected"},
-                             status=200 if ok else 503)
 
 
 async def environments(request: web.Request) -> web.Response:
@@ -223,7 +216,7 @@ def build_app(resources: Resources, projector: Projector) -> web.Application:
     app[SETTINGS] = resources.settings
     app[STREAMS] = set()
     app.on_shutdown.append(sse.close_streams)
-    app.router.add_get("/healthz", healthz)
+    ops.add_routes(app, resources, queue_depth=True)  # /healthz, /metrics
     app.router.add_get("/api/v1/environments", environments)
     app.router.add_get("/api/v1/environments/{name}", environment)
     app.router.add_get("/api/v1/events", events)
@@ -232,7 +225,7 @@ def build_app(resources: Resources, projector: Projector) -> web.Application:
     app.router.add_post("/api/v1/refresh", refresh)
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
-    for module in (routes_history, routes_dashboard, routes_webhooks):
+    for module in (routes_history, routes_objects, routes_dashboard, routes_webhooks):
         module.add_routes(app)
     return app
 

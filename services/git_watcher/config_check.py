@@ -22,6 +22,8 @@ from orchestrator.domain.config import CONFIG_FILE, DEFAULT_SOURCE, Config
 from orchestrator.domain.giturls import GitUrl, parse
 from orchestrator.domain.yamlpos import load_one
 from orchestrator.errors import ConfigError, ConveyorError
+from orchestrator.health_rules.cel import CelError
+from orchestrator.health_rules.engine import cel_checks
 from orchestrator.notify import parse_routes
 from orchestrator.rendering.settings import SettingsError, parse_settings
 from orchestrator.targets.kube.settings import kube_settings
@@ -139,6 +141,15 @@ def check_config(config: Config, bounds: Bounds | None = None) -> None:
                 raise ConfigError(exc.message, file=CONFIG_FILE,
                                   line=_line(config.text, "environments", name, "target"),
                                   field=f"environments.{name}.target") from None
+    if config.health.get("checks"):
+        try:
+            cel_checks(config.health)
+        except CelError as exc:
+            located, _, reason = str(exc).partition(": ")
+            line = located.rsplit(":", 1)[-1]
+            raise ConfigError(reason, file=CONFIG_FILE,
+                              line=int(line) if line.isdigit() else None,
+                              field="health.checks") from None
     try:
         parse_routes(config.notifiers)
     except ConfigError as exc:

@@ -174,6 +174,8 @@ def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
                   "factor": env.retry.factor, "max": env.retry.max}}
     if env.generator:
         payload |= {"generator": env.generator, "onRemove": env.on_remove}
+    if env.health:  # absent when unused, so older digests (and events) stay as they were
+        payload["health"] = dict(env.health)
     return payload
 
 
@@ -216,7 +218,10 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Refe
     ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
     if config_counts and CONFIG_FILE in changed:
         return True
-    roots = {env.path, *referenced(env)}
+    # the health rule files conveyor.yaml names count too: the applier waits by them
+    health = [str(env.health[k]) for k in ("customizations", "argocdConfigMap")
+              if env.health.get(k)]
+    roots = {env.path, *referenced(env), *health}
     for path in changed:
         for root in roots:
             if root == "" or path == root or path.startswith(root.rstrip("/") + "/"):
@@ -304,9 +309,12 @@ def events_for_commit(
             except ConfigError as err:
                 config_events.append(_config_invalid(commit, source, err))
             else:
-                same = current is not None and parsed.text == current.text \
-                    and parsed.dirs == current.dirs
-                if not same:  # a commit inside envs/dev changes no generated environment
+                # re-read only because a generator's directories moved, yet nothing changed
+                # (a commit inside envs/dev): no config event. An edit of the file always
+                # gets one, even back to the config in force (it clears a config.invalid).
+                same = tree_moved and changed is not None and CONFIG_FILE not in changed \
+                    and current is not None and parsed.dirs == current.dirs
+                if not same:
                     candidate = parsed
                     data = {**commit_data(commit, source), "text": text,
                             "environments": sorted(candidate.environments)}

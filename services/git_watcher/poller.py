@@ -318,6 +318,11 @@ class SourcePoller:
             elif e.type == ev.COMMIT_REJECTED:
                 log.error("watcher.commit_rejected", source=self.name, env=e.subject,
                           revision=e.correlationid[:12], reason=e.data.get("reason"))
+        # Events first, cursor second: the cursor never passes a commit whose events are not
+        # all in the log. Killed between the two (or half-way through the events), the next
+        # poll starts from the old cursor and announces the same commits again with the same
+        # ids (derived from commit, environment and source), which JetStream drops inside its
+        # duplicate window; the commits the first try did announce keep their one event.
         await self.bus.publish_all(events)
         if dirty:
             await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())

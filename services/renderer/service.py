@@ -11,6 +11,7 @@ import asyncio
 import shutil
 import time
 from collections import OrderedDict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,10 @@ from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
-from orchestrator.domain.events import new_event
+from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.health_rules.engine import read_repo_files, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering import render
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -31,6 +34,9 @@ from services.renderer.cache import render_key
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
 SNAPSHOTS_KEPT = 8
+# A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
+# process held comes back this soon, so an older commit does not wait long for its outcome.
+ACK_WAIT = 5.0
 
 
 class Snapshots:
@@ -79,8 +85,8 @@ class Renderer:
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
-            handler=self.handle, max_deliver=8, ack_wait=15.0,
-            concurrency=self.settings.render_concurrency))
+            handler=self.handle, max_deliver=8, ack_wait=ACK_WAIT,
+            concurrency=self.settings.render_concurrency, one_outcome=True))
         await self._consumer.start()
 
     async def stop(self) -> None:
@@ -88,6 +94,12 @@ class Renderer:
             await self._consumer.stop()
 
     async def handle(self, delivery: Delivery) -> Outcome:
+        outcome = await self._render(delivery)
+        # one render outcome per detected commit (the runtime's ``dead`` shares it too): a
+        # commit handled twice after a crash cannot end both rendered and failed
+        return replace(outcome, emit=[_one_outcome(e) for e in outcome.emit])
+
+    async def _render(self, delivery: Delivery) -> Outcome:
         event = delivery.event
         data = event.data
         env: dict[str, Any] = data["env"]
@@ -102,6 +114,9 @@ class Renderer:
             repo_path = await self._checkout(data).ensure(event.correlationid)
             key = await self._key(repo_path, event.correlationid, str(env["path"]), settings)
             hit = await self._cached(key)
+            health_files = await self._health_files(env, repo_path, event.correlationid)
+            if health_files is not None:
+                common["health_rules"] = health_files
             if hit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
@@ -138,6 +153,22 @@ class Renderer:
                   "cache": "miss", "render_key": key, "duration_ms": ms},
         )])
 
+    async def _health_files(self, env: dict[str, Any], repo_path: str,
+                            sha: str) -> dict[str, Any] | None:
+        """The health rule files conveyor.yaml names, at this commit (None when it names
+        none); a missing or unreadable one fails the render, naming it."""
+        health = env.get("health") or {}
+        if not (health.get("customizations") or health.get("argocdConfigMap")):
+            return None
+
+        snapshot = await self.snapshots.get(repo_path, sha)
+        try:
+            files = await asyncio.to_thread(read_repo_files, snapshot, health)
+            rules_of_event(health, files)  # the applier must be able to use them
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return files
+
     async def _key(self, repo_path: str, sha: str, env_path: str,
                    settings: dict[str, Any]) -> str | None:
         try:
@@ -165,3 +196,9 @@ class Renderer:
                          source=SOURCE,
                          data={**common, "errors": errors, "error": "; ".join(errors[:20]),
                                "reason": reason, "duration_ms": ms})
+
+
+def _one_outcome(event: Event) -> Event:
+    if event.type in (ev.RENDER_SUCCEEDED, ev.RENDER_FAILED):
+        return replace(event, id=outcome_id("render", event.subject, event.causationid))
+    return event

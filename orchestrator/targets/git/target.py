@@ -2,8 +2,9 @@
 
 One file per object (``<namespace>/<kind>-<name>.yaml``, ``_cluster/`` for cluster-scoped
 objects), a commit message naming the source commit and environment, and trailers recording the
-bundle digest and the commit's stream sequence so the applier can tell, before acting, whether
-the target already holds this bundle or a newer one.
+bundle digest, the commit's stream sequence and the event log's epoch, so the applier can tell,
+before acting, whether the target already holds this bundle or a newer one, and whether those
+sequences belong to this log at all.
 
 ``GitTarget`` commits to a branch of a repository on this machine (compare-and-set on the
 branch head); ``RemoteGitTarget`` fetches, commits and pushes a remote one (see ``git_push``).
@@ -62,7 +63,15 @@ def commit_message(request: ApplyRequest) -> str:
             f"{request.revision}.\n\n"
             f"Conveyor-Environment: {request.env}\nConveyor-Source-Commit: {request.revision}\n"
             f"Conveyor-Digest: {request.digest}\nConveyor-Seq: {request.origin_seq}\n"
-            f"Conveyor-Cause: {request.cause or 'commit'}\n")
+            f"Conveyor-Cause: {request.cause or 'commit'}\n"
+            + (f"Conveyor-Log-Epoch: {request.epoch}\n" if request.epoch else ""))
+
+
+def applied_trailers(request: ApplyRequest) -> dict[str, str]:
+    """The trailers that identify one apply of ``request`` on a branch."""
+    match = {"Source-Commit": request.revision, "Digest": request.digest,
+             "Seq": str(request.origin_seq)}
+    return {**match, "Log-Epoch": request.epoch} if request.epoch else match
 
 
 def target_state(state: git_local.BranchState) -> TargetState:
@@ -70,7 +79,8 @@ def target_state(state: git_local.BranchState) -> TargetState:
     seq = state.trailers.get("Seq")
     return TargetState(digest=state.trailers.get("Digest"),
                        revision=state.trailers.get("Source-Commit"),
-                       origin_seq=int(seq) if seq and seq.isdigit() else None)
+                       origin_seq=int(seq) if seq and seq.isdigit() else None,
+                       epoch=state.trailers.get("Log-Epoch") or None)
 
 
 class GitTarget:
@@ -85,6 +95,11 @@ class GitTarget:
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         return await asyncio.to_thread(self._apply, request)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        found = await asyncio.to_thread(git_local.find_trailers, self.repo_path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
 
     def _apply(self, request: ApplyRequest) -> ApplyResult:
         state = git_local.branch_state(self.repo_path, self.branch)
@@ -115,6 +130,13 @@ class RemoteGitTarget:
         state = await asyncio.to_thread(self.mirror.fetch_state)
         self._fetched = True
         return target_state(state)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        if not self._fetched:
+            await self.current()
+        found = await asyncio.to_thread(git_local.find_trailers, self.mirror.path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         files = files_for(request.objects)

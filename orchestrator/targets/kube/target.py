@@ -126,7 +126,14 @@ class KubeTarget:
         applied = (await self.inventory.read()).applied
         if applied is None:
             return TargetState(None, None, None)
-        return TargetState(applied.digest, applied.revision, applied.origin_seq)
+        return TargetState(applied.digest, applied.revision, applied.origin_seq,
+                           applied.epoch or None)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        """Only the last applied sync is recorded: it is this request or it is not known."""
+        applied = (await self.inventory.read()).applied
+        return applied == Record(request.digest, request.revision, request.origin_seq,
+                                 request.epoch)
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         async with self.lock:
@@ -144,7 +151,7 @@ class KubeTarget:
         waves = plan_waves(objects)
         stored = await self.inventory.read()
         new = Inventory.of(self.env, objects)
-        record = Record(request.digest, request.revision, request.origin_seq)
+        record = Record(request.digest, request.revision, request.origin_seq, request.epoch)
         before = await self._live_versions(objects)
         progress = _Progress()
         recorded = False
@@ -164,7 +171,8 @@ class KubeTarget:
                 health = kh.report([progress.health[key] for key in sorted(progress.health)])
                 return ApplyResult(bool(progress.created or progress.configured),
                                    failure.message,
-                                   {"health": health.to_dict(), "objects": list(failure.objects)},
+                                   {"health": health.to_dict(),
+                                    "unhealthy_objects": list(failure.objects)},
                                    health=health, failure=failure.reason)
         if not recorded:
             await self.inventory.write(union(stored.inventory, new), applied=stored.applied,

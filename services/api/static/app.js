@@ -413,6 +413,39 @@
       ? `${count(rows.length, "deployment")}, ${count(failures, "failure")}`
       : "No deployments yet.";
     $("env-history").tBodies[0].replaceChildren(...rows.map(historyRow));
+    renderObjects(name);
+  }
+
+  // What the environment runs, object by object, and what its last change changed: both
+  // from the bundles the api already stores (identities only; Secret values never leave).
+  async function renderObjects(name) {
+    const here = () => state.route && state.route.view === "env" && state.route.name === name;
+    try {
+      const [objects, changes] = await Promise.all([
+        getJSON(`/api/v1/environments/${encodeURIComponent(name)}/objects`),
+        getJSON(`/api/v1/environments/${encodeURIComponent(name)}/changes`)]);
+      if (!here()) return;
+      const list = objects.objects || [];
+      $("env-objects-status").textContent = list.length
+        ? `${count(list.length, "object")} at ${short(objects.revision)}` : "Nothing applied yet.";
+      $("env-objects").tBodies[0].replaceChildren(...list.map((o) => h("tr", {},
+        h("td", {"data-label": "Kind"}, o.kind),
+        h("td", {"data-label": "Namespace"}, o.namespace || "(cluster)"),
+        h("td", {"data-label": "Name"}, o.name),
+        h("td", {"data-label": "Health", title: o.message || ""},
+          h("span", {class: `badge health-${String(o.health).toLowerCase()}`}, o.health)))));
+      const diffs = changes.objects || [];
+      $("env-changes-status").textContent = changes.to
+        ? (changes.from ? `${short(changes.from.revision)} → ${short(changes.to.revision)}: `
+          : `first deployment, ${short(changes.to.revision)}: `) + (changes.summary || "")
+            .split("\n")[0]
+        : "No deployment yet.";
+      $("env-changes").replaceChildren(...diffs.map((d) => h("li", {class: `change-${d.change}`},
+        h("details", {}, h("summary", {}, `${d.change} ${d.kind}/${d.namespace ? d.namespace + "/" : ""}${d.name}`),
+          h("pre", {}, d.diff)))));
+    } catch (err) {
+      if (here()) $("env-objects-status").textContent = `Could not load the objects (${err.message}).`;
+    }
   }
 
   // -- routing and live refresh --------------------------------------------------------------
