@@ -11,6 +11,7 @@ snapshot renders the same way every time, so the caller should not retry.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,8 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
     ``settings`` the repository's. Blocking: run it in a thread.
     """
     parsed = parse_settings(settings)
+    if tools.remote_base_hosts and not limits.network:  # the operator opened it, for kustomize
+        limits = replace(limits, network=True)
     env_rel = norm_rel(env_path.strip().rstrip("/") if env_path else "")
     if env_rel is None:
         raise EscapeError(f"environment path {env_path!r} points outside the repository")

@@ -81,6 +81,13 @@ class Renderer:
                                                 scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
+        from orchestrator.rendering.safety import offline_prefix
+
+        if not self.settings.render_tools.remote_base_hosts and \
+                not await asyncio.to_thread(offline_prefix):
+            log.warning("render.network_not_isolated", reason="this host refuses unprivileged "
+                        "user namespaces: render tools run with the process's network; remote "
+                        "references are still refused before a tool runs")
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
