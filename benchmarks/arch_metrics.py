@@ -7,7 +7,9 @@ Run from the tree root: ``python -m benchmarks.arch_metrics [--list]``
 - import cycles: strongly connected groups of more than one module in grimp's import graph
   (the graph import-linter checks; imports under ``if TYPE_CHECKING`` are left out, as they
   never run);
-- function-local imports: ``import`` statements inside a function body;
+- function-local imports: ``import`` statements inside a function body; "optional" counts
+  those with a comment saying ``optional`` on the line or the three above (an optional
+  dependency, which is the one accepted reason);
 - module-level mutable names: module-level assignments whose value is a list, dict or set
   (display or comprehension) or a call that does not build a known frozen value;
 - of which state: those the module changes (item assignment, ``global``, a mutating method)
@@ -42,7 +44,7 @@ FROZEN_CALLS = frozenset(
         "compile", "get_logger", "getLogger", "TypeVar", "ParamSpec", "NewType", "AppKey",
         "MappingProxyType", "Path", "timedelta", "ContextVar", "namedtuple", "NamedTuple",
         "Literal", "Final", "cast", "dataclass", "field", "PurePosixPath", "Template",
-        "escape", "join", "format", "encode", "fromkeys_frozen",
+        "escape", "join", "format", "encode", "len", "sorted_tuple",
     }
 )
 STATEFUL_CALLS = frozenset(
@@ -219,13 +221,18 @@ def main() -> None:
     files = product_files()
     largest = max(files, key=lambda p: len(p.read_text().splitlines()))
     locals_found: list[str] = []
+    optional = 0
     mutables: list[str] = []
     states: list[str] = []
     cached: list[str] = []
     for path in files:
         tree = ast.parse(path.read_text(), str(path))
         rel = path.relative_to(ROOT)
-        locals_found += [f"{rel}:{line} {what}" for line, what in local_imports(tree)]
+        source = path.read_text().splitlines()
+        for line, what in local_imports(tree):
+            marked = any("optional" in text.lower() for text in source[max(0, line - 4):line])
+            optional += marked
+            locals_found.append(f"{rel}:{line} {what}" + (" (optional)" if marked else ""))
         mutables += [f"{rel}:{line} {name}" for line, name in mutable_names(tree)]
         states += [f"{rel}:{line} {name}" for line, name in state_names(tree)]
         cached += [f"{rel}:{line} {name}" for line, name in caches(tree)]
@@ -236,7 +243,7 @@ def main() -> None:
          f"{largest.relative_to(ROOT)} ({len(largest.read_text().splitlines())} lines)"),
         ("import cycles (SCCs > 1 module)",
          f"{len(cycles)} ({sum(len(c) for c in cycles)} modules)"),
-        ("function-local imports", str(len(locals_found))),
+        ("function-local imports", f"{len(locals_found)} ({optional} optional dependencies)"),
         ("module-level mutable names", str(len(mutables))),
         ("... of which state (mutated, locks, metrics)", str(len(states))),
         ("module-level caches", str(len(cached))),

@@ -1,4 +1,9 @@
-"""The `conveyor` command line."""
+"""The `conveyor` command line.
+
+(Over 400 lines: every command's flags and its handler side by side, in the order
+``conveyor --help`` lists them; the work itself is in ``conveyor/app.py`` and
+``orchestrator/commands``.)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import difflib
 import ipaddress
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pygit2
@@ -16,18 +21,29 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_bus import Retention
+from orchestrator.adapters.nats_auth import with_credentials
+from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
+from orchestrator.commands import gitops as gitops_commands
 from orchestrator.commands import history as history_commands
 from orchestrator.commands.diff import diff_command
-from orchestrator.commands.health import health_command
+from orchestrator.commands.envs import envs_command
+from orchestrator.commands.health import health_command, health_test_command
 from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
+from orchestrator.health_rules.engine import (
+    HealthEngine,
+    customizations_from_env,
+    load_rules,
+    rules_of_checkout,
+)
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
-from orchestrator.settings import Settings
+from orchestrator.secrets import SecretPolicy
+from orchestrator.settings import Settings, token_from
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -94,7 +110,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
     if repo and not _is_url(repo):
         repo = str(Path(repo).resolve())
     return Settings(
-        nats_url=getattr(args, "nats", "") or "",
+        nats_url=nats_url(getattr(args, "nats", "") or ""),
+        nats_ca=os.environ.get("CONVEYOR_NATS_CA", "").strip(),
         data_dir=Path(args.data_dir).resolve(),
         repo=repo,
         branch=getattr(args, "branch", "") or os.environ.get("CONVEYOR_BRANCH", ""),
@@ -103,9 +120,49 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         interval=getattr(args, "interval", None),
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
+        read_token=getattr(args, "read_token", None) or Settings.read_token_from_env(),
+        allowed_hosts=_hosts(getattr(args, "allowed_hosts", "") or ""),
         retention=_retention(args),
+        replicas=getattr(args, "replicas", None),
+        sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
+        health_customizations=_health_customizations(args),
+        secrets=_secret_policy(args),
+        allow_local_paths=tuple(str(Path(d).resolve()) for d in (
+            getattr(args, "allow_local_path", None) or [
+                d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
+                if d])),
     )
+
+
+def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """``--nats URL`` with this service's bus credentials (``CONVEYOR_NATS_USER`` and
+    ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them) unless the URL carries its own."""
+    env = os.environ if environ is None else environ
+    user = env.get("CONVEYOR_NATS_USER", "").strip()
+    password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
+    if not url or not user or not password:
+        return url
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # one cluster's servers
+    return ",".join(u if "@" in u.partition("://")[2].partition("/")[0]
+                    else with_credentials(u, user, password) for u in servers)
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+def _health_customizations(args: argparse.Namespace) -> tuple[Path, ...]:
+    given = getattr(args, "health_customizations", None) or ()
+    return tuple(Path(d).resolve() for d in given) or customizations_from_env(os.environ)
+
+
+def _health_args(parser: argparse.ArgumentParser) -> None:
+    """The operator's health scripts (a host path: never conveyor.yaml's to name)."""
+    parser.add_argument("--health-customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua) for "
+                             "every environment; repeatable; default "
+                             "$CONVEYOR_HEALTH_CUSTOMIZATIONS (os.pathsep-separated)")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -145,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    # only the api has its own /healthz and /metrics; any other service gets the small server
-    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    # probes answer from the start; the api takes the address over once connected
+    conveyor = Conveyor(settings, names=(args.service,), health_server=True)
     asyncio.run(run_until_signal(conveyor))
     return 0
 
@@ -160,18 +217,34 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_health(args: argparse.Namespace) -> int:
-    return health_command(args.file, args.output)
+    directories = tuple(Path(d) for d in args.customizations or ()) \
+        or customizations_from_env(os.environ)
+    try:
+        rules = load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                           directories=directories)
+        if args.config:  # the repository's rules come first, as in the applier
+            rules = rules_of_checkout(Path(args.config)).then(rules)
+        engine = HealthEngine(rules)
+    except HealthRuleError as exc:
+        print(f"conveyor health: {exc}", file=sys.stderr)
+        return 1
+    if args.health_command == "test":
+        return health_test_command(args.dir, args.output, builtin=args.built_in, engine=engine)
+    if not args.file:
+        print("conveyor health: -f FILE|- is required (or `conveyor health test DIR`)",
+              file=sys.stderr)
+        return 2
+    return health_command(args.file, args.output, engine=engine)
 
 
 def cmd_envs(args: argparse.Namespace) -> int:
-    from orchestrator.commands.envs import envs_command
-
     return envs_command(Path(args.repo), args.rev, args.output)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
-                                    token=Settings.api_token_from_env()))
+                                    token=Settings.api_token_from_env()
+                                    or Settings.read_token_from_env()))
 
 
 def _async_cmd(command: Callable[[argparse.Namespace], Awaitable[int]],
@@ -227,6 +300,13 @@ def _render_tools(args: argparse.Namespace) -> RenderTools:
                                  "CONVEYOR_ALLOW_REMOTE_BASES"))
 
 
+def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
+    dirs = getattr(args, "secrets_dir", None) or [
+        d for d in os.environ.get("CONVEYOR_SECRETS_DIR", "").split(os.pathsep) if d]
+    return SecretPolicy(env_allow=_words(getattr(args, "env_allow", None), "CONVEYOR_ENV_ALLOW"),
+                        secrets_dirs=tuple(str(Path(d).resolve()) for d in dirs))
+
+
 def _operator_args(parser: argparse.ArgumentParser) -> None:
     """What only the operator decides (never conveyor.yaml): programs, reach, host paths,
     credential sources. See docs/security.md."""
@@ -239,12 +319,33 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--env-allow", action="append", metavar="GLOBS",
+                        help="environment variables conveyor.yaml's ${VAR} may expand "
+                             "(globs, comma-separated, repeatable; default none; CONVEYOR_* "
+                             "never)")
+    parser.add_argument("--allow-local-path", action="append", metavar="DIR",
+                        help="directories whose git repositories conveyor.yaml may name as a "
+                             "source url or target repo (repeatable; default none: remote "
+                             "URLs only, besides --repo itself)")
+    parser.add_argument("--secrets-dir", action="append", metavar="DIR",
+                        help="directories conveyor.yaml's *File keys, kubeconfig and verify "
+                             "paths may name files in (repeatable; default none)")
 
 
 def _concurrency_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--render-concurrency", type=_positive,
                         default=os.environ.get("CONVEYOR_RENDER_CONCURRENCY") or "4",
                         help="environments rendered at once (default 4)")
+
+
+def _api_args(parser: argparse.ArgumentParser) -> None:
+    """Who may reach the api: the read-only token and the Host names it answers to."""
+    parser.add_argument("--read-token", default=None,
+                        help="token of the read-only role (default $CONVEYOR_READ_TOKEN; the "
+                             "variable is better: a flag shows in `ps`)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("CONVEYOR_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host names the api answers to besides loopback "
+                             "and the --listen address (.example.com: any subdomain; *: any)")
 
 
 def _retention_args(parser: argparse.ArgumentParser) -> None:
@@ -256,6 +357,11 @@ def _retention_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--retention-bytes", type=int,
                         default=os.environ.get("CONVEYOR_RETENTION_BYTES") or "-1",
                         help="drop the oldest events beyond this many bytes; default unlimited")
+    parser.add_argument("--replicas", type=_positive,
+                        default=os.environ.get("CONVEYOR_REPLICAS") or None,
+                        help="copies of the event log, buckets and object store kept by the "
+                             "NATS cluster (at most its size; default: keep what exists, 1 "
+                             "when creating); changed in place on start, up or down")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -273,9 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--listen", default="127.0.0.1:8080")
     up.add_argument("--nats", default="", help="use this NATS server instead of an embedded one")
     up.add_argument("--interval", type=float, default=None, help="poll interval in seconds")
+    up.add_argument("--sync", choices=("always", "interval"),
+                    default=os.environ.get("CONVEYOR_SYNC") or "always",
+                    help="the embedded server's fsync: always (before every ack; nothing "
+                         "acked is lost on power failure) or interval (every 2 min, faster; "
+                         "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
+    _api_args(up)
     _operator_args(up)
+    _health_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -289,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=None)
     _retention_args(run)
     _concurrency_args(run)
+    _api_args(run)
     _operator_args(run)
+    _health_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -311,10 +426,26 @@ def build_parser() -> argparse.ArgumentParser:
     envs.add_argument("-o", "--output", choices=("text", "json"), default="text")
     envs.set_defaults(func=cmd_envs)
 
-    health = sub.add_parser("health", help="assess the health of objects in a manifest stream")
-    health.add_argument("-f", "--file", required=True, help="FILE or - for stdin")
+    health = sub.add_parser("health", help="assess the health of objects in a manifest stream; "
+                                           "`health test DIR` runs health_test.yaml files")
+    health.add_argument("-f", "--file", default="", help="FILE or - for stdin")
     health.add_argument("-o", "--output", choices=("text", "json"), default="text")
-    health.set_defaults(func=cmd_health)
+    health.add_argument("--customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua); "
+                             "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
+    health.add_argument("--argocd-cm", action="append", metavar="FILE",
+                        help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.add_argument("--config", metavar="CONVEYOR_YAML", default="",
+                        help="also the health: rules of this conveyor.yaml (its paths read "
+                             "beside it), first, as the applier uses them")
+    health.set_defaults(func=cmd_health, health_command=None)
+    health_sub = health.add_subparsers(dest="health_command")
+    health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "
+                                                     "against the health.lua beside them")
+    health_test.add_argument("dir")
+    health_test.add_argument("--built-in", action="store_true",
+                             help="ignore the scripts: how far the built-in rules agree")
+    health_test.add_argument("-o", "--output", choices=("text", "json"), default="text")
 
     diff = sub.add_parser("diff", help="the latest rendered bundle of ENV vs its live cluster "
                                        "(exit 0 same, 1 different, 2 error)")
@@ -362,6 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
                 replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 
 

@@ -10,6 +10,10 @@ Keys of the projection (``conveyor-state``; other keys in the bucket, such as th
 - ``commit.<sha>``: ``{"envs": [...], "seq"}``: the environments a commit was announced to.
 - ``position``: ``{"seq"}``: every event at or below it is folded into every key above.
 
+Beside them ``log.epoch`` names the log they were folded from (``nats_schema``). A projection of
+another log (the stream was wiped and re-created, or its position is past the stream's end) is
+purged at start-up: status must not claim revisions that this log never applied.
+
 The fold is :func:`orchestrator.domain.state.fold_records`, the same rule ``conveyor replay``
 uses. Each record skips events at or below its own sequence, so a crash between two writes is
 repaired by folding the event again: the records already written skip it, the others fold it
@@ -55,6 +59,7 @@ ENV_PREFIX = "env."
 HISTORY_PREFIX = "history."
 COMMIT_PREFIX = "commit."
 POSITION_KEY = "position"
+EPOCH_KEY = "log.epoch"  # the epoch of the log the projection is folded from (not a record)
 PROJECTION_PREFIXES = (ENV_PREFIX, HISTORY_PREFIX, COMMIT_PREFIX)
 WRITE_RETRY_FOR = 120.0
 ACK_WAIT = 5.0
@@ -131,6 +136,19 @@ class Projector:
 
     async def load(self) -> None:
         stored = await dump_bucket(self.bus, self.bucket)
+        folded_from = await self.bus.kv_get(self.bucket, EPOCH_KEY)
+        position = int((stored.get(POSITION_KEY) or {}).get("seq") or 0)
+        foreign = folded_from is not None and folded_from[0] != self.bus.epoch
+        if stored and (foreign or position > await self.bus.last_seq()):
+            # folded from a log that is gone (wiped and re-created): none of it is true here
+            log.warning("projector.log_reset", records=len(stored), position=position,
+                        folded_from=folded_from[0] if folded_from else None,
+                        log_epoch=self.bus.epoch)
+            for key in stored:
+                await self.bus.kv(self.bucket).purge(key)
+            stored = {}
+        if folded_from is None or folded_from[0] != self.bus.epoch:
+            await self._put(EPOCH_KEY, self.bus.epoch)
         for key, value in stored.items():
             if key.startswith(ENV_PREFIX):
                 self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(value)

@@ -166,7 +166,7 @@ async def test_health_timeout_fails_listing_the_objects_not_healthy(
     failed = await target.apply(request([ns("shop"), deployment("web"), cm("later", wave=1)]))
     assert failed.failure == "HealthCheckTimeout"   # a value, not an exception
     assert "Deployment.apps/shop/web: Progressing" in failed.summary
-    objects = failed.details["objects"]
+    objects = failed.details["unhealthy_objects"]
     assert [(o["kind"], o["name"], o["status"]) for o in objects] == [
         ("Deployment", "web", "Progressing")]
     assert "generation" in objects[0]["message"]

@@ -21,8 +21,11 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.commands.diff import diff_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.payloads import ApplyFailed
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.applier.service import Applier
@@ -77,8 +80,11 @@ def files(**extra: str | None) -> dict[str, str | None]:
 
 @contextlib.asynccontextmanager
 async def running(repo: Repo, nats: EmbeddedNats, data: Path) -> AsyncIterator[Conveyor]:
+    # the operator allows DEV_KUBECONFIG, which names a file in its secret directory
     conveyor = Conveyor(Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path),
-                                 branch="main", listen="127.0.0.1:0", interval=3600.0))
+                                 branch="main", listen="127.0.0.1:0", interval=3600.0,
+                                 secrets=SecretPolicy(env_allow=("DEV_*",),
+                                                      secrets_dirs=(str(data.parent),))))
     await conveyor.start()
     try:
         yield conveyor
@@ -147,10 +153,11 @@ async def test_commits_are_applied_pruned_skipped_and_health_timeouts_fail(
         await trigger(conveyor)
         events = await wait_for_events(bus, outcome(fourth, ev.HEALTH_PROGRESSING))
         failed, progressing = of(events, fourth, ev.APPLY_FAILED, ev.HEALTH_PROGRESSING)
-        assert failed.data["reason"] == "HealthCheckTimeout"
-        assert [(o["kind"], o["name"], o["status"]) for o in failed.data["objects"]] == [
+        payload = decode(failed)
+        assert isinstance(payload, ApplyFailed) and payload.reason == "HealthCheckTimeout"
+        assert [(o["kind"], o["name"], o["status"]) for o in payload.unhealthy_objects] == [
             ("Deployment", "web", "Progressing")]
-        assert "Deployment.apps/shop/web: Progressing" in failed.data["error"]
+        assert "Deployment.apps/shop/web: Progressing" in payload.error
         assert progressing.data["objects"][0]["name"] == "web"
     inventory = fake.get("v1", "ConfigMap", "shop", "conveyor-inventory-dev")
     assert inventory is not None
@@ -197,8 +204,9 @@ async def test_an_applier_scoped_to_dev_ignores_prod(nats_server: EmbeddedNats, 
                                     data={"env": env_cfg, "digest": digest_of(payload),
                                           "origin_seq": await bus.last_seq() + 1}))
 
-    applier = Applier(Resources.around(bus, Settings(nats_url=nats_server.url, data_dir=tmp_path,
-                                    envs=("dev",))))
+    applier = Applier(Resources.around(bus, Settings(
+        nats_url=nats_server.url, data_dir=tmp_path, envs=("dev",),
+        secrets=SecretPolicy(secrets_dirs=(str(tmp_path),)))))
     await applier.start()
     try:
         await render("prod", "a")
@@ -214,12 +222,16 @@ async def test_an_applier_scoped_to_dev_ignores_prod(nats_server: EmbeddedNats, 
     assert fake.get("v1", "Namespace", "", "prod") is None
     assert fake.get("v1", "ConfigMap", "dev", "cfg-d") is not None
     filters = info.config.filter_subjects or [info.config.filter_subject]
-    assert filters == ["conveyor.events.dev.render.succeeded"]
+    assert filters == ["conveyor.events.dev.render.succeeded",
+                       "conveyor.events.dev.environment.removed"]
 
 
 async def test_conveyor_diff_shows_desired_vs_live(
         repo: Repo, nats_server: EmbeddedNats, bus: EventBus, fake: FakeKubeAPI,
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # `conveyor diff` reaches what the operator's environment allows, like the applier
+    monkeypatch.setenv("CONVEYOR_ENV_ALLOW", "DEV_*")
+    monkeypatch.setenv("CONVEYOR_SECRETS_DIR", str(tmp_path))
     first = repo.commit(files(), "initial")
     async with running(repo, nats_server, tmp_path / "data") as conveyor:
         await fake.wait_until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)

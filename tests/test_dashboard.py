@@ -189,7 +189,8 @@ async def test_commit_view_shows_the_trace_with_stage_timings(
         dev = page.locator('#commit-e2e tbody tr[data-env="dev"]')
         stages = await dev.locator(".stages li").evaluate_all(
             "els => els.map(e => e.dataset.type)")
-        assert stages == [ev.COMMIT_DETECTED, ev.RENDER_SUCCEEDED, ev.APPLY_SUCCEEDED]
+        assert stages == [ev.COMMIT_DETECTED, ev.RENDER_SUCCEEDED, ev.APPLY_STARTED,
+                          ev.APPLY_SUCCEEDED]
         timing = await dev.locator(".stages li .stage-ms").all_text_contents()
         assert timing[0] == "start" and all(t.endswith(("ms", "s")) for t in timing[1:])
         assert (await dev.locator("td.num").text_content() or "").endswith(("ms", "s"))

@@ -11,6 +11,7 @@ import pytest
 from orchestrator.adapters.git_remote import GitMirror, load_credentials
 from orchestrator.domain.config import SourceConfig
 from orchestrator.errors import PermanentError, TransientError
+from orchestrator.secrets import SecretPolicy
 from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
@@ -189,7 +190,8 @@ async def test_http_token_from_file_as_basic_x_access_token(upstream: Upstream,
     token_file.write_text(TOKEN + "\n")  # secret mounts often end with a newline
     async with GitHttpServer(upstream.root, tokens=[TOKEN]) as server:
         mirror = GitMirror(server.url(upstream.name), tmp_path / "cache",
-                           credentials={"tokenFile": str(token_file)})
+                           credentials={"tokenFile": str(token_file)},
+                           scope=SecretPolicy(secrets_dirs=(str(tmp_path),)).scope())
         result = await mirror.fetch("main")
     assert result.head is not None
     assert server.remote_users[-1] == "x-access-token"

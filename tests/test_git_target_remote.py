@@ -21,6 +21,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from orchestrator.targets.git.push import PushMirror, target_credentials
 from orchestrator.targets.git.target import GitTarget, RemoteGitTarget, git_target_for
@@ -184,11 +185,14 @@ async def test_http_push_with_basic_auth_and_wrong_password(
     async with GitHttpServer(upstream.root, users={"deploy": PASSWORD}) as http:
         monkeypatch.setenv("TARGET_PASSWORD", PASSWORD)
         url = http.url(upstream.name)
-        result = await target(url, tmp_path / "data", credentials=creds).apply(request("one"))
+        allowed = SecretPolicy(env_allow=("TARGET_*",))
+        result = await target(url, tmp_path / "data", credentials=creds,
+                              scope=allowed.scope()).apply(request("one"))
         assert result.changed
-        monkeypatch.setenv("TARGET_PASSWORD", WRONG)  # re-read at every transfer
+        monkeypatch.setenv("TARGET_PASSWORD", WRONG)
         with pytest.raises(PermanentError) as info:
-            await target(url, tmp_path / "data", credentials=creds).current()
+            await target(url, tmp_path / "data", credentials=creds,
+                         scope=allowed.scope()).current()
     assert info.value.reason == "AuthenticationFailed"
     assert "target.git.credentials" in str(info.value) and WRONG not in str(info.value)
     assert "deploy" in http.remote_users

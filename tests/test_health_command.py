@@ -74,11 +74,11 @@ def test_json_input_and_output() -> None:
     assert (code, err) == (0, "")
     assert json.loads(out) == [
         {"kind": "Job", "namespace": "shop", "name": "migrate", "status": "Degraded",
-         "message": "Job has reached the specified backoff limit"},
+         "message": "Job has reached the specified backoff limit", "rule": "built-in"},
         {"kind": "Secret", "namespace": "shop", "name": "credentials", "status": None,
-         "message": ""},
+         "message": "", "rule": "built-in"},
         {"kind": "APIService", "namespace": "", "name": "v1beta1.metrics.k8s.io",
-         "status": "Healthy", "message": "Passed: all checks passed"},
+         "status": "Healthy", "message": "Passed: all checks passed", "rule": "built-in"},
     ]
 
 
@@ -126,10 +126,28 @@ def test_a_list_item_that_is_not_an_object_names_its_line() -> None:
     assert err.startswith("conveyor health: <stdin>:7: not a Kubernetes object")
 
 
-def test_an_object_without_a_name_is_refused() -> None:
-    code, _, err = run("-", stdin="apiVersion: v1\nkind: ConfigMap\ndata: {}\n")
+def test_objects_without_a_name_are_assessed() -> None:
+    text = ("apiVersion: v1\nkind: ConfigMap\ndata: {}\n---\n"
+            "apiVersion: argoproj.io/v1alpha1\nkind: Workflow\nmetadata:\n"
+            "  generateName: build-\n  namespace: ci\nstatus: {phase: Failed, message: boom}\n")
+    code, out, err = run("-", stdin=text)
+    assert (code, err) == (0, "")
+    assert out.splitlines() == ["ConfigMap/(unnamed): n/a (no health assessment)",
+                                "Workflow/ci/build-*: Degraded (boom)"]
+
+
+def test_a_kind_without_any_rule_says_so() -> None:
+    code, out, _ = run("-", "json", stdin=stream("custom-no-conditions.yaml"))
+    assert code == 0
+    assert json.loads(out)[0] | {"status": None, "rule": ""} == json.loads(out)[0]
+    _, text, _ = run("-", stdin=stream("custom-no-conditions.yaml"))
+    assert text == "Widget/shop/hello: n/a (no health rule)\n"
+
+
+def test_metadata_that_is_not_a_mapping_is_refused() -> None:
+    code, _, err = run("-", stdin="apiVersion: v1\nkind: ConfigMap\nmetadata: [x]\n")
     assert code == 1
-    assert err == "conveyor health: <stdin>:1: ConfigMap has no metadata.name\n"
+    assert err == "conveyor health: <stdin>:1: ConfigMap: metadata must be a mapping\n"
 
 
 def test_missing_file() -> None:

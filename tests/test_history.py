@@ -68,7 +68,9 @@ def test_a_successful_deployment_is_one_attempt_with_commit_details_and_duration
 ])
 def test_apply_outcomes(type_: str, outcome: str, stage: str) -> None:
     log = Log()
-    log.deploy(SHA1, 0, type_, error="boom" if type_ != ev.APPLY_SKIPPED else "")
+    # a dead letter says why in ``reason`` (the runtime writes it), a failure in ``error``
+    said = "reason" if type_ == ev.APPLY_DEAD else "error"
+    log.deploy(SHA1, 0, type_, **{said: "boom" if type_ != ev.APPLY_SKIPPED else ""})
     [a] = log.attempts()
     assert (a.outcome, a.stage) == (outcome, stage)
     assert a.error == ("" if type_ == ev.APPLY_SKIPPED else "boom")

@@ -19,6 +19,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.metrics import Metrics
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from tests.support.repos import Repo
@@ -53,6 +54,19 @@ def chain() -> list[Event]:
                           data={"route": "pager", "provider": "teams", "error": "403"}),
                 "2026-01-01T12:00:02.250000Z")
     return [detected, rendered, applied, sent, failed]
+
+
+def test_a_started_apply_is_a_step_not_an_effect_of_the_stage() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    detected, rendered, applied = chain()[:3]
+    started = at(new_event(ev.APPLY_STARTED, env="dev", cause=rendered, data={}),
+                 "2026-01-01T12:00:00.600000Z")
+    for e in (detected, rendered, started, applied):
+        m.event_published(e)
+    assert value(reg, "conveyor_stage_latency_seconds_count", stage="apply") == 1
+    assert value(reg, "conveyor_stage_latency_seconds_sum", stage="apply") == pytest.approx(1.5)
+    assert value(reg, "conveyor_events_total", type=ev.APPLY_STARTED, outcome="started") == 1
 
 
 def test_events_are_counted_by_type_and_outcome_and_duplicates_are_not() -> None:
@@ -180,7 +194,7 @@ async def test_api_metrics_after_a_pipeline_run(repo: Repo, nats_server: Embedde
     # the Conveyor counts on its own registry: everything in it is this run's
     settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
                         repo=str(repo.path), branch="main", listen="127.0.0.1:0",
-                        interval=3600.0)
+                        interval=3600.0, secrets=SecretPolicy(env_allow=("OPS_*",)))
     conveyor = Conveyor(settings)
     await conveyor.start()
     try:

@@ -15,6 +15,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Delivery, Fail, Retry
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.notifier.service import ATTEMPTS, Notifier
 from tests.support.waits import wait_for_events
@@ -87,7 +88,8 @@ async def published(bus: EventBus, event: Event) -> Delivery:
 
 @pytest.fixture
 async def notifier(bus: EventBus, tmp_path: Path) -> AsyncIterator[Notifier]:
-    n = Notifier(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path)))
+    n = Notifier(Resources.around(bus, Settings(
+        nats_url="", data_dir=tmp_path, secrets=SecretPolicy(env_allow=("HOOK_URL", "SLACK_*")))))
     import aiohttp
 
     n._session = aiohttp.ClientSession()

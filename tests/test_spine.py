@@ -17,6 +17,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
@@ -25,7 +26,8 @@ from tests.support.waits import wait_for_events
 
 def settings_for(repo: Repo, nats: EmbeddedNats, data: Path) -> Settings:
     return Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
-                    listen="127.0.0.1:0", interval=3600.0)  # polls only when triggered
+                    listen="127.0.0.1:0", interval=3600.0,  # polls only when triggered
+                    secrets=SecretPolicy(env_allow=("OPS_*",)))
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +65,7 @@ async def test_commit_reaches_both_target_branches(repo: Repo, nats_server: Embe
     async with running(settings_for(repo, nats_server, tmp_path / "data")) as conveyor:
         events = await wait_for_events(bus, finished(first, {"dev", "prod"}))
         assert of(events, first, "dev") == [ev.COMMIT_DETECTED, ev.RENDER_SUCCEEDED,
-                                            ev.APPLY_SUCCEEDED]
+                                            ev.APPLY_STARTED, ev.APPLY_SUCCEEDED]
         second = repo.commit(demo_files(tag="1.28", dev_replicas=4), "bump")
         await trigger(conveyor)
         events = await wait_for_events(bus, finished(second, {"dev", "prod"}))
@@ -80,8 +82,12 @@ async def test_commit_reaches_both_target_branches(repo: Repo, nats_server: Embe
     dev = repo.read("deploy/dev", "dev/deployment.apps-web.yaml")
     assert dev is not None and "replicas: 4" in dev
     # every event of the chain points at its cause and carries the commit
-    chain = [e for e in events if e.correlationid == second and e.subject == "dev"]
+    chain = [e for e in events if e.correlationid == second and e.subject == "dev"
+             and e.type != ev.APPLY_STARTED]
     assert [e.causationid for e in chain[1:]] == [e.id for e in chain[:-1]]
+    started = next(e for e in events if e.correlationid == second and e.subject == "dev"
+                   and e.type == ev.APPLY_STARTED)  # a record beside the outcome, same cause
+    assert started.causationid == chain[-1].causationid
 
 
 async def test_unchanged_render_is_skipped(repo: Repo, nats_server: EmbeddedNats, bus: EventBus,
@@ -230,15 +236,18 @@ async def test_api_serves_environments_events_and_refresh(
 
         api = conveyor.service("api")
         assert isinstance(api, ApiService)
-        async with aiohttp.ClientSession() as http:
+        # reads need the token too once one is set (tests/security/test_net_auth.py)
+        async with aiohttp.ClientSession(
+                headers={"Authorization": "Bearer s3cret-token"}) as http:
             async with http.get(f"{api.url}/healthz") as resp:
                 assert resp.status == 200
             async with http.get(f"{api.url}/api/v1/events",
                                 params={"correlation": first[:10], "env": "dev",
                                         "type": "conveyor.apply"}) as resp:
                 body = await resp.json()
-            assert [e["type"] for e in body["events"]] == [ev.APPLY_SUCCEEDED]
-            async with http.post(f"{api.url}/api/v1/refresh") as resp:
+            assert [e["type"] for e in body["events"]] == [ev.APPLY_STARTED, ev.APPLY_SUCCEEDED]
+            async with aiohttp.ClientSession() as anonymous, \
+                    anonymous.post(f"{api.url}/api/v1/refresh") as resp:
                 assert resp.status == 401
             second = repo.commit(demo_files(tag="3.0"), "via refresh")
             async with http.post(f"{api.url}/api/v1/refresh",
@@ -283,15 +292,18 @@ async def test_sync_reapplies_the_latest_render_and_needs_the_token(
                 assert resp.status == 202
                 requested = (await resp.json())["requested"]
             events = await wait_for_events(bus, lambda evs: any(
-                e.causationid == requested for e in evs))
-            outcome = next(e for e in events if e.causationid == requested)
+                e.causationid == requested and e.type != ev.APPLY_STARTED for e in evs))
+            outcome = next(e for e in events
+                           if e.causationid == requested and e.type != ev.APPLY_STARTED)
             # the git target holds exactly these manifests: nothing to commit, but it was tried
             assert outcome.type == ev.APPLY_SKIPPED
             assert "already holds these manifests" in outcome.data["summary"]
             digest = outcome.data["digest"]
-            async with http.get(f"{api.url}/api/v1/bundles/{digest}") as resp:
+            async with http.get(f"{api.url}/api/v1/bundles/{digest}",
+                                headers={"Authorization": "Bearer tok"}) as resp:
                 assert resp.status == 200
                 body = await resp.json()
             assert body["format"] == "conveyor.bundle/v1" and len(body["objects"]) == 3
-            async with http.get(f"{api.url}/api/v1/bundles/sha256:{'0' * 64}") as resp:
+            async with http.get(f"{api.url}/api/v1/bundles/sha256:{'0' * 64}",
+                                headers={"Authorization": "Bearer tok"}) as resp:
                 assert resp.status == 404

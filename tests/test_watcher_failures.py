@@ -17,6 +17,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support import gitservers
@@ -52,8 +53,9 @@ def detected(events: list[Event], sha: str) -> set[str]:
 @contextlib.asynccontextmanager
 async def watching(bus: EventBus, nats: EmbeddedNats, repo: str,
                    data: Path) -> AsyncIterator[GitWatcher]:
-    watcher = GitWatcher(Resources.around(bus, Settings(nats_url=nats.url, data_dir=data, repo=repo,
-                                       branch="main", interval=3600.0)))
+    watcher = GitWatcher(Resources.around(bus, Settings(
+        nats_url=nats.url, data_dir=data, repo=repo, branch="main", interval=3600.0,
+        secrets=SecretPolicy(env_allow=("INFRA_*",)))))
     await watcher.start()
     try:
         yield watcher

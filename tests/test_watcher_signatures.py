@@ -18,6 +18,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import GitDaemon, Upstream, commit, init_repo, ssh_keygen
@@ -36,8 +37,10 @@ def of(events: list[Event], sha: str) -> list[tuple[str, str]]:
 @contextlib.asynccontextmanager
 async def watching(bus: EventBus, nats: EmbeddedNats, repo: str,
                    data: Path) -> AsyncIterator[GitWatcher]:
-    watcher = GitWatcher(Resources.around(bus, Settings(nats_url=nats.url, data_dir=data, repo=repo,
-                                       branch="main", interval=3600.0)))
+    # the trust stores live next to the data dir: the operator's secret directory here
+    watcher = GitWatcher(Resources.around(bus, Settings(
+        nats_url=nats.url, data_dir=data, repo=repo, branch="main", interval=3600.0,
+        secrets=SecretPolicy(env_allow=("TRUST_DIR",), secrets_dirs=(str(data.parent),)))))
     await watcher.start()
     try:
         yield watcher

@@ -19,6 +19,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.gitservers import GitDaemon, GitHttpServer, Upstream
@@ -95,7 +96,8 @@ async def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
 def settings_for(primary: Repo, nats: EmbeddedNats, data: Path) -> Settings:
     return Settings(nats_url=nats.url, data_dir=data, repo=str(primary.path), branch="main",
-                    interval=3600.0)  # polls at start, then only when asked
+                    interval=3600.0,  # polls at start, then only when asked
+                    secrets=SecretPolicy(env_allow=("INFRA_*",)))
 
 
 async def test_each_source_announces_only_to_its_environments(
@@ -161,6 +163,7 @@ async def test_the_renderer_finds_a_sources_credentials(
     later = infra.push({"net/cm.yaml": CM.format(name="net", v=3)}, "infra: later")
     path = await watcher.resources.mirrors.shared(event.data["repo"], data).ensure(later)
     assert Path(path).is_dir()
-    elsewhere = MirrorPool().for_event(event.data, tmp_path / "renderer-pod")
+    elsewhere = MirrorPool().for_event(event.data, tmp_path / "renderer-pod",
+                                       scope=SecretPolicy(env_allow=("INFRA_*",)).scope())
     assert elsewhere.mirror.source == "infra"
     assert Path(await elsewhere.ensure(later)).is_dir()

@@ -29,11 +29,26 @@ from pathlib import Path
 
 import structlog
 
+from orchestrator.adapters import nats_auth
 from orchestrator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
 
 READY_LINE = b"Server is ready"
+# JetStream's fsync policy (docs/event-log.md, Durability): "always" fsyncs every write before
+# the ack; "interval" is the server's default, every 2 minutes (an OS crash or power failure
+# loses what was acked since the last sync). Quoted: the config parser reads a bare 2m as
+# two million (seconds).
+SYNC_POLICIES = {"always": "always", "interval": '"2m"'}
+
+
+def jetstream_sync(policy: str) -> str:
+    """The ``sync_interval`` value of a sync policy."""
+    try:
+        return SYNC_POLICIES[policy]
+    except KeyError:
+        raise PermanentError(f"sync policy {policy!r}: expected one of "
+                             f"{', '.join(SYNC_POLICIES)}", reason="InvalidSetting") from None
 
 
 def nats_server_binary() -> str:
@@ -113,7 +128,9 @@ class EmbeddedNats:
     host: str = "127.0.0.1"
     port: int = 0
     process: asyncio.subprocess.Process | None = None
-    url: str = ""
+    url: str = ""  # with the credentials in it: what clients connect to
+    public_url: str = ""  # without them: for messages
+    sync: str = "always"  # see SYNC_POLICIES
     _drain: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
 
@@ -123,14 +140,22 @@ class EmbeddedNats:
 
     async def start(self, ready_within: float = 20.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # the store holds every event and bundle (Secrets too): for this user only
+        self.data_dir.chmod(0o700)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "nats-server.pid"
         if self._lock_fd is None:
             self._lock_fd = _lock_data_dir(self.data_dir)  # raises when another owner is alive
         _stop_stale(pid_file, self.store_dir)  # only a dead owner's server is left to stop
         port = self.port or free_port(self.host)
+        creds = nats_auth.load_or_create(self.data_dir)  # generated once, 0600
+        config = self.data_dir / nats_auth.SERVER_CONFIG_FILE  # what has no command-line flag
+        nats_auth.write_private(config, (
+            f"jetstream {{\n  sync_interval: {jetstream_sync(self.sync)}\n}}\n"
+            + nats_auth.authorization_block(creds)))  # 0600: it holds the password
         args = [
-            nats_server_binary(), "-js", "-sd", str(self.store_dir), "-a", self.host,
+            nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.store_dir),
+            "-a", self.host,
             "-p", str(port), "-P", str(pid_file), "--server_name", "conveyor-embedded",
         ]
         self.process = await asyncio.create_subprocess_exec(
@@ -162,8 +187,9 @@ class EmbeddedNats:
         log_path.write_bytes(b"".join(lines))
         self._drain = asyncio.create_task(self._drain_stderr(log_path))
         self.port = port
-        self.url = f"nats://{self.host}:{port}"
-        log.info("embedded_nats.ready", url=self.url, store=str(self.store_dir))
+        self.public_url = f"nats://{self.host}:{port}"
+        self.url = nats_auth.with_credentials(self.public_url, creds.user, creds.password)
+        log.info("embedded_nats.ready", url=self.public_url, store=str(self.store_dir))
         return self.url
 
     async def _drain_stderr(self, log_path: Path) -> None:

@@ -64,9 +64,10 @@ from typing import Any
 import pygit2
 import structlog
 
-from orchestrator.domain.config import SourceConfig, expand
+from orchestrator.domain.config import SourceConfig
 from orchestrator.domain.giturls import GitUrl, parse
 from orchestrator.errors import ConflictError, ConveyorError, PermanentError, TransientError
+from orchestrator.secrets import SecretScope
 
 log = structlog.get_logger(__name__)
 
@@ -105,8 +106,7 @@ class Credentials:
         return [v for v in values if v]
 
 
-def _secret(raw: Mapping[str, Any], key: str, environ: Mapping[str, str] | None,
-            source: str) -> str | None:
+def _secret(raw: Mapping[str, Any], key: str, scope: SecretScope, source: str) -> str | None:
     """``key`` (a ``${VAR}`` reference) or ``keyFile`` (a path); never a literal secret."""
     inline, path = raw.get(key), raw.get(f"{key}File")
     if inline is not None and path is not None:
@@ -118,29 +118,56 @@ def _secret(raw: Mapping[str, Any], key: str, environ: Mapping[str, str] | None,
                 f"source {source!r}: credentials.{key} must be an environment reference like "
                 f"${{GIT_{key.upper()}}}, or use {key}File; secrets are never written in "
                 "conveyor.yaml", reason="InvalidCredentials")
-        return expand(inline.strip(), environ)
+        value: str = _in_source(source, lambda: scope.expand(inline.strip()))
+        return value
     if path is not None:
-        return _read_file(path, f"{key}File", environ, source).rstrip("\r\n")
+        return _read_file(path, f"{key}File", scope, source).rstrip("\r\n")
     return None
 
 
-def _read_file(path: Any, key: str, environ: Mapping[str, str] | None, source: str) -> str:
+def _in_source(source: str, get: Any) -> Any:
+    """``get()``, its refusal (a reference out of the scope) naming the source."""
+    try:
+        return get()
+    except PermanentError as exc:
+        raise PermanentError(f"source {source!r}: credentials: {exc.message}",
+                             reason="InvalidCredentials") from None
+
+
+def _file_path(path: Any, key: str, scope: SecretScope, source: str) -> Path:
     if not isinstance(path, str) or not path.strip():
         raise PermanentError(f"source {source!r}: credentials.{key} must be a file path",
                              reason="InvalidCredentials")
-    resolved = expand(path.strip(), environ)
+    found: Path = _in_source(source, lambda: scope.path(path, f"credentials.{key}"))
+    return found
+
+
+def _read_file(path: Any, key: str, scope: SecretScope, source: str) -> str:
+    resolved = _file_path(path, key, scope, source)
     try:
-        return Path(resolved).read_text()
+        return resolved.read_text()
     except OSError as exc:
         raise PermanentError(f"source {source!r}: cannot read credentials.{key} "
                              f"{resolved}: {exc.strerror}", reason="InvalidCredentials") from None
 
 
+def scope_for(environ: Mapping[str, str] | None,
+              scope: SecretScope | None) -> SecretScope:
+    """``scope``; else an explicit ``environ`` (the caller's own, unrestricted); else nothing:
+    a reference reaches only what a scope was given for."""
+    if scope is not None:
+        return scope
+    return SecretScope.operator(environ) if environ is not None else SecretScope({}, ())
+
+
 def load_credentials(raw: Mapping[str, Any] | None, *, source: str = "default",
-                     environ: Mapping[str, str] | None = None) -> Credentials:
-    """Resolve a ``credentials:`` mapping (see the module docstring) from env and files."""
+                     environ: Mapping[str, str] | None = None,
+                     scope: SecretScope | None = None) -> Credentials:
+    """Resolve a ``credentials:`` mapping (see the module docstring) from env and files,
+    reaching only what ``scope`` allows (``orchestrator.secrets``)."""
     if not raw:
         return Credentials()
+    reach = scope_for(environ, scope)
     unknown = set(raw) - CREDENTIAL_KEYS
     if unknown:
         raise PermanentError(f"source {source!r}: unknown credentials key(s) "
@@ -148,9 +175,9 @@ def load_credentials(raw: Mapping[str, Any] | None, *, source: str = "default",
                              reason="InvalidCredentials")
     username = raw.get("username")
     if username is not None:
-        username = expand(str(username), environ)
-    password = _secret(raw, "password", environ, source)
-    token = _secret(raw, "token", environ, source)
+        username = _in_source(source, lambda: reach.expand(str(username)))
+    password = _secret(raw, "password", reach, source)
+    token = _secret(raw, "token", reach, source)
     if password is not None and token is not None:
         raise PermanentError(f"source {source!r}: set credentials.password or token, not both",
                              reason="InvalidCredentials")
@@ -164,12 +191,13 @@ def load_credentials(raw: Mapping[str, Any] | None, *, source: str = "default",
     elif token is not None:
         password, username = token, username or "x-access-token"
     key_file = raw.get("sshKeyFile")  # a path handed to libssh2, which reads the file
-    key = _secret({"sshKey": raw["sshKey"]} if "sshKey" in raw else {}, "sshKey", environ,
+    key = _secret({"sshKey": raw["sshKey"]} if "sshKey" in raw else {}, "sshKey", reach,
                   source)
     if key is not None and key_file is not None:
         raise PermanentError(f"source {source!r}: credentials.sshKey and sshKeyFile are both "
                              "set; keep one", reason="InvalidCredentials")
-    if key_file is not None and not Path(expand(str(key_file), environ)).is_file():
+    key_path = _file_path(key_file, "sshKeyFile", reach, source) if key_file else None
+    if key_path is not None and not key_path.is_file():
         raise PermanentError(f"source {source!r}: credentials.sshKeyFile {key_file} is not a "
                              "readable file", reason="InvalidCredentials")
     known = raw.get("knownHosts")
@@ -178,13 +206,13 @@ def load_credentials(raw: Mapping[str, Any] | None, *, source: str = "default",
             raise PermanentError(f"source {source!r}: credentials.knownHosts and "
                                  "knownHostsFile are both set; keep one",
                                  reason="InvalidCredentials")
-        known = _read_file(raw["knownHostsFile"], "knownHostsFile", environ, source)
+        known = _read_file(raw["knownHostsFile"], "knownHostsFile", reach, source)
     pub = raw.get("sshPublicKeyFile")
     return Credentials(
         username=username, password=password, bearer=bearer,
-        ssh_key_file=Path(expand(str(key_file), environ)) if key_file else None,
-        ssh_key=key, ssh_public_key_file=Path(expand(str(pub), environ)) if pub else None,
-        ssh_passphrase=_secret(raw, "sshPassphrase", environ, source),
+        ssh_key_file=key_path, ssh_key=key,
+        ssh_public_key_file=_file_path(pub, "sshPublicKeyFile", reach, source) if pub else None,
+        ssh_passphrase=_secret(raw, "sshPassphrase", reach, source),
         known_hosts=None if known is None else str(known),
     )
 
@@ -214,6 +242,14 @@ class _Callbacks(pygit2.RemoteCallbacks):
                     allowed_types: pygit2.enums.CredentialType) -> Any:
         kinds = pygit2.enums.CredentialType
         creds = self._creds
+        try:
+            asking = parse(url).host
+        except ValueError:
+            asking = ""
+        if asking != self._url.host:  # a credential goes only to the host it was set for
+            raise _Refused("CredentialsHostMismatch",
+                           f"{asking or url!r} asked for the credentials of {self._url.host!r};"
+                           " they are not sent to another host")
         user = username_from_url or creds.username or "git"
         if allowed_types & kinds.USERNAME and not allowed_types & (
                 kinds.SSH_KEY | kinds.SSH_MEMORY):
@@ -402,8 +438,9 @@ class GitMirror:
 
     def __init__(self, url: str, cache_dir: Path | str, *, source: str = "default",
                  credentials: Mapping[str, Any] | None = None,
-                 environ: Mapping[str, str] | None = None,
-                 connect_timeout: float = 10.0, timeout: float = 60.0) -> None:
+                 environ: Mapping[str, str] | None = None, scope: SecretScope | None = None,
+                 connect_timeout: float = 10.0, timeout: float = 60.0,
+                 check_now: bool = True) -> None:
         try:
             self.url = parse(url)
         except ValueError as exc:
@@ -414,8 +451,9 @@ class GitMirror:
                 "to credentials.password or credentials.token", reason="InvalidSource")
         self.source = source
         self._credentials_raw = dict(credentials or {})
-        self._environ = environ
-        load_credentials(self._credentials_raw, source=source, environ=environ)  # fail early
+        self._scope = scope_for(environ, scope)
+        if check_now:  # else a refused reference surfaces at each fetch, as an event
+            load_credentials(self._credentials_raw, source=source, scope=self._scope)
         self.connect_timeout = connect_timeout
         self.timeout = timeout
         self._lock = asyncio.Lock()
@@ -429,14 +467,16 @@ class GitMirror:
 
     @classmethod
     def from_source(cls, source: SourceConfig, cache_dir: Path | str, *,
-                    environ: Mapping[str, str] | None = None, **kwargs: Any) -> GitMirror:
+                    environ: Mapping[str, str] | None = None, scope: SecretScope | None = None,
+                    **kwargs: Any) -> GitMirror:
         """A mirror for a conveyor.yaml source (``url`` expanded, ``credentials`` from raw)."""
+        reach = scope_for(environ, scope)
         creds = source.raw.get("credentials")
         if creds is not None and not isinstance(creds, Mapping):
             raise PermanentError(f"source {source.name!r}: credentials must be a mapping",
                                  reason="InvalidCredentials")
-        return cls(expand(source.url, environ), cache_dir, source=source.name,
-                   credentials=creds, environ=environ, **kwargs)
+        return cls(reach.expand(source.url), cache_dir, source=source.name,
+                   credentials=creds, scope=reach, **kwargs)
 
     @property
     def display_url(self) -> str:
@@ -482,7 +522,9 @@ class GitMirror:
                                      f"git repository ({exc})",
                                      reason="RepositoryNotFound") from None
         ensure_bare(self.path)
-        return pygit2.Repository(str(self.path))
+        repo = pygit2.Repository(str(self.path))
+        no_redirects(repo)
+        return repo
 
     def _remote_url(self) -> str:
         if self.url.scheme == "file":
@@ -492,8 +534,7 @@ class GitMirror:
     def _transfer(self, repo: pygit2.Repository, refspecs: list[str]) -> str | None:
         """One fetch against the remote, every failure translated; returns the branch the
         remote's HEAD points to, when it says."""
-        creds = load_credentials(self._credentials_raw, source=self.source,
-                                 environ=self._environ)
+        creds = load_credentials(self._credentials_raw, source=self.source, scope=self._scope)
         pygit2.settings.server_connect_timeout = int(self.connect_timeout * 1000)
         pygit2.settings.server_timeout = int(self.timeout * 1000)
         callbacks = _Callbacks(creds, self.url)
@@ -592,6 +633,15 @@ class _PushCallbacks(_Callbacks):
             self.rejected[refname] = message
 
 
+def no_redirects(repo: pygit2.Repository) -> None:
+    """libgit2 follows an HTTP redirect of the first request to any host by default, and the
+    bearer header and credentials would follow it: a mirror follows none (libgit2 reads
+    ``http.followRedirects`` from the repository's config)."""
+    config = repo.config
+    if "http.followRedirects" not in config or config["http.followRedirects"] != "false":
+        config["http.followRedirects"] = "false"
+
+
 def remote_url(url: GitUrl) -> str:
     """What libgit2 is given to reach ``url`` (a ``file://`` URL as its path)."""
     return url.path if url.scheme == "file" else url.display()
@@ -615,6 +665,7 @@ def fetch_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds:
                timeout: float = 60.0) -> None:
     """One fetch of ``refspecs`` (pruned), every failure translated (``where`` names it)."""
     callbacks = _Callbacks(creds, url)
+    no_redirects(repo)
     remote = repo.remotes.create_anonymous(remote_url(url))
     try:
         with _connection(creds, url, connect_timeout, timeout):
@@ -637,6 +688,7 @@ def push_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: 
     translated like a fetch's (``action`` "push").
     """
     callbacks = _PushCallbacks(creds, url)
+    no_redirects(repo)
     remote = repo.remotes.create_anonymous(remote_url(url))
     secrets = creds.secrets()
     try:
@@ -657,3 +709,38 @@ def push_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: 
                         secrets)
         raise ConflictError(f"{where}: the server rejected the push ({detail})",
                             reason="PushRejected")
+
+
+def has_worktree(url: GitUrl) -> bool:
+    """A local repository with a working tree (libgit2 cannot push to those)."""
+    if url.scheme != "local":
+        return False
+    path = Path(url.path).expanduser()
+    return (path / ".git").exists()
+
+
+def push_to_checkout(repo_path: Path, url: GitUrl, refspec: str, *, where: str) -> None:
+    """Push to a local repository that has a working tree, with the git CLI, the way
+    ``receive.denyCurrentBranch=updateInstead`` does it: the checked-out branch moves only
+    when its working tree is clean, and the working tree follows it. A push that is not a
+    fast-forward is ``ConflictError(reason="PushRejected")``; a dirty checkout is refused."""
+    import subprocess
+
+    target = str(Path(url.path).expanduser().resolve())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"})
+    proc = subprocess.run(
+        ["git", "push", "--porcelain",
+         "--receive-pack=git -c receive.denyCurrentBranch=updateInstead receive-pack",
+         target, refspec], cwd=repo_path, env=env, capture_output=True, text=True,
+        check=False, timeout=120)
+    if proc.returncode == 0:
+        return
+    detail = " ".join((proc.stderr + " " + proc.stdout).split())[:500]
+    if "[rejected]" in proc.stdout or "non-fast-forward" in detail or "fetch first" in detail:
+        raise ConflictError(f"{where}: push rejected ({detail})", reason="PushRejected")
+    if "working directory has" in detail.lower() or "could not update working tree" in \
+            detail.lower():  # updateInstead's refusals: staged or unstaged changes
+        raise PermanentError(f"{where}: the checkout at {target} has uncommitted changes; "
+                             "commit or stash them, then try again", reason="CheckoutDirty")
+    raise PermanentError(f"{where}: push to {target} failed ({detail})", reason="PushFailed")

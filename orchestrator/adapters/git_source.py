@@ -31,6 +31,7 @@ from typing import Any
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_remote import FetchResult, GitMirror
 from orchestrator.domain.giturls import parse
+from orchestrator.secrets import SecretScope
 
 
 def is_local(repo: str) -> bool:
@@ -73,10 +74,13 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
 class Checkout:
     """A source's repository on this machine (one per repository and data dir per pool).
 
-    ``credentials`` None means the process environment's (``CONVEYOR_GIT_*``)."""
+    ``credentials`` None means the process environment's (``CONVEYOR_GIT_*``, the operator's,
+    expanded unrestricted); otherwise conveyor.yaml's references, reaching only ``scope``
+    (``SecretPolicy.scope()``: the operator's ``--env-allow`` and ``--secrets-dir``)."""
 
     def __init__(self, repo: str, data_dir: Path, *, source: str = "default",
                  credentials: Mapping[str, Any] | None = None,
+                 scope: SecretScope | None = None,
                  connect_timeout: float = 10.0, timeout: float = 60.0) -> None:
         self.repo = repo
         self.source = source
@@ -85,7 +89,10 @@ class Checkout:
         self.mirror = GitMirror(repo, data_dir / "mirrors", source=source,
                                 credentials=credentials if credentials is not None
                                 else credentials_from_env(),
-                                connect_timeout=connect_timeout, timeout=timeout)
+                                scope=(scope or SecretScope({}, ())) if credentials is not None
+                                else SecretScope.operator(),
+                                connect_timeout=connect_timeout, timeout=timeout,
+                                check_now=False)  # the watcher reports it: fetch_failed
 
     @property
     def path(self) -> str:
@@ -123,12 +130,14 @@ class MirrorPool:
                                         credentials=credentials, **kwargs)
         return self._checkouts[key]
 
-    def for_event(self, data: Mapping[str, Any], data_dir: Path) -> Checkout:
+    def for_event(self, data: Mapping[str, Any], data_dir: Path, *,
+                  scope: SecretScope | None = None) -> Checkout:
         """The checkout for a ``commit.detected`` event's ``repo``, using the
-        ``source_config`` it carries (credential references only) when it has one."""
+        ``source_config`` it carries (credential references only, reaching ``scope``) when it
+        has one."""
         repo = str(data["repo"])
         cfg = data.get("source_config")
         if isinstance(cfg, Mapping) and isinstance(cfg.get("credentials"), Mapping):
             return self.shared(repo, data_dir, source=str(cfg.get("name") or "default"),
-                               credentials=cfg["credentials"])
+                               credentials=cfg["credentials"], scope=scope)
         return self.shared(repo, data_dir)

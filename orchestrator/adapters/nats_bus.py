@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
+import ssl
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import nats
 import structlog
@@ -35,26 +39,43 @@ from tenacity import (
 )
 
 from orchestrator import subjects
+from orchestrator.adapters.nats_schema import (
+    KV_BUCKETS,
+    Reconciled,
+    Retention,
+    Schema,
+    reconcile,
+)
 from orchestrator.domain.events import Event
-from orchestrator.errors import ConflictError, TransientError
+from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
-# Publishes must finish inside the duplicate window for the server to drop a retried one.
-DUPLICATE_WINDOW = 30 * 60.0
 PUBLISH_RETRY_FOR = 30.0
+CONNECT_BACKOFF_MAX = 10.0
+READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
 PublishObserver = Callable[[Event, bool], None]
 """Told of every acknowledged publish (the event, whether the server dropped it as a duplicate):
 how the metrics count events without the bus knowing about them."""
 
 
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """Stream retention: 0 means unlimited (the default: the log is the system of record)."""
+def server_list(url: str) -> list[str]:
+    """``nats://a:4222,nats://b:4222`` -> both; a bare ``host:port`` gets ``nats://``."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    if not servers:
+        raise PermanentError("no NATS server given (--nats / CONVEYOR_NATS)",
+                             reason="InvalidSetting")
+    return [s if "://" in s else f"nats://{s}" for s in servers]
 
-    max_age: float = 0.0
-    max_bytes: int = -1
+
+def redact(url: str) -> str:
+    """A server URL without its user info (a token or password may be in it)."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"***@{parts.hostname}"
+                                     + (f":{parts.port}" if parts.port else "")))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,13 +101,31 @@ class EventBus:
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
         self._closing: list[bool] = []
+        self.schema = Reconciled(epoch="", replicas=1)
+        self.durables: set[str] = set()  # this process's durable consumers (readiness)
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
                       retention: Retention | None = None,
-                      on_published: PublishObserver | None = None) -> EventBus:
+                      replicas: int | None = None,
+                      retry_for: float | None = 0.0,
+                      on_published: PublishObserver | None = None,
+                      tls_ca: str = "") -> EventBus:
+        """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
+
+        Servers may carry ``user:password@`` (the embedded server's generated credentials,
+        nats_auth); ``tls_ca`` (a CA file) turns on TLS verified against it.
+
+        ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
+        per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
+        """
+        connecting: list[str] = [""]  # while connecting: the last server's error
+
         async def on_error(exc: Exception) -> None:
-            log.warning("nats.error", error=str(exc))
+            if connecting:  # each attempt's one line says what failed
+                connecting[0] = str(exc) or type(exc).__name__
+            else:
+                log.warning("nats.error", error=str(exc))
 
         closing: list[bool] = []
 
@@ -97,54 +136,79 @@ class EventBus:
         async def on_reconnect() -> None:
             log.info("nats.reconnected")
 
-        try:
-            nc = await nats.connect(
-                url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5,
-                connect_timeout=5, allow_reconnect=True, error_cb=on_error,
-                disconnected_cb=on_disconnect, reconnected_cb=on_reconnect,
-            )
-        except Exception as exc:
-            raise TransientError(f"cannot connect to NATS at {url}: {exc}",
-                                 reason="NatsUnreachable") from exc
+        servers = server_list(url)
+        shown = ", ".join(redact(s) for s in servers)
+        started = time.monotonic()
+        for attempt in itertools.count(1):
+            try:
+                # one attempt = every server tried (nats-py retries the initial connect for
+                # ever with -1, unlogged and deaf to our backoff); once connected, reconnect
+                # for ever: a service outlives a server restart
+                nc = await nats.connect(
+                    servers=servers, name=name, max_reconnect_attempts=1,
+                    reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
+                    error_cb=on_error, disconnected_cb=on_disconnect,
+                    reconnected_cb=on_reconnect,
+                    **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
+                )
+                nc.options["max_reconnect_attempts"] = -1
+                connecting.clear()
+                break
+            except Exception as exc:
+                delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (attempt - 1))
+                waited = time.monotonic() - started
+                if retry_for is not None and waited + delay > retry_for:
+                    raise TransientError(f"cannot connect to NATS at {shown}: {exc}",
+                                         reason="NatsUnreachable") from exc
+                log.warning("nats.connect_failed", servers=shown, attempt=attempt,
+                            retry_in=delay, error=connecting[0] or str(exc) or repr(exc))
+                await asyncio.sleep(delay)  # backoff between attempts (cancellable)
+        if attempt > 1:
+            log.info("nats.connected", servers=shown, attempts=attempt)
         bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
         bus._closing = closing
-        await bus.ensure_schema(retention)
+        try:
+            await bus.ensure_schema(Schema(replicas=replicas, retention=retention))
+        except BaseException:
+            await bus.close()  # or the client reconnects for ever behind the error
+            raise
         return bus
 
-    async def ensure_schema(self, retention: Retention | None) -> None:
-        """Create the stream, buckets and store if missing.
+    async def ensure_schema(self, schema: Schema) -> Reconciled:
+        """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
+        self.schema = await reconcile(self.js, schema)
+        for bucket in KV_BUCKETS:
+            self._kv[bucket] = await self.js.key_value(bucket)
+        self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)
+        return self.schema
 
-        ``retention`` None keeps an existing stream's limits (unlimited when creating it);
-        otherwise the stream is updated to it.
-        """
-        if retention is None:
-            try:
-                await self.js.stream_info(subjects.STREAM)
-                exists = True
-            except NotFoundError:
-                exists = False
-        await self._ensure_stream(retention or Retention(), update=retention is not None
-                                  or not exists)
-        for bucket in (subjects.STATE_BUCKET, subjects.DELIVERY_BUCKET):
-            self._kv[bucket] = await self.js.create_key_value(
-                jsapi.KeyValueConfig(bucket=bucket, history=1,
-                                     storage=jsapi.StorageType.FILE))
-        self._obj = await self.js.create_object_store(
-            subjects.BUNDLE_BUCKET, config=jsapi.ObjectStoreConfig(storage=jsapi.StorageType.FILE))
+    @property
+    def epoch(self) -> str:
+        """The log's identity: a new one after the stream was wiped and re-created."""
+        return self.schema.epoch
 
-    async def _ensure_stream(self, retention: Retention, *, update: bool) -> None:
-        if not update:
-            return
-        config = jsapi.StreamConfig(
-            name=subjects.STREAM, subjects=[subjects.ALL_EVENTS],
-            storage=jsapi.StorageType.FILE, retention=jsapi.RetentionPolicy.LIMITS,
-            max_age=retention.max_age, max_bytes=retention.max_bytes,
-            duplicate_window=DUPLICATE_WINDOW, allow_direct=True,
-        )
+    async def not_ready(self) -> str | None:
+        """Why this process cannot do its work now (None: it can): connected, and the stream,
+        the buckets, the store and this process's consumers answer."""
+        if not self.nc.is_connected:
+            return "NATS disconnected (reconnecting)"
+        names = [subjects.STREAM, *(f"KV_{b}" for b in KV_BUCKETS),
+                 f"OBJ_{subjects.BUNDLE_BUCKET}"]
+        checking = ""
         try:
-            await self.js.add_stream(config)
-        except BadRequestError:
-            await self.js.update_stream(config)  # retention changed since it was created
+            async with asyncio.timeout(READY_WITHIN):
+                for checking in names:
+                    await self.js.stream_info(checking)
+                for durable in sorted(self.durables):
+                    checking = f"consumer {durable}"
+                    await self.js.consumer_info(subjects.STREAM, durable)
+        except TimeoutError:
+            return f"{checking} did not answer within {READY_WITHIN:.0f}s"
+        except NotFoundError:
+            return f"{checking} does not exist"
+        except Exception as exc:
+            return f"{checking}: {exc or type(exc).__name__}"
+        return None
 
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:

@@ -30,11 +30,12 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
 from orchestrator.domain.diff import summarise
 from orchestrator.errors import ConveyorError, PermanentError
+from orchestrator.secrets import SecretPolicy
 from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.compare import compare
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import kube_target
 
 
@@ -119,7 +120,10 @@ async def compute(env: str, desired: Desired) -> list[Any]:
         raise PermanentError(f"bundle {desired.digest}: {exc}", reason="BundleInvalid") from None
     pool = KubePool()  # this command's own clients, closed when it is done
     try:
-        target = kube_target(env, expand_all(target_cfg["kubernetes"] or {}),
+        # the config came from the repository: its references reach what the operator
+        # allows (CONVEYOR_ENV_ALLOW, CONVEYOR_SECRETS_DIR), as in the applier
+        scope = SecretPolicy.from_env().scope()
+        target = kube_target(env, expanded_target(env, target_cfg["kubernetes"], scope),
                              desired.env.get("sync") or {}, pool)
         stored = await target.stored()
         diffs, _ = await compare(target, objects, stored.inventory)

@@ -1,16 +1,26 @@
-"""``conveyor health FILE|-``: the health of each object in a manifest stream.
+"""``conveyor health -f FILE|-`` and ``conveyor health test DIR``.
+
+``health -f``: the health of each object in a manifest stream.
 
 Reads what ``kubectl get -o yaml`` or ``-o json`` prints (a ``kind: List`` or a typed list such
 as ``DeploymentList``), or any multi-document YAML or JSON, and prints one line per object::
 
     Deployment/shop/web: Progressing (Waiting for rollout to finish: 1 out of 3 new replicas...)
     Namespace/shop: n/a (no health assessment)
+    Widget/shop/w: n/a (no health rule)
 
-or, with ``-o json``, a JSON list of ``{kind, namespace, name, status, message}`` (``status``
-null for objects with no notion of health). The exit status is 0 whatever the health, 1 when
-the input cannot be read or parsed (nothing is printed on stdout then, errors go to stderr
-with file:line), 2 for an unknown output format. The assessment is the pure
-``orchestrator.domain.health.assess``; this module only reads, parses and prints.
+or, with ``-o json``, a JSON list of ``{kind, namespace, name, status, message, rule}``
+(``status`` null for objects without a verdict; ``rule`` "" when no rule knows the kind, which
+is the hint to write one). Objects without ``metadata.name`` (a ``generateName``, a fixture)
+are assessed too. The exit status is 0 whatever the health, 1 when the input or a rule file
+cannot be read or parsed (nothing is printed on stdout then, errors go to stderr with
+file:line), 2 for an unknown output format. The verdicts come from the ``HealthEngine`` the
+applier uses, with the user rules given (``--customizations DIR``, ``--argocd-cm FILE``,
+``CONVEYOR_HEALTH_CUSTOMIZATIONS``); this module only reads, parses and prints.
+
+``health test DIR``: runs the Argo CD ``health_test.yaml`` files under DIR against the scripts
+beside them and prints PASS/FAIL per case and a summary; exit 0 when all pass, 1 otherwise, 2
+when there is nothing to run (``orchestrator.health_rules.suite``).
 """
 
 from __future__ import annotations
@@ -22,11 +32,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from orchestrator.domain.health import HealthStatus, assess
+from orchestrator.domain.health import Assessment
 from orchestrator.domain.yamlpos import YamlSyntaxError, load_all
+from orchestrator.health_rules import suite
+from orchestrator.health_rules.engine import HealthEngine
+from orchestrator.health_rules.sources import TEST_FILE
 
 OUTPUTS = ("text", "json")
-NO_HEALTH = "n/a (no health assessment)"
 
 
 class InputError(ValueError):
@@ -47,8 +59,8 @@ def _check_object(value: object, where: str) -> Mapping[str, Any]:
         raise InputError(f"{where}: not a Kubernetes object (expected a mapping with apiVersion "
                          "and kind)")
     metadata = value.get("metadata")
-    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
-        raise InputError(f"{where}: {value['kind']} has no metadata.name")
+    if metadata is not None and not isinstance(metadata, Mapping):
+        raise InputError(f"{where}: {value['kind']}: metadata must be a mapping")
     return value
 
 
@@ -107,28 +119,38 @@ def parse_stream(text: str, file: str) -> list[Located]:
     return _parse_yaml(text, file)
 
 
+def _name(metadata: Mapping[str, Any]) -> str:
+    """The name, else ``generateName`` followed by ``*``, else ``(unnamed)``."""
+    name = metadata.get("name")
+    if isinstance(name, str) and name:
+        return name
+    prefix = metadata.get("generateName")
+    return f"{prefix}*" if isinstance(prefix, str) and prefix else "(unnamed)"
+
+
 def describe(obj: Mapping[str, Any]) -> str:
     """``Kind/namespace/name``, or ``Kind/name`` for a cluster-scoped object."""
     metadata = obj.get("metadata") or {}
     namespace = metadata.get("namespace") or ""
-    name = metadata.get("name") or ""
+    name = _name(metadata)
     return f"{obj.get('kind')}/{namespace}/{name}" if namespace else f"{obj.get('kind')}/{name}"
 
 
-def _text_line(obj: Mapping[str, Any], health: HealthStatus | None) -> str:
-    return f"{describe(obj)}: {health if health is not None else NO_HEALTH}"
+def _text_line(obj: Mapping[str, Any], health: Assessment) -> str:
+    return f"{describe(obj)}: {health}"
 
 
-def _json_item(obj: Mapping[str, Any], health: HealthStatus | None) -> dict[str, Any]:
+def _json_item(obj: Mapping[str, Any], health: Assessment) -> dict[str, Any]:
     metadata = obj.get("metadata") or {}
     return {"kind": obj.get("kind"), "namespace": metadata.get("namespace") or "",
-            "name": metadata.get("name"),
-            "status": health.status.value if health is not None else None,
-            "message": health.message if health is not None else ""}
+            "name": metadata.get("name") or _name(metadata),
+            "status": health.status.value if health.status is not None else None,
+            "message": health.message, "rule": health.rule}
 
 
-def health_command(file: str, output: str = "text", *, stdin: TextIO | None = None,
-                   stdout: TextIO | None = None, stderr: TextIO | None = None) -> int:
+def health_command(file: str, output: str = "text", *, engine: HealthEngine | None = None,
+                   stdin: TextIO | None = None, stdout: TextIO | None = None,
+                   stderr: TextIO | None = None) -> int:
     """Print the health of every object in FILE (``-`` for stdin); see the module docstring."""
     stdin = stdin if stdin is not None else sys.stdin
     stdout = stdout if stdout is not None else sys.stdout
@@ -149,7 +171,8 @@ def health_command(file: str, output: str = "text", *, stdin: TextIO | None = No
     except InputError as exc:
         print(f"conveyor health: {exc}", file=stderr)
         return 1
-    results = [(located.obj, assess(located.obj)) for located in objects]
+    engine = engine if engine is not None else HealthEngine()
+    results = [(located.obj, engine.evaluate(located.obj)) for located in objects]
     if output == "json":
         json.dump([_json_item(obj, health) for obj, health in results], stdout, indent=2)
         stdout.write("\n")
@@ -157,3 +180,29 @@ def health_command(file: str, output: str = "text", *, stdin: TextIO | None = No
         for obj, health in results:
             print(_text_line(obj, health), file=stdout)
     return 0
+
+
+def health_test_command(path: str, output: str = "text", *, builtin: bool = False,
+                        engine: HealthEngine | None = None, stdout: TextIO | None = None,
+                        stderr: TextIO | None = None) -> int:
+    """Run the ``health_test.yaml`` files under ``path``; see the module docstring."""
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    root = Path(path)
+    if not root.exists():
+        print(f"conveyor health test: {path}: no such file or directory", file=stderr)
+        return 2
+    cases = suite.run_all(root, engine if engine is not None else HealthEngine(),
+                          builtin=builtin)
+    if not cases:
+        print(f"conveyor health test: no {TEST_FILE} under {path}", file=stderr)
+        return 2
+    if output == "json":
+        json.dump({"cases": [c.to_dict() for c in cases], "summary": suite.summary(cases)},
+                  stdout, indent=2)
+        stdout.write("\n")
+    else:
+        for case in cases:
+            print(case, file=stdout)
+        print(suite.summary(cases), file=stdout)
+    return 0 if all(c.passed for c in cases) else 1

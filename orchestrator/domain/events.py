@@ -3,8 +3,10 @@
 Every step Conveyor takes is one of these, published to the JetStream log. The envelope uses
 CloudEvents attribute names so any consumer can read it: ``id``, ``source``, ``type``,
 ``subject`` (the environment, or ``_`` for events about no single environment), ``time``,
-``data``, and the extensions ``correlationid`` (the source commit SHA a chain of events is about)
-and ``causationid`` (the id of the event that caused this one).
+``data``, ``dataschema`` (which payload version ``data`` is: ``orchestrator/domain/codec.py``;
+absent on events written before payloads were typed), and the extensions ``correlationid``
+(the source commit SHA a chain of events is about) and ``causationid`` (the id of the event
+that caused this one).
 
 Ids are derived from the cause, never random: the same input handled twice produces the same id,
 which becomes the ``Nats-Msg-Id`` so JetStream drops the duplicate publish.
@@ -19,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 SPEC_VERSION: Final = "1.0"
+PAYLOAD_VERSION: Final = 2  # of every payload class (orchestrator/domain/payloads.py)
+SCHEMA_PREFIX: Final = "urn:conveyor:payload:"
 NO_ENV: Final = "_"  # subject of events that concern no single environment
 
 # -- event types: conveyor.<stage>.<outcome> --------------------------------------------------
@@ -50,6 +54,19 @@ DRIFT_DETECTED: Final = "conveyor.drift.detected"
 NOTIFY_SENT: Final = "conveyor.notify.sent"
 NOTIFY_FAILED: Final = "conveyor.notify.failed"
 NOTIFY_DEAD: Final = "conveyor.notify.dead"
+LOG_RESET: Final = "conveyor.log.reset"  # a target was written under another log's epoch
+# the GitOps workflow (orchestrator/gitops): each is about a commit Conveyor made or proposed
+RELEASE_COMMITTED: Final = "conveyor.release.committed"
+RELEASE_PROPOSED: Final = "conveyor.release.proposed"
+ROLLBACK_COMMITTED: Final = "conveyor.rollback.committed"
+ROLLBACK_PROPOSED: Final = "conveyor.rollback.proposed"
+PROMOTION_REQUESTED: Final = "conveyor.promotion.requested"
+PROMOTION_COMMITTED: Final = "conveyor.promotion.committed"
+PROMOTION_PROPOSED: Final = "conveyor.promotion.proposed"
+PROMOTION_REFUSED: Final = "conveyor.promotion.refused"
+PREVIEW_RENDERED: Final = "conveyor.preview.rendered"
+PREVIEW_POSTED: Final = "conveyor.preview.posted"
+PREVIEW_FAILED: Final = "conveyor.preview.failed"
 
 KNOWN_TYPES: Final = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)
@@ -73,6 +90,11 @@ def stage_of(event_type: str) -> str:
 def outcome_of(event_type: str) -> str:
     """``conveyor.apply.failed`` -> ``failed``."""
     return event_type.split(".", 2)[2]
+
+
+def schema_for(event_type: str, version: int = PAYLOAD_VERSION) -> str:
+    """The ``dataschema`` of an event type's payload at ``version``."""
+    return f"{SCHEMA_PREFIX}{event_type}:v{version}"
 
 
 def derive_id(*parts: str) -> str:
@@ -105,6 +127,7 @@ class Event:
     time: str = field(default_factory=_now)
     specversion: str = SPEC_VERSION
     datacontenttype: str = "application/json"
+    dataschema: str = ""  # "" = payload version 1 (written before payloads were typed)
 
     @property
     def env(self) -> str:
@@ -119,7 +142,9 @@ class Event:
         return outcome_of(self.type)
 
     def to_dict(self) -> dict[str, Any]:
+        schema = {"dataschema": self.dataschema} if self.dataschema else {}
         return {
+            **schema,
             "specversion": self.specversion,
             "id": self.id,
             "source": self.source,
@@ -148,6 +173,7 @@ class Event:
             time=str(raw.get("time", "")),
             specversion=str(raw.get("specversion", SPEC_VERSION)),
             datacontenttype=str(raw.get("datacontenttype", "application/json")),
+            dataschema=str(raw.get("dataschema", "")),
         )
 
     @classmethod
@@ -183,4 +209,5 @@ def new_event(
         correlationid=corr,
         causationid=causation,
         source=source,
+        dataschema=schema_for(type),  # writers write the current version of every payload
     )

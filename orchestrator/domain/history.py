@@ -34,7 +34,18 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Final, TypeVar
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.payloads import (
+    ApplyFields,
+    ApplySuperseded,
+    CommitFields,
+    DeadLetter,
+    HealthFields,
+    Payload,
+    RenderFailed,
+    RenderSucceeded,
+)
 from orchestrator.domain.trace import parse_time
 
 T = TypeVar("T")
@@ -82,7 +93,7 @@ def updated(obj: T, changes: dict[str, Any]) -> T:
 
 def is_retry(event: Event) -> bool:
     """A re-published stage input (``conveyor retry``), not a new fact."""
-    return bool(event.data.get("retry_of"))
+    return bool(decode(event).retry_of)
 
 
 def counts(event: Event) -> bool:
@@ -153,8 +164,9 @@ class EnvHistory:
                           int(raw.get("seq") or 0))
 
 
-def is_heal(event: Event) -> bool:
-    return event.stage == "apply" and event.data.get("cause") == "drift"
+def is_heal(event: Event, payload: Payload | None = None) -> bool:
+    p = payload if payload is not None else decode(event)
+    return isinstance(p, ApplyFields) and p.cause == "drift"
 
 
 def opens_new(event: Event) -> bool:
@@ -185,61 +197,60 @@ def advance(entry: Attempt | None, event: Event, seq: int) -> Attempt | None:
     """The attempt after ``event`` (``entry`` None: a new one); None when nothing is recorded."""
     if not counts(event):
         return None
-    t, d = event.type, event.data
+    p = decode(event)
     if entry is None:
-        if t in HEALTH_TYPES:
+        if event.type in HEALTH_TYPES:
             return None  # a verdict about an attempt we no longer hold
         entry = Attempt(env=event.subject, revision=event.correlationid, started_at=event.time,
-                        first_seq=seq, cause="drift" if is_heal(event) else "commit")
+                        first_seq=seq, cause="drift" if is_heal(event, p) else "commit")
     # applied at once: folds run over whole logs
     changes: dict[str, Any] = {"last_seq": max(entry.last_seq, seq)}
-    if not entry.author and (d.get("author") or d.get("message") or d.get("short")):
-        changes.update(_commit_info(entry, d))
-    if is_retry(event):  # a dead letter or failure handed back to its stage: reopen
+    if not entry.author and isinstance(p, CommitFields) and p.has_commit():
+        changes.update(_commit_info(entry, p))
+    if p.retry_of:  # a dead letter or failure handed back to its stage: reopen
         changes.update(attempts=entry.attempts + 1, finished_at="", duration_ms=None, error="",
                        outcome_event="")
-    changes.update(_outcome_changes(entry, event))
+    changes.update(_outcome_changes(entry, event, p))
     return updated(entry, changes)
 
 
-def _outcome_changes(entry: Attempt, event: Event) -> dict[str, Any]:
-    t, d = event.type, event.data
+def _outcome_changes(entry: Attempt, event: Event, p: Payload) -> dict[str, Any]:
+    t = event.type
     if t == ev.COMMIT_DETECTED:
         return {"outcome": RENDERING, "stage": "render"}
-    if t == ev.RENDER_SUCCEEDED:
-        objects = d.get("objects")
+    if isinstance(p, RenderSucceeded):
         return {"outcome": APPLYING, "stage": "apply",
-                "digest": str(d.get("digest") or entry.digest),
-                "objects": int(objects) if isinstance(objects, int) else entry.objects,
-                "render_ms": _ms(d.get("duration_ms"), entry.render_ms)}
+                "digest": p.digest or entry.digest,
+                "objects": p.objects if "objects" in event.data else entry.objects,
+                "render_ms": _ms(p.duration_ms, entry.render_ms)}
     if t == ev.APPLY_STARTED:
         return {"outcome": APPLYING, "stage": "apply"}
     if t == ev.APPLY_RETRYING:
         return {"outcome": RETRYING, "stage": "apply", "retries": entry.retries + 1,
-                "error": _error(d)}
-    if t == ev.RENDER_FAILED:
-        return _finish(entry, event, RENDER_FAILED, "render", error=_error(d),
-                       render_ms=_ms(d.get("duration_ms"), entry.render_ms))
+                "error": _error(p)}
+    if isinstance(p, RenderFailed):
+        return _finish(entry, event, RENDER_FAILED, "render", error=_error(p),
+                       render_ms=_ms(p.duration_ms, entry.render_ms))
     if t == ev.RENDER_DEAD:
-        return _finish(entry, event, DEAD, "render", error=_error(d))
+        return _finish(entry, event, DEAD, "render", error=_error(p))
+    duration = p.duration_ms if isinstance(p, ApplyFields) else None
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):
         return _finish(entry, event, SUCCEEDED if t == ev.APPLY_SUCCEEDED else SKIPPED, "apply",
-                       error="", apply_ms=_ms(d.get("duration_ms"), entry.apply_ms))
+                       error="", apply_ms=_ms(duration, entry.apply_ms))
     if t == ev.APPLY_FAILED:
-        return _finish(entry, event, FAILED, "apply", error=_error(d),
-                       apply_ms=_ms(d.get("duration_ms"), entry.apply_ms))
-    if t == ev.APPLY_SUPERSEDED:
-        return _finish(entry, event, SUPERSEDED, "apply",
-                       superseded_by=str(d.get("superseded_by") or ""))
+        return _finish(entry, event, FAILED, "apply", error=_error(p),
+                       apply_ms=_ms(duration, entry.apply_ms))
+    if isinstance(p, ApplySuperseded):
+        return _finish(entry, event, SUPERSEDED, "apply", superseded_by=p.superseded_by)
     if t == ev.APPLY_DEAD:
-        return _finish(entry, event, DEAD, "apply", error=_error(d))
+        return _finish(entry, event, DEAD, "apply", error=_error(p))
     if t == ev.COMMIT_REJECTED:
-        return _finish(entry, event, REJECTED, "render", error=_error(d))
+        return _finish(entry, event, REJECTED, "render", error=_error(p))
     # health verdicts
-    status = str(d.get("status") or t.rsplit(".", 1)[1].title())
+    status = (p.status if isinstance(p, HealthFields) else "") or t.rsplit(".", 1)[1].title()
     if t == ev.HEALTH_DEGRADED:
         return {"health": status, "degraded_at": entry.degraded_at or event.time,
-                "error": _error(d) or entry.error}
+                "error": _error(p) or entry.error}
     if t == ev.HEALTH_HEALTHY and entry.degraded_at and not entry.recovered_at:
         return {"health": status, "recovered_at": event.time}
     return {"health": status}
@@ -305,17 +316,16 @@ def _finish(entry: Attempt, event: Event, outcome: str, stage: str,
             **changes}
 
 
-def _commit_info(entry: Attempt, data: dict[str, Any]) -> dict[str, Any]:
+def _commit_info(entry: Attempt, p: CommitFields) -> dict[str, Any]:
     """The commit's details, from the first event that carries them."""
-    message = str(data.get("message") or "").strip().splitlines()
-    return {"short": str(data.get("short") or entry.revision[:7]),
-            "author": str(data.get("author") or ""),
+    message = p.message.strip().splitlines()
+    return {"short": p.short or entry.revision[:7], "author": p.author,
             "message": message[0][:MESSAGE_MAX] if message else "",
-            "committed_at": str(data.get("committed_at") or "")}
+            "committed_at": p.committed_at}
 
 
-def _error(data: dict[str, Any]) -> str:
-    return str(data.get("error") or data.get("reason") or data.get("message") or "")[:ERROR_MAX]
+def _error(p: Payload) -> str:
+    return p.error_text()[:ERROR_MAX]
 
 
 def _ms(value: Any, default: float | None) -> float | None:
@@ -344,7 +354,8 @@ def is_failed(event: Event) -> bool:
 
 def dead_original(dead: Event) -> Event:
     """The stage input a ``conveyor.<stage>.dead`` event carries."""
-    raw = dead.data.get("original")
+    p = decode(dead)
+    raw = p.original if isinstance(p, DeadLetter) else None
     if not isinstance(raw, dict) or "type" not in raw or "id" not in raw:
         raise NotRetryable(f"dead letter {dead.id} carries no original event")
     return Event.from_dict(raw)

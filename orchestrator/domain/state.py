@@ -22,8 +22,10 @@ from typing import Any
 
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 from orchestrator.domain.history import EnvHistory
+from orchestrator.domain.payloads import ApplyFields, ApplySucceeded, CommitDetected, HealthFields
 
 HISTORY_OUTCOMES = frozenset({
     ev.APPLY_SUCCEEDED, ev.APPLY_FAILED, ev.APPLY_SKIPPED, ev.APPLY_SUPERSEDED, ev.APPLY_DEAD,
@@ -80,22 +82,28 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
     """The fields an event changes (applied at once: folds run over whole logs)."""
     rev = event.correlationid
     t = event.type
-    if hist.is_retry(event):  # re-published by `conveyor retry`: work again, not a new fact
+    p = decode(event)
+    if p.retry_of:  # re-published by `conveyor retry`: work again, not a new fact
         if t == ev.COMMIT_DETECTED:
             return {"in_flight": f"render {rev[:7]}"}
         if t != ev.RENDER_SUCCEEDED:
             return {}  # a terminal event handed back to the notifier
     if t == ev.COMMIT_DETECTED:
-        env = event.data.get("env")
-        made_by = str(env.get("generator", "")) if isinstance(env, dict) else s.generator
+        env = p.env if isinstance(p, CommitDetected) else None
+        made_by = str(env.get("generator", "")) if env is not None else s.generator
         return {"desired_revision": rev, "desired_at": event.time,
                 "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1,
                 "generator": made_by}
     if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
         return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
+    if isinstance(p, ApplySucceeded) and t == ev.APPLY_SUCCEEDED and p.superseded_by:
+        # recognised after a restart, with a newer commit applied since: it was deployed, but
+        # the environment holds the newer one
+        return {"deployments": s.deployments + 1}
     if t in (ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED):
         return {"last_applied_revision": rev, "last_applied_at": event.time,
-                "bundle_digest": str(event.data.get("digest", s.bundle_digest)),
+                "bundle_digest": (p.digest if isinstance(p, ApplyFields) and p.digest
+                                  else s.bundle_digest),
                 "last_outcome": t, "last_outcome_at": event.time, "last_error": "",
                 "in_flight": _in_flight_after(s, rev), "last_failure_id": "",
                 "deployments": s.deployments + (t == ev.APPLY_SUCCEEDED)}
@@ -103,7 +111,7 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
              ev.COMMIT_REJECTED):
         return {"last_attempted_revision": rev or s.last_attempted_revision,
                 "last_outcome": t, "last_outcome_at": event.time,
-                "last_error": str(event.data.get("error") or event.data.get("reason") or ""),
+                "last_error": p.error_text(),
                 "in_flight": _in_flight_after(s, rev), "failures": s.failures + 1,
                 "last_failure_id": event.id}
     if t == ev.ENV_REMOVED:
@@ -112,12 +120,12 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
         return {"last_outcome": t, "last_outcome_at": event.time, "bundle_digest": "",
                 "last_applied_revision": ""}
     if t == ev.APPLY_RETRYING:
-        return {"last_error": str(event.data.get("error", "")), "retries": s.retries + 1}
+        return {"last_error": p.error_text(), "retries": s.retries + 1}
     if t == ev.APPLY_SUPERSEDED:
         return {} if s.last_outcome else {"last_outcome": t}
-    if t in (ev.HEALTH_HEALTHY, ev.HEALTH_DEGRADED, ev.HEALTH_PROGRESSING):
-        return {"health": str(event.data.get("status", t.rsplit(".", 1)[1].title())),
-                "health_message": str(event.data.get("message", ""))}
+    if isinstance(p, HealthFields):
+        return {"health": p.status or t.rsplit(".", 1)[1].title(),
+                "health_message": p.message}
     return {}
 
 

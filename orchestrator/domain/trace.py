@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 
 
@@ -37,13 +38,8 @@ class TraceNode:
 
 
 def summary(event: Event) -> str:
-    d = event.data
-    for key in ("error", "summary", "superseded_by", "reason", "route"):
-        if d.get(key):
-            return f"{key}: {d[key]}" if key != "summary" and key != "error" else str(d[key])
-    if "objects" in d:
-        return f"{d['objects']} objects, {str(d.get('digest', ''))[:19]}"
-    return ""
+    """One line saying what the event tells: its payload's own description."""
+    return decode(event).describe()
 
 
 def build_trace(events: Sequence[Event]) -> list[TraceNode]:

@@ -32,7 +32,6 @@ from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type
 from tenacity.wait import wait_exponential_jitter
 from yarl import URL
 
-from orchestrator.domain.config import expand_all
 from orchestrator.domain.events import Event
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.notify import providers
@@ -40,6 +39,7 @@ from orchestrator.notify.message import Answer, Request, Response
 from orchestrator.notify.providers.base import Provider
 from orchestrator.notify.routing import Route
 from orchestrator.notify.templates import render_route
+from orchestrator.secrets import SecretScope
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +98,7 @@ async def deliver(
     *,
     previous_ref: str | None = None,
     environ: Mapping[str, str] | None = None,
+    scope: SecretScope | None = None,
     policy: RetryPolicy = DEFAULT_POLICY,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.time,
@@ -111,7 +112,10 @@ async def deliver(
                                            " (no commit status for it)",
                               message_ref=previous_ref)
     try:
-        settings = expand_all(dict(route.settings), environ)
+        # conveyor.yaml's references reach only what the operator allows (``scope``);
+        # an explicit ``environ`` is the caller's own
+        reach = scope if scope is not None else SecretScope.operator(environ or {})
+        settings = reach.expand_all(dict(route.settings))
         provider = providers.create(route.type, settings, route.name)
     except PermanentError as exc:
         logger.warning("notify.misconfigured", reason=str(exc))

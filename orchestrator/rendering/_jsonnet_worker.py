@@ -10,10 +10,10 @@ import json
 import os
 import sys
 
+import _jsonnet
+
 
 def main() -> None:
-    import _jsonnet
-
     request = json.load(sys.stdin)
     root = os.path.realpath(request["root"])
     libs = request["libs"]

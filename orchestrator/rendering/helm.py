@@ -59,7 +59,7 @@ def merge_values(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, 
 
 
 def sdk_available() -> bool:
-    try:
+    try:  # optional dependency: the helm extra (helm-python-sdk)
         import helm_python  # noqa: F401
     except (ImportError, OSError):
         return False
@@ -156,6 +156,7 @@ def _parse_rendered(chart_rel: str, rendered: Mapping[str, str], settings: HelmS
 
 def _worker_main() -> None:
     request = json.load(sys.stdin)
+    # optional dependency (the helm extra), only in the worker process that renders a chart
     import helm_python
     from helm_python import _native
 

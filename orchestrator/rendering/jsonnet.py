@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import _jsonnet
+
 from orchestrator.errors import PermanentError
 from orchestrator.rendering.model import Manifest, RenderLimits
 from orchestrator.rendering.parse import Located, decode, is_list
@@ -34,8 +36,6 @@ WORKER = Path(__file__).with_name("_jsonnet_worker.py")
 
 
 def version() -> str:
-    import _jsonnet
-
     return f"jsonnet {str(_jsonnet.version).lstrip('v')}"
 
 

@@ -1,4 +1,4 @@
-"""api routes: the live dashboard, its event stream, and ``/metrics`` (registered by build_app).
+"""api routes: the live dashboard and its event stream (registered by build_app).
 
 - ``GET /`` serves ``static/index.html``; ``/static/`` its stylesheet and script. The page is
   plain HTML, CSS and a little JavaScript with no build step, and reads only the public JSON API.
@@ -10,14 +10,10 @@
   projected state whenever the projector folds an event into it (``event: env``), so cards show
   exactly what ``/api/v1/environments`` would, without the page re-implementing the fold.
   A comment line every 15 s keeps proxies from closing an idle stream and finds dead clients.
-- ``GET /metrics`` is the Prometheus text format of this Conveyor's registry; it refreshes the
-  per-consumer queue depth from JetStream first (at most a couple of seconds, else the last
-  values).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Final
@@ -29,34 +25,20 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
 from services.api import sse
-from services.api.context import BUS, PROJECTOR, RESOURCES, event_json
+from services.api.browser import DASHBOARD_CSP
+from services.api.context import BUS, PROJECTOR, event_json
 
 log = structlog.get_logger(__name__)
 
 STATIC_DIR: Final = Path(__file__).parent / "static"
 DEFAULT_REPLAY: Final = 50
 MAX_REPLAY: Final = 1000
-PENDING_TIMEOUT: Final = 2.0
-
-CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
 
 
 async def index(_: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={
-        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
-
-
-async def prometheus(request: web.Request) -> web.Response:
-    metrics = request.app[RESOURCES].metrics
-    try:
-        async with asyncio.timeout(PENDING_TIMEOUT):
-            metrics.set_consumer_pending(await request.app[BUS].consumer_pending())
-    except Exception as exc:  # the scrape still answers, with the last known depths
-        log.warning("metrics.pending_refresh_failed", error=str(exc) or type(exc).__name__)
-    return web.Response(body=metrics.exposition(), headers={"Content-Type": metrics.content_type})
 
 
 def _int(value: str | None) -> int | None:
@@ -134,5 +116,4 @@ def add_routes(app: web.Application) -> None:
     """Register this module's routes on the api application."""
     app.router.add_get("/", index)
     app.router.add_static("/static/", STATIC_DIR, name="static")
-    app.router.add_get("/metrics", prometheus)
     app.router.add_get("/api/v1/dashboard/stream", dashboard_stream)

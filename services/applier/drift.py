@@ -41,16 +41,16 @@ import structlog
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.config import expand_all
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
 from orchestrator.resources import Resources
 from orchestrator.targets.kube.compare import compare
-from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.inventory import Record
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import KubeTarget, kube_target
+from services.applier import outcomes
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/drift"
@@ -122,8 +122,9 @@ class DriftLoop:
         target = config.get("target") or {}
         if "kubernetes" not in target:
             return None
-        return kube_target(env, expand_all(target["kubernetes"] or {}), config.get("sync") or {},
-                           self.resources.kube)
+        scope = self.settings.secrets.scope()
+        return kube_target(env, expanded_target(env, target["kubernetes"], scope),
+                           config.get("sync") or {}, self.resources.kube)
 
     # -- one check -------------------------------------------------------------------------
 
@@ -181,28 +182,23 @@ class DriftLoop:
             try:
                 result = await target.sync(ApplyRequest(
                     env=target.env, revision=held.revision, digest=held.digest, objects=desired,
-                    origin_seq=held.origin_seq, cause="drift"))
+                    origin_seq=held.origin_seq, cause="drift",
+                    health=self.resources.health_engine().with_rules(
+                        self.resources.health_engine().rules)))
             except TransientError as exc:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []
             except PermanentError as exc:
-                return [new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
-                                  source=SOURCE, data={
-                                      **common, "error": str(exc), "reason": exc.reason,
-                                      "duration_ms": _ms(started)})]
-        if result.failure is not None:  # the heal's rollout is unhealthy
-            failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected, source=SOURCE,
-                               data={**common, **result.details, "error": result.summary,
-                                     "reason": result.failure, "duration_ms": _ms(started)})
-            return [failed, *([health_event(failed, result.health, SOURCE)]
-                              if result.health is not None else [])]
-        kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
-        outcome = new_event(kind, env=target.env, cause=detected, source=SOURCE, data={
-            **common, **result.details, "summary": f"self-heal: {result.summary}",
-            "duration_ms": _ms(started)})
-        log.info("drift.healed", env=target.env, summary=result.summary)
-        return [outcome, *([health_event(outcome, result.health, SOURCE)]
-                           if result.health is not None else [])]
+                return [outcomes.outcome(ev.APPLY_FAILED, detected, source=SOURCE,
+                                         started=started, carry=common,
+                                         data={"error": str(exc), "reason": exc.reason})]
+        healed, events = outcomes.for_result(detected, result, source=SOURCE, started=started,
+                                             target=target, carry=common,
+                                             summary_prefix="self-heal: ",
+                                             health_under_outcome=True)
+        log.info("drift.healed" if healed else "drift.heal_unhealthy", env=target.env,
+                 summary=result.summary)
+        return events
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -249,7 +245,3 @@ class DriftLoop:
         except Exception as exc:
             log.exception("drift.environments_crashed", error=str(exc))
         return out
-
-
-def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)

@@ -1,9 +1,13 @@
 """applier: render.succeeded -> apply the bundle to the environment's target.
 
-Exactly-once over at-least-once: before acting it asks the target what it holds. A bundle the
-target already holds is ``apply.skipped``; a render older than what the target holds (a late
-redelivery) is ``apply.superseded``. Within one environment applies run one at a time in commit
-order, and when several renders wait only the newest is applied: the others are superseded.
+Exactly-once over at-least-once: before acting it asks the target what it holds, and it
+records ``apply.started`` before it touches the target. A bundle the target already holds is
+``apply.skipped``; a render older than what the target holds (a late redelivery) is
+``apply.superseded`` - unless the target shows this very render applied (the process died
+between the effect and its record): that is ``apply.succeeded``. A target written under another
+log's epoch (the log was wiped and re-created) is ``log.reset`` once, then handled by digest
+alone. Within one environment applies run one at a time in commit order, and when several
+renders wait only the newest is applied: the others are superseded.
 """
 
 from __future__ import annotations
@@ -17,22 +21,22 @@ import structlog
 from orchestrator import subjects
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
-from orchestrator.domain.config import RetryPolicy, expand_all
-from orchestrator.domain.events import Event, new_event, outcome_id
+from orchestrator.domain.config import RetryPolicy
+from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, ApplyResult, Target
+from orchestrator.health_rules.engine import HealthEngine, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
+from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.targets.git.target import git_target_for
-from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.target import kube_target
+from services.applier import outcomes
 from services.applier.drift import DriftLoop
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
 ACK_WAIT = 5.0  # as the renderer's: a render held by a killed applier is back after 5 s
-PASS_ON = ("revision", "short", "message", "author", "committed_at", "branch", "source", "repo",
-           "digest", "objects", "origin_seq")
 
 
 class Applier:
@@ -43,15 +47,18 @@ class Applier:
         self._consumer: Consumer | None = None
         self._drift: DriftLoop | None = None
 
-    async def start(self) -> None:
+    def consumer_spec(self) -> ConsumerSpec:
         envs = self.settings.envs
-        self._consumer = Consumer(self.bus, ConsumerSpec(
+        return ConsumerSpec(
             durable=subjects.consumer_name("applier", envs), stage="apply",
             filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
                      *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=ACK_WAIT,
             concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
-            one_outcome=True))
+            one_outcome=True)
+
+    async def start(self) -> None:
+        self._consumer = Consumer(self.bus, self.consumer_spec())
         await self._consumer.start()
         self._drift = DriftLoop(self.resources)
         await self._drift.start()
@@ -67,23 +74,62 @@ class Applier:
             return git_target_for(env["name"], env["target"]["git"] or {}, data,
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
-                                  locks=self.resources.git_locks)
-        target = expand_all(env.get("target") or {})
+                                  locks=self.resources.git_locks,
+                                  scope=self.settings.secrets.scope())
+        target = env.get("target") or {}
         if "kubernetes" in target:
-            return kube_target(env["name"], target["kubernetes"], env.get("sync") or {},
-                               self.resources.kube)
+            from orchestrator.targets.kube.settings import expanded_target
+
+            return kube_target(env["name"], expanded_target(
+                env["name"], target["kubernetes"], self.settings.secrets.scope()),
+                env.get("sync") or {}, self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
+
+    def health_for(self, env: dict[str, Any], data: dict[str, Any]) -> HealthEngine:
+        """The health rules of this apply: the repository's at the rendered commit (CEL checks
+        of conveyor.yaml, its argocd-cm file, its customizations tree), then the operator's,
+        then the built-in ones. Rules that cannot be used fail the apply, naming the file."""
+        operator = self.resources.health_engine()
+        health = env.get("health") or {}
+        if not health:
+            return operator.with_rules(operator.rules)  # an engine of its own for this sync
+        try:
+            repo = rules_of_event(health, data.get("health_rules"))
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return operator.with_rules(repo.then(operator.rules))
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
         if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
             return []
+        if older.attempt > 1 and await self._applied_before(older.event):
+            # redelivered after a crash that came between the effect and its record
+            return [self._outcome(ev.APPLY_SUCCEEDED, older.event, None, time.monotonic(),
+                                  summary="applied before a restart")]
         return [self._superseded(older.event, newest.event.correlationid)]
 
+    def _request(self, event: Event) -> ApplyRequest:
+        """What applying ``event`` asks of its target (the objects are loaded later)."""
+        data = event.data
+        return ApplyRequest(
+            env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
+            objects=(), origin_seq=int(data.get("origin_seq") or 0),
+            message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit"),
+            epoch=self.bus.epoch)
+
+    async def _applied_before(self, event: Event) -> bool:
+        try:
+            target = self.target_for(event.data["env"], event.data)
+            return await target.has_applied(self._request(event))
+        except Exception as exc:  # unknown: superseded is what it would have been
+            log.warning("apply.recognise_failed", env=event.subject, error=str(exc))
+            return False
+
     def _superseded(self, event: Event, by: str) -> Event:
-        return _one_outcome(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
+        return outcomes.one_per_cause(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
                                       source=SOURCE,
-                                      data={**_pass_on(event), "superseded_by": by}))
+                                      data={**outcomes.pass_on(event), "superseded_by": by}))
 
     async def handle(self, delivery: Delivery) -> Outcome:
         if delivery.event.type == ev.ENV_REMOVED:
@@ -93,11 +139,24 @@ class Applier:
         env = data["env"]
         policy = RetryPolicy(**(env.get("retry") or {}))
         started = time.monotonic()
+        reset: list[Event] = []
         try:
             target = self.target_for(env, data)
             held = await target.current()
+            if held.epoch and held.epoch != self.bus.epoch:
+                # written under another log (this one was wiped and re-created): its sequences
+                # and revision mean nothing here; only the digest says what it holds
+                reset = await self._log_reset(event, target, held)
+                held = TargetState(held.digest, None, None, held.epoch)
             origin = int(data.get("origin_seq") or 0)
+            request = self._request(event)
             if held.origin_seq is not None and held.origin_seq > origin:
+                if delivery.attempt > 1 and await target.has_applied(request):
+                    # applied, then the process died before saying so, and a newer commit was
+                    # applied since: it was deployed, so the record says so
+                    return Ack([self._outcome(ev.APPLY_SUCCEEDED, event, target, started,
+                                              summary="applied before a restart",
+                                              superseded_by=held.revision or "")])
                 return Ack([self._superseded(event, held.revision or "")])
             if held.digest == data["digest"] and held.revision == event.correlationid \
                     and held.origin_seq == origin:
@@ -108,21 +167,24 @@ class Applier:
             # a manual sync re-applies even an unchanged bundle (it is how drift is undone
             # without selfHeal); the target itself still skips what is truly identical
             if held.digest == data["digest"] and data.get("cause") != "sync":
-                return Ack([self._outcome(ev.APPLY_SKIPPED, event, target, started,
-                                          summary="target already holds this bundle")])
+                return Ack([*reset, self._outcome(ev.APPLY_SKIPPED, event, target, started,
+                                                  summary="target already holds this bundle")])
             payload = await self.bus.get_bundle(str(data["digest"]))
             if payload is None:
                 raise PermanentError(f"bundle {data['digest']} is missing from the store",
                                      reason="BundleMissing")
-            result = await target.apply(ApplyRequest(
-                env=event.subject, revision=event.correlationid, digest=str(data["digest"]),
-                objects=decode_bundle(payload), origin_seq=origin,
-                message=str(data.get("message") or ""), cause=str(data.get("cause") or "commit")))
+            # record before effect: a crash from here on leaves a trace of the attempt
+            await self.bus.publish(new_event(
+                ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
+                data={**outcomes.pass_on(event), "target": target.description,
+                      "attempt": delivery.attempt}))
+            result = await target.apply(replace(request, objects=decode_bundle(payload),
+                                                health=self.health_for(env, data)))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
-            return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
-                                       reason=exc.reason)])
+            return Fail([*reset, self._outcome(ev.APPLY_FAILED, event, None, started,
+                                               error=str(exc), reason=exc.reason)])
         except TransientError as exc:
             attempt = delivery.attempt
             if attempt > policy.limit:
@@ -131,20 +193,32 @@ class Applier:
             delay = exc.delay if exc.delay is not None else policy.delay(attempt)
             retrying = new_event(ev.APPLY_RETRYING, env=event.subject, cause=event,
                                  source=SOURCE, key=str(attempt),
-                                 data={**_pass_on(event), "error": str(exc), "attempt": attempt,
-                                       "delay": delay})
-            return Retry(delay, reason=str(exc), emit=[retrying])
-        if result.failure is not None:  # an unhealthy rollout: an outcome, not an error
-            log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
-                      reason=result.failure, error=result.summary)
-            return Fail([self._outcome(ev.APPLY_FAILED, event, target, started,
-                                       error=result.summary, reason=result.failure,
-                                       **result.details), *_health(event, result)])
-        kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
+                                 data={**outcomes.pass_on(event), "error": str(exc),
+                                       "attempt": attempt, "delay": delay})
+            return Retry(delay, reason=str(exc), emit=[*reset, retrying])
+        ok, events = outcomes.for_result(event, result, source=SOURCE, started=started,
+                                         target=target)
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
-                 outcome=kind.rsplit(".", 1)[1], summary=result.summary)
-        return Ack([self._outcome(kind, event, target, started, summary=result.summary,
-                                  **result.details), *_health(event, result)])
+                 outcome=events[0].outcome, summary=result.summary,
+                 reason=result.failure or "")
+        # an unhealthy rollout is an outcome (apply.failed), not an error
+        return Ack([*reset, *events]) if ok else Fail([*reset, *events])
+
+    async def _log_reset(self, event: Event, target: Target, held: TargetState) -> list[Event]:
+        """One ``log.reset`` per environment and foreign epoch (none if this log has it)."""
+        known = await self.bus.last_event(event.subject, ev.LOG_RESET)
+        if known is not None and known.event.data.get("target_epoch") == held.epoch:
+            return []
+        log.warning("apply.log_reset", env=event.subject, target_epoch=held.epoch,
+                    log_epoch=self.bus.epoch, target_revision=(held.revision or "")[:12])
+        reset = new_event(ev.LOG_RESET, env=event.subject, cause=event, source=SOURCE, data={
+            "target_epoch": held.epoch, "log_epoch": self.bus.epoch,
+            "target_revision": held.revision, "target_seq": held.origin_seq,
+            "digest": held.digest, "target": target.description,
+            "summary": "the target was written under another event log (this one was reset): "
+                       "its state is treated as unknown and the bundle applied by digest"})
+        return [replace(reset, id=derive_id(ev.LOG_RESET, event.subject, str(held.epoch),
+                                            self.bus.epoch))]
 
     async def remove(self, delivery: Delivery) -> Outcome:
         """An environment left conveyor.yaml (or its generator stopped making it). ``prune``
@@ -162,7 +236,7 @@ class Applier:
             target = self.target_for(env, data)
             result = await target.apply(ApplyRequest(
                 env=event.subject, revision=event.correlationid, digest=EMPTY_DIGEST,
-                objects=[], origin_seq=delivery.seq, cause="remove",
+                objects=[], origin_seq=delivery.seq, cause="remove", epoch=self.bus.epoch,
                 message=f"environment {event.subject} removed from conveyor.yaml"))
         except (PermanentError, ConfigError) as exc:
             return Fail([self._outcome(ev.APPLY_FAILED, event, None, started, error=str(exc),
@@ -175,34 +249,8 @@ class Applier:
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
-        data = {**_pass_on(event), **extra,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1)}
-        if target is not None:
-            data["target"] = target.description
-        outcome = new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
-        # retrying and health events are not outcomes; every terminal outcome shares one id
-        return _one_outcome(outcome) if kind in OUTCOMES else outcome
-
-
-def _health(event: Event, result: ApplyResult) -> list[Event]:
-    """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
-    return [health_event(event, result.health, SOURCE)] if result.health is not None else []
+        return outcomes.outcome(kind, event, source=SOURCE, started=started, target=target,
+                                data=extra)
 
 
 EMPTY_DIGEST = digest_of(encode_bundle([]))
-OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
-                      ev.APPLY_SUPERSEDED})
-
-
-def _one_outcome(outcome: Event) -> Event:
-    """One render gets one apply outcome: every outcome type shares one id per cause.
-
-    The id is the ``Nats-Msg-Id``, so when a crash lets a redelivered render be handled again
-    (say superseded after it already succeeded), JetStream keeps the first outcome and drops
-    the second.
-    """
-    return replace(outcome, id=outcome_id("apply", outcome.subject, outcome.causationid))
-
-
-def _pass_on(event: Event) -> dict[str, Any]:
-    return {k: event.data[k] for k in PASS_ON if k in event.data}

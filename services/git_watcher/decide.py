@@ -36,7 +36,7 @@ from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.generators import touches
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConfigError
-from services.git_watcher.config_check import check_config
+from services.git_watcher.config_check import Bounds, check_config
 
 SOURCE = "conveyor/git-watcher"
 DEFAULT_LOCAL_INTERVAL = 5.0
@@ -174,6 +174,8 @@ def env_payload(env: EnvironmentConfig) -> dict[str, Any]:
                   "factor": env.retry.factor, "max": env.retry.max}}
     if env.generator:
         payload |= {"generator": env.generator, "onRemove": env.on_remove}
+    if env.health:  # absent when unused, so older digests (and events) stay as they were
+        payload["health"] = dict(env.health)
     return payload
 
 
@@ -202,7 +204,10 @@ def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Refe
     ``config_counts``: conveyor.yaml changes count (only in the repository holding it)."""
     if config_counts and CONFIG_FILE in changed:
         return True
-    roots = {env.path, *referenced(env)}
+    # the health rule files conveyor.yaml names count too: the applier waits by them
+    health = [str(env.health[k]) for k in ("customizations", "argocdConfigMap")
+              if env.health.get(k)]
+    roots = {env.path, *referenced(env), *health}
     for path in changed:
         for root in roots:
             if root == "" or path == root or path.startswith(root.rstrip("/") + "/"):
@@ -257,6 +262,7 @@ def events_for_commit(
     verdict: VerdictFor | None = None,
     extra: Mapping[str, Any] | None = None,
     dirs: Callable[[], Sequence[str]] | None = None,
+    bounds: Bounds | None = None,
 ) -> CommitEvents:
     """The events one new commit of the primary source produces, and the config after it.
 
@@ -274,19 +280,24 @@ def events_for_commit(
         text = config_text()
         if text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
-            config_events.append(_config_invalid(commit, source, err))
+            config_events.append(config_invalid(commit, source, err))
         else:
             try:
                 # adopted only once every check passed: a config that check_config refuses
                 # must not take effect (the last good one stays in force)
-                parsed = parse_config(text, dirs=dirs() if dirs is not None else None)
-                check_config(parsed)
+                parsed = parse_config(text, dirs=dirs() if dirs is not None else None,
+                                      pulls=current.pulls if current is not None else ())
+                check_config(parsed, bounds or Bounds(primary_repo=source.repo,
+                                                      primary_branch=source.branch))
             except ConfigError as err:
-                config_events.append(_config_invalid(commit, source, err))
+                config_events.append(config_invalid(commit, source, err))
             else:
-                same = current is not None and parsed.text == current.text \
-                    and parsed.dirs == current.dirs
-                if not same:  # a commit inside envs/dev changes no generated environment
+                # re-read only because a generator's directories moved, yet nothing changed
+                # (a commit inside envs/dev): no config event. An edit of the file always
+                # gets one, even back to the config in force (it clears a config.invalid).
+                same = tree_moved and changed is not None and CONFIG_FILE not in changed \
+                    and current is not None and parsed.dirs == current.dirs
+                if not same:
                     candidate = parsed
                     data = {**commit_data(commit, source), "text": text,
                             "environments": sorted(candidate.environments)}
@@ -354,7 +365,7 @@ def stale_envs(config: Config | None, source: str,
     return [env for env in envs_of(config, source) if announced.get(env.name) != env_digest(env)]
 
 
-def _config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
+def config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
     return new_event(ev.CONFIG_INVALID, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
                      key=source.name,
                      data={**commit_data(commit, source), "error": str(err), "file": err.file,

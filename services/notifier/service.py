@@ -42,8 +42,8 @@ from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Ou
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/notifier"
-NOTIFY_ON = sorted(ev.TERMINAL_TYPES | {ev.RENDER_SUCCEEDED, ev.COMMIT_DETECTED,
-                                        ev.HEALTH_HEALTHY})
+NOTIFY_ON = tuple(sorted(ev.TERMINAL_TYPES | {ev.RENDER_SUCCEEDED, ev.COMMIT_DETECTED,
+                                        ev.HEALTH_HEALTHY}))
 ATTEMPTS = 6  # deliveries of one event before it is notify.failed
 MAX_DELIVER = ATTEMPTS + 2
 # Quick retries inside one handling only; a longer Retry-After goes back to JetStream as
@@ -166,7 +166,7 @@ class Notifier:
         previous = str(found[0]) if found else None
         started = time.monotonic()
         result = await deliver(route, event, self._session, previous_ref=previous,
-                               policy=IN_HANDLER)
+                               policy=IN_HANDLER, scope=self.settings.secrets.scope())
         if result.ok:
             await self.bus.kv_put(subjects.DELIVERY_BUCKET,
                                   delivery_key(delivered_as(event), route.name),

@@ -24,6 +24,8 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.health_rules.engine import read_repo_files, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering import render
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -75,7 +77,8 @@ class Renderer:
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
-        return self.resources.mirrors.for_event(data, self.settings.data_dir)
+        return self.resources.mirrors.for_event(data, self.settings.data_dir,
+                                                scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
         envs = self.settings.envs
@@ -111,6 +114,9 @@ class Renderer:
             repo_path = await self._checkout(data).ensure(event.correlationid)
             key = await self._key(repo_path, event.correlationid, str(env["path"]), settings)
             hit = await self._cached(key)
+            health_files = await self._health_files(env, repo_path, event.correlationid)
+            if health_files is not None:
+                common["health_rules"] = health_files
             if hit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
@@ -143,6 +149,22 @@ class Renderer:
                   "renderer": result.renderer, "tool_version": result.tool_version,
                   "cache": "miss", "render_key": key, "duration_ms": ms},
         )])
+
+    async def _health_files(self, env: dict[str, Any], repo_path: str,
+                            sha: str) -> dict[str, Any] | None:
+        """The health rule files conveyor.yaml names, at this commit (None when it names
+        none); a missing or unreadable one fails the render, naming it."""
+        health = env.get("health") or {}
+        if not (health.get("customizations") or health.get("argocdConfigMap")):
+            return None
+
+        snapshot = await self.snapshots.get(repo_path, sha)
+        try:
+            files = await asyncio.to_thread(read_repo_files, snapshot, health)
+            rules_of_event(health, files)  # the applier must be able to use them
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return files
 
     async def _key(self, repo_path: str, sha: str, env_path: str,
                    settings: dict[str, Any]) -> str | None:

@@ -19,7 +19,7 @@ Beyond gitops-engine, and documented in their modules: CronJob follows Argo CD's
 check, the custom resources most clusters run have rules in ``crs`` (Argo Rollouts,
 cert-manager, Crossplane, Flux, External Secrets, KEDA, Knative, Istio, Strimzi, Sealed Secrets,
 Prometheus Operator, Argo Workflows), and any other object is assessed by the kstatus rules
-(``kstatus``). ``evaluate`` returns a ``HealthResult`` that also names the rule, so "no notion of
+(``kstatus``). ``evaluate`` returns a ``Assessment`` that also names the rule, so "no notion of
 health" (a ConfigMap) and "no rule for this kind" (an unknown custom resource) stay apart.
 Dispatch is by API group and kind, for every version of the group: the fields these checks read
 are the same in every version the projects have served.
@@ -28,6 +28,7 @@ are the same in every version the projects have served.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import (
@@ -50,16 +51,31 @@ from orchestrator.domain.health.crs import crossplane, rule_for
 from orchestrator.domain.health.fields import MalformedObject
 from orchestrator.domain.health.status import (
     NO_RULE,
+    Assessment,
     Health,
-    HealthResult,
     HealthStatus,
     is_worse,
     worst,
 )
 
-__all__ = ["MISSING", "NO_RULE", "PENDING_DELETION", "Health", "HealthCheck", "HealthResult",
-           "HealthStatus", "api_group", "assess", "builtin_rule", "evaluate", "is_worse",
-           "run_check", "worst"]
+__all__ = [
+    "MISSING",
+    "NO_RULE",
+    "PENDING_DELETION",
+    "Assessment",
+    "Health",
+    "HealthCheck",
+    "HealthStatus",
+    "api_group",
+    "assess",
+    "builtin_rule",
+    "evaluate",
+    "is_deleting",
+    "is_worse",
+    "pending_deletion",
+    "run_check",
+    "worst",
+]
 
 HealthCheck = Callable[[Mapping[str, Any]], HealthStatus | None]
 """One kind's assessment: a pure function of the live object."""
@@ -70,7 +86,7 @@ PENDING_DELETION = HealthStatus(Health.PROGRESSING, "Pending deletion")
 BUILT_IN = "built-in"
 KSTATUS = "kstatus"
 
-_CHECKS: dict[tuple[str, str], HealthCheck] = {
+_CHECKS: Mapping[tuple[str, str], HealthCheck] = MappingProxyType({
     ("apps", "Deployment"): deployment.assess,
     ("extensions", "Deployment"): deployment.assess,
     ("apps", "StatefulSet"): statefulset.assess,
@@ -88,7 +104,7 @@ _CHECKS: dict[tuple[str, str], HealthCheck] = {
     ("autoscaling", "HorizontalPodAutoscaler"): hpa.assess,
     ("apiregistration.k8s.io", "APIService"): apiservice.assess,
     ("apiextensions.k8s.io", "CustomResourceDefinition"): crd.assess,
-}
+})
 
 _KUBERNETES_GROUPS = frozenset({"", "apps", "batch", "autoscaling", "policy", "extensions"})
 
@@ -124,8 +140,18 @@ def is_deleting(obj: Mapping[str, Any]) -> bool:
     return isinstance(metadata, Mapping) and bool(metadata.get("deletionTimestamp"))
 
 
-def evaluate(obj: Mapping[str, Any] | None) -> HealthResult:
-    """The built-in verdict on a live object and the rule that gave it (see ``HealthResult``).
+def pending_deletion(obj: Mapping[str, Any]) -> HealthStatus:
+    """Progressing, "Pending deletion", naming the finalizers that hold the object (as
+    Argo CD 3.x says it)."""
+    finalizers = (obj.get("metadata") or {}).get("finalizers")
+    if isinstance(finalizers, list) and finalizers:
+        return HealthStatus(Health.PROGRESSING, "Pending deletion; blocked by finalizers: "
+                            + ", ".join(str(f) for f in finalizers))
+    return PENDING_DELETION
+
+
+def evaluate(obj: Mapping[str, Any] | None) -> Assessment:
+    """The built-in verdict on a live object and the rule that gave it (see ``Assessment``).
 
     In order: absent is Missing; being deleted is Progressing; a built-in check for the kind
     (Kubernetes' own kinds, then the custom resources in ``crs``); a Crossplane-shaped claim or
@@ -133,20 +159,20 @@ def evaluate(obj: Mapping[str, Any] | None) -> HealthResult:
     ``built-in``); a custom resource the kstatus rules cannot read has no rule at all.
     """
     if obj is None:
-        return HealthResult(MISSING, BUILT_IN)
+        return Assessment(MISSING, BUILT_IN)
     if is_deleting(obj):
-        return HealthResult(PENDING_DELETION, BUILT_IN)
+        return Assessment(pending_deletion(obj), BUILT_IN)
     group, kind = api_group(obj), str(obj.get("kind") or "")
     found = builtin_rule(group, kind)
     if found is not None:
         name, check = found
-        return HealthResult(run_check(check, obj), name)
+        return Assessment(run_check(check, obj), name)
     if crossplane.is_crossplane_shaped(obj):
-        return HealthResult(run_check(crossplane.assess, obj), "built-in:crossplane")
+        return Assessment(run_check(crossplane.assess, obj), "built-in:crossplane")
     verdict = run_check(kstatus.assess, obj)
     if verdict is not None:
-        return HealthResult(verdict, KSTATUS)
-    return HealthResult(None, BUILT_IN if is_kubernetes_group(group) else NO_RULE)
+        return Assessment(verdict, KSTATUS)
+    return Assessment(None, BUILT_IN if is_kubernetes_group(group) else NO_RULE)
 
 
 def assess(obj: Mapping[str, Any] | None) -> HealthStatus | None:

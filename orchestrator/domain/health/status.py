@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @functools.total_ordering
@@ -47,7 +48,8 @@ class Health(enum.Enum):
         return self.value
 
 
-_SEVERITY: dict[Health, int] = {health: index for index, health in enumerate(Health)}
+_SEVERITY: Mapping[Health, int] = MappingProxyType(
+    {health: index for index, health in enumerate(Health)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,12 +86,14 @@ def worst(statuses: Iterable[Health | HealthStatus | None]) -> Health:
 
 
 NO_RULE = ""
-"""``HealthResult.rule`` when no rule applies to the object's kind."""
+"""``Assessment.rule`` when no rule applies to the object's kind."""
 
 
 @dataclass(frozen=True, slots=True)
-class HealthResult:
-    """A verdict and the rule that gave it: what every health engine returns, never raises.
+class Assessment:
+    """One object's assessment: a verdict and the rule that gave it. Every health engine
+    returns one and never raises (``orchestrator.ports.HealthResult`` is the report of a whole
+    sync, folded from these).
 
     ``verdict`` None means "no verdict": with a ``rule`` (a ConfigMap, a template kind) the kind
     has no notion of health; with ``rule == NO_RULE`` nothing knows how to assess this kind, so

@@ -2,8 +2,9 @@
 
 One file per object (``<namespace>/<kind>-<name>.yaml``, ``_cluster/`` for cluster-scoped
 objects), a commit message naming the source commit and environment, and trailers recording the
-bundle digest and the commit's stream sequence so the applier can tell, before acting, whether
-the target already holds this bundle or a newer one.
+bundle digest, the commit's stream sequence and the event log's epoch, so the applier can tell,
+before acting, whether the target already holds this bundle or a newer one, and whether those
+sequences belong to this log at all.
 
 ``GitTarget`` commits to a branch of a repository on this machine (compare-and-set on the
 branch head); ``RemoteGitTarget`` fetches, commits and pushes a remote one (see ``git_push``).
@@ -22,9 +23,9 @@ import yaml
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
-from orchestrator.domain.config import expand_all
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
-from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, target_credentials
+from orchestrator.secrets import SecretScope
+from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, credentials_and_owner
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _FIRST_KEYS = ("apiVersion", "kind", "metadata")
@@ -62,7 +63,15 @@ def commit_message(request: ApplyRequest) -> str:
             f"{request.revision}.\n\n"
             f"Conveyor-Environment: {request.env}\nConveyor-Source-Commit: {request.revision}\n"
             f"Conveyor-Digest: {request.digest}\nConveyor-Seq: {request.origin_seq}\n"
-            f"Conveyor-Cause: {request.cause or 'commit'}\n")
+            f"Conveyor-Cause: {request.cause or 'commit'}\n"
+            + (f"Conveyor-Log-Epoch: {request.epoch}\n" if request.epoch else ""))
+
+
+def applied_trailers(request: ApplyRequest) -> dict[str, str]:
+    """The trailers that identify one apply of ``request`` on a branch."""
+    match = {"Source-Commit": request.revision, "Digest": request.digest,
+             "Seq": str(request.origin_seq)}
+    return {**match, "Log-Epoch": request.epoch} if request.epoch else match
 
 
 def target_state(state: git_local.BranchState) -> TargetState:
@@ -70,7 +79,8 @@ def target_state(state: git_local.BranchState) -> TargetState:
     seq = state.trailers.get("Seq")
     return TargetState(digest=state.trailers.get("Digest"),
                        revision=state.trailers.get("Source-Commit"),
-                       origin_seq=int(seq) if seq and seq.isdigit() else None)
+                       origin_seq=int(seq) if seq and seq.isdigit() else None,
+                       epoch=state.trailers.get("Log-Epoch") or None)
 
 
 class GitTarget:
@@ -85,6 +95,11 @@ class GitTarget:
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         return await asyncio.to_thread(self._apply, request)
+
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        found = await asyncio.to_thread(git_local.find_trailers, self.repo_path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
 
     def _apply(self, request: ApplyRequest) -> ApplyResult:
         state = git_local.branch_state(self.repo_path, self.branch)
@@ -116,6 +131,13 @@ class RemoteGitTarget:
         self._fetched = True
         return target_state(state)
 
+    async def has_applied(self, request: ApplyRequest) -> bool:
+        if not self._fetched:
+            await self.current()
+        found = await asyncio.to_thread(git_local.find_trailers, self.mirror.path, self.branch,
+                                        applied_trailers(request))
+        return found is not None
+
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         files = files_for(request.objects)
         done = await asyncio.to_thread(self.mirror.publish, files, commit_message(request),
@@ -133,21 +155,23 @@ class RemoteGitTarget:
 
 def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
                    data_dir: Path, primary_repo: str = "",
-                   locks: PathLocks | None = None) -> GitTarget | RemoteGitTarget:
+                   locks: PathLocks | None = None,
+                   scope: SecretScope | None = None) -> GitTarget | RemoteGitTarget:
     """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
 
     ``git`` is the configuration as written: every field but ``credentials`` is expanded
     here; credentials stay ``${VAR}`` references until a transfer needs them. ``repo``
     defaults to the environment's source repository (the event's ``repo``).
     """
-    expanded = expand_all({k: v for k, v in git.items() if k != "credentials"})
+    reach = scope if scope is not None else SecretScope({}, ())
+    expanded = reach.expand_all({k: v for k, v in git.items() if k != "credentials"})
     repo = str(expanded.get("repo") or data["repo"])
     branch = str(expanded.get("branch") or f"deploy/{env}")
     if is_local(repo):
         return GitTarget(str(Path(local_path(repo)).resolve()), branch)
-    mirror = PushMirror(repo, branch, data_dir,
-                        credentials=target_credentials(git, repo, data,
-                                                       primary_repo=primary_repo),
+    creds, operator = credentials_and_owner(git, repo, data, primary_repo=primary_repo)
+    mirror = PushMirror(repo, branch, data_dir, credentials=creds,
+                        scope=SecretScope.operator() if operator else reach,
                         author=author_from(expanded.get("author"), f"git target {branch}"),
                         locks=locks)
     return RemoteGitTarget(mirror)

@@ -39,11 +39,13 @@ class Record:
     digest: str
     revision: str
     origin_seq: int
+    epoch: str = ""  # the event log's epoch the sync was made under ("" = before epochs)
 
     def annotations(self, what: str) -> dict[str, str]:
         return {f"{PREFIX}{what}-digest": self.digest,
                 f"{PREFIX}{what}-revision": self.revision,
-                f"{PREFIX}{what}-origin-seq": str(self.origin_seq)}
+                f"{PREFIX}{what}-origin-seq": str(self.origin_seq),
+                **({f"{PREFIX}{what}-log-epoch": self.epoch} if self.epoch else {})}
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, Any], what: str) -> Record | None:
@@ -52,7 +54,8 @@ class Record:
             return None
         seq = str(annotations.get(f"{PREFIX}{what}-origin-seq") or "")
         return cls(digest, str(annotations.get(f"{PREFIX}{what}-revision") or ""),
-                   int(seq) if seq.isdigit() else 0)
+                   int(seq) if seq.isdigit() else 0,
+                   str(annotations.get(f"{PREFIX}{what}-log-epoch") or ""))
 
 
 @dataclass(frozen=True, slots=True)

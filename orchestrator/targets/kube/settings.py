@@ -32,6 +32,7 @@ from typing import Any
 
 from orchestrator.domain.config import parse_duration
 from orchestrator.errors import PermanentError
+from orchestrator.secrets import SecretScope
 
 TARGET_KEYS = ("kubeconfig", "context", "namespace", "force", "fieldManager",
                "inventoryNamespace", "concurrency")
@@ -140,3 +141,18 @@ def kube_settings(env: str, target: Mapping[str, Any] | None,
         poll_interval=_duration(env, "sync.wait.interval", wait_cfg.get("interval"), 2.0),
         drift_interval=_duration(env, "sync.driftInterval", sync.get("driftInterval"), 180.0),
     )
+
+
+def expanded_target(env: str, raw: Mapping[str, Any] | None,
+                    scope: SecretScope) -> dict[str, Any]:
+    """``target.kubernetes`` as written, ``${VAR}`` expanded within ``scope``. A kubeconfig is a
+    credential and, through exec plugins, a program: it must be a file under the operator's
+    ``--secrets-dir`` (a committer names which one, never an arbitrary host file)."""
+    target = dict(scope.expand_all(dict(raw or {})))
+    if target.get("kubeconfig"):
+        try:
+            target["kubeconfig"] = str(scope.path(str(target["kubeconfig"]),
+                                                  "target.kubernetes.kubeconfig"))
+        except PermanentError as exc:
+            raise _invalid(env, "target.kubernetes.kubeconfig", exc.message) from None
+    return target

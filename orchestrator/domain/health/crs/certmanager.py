@@ -5,7 +5,7 @@ being issued or renewed, which is progress, not failure), ``Issuer``/``ClusterIs
 ``CertificateRequest`` ``Ready`` with reasons Pending/Failed/Issued plus ``Denied`` and
 ``InvalidRequest`` conditions, ACME ``Order``/``Challenge`` ``status.state`` (valid, ready,
 pending, processing, invalid, errored, expired). Certificate follows Argo CD's check:
-``Issuing`` first.
+``Issuing`` first, and ``Ready`` False with reason ``Issuing`` is Progressing.
 """
 
 from __future__ import annotations
@@ -29,7 +29,11 @@ def certificate(obj: Mapping[str, Any]) -> HealthStatus:
             return HealthStatus(Health.PROGRESSING, f.text(condition.get("message")))
     for condition in conditions:
         if condition.get("type") == "Ready" and condition.get("status") == "False":
-            return HealthStatus(Health.DEGRADED, f.text(condition.get("message")))
+            # cert-manager sets Ready False, reason Issuing, a moment before it adds the
+            # Issuing condition: that is progress too (Argo CD's check has the same case)
+            health = Health.PROGRESSING if condition.get("reason") == "Issuing" \
+                else Health.DEGRADED
+            return HealthStatus(health, f.text(condition.get("message")))
         if condition.get("type") == "Ready" and condition.get("status") == "True":
             return HealthStatus(Health.HEALTHY, f.text(condition.get("message")))
     return HealthStatus(Health.PROGRESSING, "Waiting for certificate")

@@ -7,7 +7,9 @@ Status API: every Crossplane object reports ``Synced`` (the last reconcile worke
 ``LastAsyncOperation`` or ``Synced`` False anywhere in the list is Degraded (even when ``Ready`` is
 True: the controller can no longer reconcile the resource), a "done" condition True is Healthy,
 otherwise Progressing ("Provisioning ..."). Kinds without status (Composition, ProviderConfig...)
-are Healthy.
+are Healthy. A package (Provider, Configuration, Function) whose ``Installed`` or ``Healthy``
+is False is Degraded with both reasons ("ActivePackageRevision UnhealthyPackageRevision"), as
+Argo CD's current check says it.
 
 Claims and XRs live in the user's own API groups, so besides the group suffixes the rule is
 used for any object shaped like Crossplane's (``is_crossplane_shaped``): ``Synced`` and ``Ready``
@@ -27,6 +29,7 @@ PROJECT = "crossplane"
 _NO_STATUS = frozenset({"Composition", "CompositionRevision", "DeploymentRuntimeConfig",
                         "ClusterProviderConfig", "ProviderConfig", "ProviderConfigUsage",
                         "ControllerConfig"})
+_PACKAGES = frozenset({"Provider", "Configuration", "Function"})
 _DONE = frozenset({"Ready", "Healthy", "Offered", "Established", "ValidPipeline",
                    "RevisionHealthy"})
 _SPEC_MARKS = ("compositionRef", "compositionSelector", "resourceRef", "resourceRefs",
@@ -46,6 +49,12 @@ def assess(obj: Mapping[str, Any]) -> HealthStatus:
                 and f.field(obj, "status", "users") is not None:
             return HealthStatus(Health.HEALTHY, "Resource is in use.")
         return PROVISIONING
+    if obj.get("kind") in _PACKAGES:
+        by_type = f.condition_map(obj)
+        installed, healthy = by_type.get("Installed"), by_type.get("Healthy")
+        if f.is_false(installed) or f.is_false(healthy):
+            reasons = (f.text(c.get("reason")) for c in (installed, healthy) if c is not None)
+            return HealthStatus(Health.DEGRADED, " ".join(r for r in reasons if r))
     # Failures first, across all conditions: Argo CD's single pass answers Healthy when a
     # Ready True happens to be listed before a Synced False.
     for condition in conditions:

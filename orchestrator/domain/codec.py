@@ -1,0 +1,127 @@
+"""The one codec between events' ``data`` and the payload classes, with upcasting.
+
+``encode(payload)`` is the ``data`` of a new event; ``decode(event)`` the typed payload of any
+event in the log, whatever version wrote it. The version travels in the CloudEvents
+``dataschema`` attribute, ``urn:conveyor:payload:<type>:v<N>`` (``schema_for``); an event
+without one was written before payloads were typed and is version 1. Reading an old version
+runs its upcasters, in order, up to ``CURRENT_VERSION``: old events are never rewritten.
+
+To change a payload: add or rename the field in ``payloads.py``, raise ``CURRENT_VERSION``,
+and register an upcaster ``(from_version, function)`` here that turns the previous version's
+data into the new shape.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+from orchestrator.domain import events as ev
+from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
+
+__all__ = ["decode", "decode_data", "encode", "schema_for", "upcast", "version_of"]
+from orchestrator.domain.payloads import BY_TYPE, CURRENT_VERSION, Payload, Unknown
+
+Data = dict[str, Any]
+Upcaster = Callable[[str, Data], Data]
+
+
+def version_of(event: Event) -> int:
+    """The payload version an event was written with (1: before ``dataschema``)."""
+    schema = event.dataschema
+    if not schema.startswith(SCHEMA_PREFIX):
+        return 1
+    _, _, tail = schema.rpartition(":v")
+    return int(tail) if tail.isdigit() else 1
+
+
+# -- upcasters: version N's data -> version N+1's ---------------------------------------------
+
+def _v1_dead_code(event_type: str, data: Data) -> Data:
+    """Version 1 dead letters had no ``code``: they were either not events or exhausted."""
+    if ev.outcome_of(event_type) != "dead" or "code" in data:
+        return data
+    return {**data, "code": "Malformed" if data.get("malformed") else "Exhausted"}
+
+
+def _v1_unhealthy_objects(event_type: str, data: Data) -> Data:
+    """Version 1 ``apply.failed`` of an unhealthy rollout listed the objects in ``objects``,
+    over the bundle's object count that apply outcomes pass on."""
+    if event_type != ev.APPLY_FAILED or not isinstance(data.get("objects"), list):
+        return data
+    out = {k: v for k, v in data.items() if k != "objects"}
+    return {**out, "unhealthy_objects": data["objects"]}
+
+
+UPCASTERS: Final[Mapping[int, tuple[Upcaster, ...]]] = MappingProxyType({
+    1: (_v1_dead_code, _v1_unhealthy_objects),
+})
+
+
+def upcast(event_type: str, version: int, data: Mapping[str, Any]) -> Data:
+    out = dict(data)
+    for v in range(version, CURRENT_VERSION):
+        for step in UPCASTERS.get(v, ()):
+            out = step(event_type, out)
+    return out
+
+
+# -- fields ---------------------------------------------------------------------------------
+
+def data_key(f: dataclasses.Field[Any]) -> str:
+    return str(f.metadata.get("key", f.name))
+
+
+def payload_fields(cls: type[Payload]) -> list[dataclasses.Field[Any]]:
+    return [f for f in dataclasses.fields(cls) if f.name != "extra"]
+
+
+def _is_tuple(f: dataclasses.Field[Any]) -> bool:
+    return str(f.type).startswith("tuple")
+
+
+def _read(f: dataclasses.Field[Any], value: Any) -> Any:
+    if _is_tuple(f) and isinstance(value, list):
+        return tuple(value)
+    return value
+
+
+def _write(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return [_write(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _write(v) for k, v in value.items()}
+    return value
+
+
+# -- the codec ----------------------------------------------------------------------------
+
+def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT_VERSION,
+                ) -> Payload:
+    cls = BY_TYPE.get(event_type, Unknown)
+    raw = upcast(event_type, version, data)
+    fields = payload_fields(cls)
+    known = {data_key(f): f for f in fields}
+    values = {f.name: _read(f, raw[k]) for k, f in known.items() if k in raw}
+    extra = {k: v for k, v in raw.items() if k not in known}
+    return cls(**values, extra=extra)
+
+
+def decode(event: Event) -> Payload:
+    """The typed payload of ``event``, upcast from the version that wrote it."""
+    return decode_data(event.type, event.data, version_of(event))
+
+
+def encode(payload: Payload) -> Data:
+    """The ``data`` of an event carrying ``payload``: every field that is set (None is left
+    out), then the extra keys it was read with."""
+    out: Data = {}
+    for f in payload_fields(type(payload)):
+        value = getattr(payload, f.name)
+        if value is None or (f.name in ("retry_of", "original_id") and not value) or (
+                f.name == "retry" and not value):
+            continue
+        out[data_key(f)] = _write(value)
+    return {**out, **{k: v for k, v in payload.extra.items() if k not in out}}
