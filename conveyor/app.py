@@ -96,7 +96,16 @@ class Conveyor:
             self.services.append((service_name, service))
             log.info("service.started", service=service_name)
         if "git-watcher" in self.names and self.settings.repo:  # it has the push credentials
-            promoter = AutoPromoter(resources, forge=ForgeSettings.from_env())
+            watcher = self.service("git-watcher")
+            assert isinstance(watcher, GitWatcher)
+
+            def refresh(source: str) -> None:
+                # the promoter's commit is fetched now, in this process: in k8s/base only the
+                # api's bus user may publish refresh events (docs/security.md, The bus)
+                resources.background.spawn(watcher.poll(source if source in watcher.pollers
+                                                        else None), name="promoter-refresh")
+
+            promoter = AutoPromoter(resources, forge=ForgeSettings.from_env(), refresh=refresh)
             await promoter.start()
             self.services.append(("promoter", promoter))
         self._started = True

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
@@ -45,12 +46,13 @@ from orchestrator.adapters.nats_schema import (
     Schema,
     reconcile,
 )
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_RETRY_FOR = 30.0
+PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
@@ -108,8 +110,12 @@ class EventBus:
                       retention: Retention | None = None,
                       replicas: int | None = None,
                       retry_for: float | None = 0.0,
-                      on_published: PublishObserver | None = None) -> EventBus:
+                      on_published: PublishObserver | None = None,
+                      tls_ca: str = "") -> EventBus:
         """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
+
+        Servers may carry ``user:password@`` (the embedded server's generated credentials,
+        nats_auth); ``tls_ca`` (a CA file) turns on TLS verified against it.
 
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
@@ -144,6 +150,7 @@ class EventBus:
                     reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
                 )
                 nc.options["max_reconnect_attempts"] = -1
                 connecting.clear()
@@ -207,6 +214,9 @@ class EventBus:
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:
         subject = subjects.event_subject(event.subject, event.type)
+        # what the server accepts (1 MiB by default), less room for the subject and headers:
+        # an oversized event is cut to fit rather than stall its stage forever
+        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
         payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
         async for attempt in AsyncRetrying(
