@@ -89,6 +89,7 @@ async def test_the_standby_applier_takes_over_when_the_holder_is_killed(
     settings = settings_for(repo, nats_server, tmp_path / "data")
     appliers = [ServiceProcess(f"applier-{i}", [
         conveyor_binary(), "run", "applier", "--env", "dev", "--nats", nats_server.url,
+        "--repo", str(repo.path),
         "--data-dir", str(tmp_path / f"applier-{i}"), "--listen", f"127.0.0.1:{free_port()}",
         "--lease-ttl", "2",
     ], tmp_path / f"applier-{i}.log") for i in range(2)]

@@ -27,6 +27,7 @@ import pytest
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats, free_port
 from orchestrator.adapters.nats_bus import EventBus, redact, server_list
+from tests.support.cluster import NatsCluster
 from tests.support.crash import conveyor_binary
 
 STOP_WITHIN = 10.0
@@ -117,7 +118,8 @@ def test_server_lists_and_redaction() -> None:
 
 async def test_a_start_against_unreachable_servers_retries_then_connects(
         tmp_path: Path) -> None:
-    ports = [free_port(), free_port()]
+    later = NatsCluster(tmp_path / "nats", size=1)  # a plain server, started below
+    ports = [free_port(), later.nodes[0].port]
     urls = ",".join(f"nats://user:hunter2@127.0.0.1:{p}" for p in ports)
     async with run("renderer", urls, tmp_path) as p:
         failed = await p.logged("nats.connect_failed", count=2)
@@ -129,8 +131,7 @@ async def test_a_start_against_unreachable_servers_retries_then_connects(
         assert status == 503 and body["reason"] == "connecting to NATS"
         assert (await p.get("/healthz"))[0] == 503
 
-        server = EmbeddedNats(tmp_path / "nats", port=ports[1])  # the second one comes up
-        await server.start()
+        await later.start()  # the second one comes up
         try:
             await p.logged("service.started", within=60)
             await wait_status(p, "/readyz", 200)
@@ -138,7 +139,7 @@ async def test_a_start_against_unreachable_servers_retries_then_connects(
             assert await p.terminate() < STOP_WITHIN
             assert p.proc.returncode == 0
         finally:
-            await server.stop()
+            await later.stop()
 
 
 async def test_sigterm_while_connecting_stops_within_ten_seconds(tmp_path: Path) -> None:
