@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import pytest
 from orchestrator.adapters.kube import KubeClient, load_kubeconfig
 from orchestrator.domain.health import Health
 from orchestrator.domain.inventory import ENVIRONMENT_LABEL
-from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.errors import FencedError, ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, TargetState
 from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.target import KubeTarget, kube_target
@@ -350,3 +351,19 @@ async def test_a_sync_applies_concurrently_within_the_bound_and_leaves_the_bundl
     changed = [i for i in range(20)
                if (fake.get("v1", "ConfigMap", "shop", f"c{i}") or {})["data"] == {"v": "2"}]
     assert changed == [i for i in range(20) if i != 3]
+
+
+async def test_a_stale_lease_holder_is_refused(fake: FakeKubeAPI, kubeconfig: Path) -> None:
+    """The inventory records the applier's lease token; an older holder may not sync over it."""
+    target = make(kubeconfig)
+    await target.apply(replace(request([ns("shop"), cm("a", k="new")], digest="sha256:new",
+                                       seq=5), fence=20))
+    before = len(fake.requests_to("PATCH"))
+    with pytest.raises(FencedError, match="lease 20"):
+        await target.apply(replace(request([ns("shop"), cm("a", k="old")],
+                                           digest="sha256:old", seq=4), fence=10))
+    assert len(fake.requests_to("PATCH")) == before  # nothing applied
+    live = fake.get("v1", "ConfigMap", "shop", "a")
+    assert live is not None and live["data"] == {"k": "new"}
+    assert (await target.current()).digest == "sha256:new"
+    assert await target.has_applied(replace(request([], digest="sha256:new", seq=5), fence=20))

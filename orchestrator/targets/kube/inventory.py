@@ -40,12 +40,14 @@ class Record:
     revision: str
     origin_seq: int
     epoch: str = ""  # the event log's epoch the sync was made under ("" = before epochs)
+    lease: int = 0  # the applier's lease token (nats_lease); 0: none
 
     def annotations(self, what: str) -> dict[str, str]:
         return {f"{PREFIX}{what}-digest": self.digest,
                 f"{PREFIX}{what}-revision": self.revision,
                 f"{PREFIX}{what}-origin-seq": str(self.origin_seq),
-                **({f"{PREFIX}{what}-log-epoch": self.epoch} if self.epoch else {})}
+                **({f"{PREFIX}{what}-log-epoch": self.epoch} if self.epoch else {}),
+                **({f"{PREFIX}{what}-lease": str(self.lease)} if self.lease else {})}
 
     @classmethod
     def from_annotations(cls, annotations: Mapping[str, Any], what: str) -> Record | None:
@@ -55,7 +57,9 @@ class Record:
         seq = str(annotations.get(f"{PREFIX}{what}-origin-seq") or "")
         return cls(digest, str(annotations.get(f"{PREFIX}{what}-revision") or ""),
                    int(seq) if seq.isdigit() else 0,
-                   str(annotations.get(f"{PREFIX}{what}-log-epoch") or ""))
+                   str(annotations.get(f"{PREFIX}{what}-log-epoch") or ""),
+                   int(lease) if (lease := str(annotations.get(f"{PREFIX}{what}-lease") or ""))
+                   .isdigit() else 0)
 
 
 @dataclass(frozen=True, slots=True)

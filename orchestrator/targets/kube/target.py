@@ -47,7 +47,7 @@ from orchestrator.domain.inventory import (
     to_prune,
 )
 from orchestrator.domain.ordering import Phase, Wave, plan_waves
-from orchestrator.errors import ManifestError, PermanentError, TransientError
+from orchestrator.errors import FencedError, ManifestError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest, ApplyResult, HealthJudge, TargetState
 
 from . import health as kh
@@ -133,8 +133,9 @@ class KubeTarget:
     async def has_applied(self, request: ApplyRequest) -> bool:
         """Only the last applied sync is recorded: it is this request or it is not known."""
         applied = (await self.inventory.read()).applied
-        return applied == Record(request.digest, request.revision, request.origin_seq,
-                                 request.epoch)
+        return applied is not None and (
+            applied.digest, applied.revision, applied.origin_seq, applied.epoch) == (
+            request.digest, request.revision, request.origin_seq, request.epoch)
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         async with self.lock:
@@ -151,8 +152,14 @@ class KubeTarget:
         objects = await self.prepare(request.objects)
         waves = plan_waves(objects)
         stored = await self.inventory.read()
+        fence = max((r.lease for r in (stored.applied, stored.attempted) if r is not None),
+                    default=0)
+        if request.fence and fence > request.fence:  # a successor wrote here: hands off
+            raise FencedError(f"environment {self.env} was synced under lease {fence}; this "
+                              f"applier holds {request.fence}, an older one: it lost the lease")
         new = Inventory.of(self.env, objects)
-        record = Record(request.digest, request.revision, request.origin_seq, request.epoch)
+        record = Record(request.digest, request.revision, request.origin_seq, request.epoch,
+                        request.fence)
         before = await self._live_versions(objects)
         progress = _Progress(judge=request.health)
         recorded = False
