@@ -6,6 +6,9 @@ the server leading the ``CONVEYOR`` stream is SIGKILLed. Afterwards every (commi
 pair has exactly one outcome, none failed, each deploy branch holds the newest commit's render
 with its history in commit order and no commit applied twice (``test_crash.check_branches``).
 
+Also on the cluster: a server whose store is wiped resyncs before the leader may go, and each
+service process is SIGKILLed in turn mid-burst; ``conveyor replay`` exits 0 after each.
+
 How long the pipeline pauses is measured, not asserted here (a loaded CI machine would make it a
 flaky test): ``python -m benchmarks.failover`` reports kill -> converged over several kills.
 """
@@ -154,6 +157,44 @@ async def test_a_wiped_server_resyncs_and_then_the_leader_can_go(tmp_path: Path)
             seen = await follow(bus, quiet, 120)
             assert quiet.detected == quiet.expected
             assert [s for s, _ in seen] == list(range(1, len(seen) + 1))  # no gap: nothing lost
+            check_branches(repo, commits, tmp_path)
+        finally:
+            await bus.close()
+        assert await replay(cluster) == 0
+    finally:
+        for service in services.values():
+            with contextlib.suppress(Exception):
+                await service.terminate(timeout=15)
+        await cluster.stop()
+
+
+async def test_each_service_is_killed_in_turn_on_the_cluster(tmp_path: Path) -> None:
+    """SIGKILL of every service process in turn during a burst (R3): nothing lost or doubled."""
+    rng = random.Random(2024)
+    repo = Repo(tmp_path / "repo")
+    commits = initial(repo)
+    cluster = NatsCluster(tmp_path / "cluster")
+    await cluster.start()
+    services: dict[str, ServiceProcess] = {}
+    try:
+        services = await start_services(cluster, repo, tmp_path)
+        bus = await EventBus.connect(cluster.urls, name="failover-test", retry_for=30)
+        try:
+            await follow(bus, Quiescence({(commits[0][0], e) for e in ENVS}), 60)
+            pushing = asyncio.create_task(burst(repo, 40, seconds=8.0, rng=rng))
+            for name in SERVICES:
+                await services[name].kill()
+                await services[name].start()
+            commits += await pushing
+            quiet = Quiescence({(s, e) for s, t in commits for e in t})
+            seen = await follow(bus, quiet, 180)
+            assert quiet.detected == quiet.expected
+            outcomes: dict[tuple[str, str], list[str]] = {}
+            for _, e in seen:
+                if e.type in TERMINAL:
+                    outcomes.setdefault((e.correlationid, e.subject), []).append(e.type)
+            assert not {k: v for k, v in outcomes.items() if len(v) > 1}
+            assert all(services[n].kills == 1 for n in SERVICES)
             check_branches(repo, commits, tmp_path)
         finally:
             await bus.close()
