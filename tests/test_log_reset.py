@@ -50,6 +50,9 @@ async def deploy_history(repo: Repo, server: EmbeddedNats, data: Path, bus: Even
             head = repo.commit(demo_files(tag=f"1.{20 + n}"), f"image {n}")
             await trigger(conveyor)
             await wait_for_events(bus, finished(head, ENVS))
+        api = conveyor.service("api")
+        assert isinstance(api, ApiService)
+        await wait_for_state(api, "dev", head)  # folded before the stop, not just logged
     return head
 
 
