@@ -45,7 +45,8 @@ async def start_services(cluster: NatsCluster, repo: Repo, tmp: Path) -> dict[st
             conveyor_binary(), "run", name, "--nats", cluster.urls, "--replicas", "3",
             "--repo", str(repo.path), "--data-dir", str(tmp / "data" / name),
             "--listen", f"127.0.0.1:{free_port()}", "--interval", "0.3",
-        ], tmp / f"{name}.log", env={"HOOK_URL": "http://127.0.0.1:9/unused"})
+        ], tmp / f"{name}.log", env={"HOOK_URL": "http://127.0.0.1:9/unused",
+                                     "CONVEYOR_ENV_ALLOW": "HOOK_URL"})
         await started[name].start()
     return started
 
