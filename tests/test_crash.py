@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from orchestrator import subjects
-from orchestrator.adapters import git_tree
+from orchestrator.adapters import git_tree, nats_auth
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -262,6 +262,12 @@ async def first_sight(url: str, commits: Commits) -> None:
         await bus.close()
 
 
+def up_url(tmp_path: Path, ready: dict[str, object]) -> str:
+    """The embedded server's url with the credentials ``up`` keeps in its data dir."""
+    creds = nats_auth.load_or_create(tmp_path / "data" / "nats")
+    return nats_auth.with_credentials(str(ready["url"]), creds.user, creds.password)
+
+
 @contextlib.asynccontextmanager
 async def webhook() -> AsyncIterator[WebhookReceiver]:
     receiver = WebhookReceiver()
@@ -287,6 +293,7 @@ async def test_microservices_survive_sigkill(tmp_path: Path) -> None:
                     conveyor_binary(), "run", name, "--nats", nats.url, "--repo", str(repo.path),
                     "--data-dir", str(tmp_path / "data" / name),
                     "--listen", f"127.0.0.1:{port}", "--interval", "0.3",
+                    "--env-allow", "HOOK_URL",
                 ], tmp_path / f"{name}.log", env={"HOOK_URL": receiver.url})
                 await services[name].start()
             await first_sight(nats.url, commits)
@@ -322,12 +329,12 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
         up = ServiceProcess("up", [
             conveyor_binary(), "up", "--repo", str(repo.path), "--data-dir",
             str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
-            "--interval", "0.3",
+            "--interval", "0.3", "--env-allow", "HOOK_URL",
         ], tmp_path / "up.log", env={"HOOK_URL": receiver.url}, ready_count=5)
         await up.start()
         ready = last_log_line(up.log_path, "embedded_nats.ready")
         assert ready is not None
-        await first_sight(str(ready["url"]), commits)
+        await first_sight(up_url(tmp_path, ready), commits)
         chaos = Chaos({"up": up}, None, period=(2.0, 3.5), seed=rng.random())
         chaos_task = asyncio.create_task(chaos.run(nats_restart_after=None))
         try:
@@ -338,7 +345,7 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
             await chaos_task
             ready = last_log_line(up.log_path, "embedded_nats.ready")
             assert ready is not None
-            bus = await EventBus.connect(str(ready["url"]), name="crash-suite")
+            bus = await EventBus.connect(up_url(tmp_path, ready), name="crash-suite")
             try:
                 await verify(bus, repo, commits, receiver,
                              chaos.kills, [up.log_path], tmp_path, "conveyor-up",
