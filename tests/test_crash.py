@@ -253,6 +253,19 @@ def Chaos_counts(kills: list[tuple[float, str]]) -> dict[str, int]:
     return out
 
 
+def hook_env(url: str) -> dict[str, str]:
+    """The webhook's URL, and the operator's leave for conveyor.yaml to name it (``${VAR}``
+    expands only names the operator allows)."""
+    return {"HOOK_URL": url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
+
+
+def up_bus_url(data_dir: Path, url: str) -> str:
+    """``conveyor up``'s embedded server with the credentials it generated (0600 in its data
+    dir): the log shows the URL without them."""
+    creds = nats_auth.load_or_create(data_dir / "nats")
+    return nats_auth.with_credentials(url, creds.user, creds.password)
+
+
 async def first_sight(url: str, commits: Commits) -> None:
     """The first poll of a new source announces its head only: let it see the initial commit."""
     bus = await EventBus.connect(url, name="crash-suite-setup")
@@ -260,12 +273,6 @@ async def first_sight(url: str, commits: Commits) -> None:
         await follow(bus, Quiescence({(commits[0][0], e) for e in ENVS}), 30)
     finally:
         await bus.close()
-
-
-def up_url(tmp_path: Path, ready: dict[str, object]) -> str:
-    """The embedded server's url with the credentials ``up`` keeps in its data dir."""
-    creds = nats_auth.load_or_create(tmp_path / "data" / "nats")
-    return nats_auth.with_credentials(str(ready["url"]), creds.user, creds.password)
 
 
 @contextlib.asynccontextmanager
@@ -293,8 +300,7 @@ async def test_microservices_survive_sigkill(tmp_path: Path) -> None:
                     conveyor_binary(), "run", name, "--nats", nats.url, "--repo", str(repo.path),
                     "--data-dir", str(tmp_path / "data" / name),
                     "--listen", f"127.0.0.1:{port}", "--interval", "0.3",
-                    "--env-allow", "HOOK_URL",
-                ], tmp_path / f"{name}.log", env={"HOOK_URL": receiver.url})
+                ], tmp_path / f"{name}.log", env=hook_env(receiver.url))
                 await services[name].start()
             await first_sight(nats.url, commits)
             chaos = Chaos(services, nats, period=(1.0, 2.0), seed=rng.random())
@@ -329,12 +335,12 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
         up = ServiceProcess("up", [
             conveyor_binary(), "up", "--repo", str(repo.path), "--data-dir",
             str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
-            "--interval", "0.3", "--env-allow", "HOOK_URL",
-        ], tmp_path / "up.log", env={"HOOK_URL": receiver.url}, ready_count=5)
+            "--interval", "0.3",
+        ], tmp_path / "up.log", env=hook_env(receiver.url), ready_count=5)
         await up.start()
         ready = last_log_line(up.log_path, "embedded_nats.ready")
         assert ready is not None
-        await first_sight(up_url(tmp_path, ready), commits)
+        await first_sight(up_bus_url(tmp_path / "data", str(ready["url"])), commits)
         chaos = Chaos({"up": up}, None, period=(2.0, 3.5), seed=rng.random())
         chaos_task = asyncio.create_task(chaos.run(nats_restart_after=None))
         try:
@@ -345,7 +351,8 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
             await chaos_task
             ready = last_log_line(up.log_path, "embedded_nats.ready")
             assert ready is not None
-            bus = await EventBus.connect(up_url(tmp_path, ready), name="crash-suite")
+            bus = await EventBus.connect(up_bus_url(tmp_path / "data", str(ready["url"])),
+                                         name="crash-suite")
             try:
                 await verify(bus, repo, commits, receiver,
                              chaos.kills, [up.log_path], tmp_path, "conveyor-up",

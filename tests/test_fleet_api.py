@@ -74,7 +74,7 @@ async def api_for(bus: EventBus, nats: EmbeddedNats, tmp: Path) -> AsyncIterator
     projector = Projector(bus)
     await projector.start()
     end = await bus.last_seq()
-    async with asyncio.timeout(20), projector.changed:
+    async with asyncio.timeout(120), projector.changed:
         await projector.changed.wait_for(lambda: projector.position >= end)
     runner = web.AppRunner(build_app(Resources.around(bus, Settings(
         nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")), projector))
@@ -122,6 +122,8 @@ async def test_api_pages_environments_and_events(bus: EventBus, nats_server: Emb
             token = body["continue"]
         assert listed == names
         assert (await get("/api/v1/environments", limit="0"))[0] == 400
+        assert (await get("/api/v1/environments", limit="1001"))[0] == 400
+        assert len((await get("/api/v1/environments", limit="1000"))[1]["environments"]) == 25
         assert (await get("/api/v1/environments", **{"continue": "!!"}))[0] == 400
 
         # events: the newest page by default, a cursor to the page before it

@@ -46,12 +46,13 @@ from orchestrator.adapters.nats_schema import (
     Schema,
     reconcile,
 )
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_RETRY_FOR = 30.0
+PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
@@ -213,6 +214,9 @@ class EventBus:
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:
         subject = subjects.event_subject(event.subject, event.type)
+        # what the server accepts (1 MiB by default), less room for the subject and headers:
+        # an oversized event is cut to fit rather than stall its stage forever
+        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
         payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
         async for attempt in AsyncRetrying(

@@ -75,7 +75,8 @@ class Applier:
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
                                   locks=self.resources.git_locks,
-                                  scope=self.settings.secrets.scope())
+                                  scope=self.settings.secrets.scope(),
+                                  local_dirs=self.settings.allow_local_paths)
         target = env.get("target") or {}
         if "kubernetes" in target:
             from orchestrator.targets.kube.settings import expanded_target
