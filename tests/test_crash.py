@@ -65,6 +65,11 @@ def configmap(env: str, n: int) -> str:
             f"data:\n  revision: \"{n}\"\n")
 
 
+def hook_env(url: str) -> dict[str, str]:
+    """The notifier's URL, and the operator's permission for conveyor.yaml to read it."""
+    return {"HOOK_URL": url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
+
+
 Commits = list[tuple[str, tuple[str, ...]]]  # (sha, environments it touched), oldest first
 
 
@@ -289,7 +294,7 @@ async def test_microservices_survive_sigkill(tmp_path: Path) -> None:
                     conveyor_binary(), "run", name, "--nats", nats.url, "--repo", str(repo.path),
                     "--data-dir", str(tmp_path / "data" / name),
                     "--listen", f"127.0.0.1:{port}", "--interval", "0.3",
-                ], tmp_path / f"{name}.log", env={"HOOK_URL": receiver.url})
+                ], tmp_path / f"{name}.log", env=hook_env(receiver.url))
                 await services[name].start()
             await first_sight(nats.url, commits)
             chaos = Chaos(services, nats, period=(1.0, 2.0), seed=rng.random())
@@ -325,7 +330,7 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
             conveyor_binary(), "up", "--repo", str(repo.path), "--data-dir",
             str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
             "--interval", "0.3",
-        ], tmp_path / "up.log", env={"HOOK_URL": receiver.url}, ready_count=5)
+        ], tmp_path / "up.log", env=hook_env(receiver.url), ready_count=5)
         await up.start()
         ready = last_log_line(up.log_path, "embedded_nats.ready")
         assert ready is not None
