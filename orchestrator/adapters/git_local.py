@@ -77,12 +77,6 @@ def _subtree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
     return obj
 
 
-def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    obj = _obj(repo, oid)
-    assert isinstance(obj, pygit2.Blob)
-    return bytes(obj.data)
-
-
 def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     """The root tree of a commit, memoised per thread (trees are immutable)."""
     trees: dict[tuple[str, str], pygit2.Tree] | None = getattr(_local, "trees", None)
@@ -105,15 +99,6 @@ def branch_head(path: str | Path, branch: str) -> str | None:
     if ref is None:
         return None
     return str(ref.resolve().target)
-
-
-def default_branch(path: str | Path) -> str:
-    repo = open_repo(path)
-    with_head = repo.references.get("HEAD")
-    if with_head is not None and with_head.type == pygit2.enums.ReferenceType.SYMBOLIC:
-        target = str(with_head.target)
-        return target.removeprefix("refs/heads/")
-    return "main"
 
 
 def _info(commit: pygit2.Commit) -> CommitInfo:
@@ -345,3 +330,106 @@ def commit_to_branch(path: str | Path, branch: str, tree: str, message: str,
     except pygit2.GitError as exc:  # a concurrent writer holds the ref lock
         raise TransientError(f"cannot update {ref_name}: {exc}", reason="RefLocked") from None
     return str(oid)
+
+
+# -- edits on top of a commit: releases, promotions and rollbacks --------------------------------
+Entry = tuple[str, int]  # (object id, file mode) of one tree entry
+
+
+def entry_at(path: str | Path, sha: str, file: str) -> Entry | None:
+    """The tree entry (id and mode) of ``file`` at a commit; None when it is not there."""
+    tree = _tree(path, sha)
+    if not file:
+        return str(tree.id), int(pygit2.enums.FileMode.TREE)
+    try:
+        entry = tree[file]
+    except KeyError:
+        return None
+    return str(entry.id), int(entry.filemode)
+
+
+def write_blob(path: str | Path, data: bytes) -> str:
+    return str(open_repo(path).create_blob(data))
+
+
+def file_mode(path: str | Path, sha: str, file: str) -> int:
+    """The mode to give ``file`` when rewriting it: its own, or a regular file's."""
+    found = entry_at(path, sha, file)
+    return found[1] if found is not None else int(pygit2.enums.FileMode.BLOB)
+
+
+def replace_entries(path: str | Path, base: str | None,
+                    changes: Mapping[str, Entry | None]) -> str:
+    """The commit ``base``'s tree with each path replaced by an entry, or removed (None).
+
+    Everything else keeps its id and mode (executables, symlinks, submodules): an edit of a
+    few files never re-creates the rest of the tree. ``""`` replaces the whole tree.
+    """
+    repo = open_repo(path)
+    if "" in changes:
+        whole = changes[""]
+        return whole[0] if whole is not None else str(repo.TreeBuilder().write())
+    root = _commit(repo, base).tree if base else None
+
+    def rewrite(tree: pygit2.Tree | None, todo: Mapping[str, Entry | None]) -> pygit2.Oid | None:
+        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
+        nested: dict[str, dict[str, Entry | None]] = {}
+        for name, entry in todo.items():
+            head, sep, rest = name.partition("/")
+            if sep:
+                nested.setdefault(head, {})[rest] = entry
+            elif entry is None:
+                if builder.get(head) is not None:
+                    builder.remove(head)
+            else:
+                builder.insert(head, pygit2.Oid(hex=entry[0]), entry[1])
+        for head, sub in nested.items():
+            current = builder.get(head)
+            subtree = (_subtree(repo, current.id) if current is not None
+                       and current.filemode == pygit2.enums.FileMode.TREE else None)
+            new = rewrite(subtree, sub)
+            if new is None:
+                if current is not None:
+                    builder.remove(head)
+            else:
+                builder.insert(head, new, pygit2.enums.FileMode.TREE)
+        if len(builder) == 0:
+            return None
+        return builder.write()
+
+    new = rewrite(root, changes)
+    return str(new) if new is not None else str(repo.TreeBuilder().write())
+
+
+def commit_tree(path: str | Path, sha: str) -> str:
+    return str(_commit(open_repo(path), sha).tree.id)
+
+
+def first_parent_chain(path: str | Path, head: str, limit: int = MAX_WALK) -> list[str]:
+    """``head`` and its first-parent ancestors, newest first, at most ``limit``."""
+    repo = open_repo(path)
+    out: list[str] = []
+    commit: pygit2.Commit | None = _commit(repo, head)
+    while commit is not None and len(out) < limit:
+        out.append(str(commit.id))
+        commit = commit.parents[0] if commit.parent_ids else None
+    return out
+
+
+def commit_message(path: str | Path, sha: str) -> str:
+    return str(_commit(open_repo(path), sha).message or "")
+
+
+def paths_between(path: str | Path, old: str, new: str) -> list[str]:
+    """Paths that differ between the merge base of ``old`` and ``new``, and ``new``: what a
+    pull request from ``new`` into ``old``'s branch changes."""
+    repo = open_repo(path)
+    base = repo.merge_base(old, new)
+    start = _commit(repo, base).tree if base is not None else None
+    end = _commit(repo, new).tree
+    diff = start.diff_to_tree(end) if start is not None else end.diff_to_tree(swap=True)
+    out: set[str] = set()
+    for delta in diff.deltas:
+        out.add(delta.old_file.path)
+        out.add(delta.new_file.path)
+    return sorted(out)

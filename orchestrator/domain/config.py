@@ -1,5 +1,8 @@
 """conveyor.yaml: the schema, parsed and checked with positions, kept unexpanded.
 
+(Over 400 lines: the whole committer-facing schema and its checks in one place; sources,
+environments and generators share the position-keeping helpers at the bottom.)
+
 Configuration lives in Git, so it arrives as text at a commit. ``parse_config`` turns that text
 into frozen values or raises ``ConfigError`` naming file, line and field. ``${VAR}`` references
 are *not* expanded here: the text travels in events, and each service expands only the values it
@@ -15,7 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.domain.generators import Generator, parse_generators, relevant_dirs
+from orchestrator.domain.generators import (
+    Generator,
+    PullRequest,
+    parse_generators,
+    pr_source,
+    relevant_dirs,
+)
 from orchestrator.domain.generators import expand as expand_generators
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_one
 from orchestrator.errors import ConfigError
@@ -96,6 +105,27 @@ class SourceConfig:
     verify: VerifyConfig | None = None
 
 
+PROMOTION_KEYS = ("from", "auto", "after", "via", "files")
+PROMOTION_VIAS = ("commit", "pull-request")
+
+
+@dataclass(frozen=True, slots=True)
+class PromotionConfig:
+    """``promotion.<to>``: how ``to`` receives what ``source`` (``from:``) runs.
+
+    ``healthy_for`` is the soak time: ``source`` must have been healthy on its applied
+    revision that long, with no failed apply since. ``files`` are paths relative to the
+    environment directories, copied from ``source``'s to ``to``'s along with the images.
+    """
+
+    to: str
+    source: str
+    auto: bool = False
+    healthy_for: float = 0.0
+    via: str = "commit"
+    files: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     environments: Mapping[str, EnvironmentConfig]
@@ -105,17 +135,20 @@ class Config:
     text: str = ""
     generators: tuple[Generator, ...] = ()
     dirs: tuple[str, ...] = ()  # the tree's directories the generators matched (see parse_config)
+    pulls: tuple[PullRequest, ...] = ()  # the open pull requests pullRequests generators used
     health: Mapping[str, Any] = field(default_factory=dict)
+    promotion: Mapping[str, PromotionConfig] = field(default_factory=dict)
+
+    @property
+    def reads_pulls(self) -> bool:
+        """Whether the environment set depends on the forge's open pull requests."""
+        return any(g.reads_pulls for g in self.generators)
 
     @property
     def reads_tree(self) -> bool:
         """Whether the environment set depends on the repository's directories, not only on
         this file (then a commit that adds or removes a matching directory changes it)."""
         return any(g.reads_tree for g in self.generators)
-
-    @staticmethod
-    def empty() -> Config:
-        return Config({}, {}, {}, {}, "")
 
 
 def _err(doc: Document | None, message: str, *path: str | int, file: str) -> ConfigError:
@@ -313,12 +346,15 @@ def _health(doc: Document, raw: Any, file: str) -> dict[str, Any]:
     return out
 
 
-def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None = None) -> Config:
+def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None = None,
+                 pulls: Sequence[PullRequest] | None = None) -> Config:
     """Parse and check conveyor.yaml. Raises ConfigError with file, line and field.
 
     ``dirs`` lists the repository's directories at the commit the text comes from; directory
     generators read it (without it they produce nothing, which only ``conveyor envs`` and the
-    watcher can tell apart, so those always pass it).
+    watcher can tell apart, so those always pass it). ``pulls`` are the open pull requests the
+    watcher listed for ``pullRequests`` generators; each gets a source ``pr-<number>`` (the
+    primary repository on the pull request's head branch) that its environments follow.
     """
     try:
         doc = load_one(text, file)
@@ -327,12 +363,12 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
     if doc is None:
         raise ConfigError("the file is empty; it needs an 'environments' mapping", file=file)
     root = _mapping(doc, doc.value, file=file)
-    unknown = set(root) - {"environments", "generators", "notifiers", "sources", "version",
-                           "health"}
+    unknown = set(root) - {"environments", "generators", "notifiers", "sources", "promotion",
+                           "version", "health"}
     if unknown:
         key = sorted(unknown)[0]
         raise _err(doc, "unknown top-level key (expected environments, generators, notifiers, "
-                   "sources, health, version)", key, file=file)
+                   "sources, promotion, health, version)", key, file=file)
     if root.get("version", 1) != 1:
         raise _err(doc, "this Conveyor reads version 1 of conveyor.yaml", "version", file=file)
 
@@ -380,7 +416,15 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
         name = str(name)
         environments[name] = _environment(doc, name, raw, ("environments", name), sources, file)
     generators = parse_generators(doc, root.get("generators"), file)
-    for made in expand_generators(doc, generators, dirs or (), file):
+    reads_pulls = any(g.reads_pulls for g in generators)
+    kept_pulls = tuple(pulls or ()) if reads_pulls else ()
+    for pr in kept_pulls:
+        name = pr_source(pr.number)
+        if name in sources:
+            raise _err(doc, f"source name {name!r} is kept for pull request {pr.number} of a "
+                       "pullRequests generator", "sources", name, file=file)
+        sources[name] = SourceConfig(name=name, url="", branch=pr.branch)
+    for made in expand_generators(doc, generators, dirs or (), file, kept_pulls):
         if made.name in environments:
             raise _err(doc, f"generator {made.generator!r} makes environment {made.name!r}, "
                        "which already exists", *made.where, "name", file=file)
@@ -398,8 +442,69 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
             raise _err(doc, "missing 'type' (e.g. webhook, slack)", "notifiers", name,
                        file=file)
         notifiers[str(name)] = data
+    # a generated environment exists only with the tree's directories: without them (a
+    # config read from its text alone), names the generators may make are not checked
+    promotion = _promotion(doc, root.get("promotion"), environments, file,
+                           lenient=dirs is None and any(g.reads_tree for g in generators))
     return Config(environments, notifiers, sources, root, text, generators,
-                  relevant_dirs(generators, dirs or ()), health)
+                  relevant_dirs(generators, dirs or ()), kept_pulls, health, promotion)
+
+
+def _promotion(doc: Document, raw: Any, environments: Mapping[str, EnvironmentConfig],
+               file: str, *, lenient: bool = False) -> dict[str, PromotionConfig]:
+    out: dict[str, PromotionConfig] = {}
+    for to, value in _mapping(doc, raw, "promotion", file=file).items():
+        to = str(to)
+        where = ("promotion", to)
+        if to not in environments and not lenient:
+            raise _err(doc, f"names unknown environment {to!r}", *where, file=file)
+        data = _mapping(doc, value, *where, file=file)
+        for key in data:
+            if key not in PROMOTION_KEYS:
+                hint = difflib.get_close_matches(str(key), PROMOTION_KEYS, n=1)
+                more = f" (did you mean {hint[0]!r}?)" if hint else ""
+                raise _err(doc, f"unknown key {key!r}{more}", *where, str(key), file=file)
+        source = data.get("from")
+        if not isinstance(source, str) or not source:
+            raise _err(doc, "missing 'from' (the environment whose images are promoted)",
+                       *where, file=file)
+        if source not in environments and not lenient:
+            raise _err(doc, f"names unknown environment {source!r}", *where, "from", file=file)
+        if source == to:
+            raise _err(doc, "an environment cannot promote from itself", *where, "from",
+                       file=file)
+        if source in environments and to in environments and \
+                environments[source].source != environments[to].source:
+            raise _err(doc, f"{source} and {to} are declared in different sources; a "
+                       "promotion is one commit, in one repository", *where, "from", file=file)
+        auto = data.get("auto", False)
+        if not isinstance(auto, bool):
+            raise _err(doc, "must be true or false", *where, "auto", file=file)
+        after = _mapping(doc, data.get("after"), *where, "after", file=file)
+        if set(after) - {"healthyFor"}:
+            raise _err(doc, f"unknown key(s) {sorted(set(after) - {'healthyFor'})} (known: "
+                       "healthyFor)", *where, "after", file=file)
+        healthy_for = _number(doc, after.get("healthyFor", 0), *where, "after", "healthyFor",
+                              file=file)
+        via = data.get("via", "commit")
+        if via not in PROMOTION_VIAS:
+            raise _err(doc, f"must be one of {', '.join(PROMOTION_VIAS)}", *where, "via",
+                       file=file)
+        files = data.get("files") or []
+        if not isinstance(files, list):
+            raise _err(doc, "must be a list of paths", *where, "files", file=file)
+        paths = tuple(_safe_relpath(doc, f, *where, "files", i, file=file)
+                      for i, f in enumerate(files))
+        out[to] = PromotionConfig(to, source, auto, healthy_for, str(via), paths)
+    for to in out:  # a cycle would promote back and forth forever
+        seen, current = {to}, out[to].source
+        while current in out:
+            if current in seen:
+                raise _err(doc, f"promotion cycle through {current!r}", "promotion", to,
+                           "from", file=file)
+            seen.add(current)
+            current = out[current].source
+    return out
 
 
 def expand(value: str, environ: Mapping[str, str] | None = None) -> str:

@@ -55,6 +55,18 @@ NOTIFY_SENT: Final = "conveyor.notify.sent"
 NOTIFY_FAILED: Final = "conveyor.notify.failed"
 NOTIFY_DEAD: Final = "conveyor.notify.dead"
 LOG_RESET: Final = "conveyor.log.reset"  # a target was written under another log's epoch
+# the GitOps workflow (orchestrator/gitops): each is about a commit Conveyor made or proposed
+RELEASE_COMMITTED: Final = "conveyor.release.committed"
+RELEASE_PROPOSED: Final = "conveyor.release.proposed"
+ROLLBACK_COMMITTED: Final = "conveyor.rollback.committed"
+ROLLBACK_PROPOSED: Final = "conveyor.rollback.proposed"
+PROMOTION_REQUESTED: Final = "conveyor.promotion.requested"
+PROMOTION_COMMITTED: Final = "conveyor.promotion.committed"
+PROMOTION_PROPOSED: Final = "conveyor.promotion.proposed"
+PROMOTION_REFUSED: Final = "conveyor.promotion.refused"
+PREVIEW_RENDERED: Final = "conveyor.preview.rendered"
+PREVIEW_POSTED: Final = "conveyor.preview.posted"
+PREVIEW_FAILED: Final = "conveyor.preview.failed"
 
 KNOWN_TYPES: Final = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)

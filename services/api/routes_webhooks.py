@@ -10,10 +10,11 @@
    ``CONVEYOR_WEBHOOK_SECRET_<PROVIDER>`` authorise a delivery for every source; a source's
    own ``webhook.secret`` (conveyor.yaml, a ``${VAR}`` of a name the operator allows)
    authorises it for that source only. No secret that verifies: 401, nothing happens.
-3. **Replay**: the delivery id (the provider's delivery header, else the body's digest) is
-   remembered in the state bucket (``webhook.<provider>.<digest>``, pruned after
-   ``DEDUPE_TTL``); a delivery seen before answers 200 ``{"ignored": "duplicate delivery"}``.
-   The refresh events' ids derive from it too, so two copies racing are still one fetch.
+3. **Replay**: the digest of the signed body (never the delivery header, which no signature
+   covers) is remembered in the state bucket (``webhook.<provider>.<digest>``, pruned after
+   ``DEDUPE_TTL``); a body seen before answers 200 ``{"ignored": "duplicate delivery"}``,
+   whatever delivery id it comes with. The refresh events' ids derive from it too, so two
+   copies racing are still one fetch.
 4. **Match**: a push names its repository by several URLs; each is normalised and compared
    with the sources' URLs, and the pushed branch with the source's branch (a source whose
    branch is not known yet matches any). Each matching source gets a
@@ -29,6 +30,7 @@ emits it for a valid conveyor.yaml), parsed once per new event.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -57,6 +59,7 @@ DEFAULT_MAX_BYTES = 1 << 20
 DEDUPE_PREFIX = "webhook."
 DEDUPE_TTL = 3 * 24 * 3600.0  # GitHub lets a delivery be redelivered for 3 days
 PRUNE_EVERY = 3600.0
+BODY_TIMEOUT = 30.0  # seconds to receive a whole delivery (git hosts send at once)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +266,12 @@ async def receive(request: web.Request) -> web.Response:
     length = request.content_length
     if length is not None and length > cap:
         return web.json_response({"error": f"payload over {cap} bytes"}, status=413)
-    body = await _read_capped(request, cap)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):  # a sender trickling bytes holds no slot
+            body = await _read_capped(request, cap)
+    except TimeoutError:
+        return web.json_response({"error": f"body not received within {BODY_TIMEOUT:.0f}s"},
+                                 status=408)
     if body is None:
         return web.json_response({"error": f"payload over {cap} bytes"}, status=413)
     bus, settings = request.app[BUS], request.app[SETTINGS]
@@ -283,8 +291,12 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"ok": True, "event": "ping"})
     if push.kind != "push":
         return web.json_response({"ignored": "not a branch push"})
-    delivery = push.delivery_id or "body:" + hashlib.sha256(body).hexdigest()
-    seen_key = _delivery_key(provider, delivery)
+    # Replays are recognised by the signed body, never by the delivery header: the signature
+    # does not cover headers, so a captured delivery re-sent with a fresh id would pass a
+    # header-keyed check. (A redelivery from the git host is the same body.)
+    signed = "body:" + hashlib.sha256(body).hexdigest()
+    delivery = (push.delivery_id or signed)[:128]  # an unsigned header: bounded
+    seen_key = _delivery_key(provider, signed)
     if await _seen(bus, seen_key):
         return web.json_response({"ignored": "duplicate delivery", "delivery": delivery})
     _maybe_prune(request.app, bus)
@@ -292,7 +304,7 @@ async def receive(request: web.Request) -> web.Response:
     matched = matching(push, resolved, allowed)
     published = [await bus.publish(new_event(
         ev.REFRESH_REQUESTED, env=ev.NO_ENV, source=SOURCE,
-        key=f"webhook:{provider}:{delivery}:{name}",
+        key=f"webhook:{provider}:{signed}:{name}",
         data={"source": name, "by": f"webhook:{provider}", "delivery": delivery,
               "branches": sorted({u.branch for u in push.updates})}))
         for name in matched]

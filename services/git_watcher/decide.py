@@ -294,20 +294,21 @@ def events_for_commit(
         text = config_text()
         if text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
-            config_events.append(_config_invalid(commit, source, err))
+            config_events.append(config_invalid(commit, source, err))
         elif len(text.encode()) > MAX_CONFIG_BYTES:
             err = ConfigError(f"{len(text.encode())} bytes, over the {MAX_CONFIG_BYTES}-byte "
                               "limit of a configuration file", file=CONFIG_FILE)
-            config_events.append(_config_invalid(commit, source, err))
+            config_events.append(config_invalid(commit, source, err))
         else:
             try:
                 # adopted only once every check passed: a config that check_config refuses
                 # must not take effect (the last good one stays in force)
-                parsed = parse_config(text, dirs=dirs() if dirs is not None else None)
+                parsed = parse_config(text, dirs=dirs() if dirs is not None else None,
+                                      pulls=current.pulls if current is not None else ())
                 check_config(parsed, bounds or Bounds(primary_repo=source.repo,
                                                       primary_branch=source.branch))
             except ConfigError as err:
-                config_events.append(_config_invalid(commit, source, err))
+                config_events.append(config_invalid(commit, source, err))
             else:
                 # re-read only because a generator's directories moved, yet nothing changed
                 # (a commit inside envs/dev): no config event. An edit of the file always
@@ -382,7 +383,7 @@ def stale_envs(config: Config | None, source: str,
     return [env for env in envs_of(config, source) if announced.get(env.name) != env_digest(env)]
 
 
-def _config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
+def config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
     return new_event(ev.CONFIG_INVALID, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
                      key=source.name,
                      data={**commit_data(commit, source), "error": str(err), "file": err.file,

@@ -58,6 +58,10 @@ class NatsProcess:
 
     @property
     def url(self) -> str:
+        """With the server's generated credentials (orchestrator.adapters.nats_auth) once it
+        has started: the same on every restart, since they are kept in the data dir."""
+        if self._server is not None and self._server.url:
+            return self._server.url
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self) -> str:

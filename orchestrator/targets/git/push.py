@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,6 +129,10 @@ class PathLocks:
             return self._locks.setdefault(str(path), threading.Lock())
 
 
+# ``update``'s edit: (mirror path, fetched head) -> (tree, message), or None for no change
+Change = Callable[[Path, str | None], tuple[str, str] | None]
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     """What ``publish`` did: ``commit`` is the branch head after it (None: still no branch)."""
@@ -146,8 +150,10 @@ class PushMirror:
                  credentials: Mapping[str, Any] | None = None, author: Author | None = None,
                  scope: SecretScope | None = None,
                  connect_timeout: float = 10.0, timeout: float = 60.0,
-                 max_attempts: int = MAX_ATTEMPTS, locks: PathLocks | None = None) -> None:
-        self.where = f"git target {branch}"
+                 max_attempts: int = MAX_ATTEMPTS, locks: PathLocks | None = None,
+                 kind: str = "git target", folder: str = "targets",
+                 credentials_hint: str | None = None) -> None:
+        self.where = f"{kind} {branch}"
         try:
             self.url: GitUrl = parse(url)
         except ValueError as exc:
@@ -159,8 +165,9 @@ class PushMirror:
         if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise PermanentError(f"{self.where}: not a valid branch name",
                                  reason="InvalidTarget")
-        self.where = f"git target {branch} of {self.url.display()}"
+        self.where = f"{kind} {branch} of {self.url.display()}"
         self.branch = branch
+        self.credentials_hint = credentials_hint
         self.credentials = dict(credentials or {})
         self.scope = scope if scope is not None else SecretScope({}, ())
         git_remote.load_credentials(self.credentials, source=self.where,
@@ -170,7 +177,7 @@ class PushMirror:
         self.timeout = timeout
         self.max_attempts = max_attempts
         digest = hashlib.sha256(f"{self.url.key()}\n{branch}".encode()).hexdigest()[:16]
-        self.path = Path(data_dir) / "targets" / f"{digest}.git"
+        self.path = Path(data_dir) / folder / f"{digest}.git"
         # the Conveyor's locks (Resources.git_locks); a lone mirror gets its own
         self._lock = (locks or PathLocks()).lock_for(self.path)
 
@@ -221,6 +228,50 @@ class PushMirror:
                              f"pushes were rejected (last: {last.message if last else '?'})",
                              reason="TargetMoved")
 
+    def update(self, change: Change, *, fetched: bool = False,
+               push_to: str | None = None) -> Published:
+        """Commit what ``change`` makes of the remote head and push it, never forced.
+
+        ``change(mirror_path, head)`` returns ``(tree, message)``, or None when the head
+        already holds what it wants. A rejected push (someone pushed meanwhile) fetches the
+        new head and calls ``change`` again on it: the edit is re-applied, not rebased, so it
+        can never undo theirs. ``push_to`` sends the commit to another branch (a pull
+        request's head) instead; the base is still this mirror's branch. A rejection although
+        the branch did not move is ``PermanentError(reason="PushRejected")``.
+        """
+        dest = push_to or self.branch
+        with self._lock:
+            if not fetched:
+                self._fetch()
+            last: ConflictError | None = None
+            for attempt in range(1, self.max_attempts + 1):
+                head = git_local.branch_head(self.path, self.branch)
+                wanted = change(self.path, head)
+                if wanted is None:
+                    return Published(False, head, head, attempt)
+                tree, message = wanted
+                commit = self._commit(tree, message, head)
+                try:
+                    self._push(commit, dest)
+                except ConflictError as exc:
+                    last = exc
+                    log.info("git.push_rejected", where=self.where, attempt=attempt,
+                             error=exc.message)
+                    self._fetch()
+                    if push_to is not None or \
+                            git_local.branch_head(self.path, self.branch) == head:
+                        raise PermanentError(
+                            f"{exc.message}; the branch did not move, so the server refuses "
+                            "the update itself (a protected branch or a hook?)",
+                            reason="PushRejected") from None
+                    continue
+                if push_to is None:
+                    self._set_local(commit)
+                return Published(True, commit, head, attempt)
+        raise TransientError(f"{self.where}: the branch kept moving, {self.max_attempts} "
+                             f"pushes were rejected (last: {last.message if last else '?'})",
+                             reason="TargetMoved")
+
     # ----------------------------------------------------------------- internals
 
     def _repo(self) -> pygit2.Repository:
@@ -232,6 +283,8 @@ class PushMirror:
                                            scope=self.scope)
 
     def _check(self) -> str:
+        if self.credentials_hint:
+            return self.credentials_hint
         return ("the target's credentials (target.git.credentials, or the source's)"
                 if self.credentials else
                 "the target's credentials: it has none (set target.git.credentials)")
@@ -249,11 +302,16 @@ class PushMirror:
         oid = repo.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree), parents)
         return str(oid)
 
-    def _push(self, commit: str) -> None:
+    def _push(self, commit: str, branch: str | None = None) -> None:
         repo = self._repo()
-        outgoing = f"{OUTGOING}/{self.branch}"
+        dest = branch or self.branch
+        outgoing = f"{OUTGOING}/{dest}"
         repo.references.create(outgoing, pygit2.Oid(hex=commit), force=True)
-        git_remote.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{self.branch}"],
+        if git_remote.has_worktree(self.url):  # a checkout on this machine (`up --repo .`)
+            git_remote.push_to_checkout(self.path, self.url, f"{outgoing}:refs/heads/{dest}",
+                                        where=self.where)
+            return
+        git_remote.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{dest}"],
                              self._creds(), where=self.where, check=self._check(),
                              connect_timeout=self.connect_timeout, timeout=self.timeout)
 
