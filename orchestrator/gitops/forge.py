@@ -300,10 +300,18 @@ MAX_PAGES = 50  # 5,000 open pull requests: a forge answering more pages is loop
 
 
 class PullLister:
-    """The open pull requests of one repository, page by page, forks left out."""
+    """The open pull requests of one repository, page by page, forks left out. The forge is
+    resolved on first use, so a forge set up only for releases costs nothing here."""
 
-    def __init__(self, forge: Forge) -> None:
-        self.forge = forge
+    def __init__(self, settings: ForgeSettings, source_url: str) -> None:
+        self.settings, self.source_url = settings, source_url
+        self._forge: Forge | None = None
+
+    @property
+    def forge(self) -> Forge:
+        if self._forge is None:
+            self._forge = Forge(self.settings, self.source_url)
+        return self._forge
 
     def _first(self) -> tuple[str, dict[str, str]]:
         s, token = self.forge.settings, self.forge.settings.read_token()

@@ -52,7 +52,7 @@ def test_the_schema_error_of_a_secret_names_the_rule_not_the_value(tmp_path: Pat
         render(tmp_path, "app", {"validate": {"schema": True}})
     message = str(info.value)
     assert "app/secret.yaml:6:3: Secret/db: stringData.password:" in message
-    assert "the value fails" in message and VALUE not in message
+    assert "the value fails 'type" in message and VALUE not in message  # the rule, not the value
 
 
 def test_any_error_quoting_a_secret_value_is_masked() -> None:
