@@ -65,11 +65,6 @@ def configmap(env: str, n: int) -> str:
             f"data:\n  revision: \"{n}\"\n")
 
 
-def hook_env(url: str) -> dict[str, str]:
-    """The notifier's URL, and the operator's permission for conveyor.yaml to read it."""
-    return {"HOOK_URL": url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
-
-
 Commits = list[tuple[str, tuple[str, ...]]]  # (sha, environments it touched), oldest first
 
 
