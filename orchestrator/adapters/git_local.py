@@ -418,3 +418,18 @@ def first_parent_chain(path: str | Path, head: str, limit: int = MAX_WALK) -> li
 
 def commit_message(path: str | Path, sha: str) -> str:
     return str(_commit(open_repo(path), sha).message or "")
+
+
+def paths_between(path: str | Path, old: str, new: str) -> list[str]:
+    """Paths that differ between the merge base of ``old`` and ``new``, and ``new``: what a
+    pull request from ``new`` into ``old``'s branch changes."""
+    repo = open_repo(path)
+    base = repo.merge_base(old, new)
+    start = _commit(repo, base).tree if base is not None else None
+    end = _commit(repo, new).tree
+    diff = start.diff_to_tree(end) if start is not None else end.diff_to_tree(swap=True)
+    out: set[str] = set()
+    for delta in diff.deltas:
+        out.add(delta.old_file.path)
+        out.add(delta.new_file.path)
+    return sorted(out)

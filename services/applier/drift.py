@@ -182,7 +182,9 @@ class DriftLoop:
             try:
                 result = await target.sync(ApplyRequest(
                     env=target.env, revision=held.revision, digest=held.digest, objects=desired,
-                    origin_seq=held.origin_seq, cause="drift"))
+                    origin_seq=held.origin_seq, cause="drift",
+                    health=self.resources.health_engine().with_rules(
+                        self.resources.health_engine().rules)))
             except TransientError as exc:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []

@@ -24,6 +24,8 @@ from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
+from orchestrator.health_rules.engine import HealthEngine, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
@@ -73,7 +75,8 @@ class Applier:
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
                                   locks=self.resources.git_locks,
-                                  scope=self.settings.secrets.scope())
+                                  scope=self.settings.secrets.scope(),
+                                  local_dirs=self.settings.allow_local_paths)
         target = env.get("target") or {}
         if "kubernetes" in target:
             from orchestrator.targets.kube.settings import expanded_target
@@ -83,6 +86,20 @@ class Applier:
                 env.get("sync") or {}, self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
+
+    def health_for(self, env: dict[str, Any], data: dict[str, Any]) -> HealthEngine:
+        """The health rules of this apply: the repository's at the rendered commit (CEL checks
+        of conveyor.yaml, its argocd-cm file, its customizations tree), then the operator's,
+        then the built-in ones. Rules that cannot be used fail the apply, naming the file."""
+        operator = self.resources.health_engine()
+        health = env.get("health") or {}
+        if not health:
+            return operator.with_rules(operator.rules)  # an engine of its own for this sync
+        try:
+            repo = rules_of_event(health, data.get("health_rules"))
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return operator.with_rules(repo.then(operator.rules))
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
         if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
@@ -162,7 +179,8 @@ class Applier:
                 ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
                 data={**outcomes.pass_on(event), "target": target.description,
                       "attempt": delivery.attempt}))
-            result = await target.apply(replace(request, objects=decode_bundle(payload)))
+            result = await target.apply(replace(request, objects=decode_bundle(payload),
+                                                health=self.health_for(env, data)))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))

@@ -28,23 +28,27 @@ from orchestrator.domain.health.crs import (
 )
 from orchestrator.domain.health.crs.common import Check
 
-_MODULES = (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
-            prometheus, sealed_secrets, strimzi)
+Rule = tuple[str, Check]
+_PROJECTS = (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
+             prometheus, sealed_secrets, strimzi)
 
 
-def _table(attribute: str) -> Mapping[Any, tuple[str, Check]]:
-    """Every module's ``attribute`` table, each check named after its project; frozen."""
-    return MappingProxyType({key: (f"built-in:{module.PROJECT}", check)
-                             for module in _MODULES
-                             for key, check in getattr(module, attribute, {}).items()})
+def _index(table: str) -> Mapping[Any, Rule]:
+    """Every project's ``table`` (KINDS, GROUPS or SUFFIXES), each check named by project;
+    read-only, built once at import."""
+    found: dict[Any, Rule] = {}
+    for module in _PROJECTS:
+        for key, check in getattr(module, table, {}).items():
+            found[key] = (f"built-in:{module.PROJECT}", check)
+    return MappingProxyType(found)
 
 
-RULES: Mapping[tuple[str, str], tuple[str, Check]] = _table("KINDS")
-GROUP_RULES: Mapping[str, tuple[str, Check]] = _table("GROUPS")
-SUFFIX_RULES: Mapping[str, tuple[str, Check]] = _table("SUFFIXES")
+RULES: Mapping[tuple[str, str], Rule] = _index("KINDS")
+GROUP_RULES: Mapping[str, Rule] = _index("GROUPS")
+SUFFIX_RULES: Mapping[str, Rule] = _index("SUFFIXES")
 
 
-def rule_for(group: str, kind: str) -> tuple[str, Check] | None:
+def rule_for(group: str, kind: str) -> Rule | None:
     """The built-in custom-resource rule for ``group``/``kind``, with its name, or None."""
     found = RULES.get((group, kind)) or GROUP_RULES.get(group)
     if found is not None:
