@@ -45,6 +45,7 @@ from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings
+from orchestrator.rendering import render
 from orchestrator.resources import Resources
 from orchestrator.secrets import SecretScope
 
@@ -113,8 +114,6 @@ class Previewer:
         return out
 
     def _render(self, snapshot: Path, env: EnvironmentConfig) -> list[dict[str, object]]:
-        from orchestrator.rendering import render
-
         result = render(snapshot, env.path, env.render, tools=self.settings.render_tools)
         return [dict(m.obj) for m in result.manifests]
 

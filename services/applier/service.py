@@ -30,6 +30,7 @@ from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.targets.git.target import git_target_for
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import kube_target
 from services.applier import outcomes
 from services.applier.drift import DriftLoop
@@ -79,8 +80,6 @@ class Applier:
                                   local_dirs=self.settings.allow_local_paths)
         target = env.get("target") or {}
         if "kubernetes" in target:
-            from orchestrator.targets.kube.settings import expanded_target
-
             return kube_target(env["name"], expanded_target(
                 env["name"], target["kubernetes"], self.settings.secrets.scope()),
                 env.get("sync") or {}, self.resources.kube)
