@@ -115,7 +115,8 @@ class Resources:
             bus = await EventBus.connect(settings.nats_url, name=name,
                                          retention=settings.retention,
                                          replicas=settings.replicas, retry_for=None,
-                                         on_published=metrics.event_published)
+                                         on_published=metrics.event_published,
+                                         tls_ca=settings.nats_ca)
         except BaseException:
             if embedded is not None:
                 await embedded.stop()

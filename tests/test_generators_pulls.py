@@ -19,7 +19,7 @@ from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event
 from orchestrator.domain.generators import PullRequest, wanted_pulls
 from orchestrator.errors import ConfigError
-from orchestrator.gitops.forge import Forge, ForgeSettings, PullLister
+from orchestrator.gitops.forge import ForgeSettings, PullLister
 from tests.support.forges import ForgeServer, Opened
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
@@ -84,14 +84,14 @@ async def test_the_lister_pages_through_open_pull_requests_and_leaves_forks_out(
             forge.pulls.append(Opened("team/app", n, f"pr {n}", f"b{n}", "main", "",
                                       f"{n:040x}", labels=["preview"] if n % 2 else [],
                                       fork=n == 5, state="closed" if n == 9 else "open"))
-        lister = PullLister(Forge(ForgeSettings(kind, forge.api_url, "team/app", TOKEN),
-                                  "https://example.invalid/team/app.git"))
+        lister = PullLister(ForgeSettings(kind, forge.api_url, "team/app", TOKEN),
+                            "https://example.invalid/team/app.git")
         found = await lister.open_pulls()
         assert [p.number for p in found] == [n for n in range(1, 131) if n not in (5, 9)]
         assert found[0].branch == "b1" and found[0].labels == ("preview",)
         assert found[1].labels == () and found[0].updated_at > 0
-        bad = PullLister(Forge(ForgeSettings(kind, forge.api_url, "team/app", "wrong"),
-                               "https://example.invalid/team/app.git"))
+        bad = PullLister(ForgeSettings(kind, forge.api_url, "team/app", "wrong"),
+                         "https://example.invalid/team/app.git")
         with pytest.raises(Exception, match="refused the token") as caught:
             await bad.open_pulls()
         assert "wrong" not in str(caught.value)

@@ -1,5 +1,8 @@
 """conveyor.yaml: the schema, parsed and checked with positions, kept unexpanded.
 
+(Over 400 lines: the whole committer-facing schema and its checks in one place; sources,
+environments and generators share the position-keeping helpers at the bottom.)
+
 Configuration lives in Git, so it arrives as text at a commit. ``parse_config`` turns that text
 into frozen values or raises ``ConfigError`` naming file, line and field. ``${VAR}`` references
 are *not* expanded here: the text travels in events, and each service expands only the values it
@@ -146,10 +149,6 @@ class Config:
         """Whether the environment set depends on the repository's directories, not only on
         this file (then a commit that adds or removes a matching directory changes it)."""
         return any(g.reads_tree for g in self.generators)
-
-    @staticmethod
-    def empty() -> Config:
-        return Config({}, {}, {}, {}, "")
 
 
 def _err(doc: Document | None, message: str, *path: str | int, file: str) -> ConfigError:

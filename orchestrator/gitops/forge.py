@@ -164,13 +164,14 @@ class Forge:
                 {"Authorization": f"token {token}"},
                 {"title": title, "head": head, "base": base, "body": body})
 
-    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
-        url, headers, payload = self._request(title, head, base, body)
+    async def _call(self, method: str, url: str, *, headers: Mapping[str, str],
+                    payload: Any = None) -> tuple[int, Any, dict[str, str]]:
+        """One request; rate limits and refused tokens raised here, the rest returned."""
         where = f"{self.settings.kind} {self.repo}"
         try:
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session, \
-                    session.post(url, json=payload, headers={
+                    session.request(method, url, json=payload, headers={
                         **headers, "User-Agent": "conveyor"}) as resp:
                 status = resp.status
                 try:
@@ -188,13 +189,101 @@ class Forge:
         if status == 401:
             raise PermanentError(f"{where}: the forge refused the token (401)",
                                  reason="AuthenticationFailed")
+        return status, data, answer_headers
+
+    def _failed(self, what: str, status: int, data: Any) -> PermanentError:
+        message = data.get("message") if isinstance(data, Mapping) else ""
+        return PermanentError(f"{self.settings.kind} {self.repo}: {what} failed ({status}: "
+                              f"{message or 'no message'})", reason="PullRequestFailed")
+
+    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
+        url, headers, payload = self._request(title, head, base, body)
+        status, data, _ = await self._call("POST", url, headers=headers, payload=payload)
         if status not in (200, 201) or not isinstance(data, Mapping):
-            message = data.get("message") if isinstance(data, Mapping) else ""
-            raise PermanentError(f"{where}: opening the pull request failed ({status}: "
-                                 f"{message or 'no message'})", reason="PullRequestFailed")
+            raise self._failed("opening the pull request", status, data)
         if self.settings.kind == "gitlab":
             return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
         return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
+
+    # ------------------------------------------------------------------ previews
+    # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
+    # comments of the pull request, paged with a Link header, and commit statuses. GitLab:
+    # the merge request's notes (PUT to edit) and ``/projects/:id/statuses/:sha``.
+
+    def _github(self) -> tuple[str, dict[str, str]]:
+        token = self.settings.read_token()
+        if self.settings.kind == "gitea":
+            return f"{self.settings.api_url}/repos/{self.repo}", {
+                "Authorization": f"token {token}"}
+        return (f"{self.settings.api_url}/repos/{self.repo}",
+                {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                 "X-GitHub-Api-Version": "2022-11-28"})
+
+    def _gitlab(self, number: int) -> tuple[str, str, dict[str, str]]:
+        project = urllib.parse.quote(self.repo, safe="")
+        base = f"{self.settings.api_url}/projects/{project}"
+        return base, f"{base}/merge_requests/{number}/notes", {
+            "PRIVATE-TOKEN": self.settings.read_token()}
+
+    async def upsert_comment(self, number: int, body: str, marker: str) -> tuple[int, bool]:
+        """The pull request's comment (GitLab: note) holding ``marker``, updated to ``body``
+        (created when there is none). Every page is read (``Link: rel="next"``). Returns
+        (comment id, created)."""
+        if self.settings.kind == "gitlab":
+            _, notes, headers = self._gitlab(number)
+            url: str | None = f"{notes}?per_page=100"
+            edit_url, create, edit = notes + "/{id}", notes, "PUT"
+        else:
+            base, headers = self._github()
+            page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
+            url = f"{base}/issues/{number}/comments?{page}"
+            edit_url, create, edit = base + "/issues/comments/{id}", \
+                f"{base}/issues/{number}/comments", "PATCH"
+        found: int | None = None
+        while url and found is None:
+            status, data, answer = await self._call("GET", url, headers=headers)
+            if status != 200 or not isinstance(data, list):
+                raise self._failed("listing the comments", status, data)
+            found = next((int(c["id"]) for c in data if isinstance(c, Mapping)
+                          and marker in str(c.get("body") or "")), None)
+            url = _next_link(answer.get("link", ""))
+        if found is not None:
+            status, data, _ = await self._call(edit, edit_url.format(id=found), headers=headers,
+                                               payload={"body": body})
+            if status not in (200, 201):
+                raise self._failed("updating the comment", status, data)
+            return found, False
+        status, data, _ = await self._call("POST", create, headers=headers,
+                                           payload={"body": body})
+        if status != 201 or not isinstance(data, Mapping):
+            raise self._failed("commenting", status, data)
+        return int(data["id"]), True
+
+    async def set_status(self, sha: str, context: str, state: str, description: str) -> None:
+        """A commit status; ``state`` is GitHub's (success, failure, error, pending), named
+        as each forge names it."""
+        if self.settings.kind == "gitlab":
+            base, _, headers = self._gitlab(0)
+            gitlab_state = {"failure": "failed", "error": "failed"}.get(state, state)
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": gitlab_state, "name": context, "description": description})
+        else:
+            base, headers = self._github()
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": state, "context": context, "description": description})
+        if status not in (200, 201):
+            raise self._failed(f"setting the status {context}", status, data)
+
+
+def _next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (RFC 8288), if any."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return url.strip().strip("<>")
+    return None
 
 
 def _epoch(value: Any) -> float:
@@ -211,10 +300,18 @@ MAX_PAGES = 50  # 5,000 open pull requests: a forge answering more pages is loop
 
 
 class PullLister:
-    """The open pull requests of one repository, page by page, forks left out."""
+    """The open pull requests of one repository, page by page, forks left out. The forge is
+    resolved on first use, so a forge set up only for releases costs nothing here."""
 
-    def __init__(self, forge: Forge) -> None:
-        self.forge = forge
+    def __init__(self, settings: ForgeSettings, source_url: str) -> None:
+        self.settings, self.source_url = settings, source_url
+        self._forge: Forge | None = None
+
+    @property
+    def forge(self) -> Forge:
+        if self._forge is None:
+            self._forge = Forge(self.settings, self.source_url)
+        return self._forge
 
     def _first(self) -> tuple[str, dict[str, str]]:
         s, token = self.forge.settings, self.forge.settings.read_token()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 import cel as celexpr
@@ -35,8 +36,8 @@ from orchestrator.health_rules.sources import HealthRuleError
 
 FIELDS = ("inProgress", "failed", "current")
 """Flux's evaluation order."""
-_VERDICTS = {"inProgress": Health.PROGRESSING, "failed": Health.DEGRADED,
-             "current": Health.HEALTHY}
+_VERDICTS = MappingProxyType({"inProgress": Health.PROGRESSING, "failed": Health.DEGRADED,
+             "current": Health.HEALTHY})
 
 
 class CelError(HealthRuleError):

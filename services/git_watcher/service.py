@@ -26,7 +26,7 @@ from orchestrator import subjects
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import DEFAULT_SOURCE, Config
-from orchestrator.gitops.forge import Forge, ForgeSettings, PullLister
+from orchestrator.gitops.forge import ForgeSettings, PullLister
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 from services.git_watcher import decide
@@ -112,7 +112,7 @@ class GitWatcher:
                               metrics=self.resources.metrics,
                               scope=self.settings.secrets.scope(),
                               local_dirs=self.settings.allow_local_paths,
-                              pulls=PullLister(Forge(self.forge, source.repo))
+                              pulls=PullLister(self.forge, source.repo)
                               if source.primary and self.forge is not None else None)
         self.pollers[source.name] = poller
         return poller

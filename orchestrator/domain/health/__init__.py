@@ -28,6 +28,7 @@ are the same in every version the projects have served.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import (
@@ -85,7 +86,7 @@ PENDING_DELETION = HealthStatus(Health.PROGRESSING, "Pending deletion")
 BUILT_IN = "built-in"
 KSTATUS = "kstatus"
 
-_CHECKS: dict[tuple[str, str], HealthCheck] = {
+_CHECKS: Mapping[tuple[str, str], HealthCheck] = MappingProxyType({
     ("apps", "Deployment"): deployment.assess,
     ("extensions", "Deployment"): deployment.assess,
     ("apps", "StatefulSet"): statefulset.assess,
@@ -103,7 +104,7 @@ _CHECKS: dict[tuple[str, str], HealthCheck] = {
     ("autoscaling", "HorizontalPodAutoscaler"): hpa.assess,
     ("apiregistration.k8s.io", "APIService"): apiservice.assess,
     ("apiextensions.k8s.io", "CustomResourceDefinition"): crd.assess,
-}
+})
 
 _KUBERNETES_GROUPS = frozenset({"", "apps", "batch", "autoscaling", "policy", "extensions"})
 

@@ -22,6 +22,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.adapters.kube import KubeClient
@@ -32,9 +33,10 @@ from orchestrator.domain.health import Assessment, Health, HealthStatus, api_gro
 from orchestrator.ports import HealthJudge, HealthResult
 
 READY = frozenset({Health.HEALTHY, Health.SUSPENDED})
-EVENT_FOR = {Health.HEALTHY: ev.HEALTH_HEALTHY, Health.SUSPENDED: ev.HEALTH_HEALTHY,
-             Health.PROGRESSING: ev.HEALTH_PROGRESSING, Health.MISSING: ev.HEALTH_PROGRESSING,
-             Health.DEGRADED: ev.HEALTH_DEGRADED, Health.UNKNOWN: ev.HEALTH_DEGRADED}
+EVENT_FOR = MappingProxyType({
+    Health.HEALTHY: ev.HEALTH_HEALTHY, Health.SUSPENDED: ev.HEALTH_HEALTHY,
+    Health.PROGRESSING: ev.HEALTH_PROGRESSING, Health.MISSING: ev.HEALTH_PROGRESSING,
+    Health.DEGRADED: ev.HEALTH_DEGRADED, Health.UNKNOWN: ev.HEALTH_DEGRADED})
 LISTED = 50
 """At most this many unhealthy objects are listed in an event (the count is always exact)."""
 
