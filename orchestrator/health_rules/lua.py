@@ -72,7 +72,7 @@ class LuaEngine:
         self._lua = lua54.LuaRuntime(register_eval=False, register_builtins=False,
                                      unpack_returned_tuples=True, attribute_filter=_deny,
                                      max_memory=max_memory)
-        self._max_memory = max_memory
+        self.max_memory = max_memory
         code = resources.files(__package__).joinpath("sandbox.lua").read_text(encoding="utf-8")
         setup = self._lua.execute(f"return function(...) {code}\nend")
         self._run, self._forget = setup(self._json_decode, self._json_encode, PATTERN_LIMIT,
@@ -128,7 +128,7 @@ class LuaEngine:
             except lua54.LuaError as exc:
                 ok, result = False, str(exc)
             finally:
-                if self._lua.get_memory_used() > self._max_memory // 4:
+                if self._lua.get_memory_used() > self.max_memory // 4:
                     self._lua.execute("collectgarbage('collect')")
             if not ok:
                 reason = _text(result)
