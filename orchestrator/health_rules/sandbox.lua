@@ -53,7 +53,12 @@ local safe_math = copy(math)
 safe_math.pow = function(x, y) return x ^ y end
 safe_math.mod = math.fmod
 local safe_os = {time = os.time, date = os.date}       -- Argo CD's oslib_safe: nothing else
-local json = {decode = json_decode, encode = json_encode}
+-- Lua closures around the Python callables: a script must never hold a Python object (its
+-- userdata's metatable has __gc and friends, which called by hand could corrupt memory).
+local json = {
+  decode = function(text) return json_decode(text) end,
+  encode = function(value) return json_encode(value) end,
+}
 
 local compiled = {}
 
