@@ -71,6 +71,9 @@ def test_numbers_print_as_in_argo_cd(lua: LuaEngine) -> None:
     obj = {**WIDGET, "spec": {"replicas": 3.0}}
     assert run(lua, 'return {status="Healthy", message=tostring(obj.spec.replicas)}',
                obj) == HealthStatus(Health.HEALTHY, "3")
+    assert run(lua, 'return {status="Healthy", message=tostring(6 / 2) .. " " .. '
+                    'tostring(7 / 2) .. " " .. tostring(1e300)}') == HealthStatus(
+        Health.HEALTHY, "3 3.5 1e+300")
 
 
 @pytest.mark.parametrize(("script", "reason"), [
