@@ -10,7 +10,10 @@ scripts that run in Argo CD run here unchanged and to fail safely where Argo CD 
   ``resource.customizations.useOpenLibs.<group_kind>``, to yours); ``useOpenLibs`` never opens
   ``io``, the rest of ``os``, ``debug``, ``package`` loading, ``load``/``dofile``, coroutines;
 - Lua 5.1 spellings gopher-lua accepts (``table.getn``, ``unpack``, ``math.pow``) work on
-  Lua 5.4;
+  Lua 5.4, and ``tostring`` prints an integral float as gopher-lua does ("3", not "3.0");
+  integral JSON numbers arrive as integers (``..`` of a computed float still shows "3.0");
+- ``require("json")`` and every other value a script can reach are Lua values (the json
+  functions are Lua closures): no Python object is ever in a script's hands;
 - each call has a time limit (wall time, checked every 1,000 instructions, not swallowed by the
   script's own ``pcall``) and the runtime a memory cap; string patterns whose backtracking could
   outlast any limit inside one C call are refused (``sandbox.lua`` says how);
