@@ -130,7 +130,15 @@ async def test_opening_and_closing_a_pull_request_deploys_and_removes_its_previe
             assert applied.correlationid == head
             assert "2-preview" in (repo.read("preview/1", "apps/configmap-web.yaml") or "")
 
+            # a forge that cannot answer keeps the previews (an outage is not a close)
             forge.pulls[0].state = "closed"
+            forge.rate_limited = 3
+            before = await bus.last_seq()
+            await trigger(conveyor)
+            assert forge.rate_limited < 3  # it was asked, and refused
+            after = [s.event async for s in bus.read(start_seq=before + 1)]
+            assert not [e for e in after if e.type == ev.ENV_REMOVED]
+            forge.rate_limited = 0
             await trigger(conveyor)
             await wait_for_events(bus, happened(ev.ENV_PRUNED, "pr-1"))
         assert repo.files("preview/1") == []
