@@ -169,13 +169,14 @@ class Applier:
             if payload is None:
                 raise PermanentError(f"bundle {data['digest']} is missing from the store",
                                      reason="BundleMissing")
+            health = self.health_for(env, data)  # unusable rules fail before the target
             # record before effect: a crash from here on leaves a trace of the attempt
             await self.bus.publish(new_event(
                 ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
                 data={**outcomes.pass_on(event), "target": target.description,
                       "attempt": delivery.attempt}))
             result = await target.apply(replace(request, objects=decode_bundle(payload),
-                                                health=self.health_for(env, data)))
+                                                health=health))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
