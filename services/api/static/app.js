@@ -448,9 +448,37 @@
     }
   }
 
+  // -- promotions ---------------------------------------------------------------------------
+  async function renderPromotions() {
+    const status = $("promotions-status");
+    let body;
+    try {
+      body = await getJSON("/api/v1/promotions");
+    } catch (err) {
+      status.textContent = `Could not load the promotions (${err.message}).`;
+      return;
+    }
+    if (!state.route || state.route.view !== "promotions") return;
+    const rows = body.promotions || [];
+    status.textContent = rows.length ? count(rows.length, "promotion path")
+      : "No promotion: in conveyor.yaml.";
+    $("promotions").tBodies[0].replaceChildren(...rows.map((r) => {
+      const same = r.from_runs && r.from_runs === r.to_runs;
+      return h("tr", {"data-to": r.to, "data-gate": r.gate.allowed ? "open" : "closed"},
+        h("td", {"data-label": "From"}, envLink(r.from)),
+        h("td", {"data-label": "Runs"}, commitLink(r.from_runs)),
+        h("td", {"data-label": "To"}, envLink(r.to)),
+        h("td", {"data-label": "Runs"}, commitLink(r.to_runs), same ? " (the same)" : ""),
+        h("td", {"data-label": "Auto"}, r.auto ? "automatic" : "by hand"),
+        h("td", {"data-label": "Gate", class: r.gate.allowed ? "good" : "warn"},
+          `${r.gate.allowed ? "open" : "closed"}: ${r.gate.reason}`));
+    }));
+  }
+
   // -- routing and live refresh --------------------------------------------------------------
   function parseRoute() {
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    if (parts[0] === "promotions") return {view: "promotions"};
     if (parts[0] === "commit" && SHA.test(parts[1] || "")) return {view: "commit", sha: parts[1]};
     if (parts[0] === "env" && ENV.test(parts[1] || "")) return {view: "env", name: parts[1]};
     return {view: "home"};
@@ -465,19 +493,27 @@
       refreshView();
     } else if (r.view === "env" && e.subject === r.name) {
       refreshView();
+    } else if (r.view === "promotions" && /^conveyor\.(apply|health|promotion|config)\./
+      .test(e.type || "")) {
+      refreshView();
     }
   }
 
   function render(navigated) {
     const route = parseRoute();
     state.route = route;
-    for (const view of ["home", "commit", "env"]) $(`view-${view}`).hidden = view !== route.view;
+    for (const view of ["home", "commit", "env", "promotions"]) {
+      $(`view-${view}`).hidden = view !== route.view;
+    }
     if (route.view === "commit") renderCommit(route.sha);
     if (route.view === "env") renderEnv(route.name);
+    if (route.view === "promotions") renderPromotions();
     document.title = route.view === "commit" ? `Commit ${short(route.sha)} · Conveyor`
-      : route.view === "env" ? `${route.name} · Conveyor` : "Conveyor";
+      : route.view === "env" ? `${route.name} · Conveyor`
+        : route.view === "promotions" ? "Promotions · Conveyor" : "Conveyor";
     if (navigated) {
-      const title = $({home: "home-title", commit: "commit-title", env: "env-title"}[route.view]);
+      const title = $({home: "home-title", commit: "commit-title", env: "env-title",
+        promotions: "promotions-title"}[route.view]);
       title.focus({preventScroll: false});
     }
   }
