@@ -37,7 +37,7 @@ from orchestrator.adapters.git_source import credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
-from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.bundle import decode_bundle, encode_bundle
 from orchestrator.domain.config import EnvironmentConfig
 from orchestrator.domain.diff import diff
 from orchestrator.domain.events import new_event
@@ -116,7 +116,8 @@ class Previewer:
         from orchestrator.rendering import render
 
         result = render(snapshot, env.path, env.render, tools=self.settings.render_tools)
-        return [dict(m.obj) for m in result.manifests]
+        # through the bundle codec, as the renderer stores what runs: like against like
+        return decode_bundle(encode_bundle(m.obj for m in result.manifests))
 
     # ------------------------------------------------------------------ the preview
 
