@@ -4,6 +4,7 @@ written from GitHub's, GitLab's and Gitea's published API references)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -134,6 +135,18 @@ def test_forge_settings_from_the_operators_environment() -> None:
     with pytest.raises(PermanentError, match="needs CONVEYOR_FORGE_API_URL"):
         ForgeSettings.from_env({"CONVEYOR_FORGE": "gitea"})
     assert "token=" not in repr(github)
+    token_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"forge-token-{os.getpid()}"
+    token_file.write_text("from-a-mounted-secret\n")
+    try:
+        mounted = ForgeSettings.from_env({"CONVEYOR_FORGE": "gitlab",
+                                          "CONVEYOR_FORGE_TOKEN_FILE": str(token_file)})
+        assert mounted is not None and mounted.read_token() == "from-a-mounted-secret"
+        token_file.write_text("rotated\n")  # re-read at each request
+        assert mounted.read_token() == "rotated"
+    finally:
+        token_file.unlink()
+    with pytest.raises(PermanentError, match="CONVEYOR_FORGE_TOKEN"):
+        ForgeSettings("github", "https://api.github.com").read_token()
     assert github is not None
     assert repo_path(github, "https://github.com/team/web.git") == "team/web"
     assert repo_path(github, "git@github.com:team/web.git") == "team/web"

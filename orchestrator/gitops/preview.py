@@ -150,7 +150,7 @@ class Previewer:
                 previews.append(preview)
                 await self.bus.publish(new_event(
                     ev.PREVIEW_RENDERED, env=env.name, correlation=head, source=SOURCE,
-                    key=f"preview:{event.repo}:{event.number}",
+                    key=f"preview:{event.repo}:{event.number}:{event.action}",
                     data={"pull_request": event.number, "base": base, **preview.to_dict()}))
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
@@ -164,7 +164,7 @@ class Previewer:
             await forge.set_status(head, f"conveyor/{preview.env}", state, description)
         await self.bus.publish(new_event(
             ev.PREVIEW_POSTED, env=ev.NO_ENV, correlation=head, source=SOURCE,
-            key=f"preview:{event.repo}:{event.number}",
+            key=f"preview:{event.repo}:{event.number}:{event.action}",
             data={"pull_request": event.number, "comment": comment_id, "created": created,
                   "environments": [p.env for p in previews]}))
         log.info("preview.posted", number=event.number, head=head[:12],
