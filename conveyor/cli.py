@@ -1,4 +1,9 @@
-"""The `conveyor` command line."""
+"""The `conveyor` command line.
+
+(Over 400 lines: every command's flags and its handler side by side, in the order
+``conveyor --help`` lists them; the work itself is in ``conveyor/app.py`` and
+``orchestrator/commands``.)
+"""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import difflib
 import ipaddress
 import os
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import pygit2
@@ -16,6 +21,7 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
+from orchestrator.adapters.nats_auth import with_credentials
 from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
 from orchestrator.commands import gitops as gitops_commands
@@ -27,12 +33,17 @@ from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
-from orchestrator.health_rules.engine import HealthEngine, customizations_from_env, load_rules
+from orchestrator.health_rules.engine import (
+    HealthEngine,
+    customizations_from_env,
+    load_rules,
+    rules_of_checkout,
+)
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
 from orchestrator.secrets import SecretPolicy
-from orchestrator.settings import Settings
+from orchestrator.settings import Settings, token_from
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -99,7 +110,8 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
     if repo and not _is_url(repo):
         repo = str(Path(repo).resolve())
     return Settings(
-        nats_url=getattr(args, "nats", "") or "",
+        nats_url=nats_url(getattr(args, "nats", "") or ""),
+        nats_ca=os.environ.get("CONVEYOR_NATS_CA", "").strip(),
         data_dir=Path(args.data_dir).resolve(),
         repo=repo,
         branch=getattr(args, "branch", "") or os.environ.get("CONVEYOR_BRANCH", ""),
@@ -108,16 +120,49 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         interval=getattr(args, "interval", None),
         render_concurrency=getattr(args, "render_concurrency", None) or 4,
         api_token=Settings.api_token_from_env(),
+        read_token=getattr(args, "read_token", None) or Settings.read_token_from_env(),
+        allowed_hosts=_hosts(getattr(args, "allowed_hosts", "") or ""),
         retention=_retention(args),
         replicas=getattr(args, "replicas", None),
         sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
+        health_customizations=_health_customizations(args),
         secrets=_secret_policy(args),
         allow_local_paths=tuple(str(Path(d).resolve()) for d in (
             getattr(args, "allow_local_path", None) or [
                 d for d in os.environ.get("CONVEYOR_ALLOW_LOCAL_PATH", "").split(os.pathsep)
                 if d])),
     )
+
+
+def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
+    """``--nats URL`` with this service's bus credentials (``CONVEYOR_NATS_USER`` and
+    ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them) unless the URL carries its own."""
+    env = os.environ if environ is None else environ
+    user = env.get("CONVEYOR_NATS_USER", "").strip()
+    password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
+    if not url or not user or not password:
+        return url
+    servers = [u.strip() for u in url.split(",") if u.strip()]  # one cluster's servers
+    return ",".join(u if "@" in u.partition("://")[2].partition("/")[0]
+                    else with_credentials(u, user, password) for u in servers)
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+def _health_customizations(args: argparse.Namespace) -> tuple[Path, ...]:
+    given = getattr(args, "health_customizations", None) or ()
+    return tuple(Path(d).resolve() for d in given) or customizations_from_env(os.environ)
+
+
+def _health_args(parser: argparse.ArgumentParser) -> None:
+    """The operator's health scripts (a host path: never conveyor.yaml's to name)."""
+    parser.add_argument("--health-customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua) for "
+                             "every environment; repeatable; default "
+                             "$CONVEYOR_HEALTH_CUSTOMIZATIONS (os.pathsep-separated)")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -157,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    # only the api has its own /healthz and /metrics; any other service gets the small server
-    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    # probes answer from the start; the api takes the address over once connected
+    conveyor = Conveyor(settings, names=(args.service,), health_server=True)
     asyncio.run(run_until_signal(conveyor))
     return 0
 
@@ -175,8 +220,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     directories = tuple(Path(d) for d in args.customizations or ()) \
         or customizations_from_env(os.environ)
     try:
-        engine = HealthEngine(load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
-                                         directories=directories))
+        rules = load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                           directories=directories)
+        if args.config:  # the repository's rules come first, as in the applier
+            rules = rules_of_checkout(Path(args.config)).then(rules)
+        engine = HealthEngine(rules)
     except HealthRuleError as exc:
         print(f"conveyor health: {exc}", file=sys.stderr)
         return 1
@@ -195,7 +243,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
-                                    token=Settings.api_token_from_env()))
+                                    token=Settings.api_token_from_env()
+                                    or Settings.read_token_from_env()))
 
 
 def _async_cmd(command: Callable[[argparse.Namespace], Awaitable[int]],
@@ -289,6 +338,16 @@ def _concurrency_args(parser: argparse.ArgumentParser) -> None:
                         help="environments rendered at once (default 4)")
 
 
+def _api_args(parser: argparse.ArgumentParser) -> None:
+    """Who may reach the api: the read-only token and the Host names it answers to."""
+    parser.add_argument("--read-token", default=None,
+                        help="token of the read-only role (default $CONVEYOR_READ_TOKEN; the "
+                             "variable is better: a flag shows in `ps`)")
+    parser.add_argument("--allowed-hosts", default=os.environ.get("CONVEYOR_ALLOWED_HOSTS", ""),
+                        help="comma-separated Host names the api answers to besides loopback "
+                             "and the --listen address (.example.com: any subdomain; *: any)")
+
+
 def _retention_args(parser: argparse.ArgumentParser) -> None:
     """The event log's retention: the same values for every process that connects."""
     parser.add_argument("--retention-age", type=_age,
@@ -327,7 +386,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "a power failure loses up to 2 min of acked events)")
     _retention_args(up)
     _concurrency_args(up)
+    _api_args(up)
     _operator_args(up)
+    _health_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -341,7 +402,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--interval", type=float, default=None)
     _retention_args(run)
     _concurrency_args(run)
+    _api_args(run)
     _operator_args(run)
+    _health_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -372,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
     health.add_argument("--argocd-cm", action="append", metavar="FILE",
                         help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.add_argument("--config", metavar="CONVEYOR_YAML", default="",
+                        help="also the health: rules of this conveyor.yaml (its paths read "
+                             "beside it), first, as the applier uses them")
     health.set_defaults(func=cmd_health, health_command=None)
     health_sub = health.add_subparsers(dest="health_command")
     health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "

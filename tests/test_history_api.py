@@ -147,9 +147,10 @@ async def test_history_metrics_retry_and_trace_tell_the_story(
             assert len(retrying) == 12 and dead.data["original"]["type"] == ev.RENDER_SUCCEEDED
             read_only.clear()  # the target is writable again: retry the dead letter
 
-            async with aiohttp.ClientSession() as http:
+            async with aiohttp.ClientSession(headers=AUTH) as http:
                 retry_url = f"{api.url}/api/v1/events/{dead.id}/retry"
-                async with http.post(retry_url) as resp:
+                async with aiohttp.ClientSession() as anonymous, \
+                        anonymous.post(retry_url) as resp:
                     assert resp.status == 401
                 code = await history_cmd.retry(argparse.Namespace(
                     api=api.url, event_id=dead.id, output="text"))
@@ -227,19 +228,16 @@ async def test_history_metrics_retry_and_trace_tell_the_story(
 
                 # -- retrying a failure hands its cause back; errors are 404 / 409 ---------
                 failed = next(e for e in events if e.type == ev.RENDER_FAILED)
-                async with http.post(f"{api.url}/api/v1/events/{failed.id}/retry",
-                                     headers=AUTH) as resp:
+                async with http.post(f"{api.url}/api/v1/events/{failed.id}/retry") as resp:
                     assert resp.status == 202
                     body = await resp.json()
                 assert (body["type"], body["attempt"]) == (ev.COMMIT_DETECTED, 1)
                 await wait_for_events(bus, has(ev.RENDER_FAILED, c2, n=2))
                 ok = next(e for e in events if e.type == ev.APPLY_SUCCEEDED)
-                async with http.post(f"{api.url}/api/v1/events/{ok.id}/retry",
-                                     headers=AUTH) as resp:
+                async with http.post(f"{api.url}/api/v1/events/{ok.id}/retry") as resp:
                     assert resp.status == 409
                     assert "not a dead letter or failure" in (await resp.json())["error"]
-                async with http.post(f"{api.url}/api/v1/events/{'f' * 32}/retry",
-                                     headers=AUTH) as resp:
+                async with http.post(f"{api.url}/api/v1/events/{'f' * 32}/retry") as resp:
                     assert resp.status == 404
                 code = await history_cmd.retry(argparse.Namespace(
                     api=api.url, event_id="0" * 32, output="text"))

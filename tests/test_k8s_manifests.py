@@ -155,9 +155,11 @@ def test_every_workload_has_probes_resources_and_a_restricted_security_context(n
         assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
         for c in spec["containers"]:
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            for probe in ("readinessProbe", "livenessProbe"):
+            paths = ({"readinessProbe": "/readyz", "livenessProbe": "/livez"} if is_conveyor(w)
+                     else dict.fromkeys(("readinessProbe", "livenessProbe"), "/healthz"))
+            for probe, path in paths.items():
                 get = c[probe]["httpGet"]
-                assert get["path"].split("?")[0] == "/healthz", f"{where} {probe}"
+                assert get["path"].split("?")[0] == path, f"{where} {probe}"
                 port = ports.get(get["port"], get["port"])
                 assert port == (8080 if is_conveyor(w) else 8222), f"{where} {probe}"
             for kind in ("requests", "limits"):
@@ -436,6 +438,37 @@ def test_nats_is_a_three_server_jetstream_cluster_on_persistent_volumes(name: st
     env = {e["name"]: e for e in c["env"]}
     assert env["SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz?js-enabled-only=true"
+    # one server per node, or "survives the loss of a node" is not true
+    (term,) = pod_spec(sts)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert _selects(term["labelSelector"], pod_labels(sts))
+    assert re.search(r"^\s+sync_interval: always$", config, re.M)
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_conveyor_replicas_fit_the_nats_cluster(name: str) -> None:
+    """Every Conveyor container asks for replicas the NATS cluster can hold (and 3 of 3)."""
+    objs = overlay(name)
+    (sts,) = of_kind(objs, "StatefulSet")
+    servers = sts["spec"]["replicas"]
+    for w in workloads(objs):
+        if not is_conveyor(w):
+            continue
+        (c,) = pod_spec(w)["containers"]
+        env: dict[str, str] = {}
+        for source in c.get("envFrom", []):
+            ref = source.get("configMapRef")
+            if ref:
+                env.update(named(objs, "ConfigMap", ref["name"])["data"])
+        env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+        args = c.get("args", [])
+        asked = args[args.index("--replicas") + 1] if "--replicas" in args \
+            else env.get("CONVEYOR_REPLICAS")
+        where = f"{w['kind']}/{w['metadata']['name']}"
+        assert asked is not None, f"{where}: no CONVEYOR_REPLICAS"
+        assert 1 <= int(asked) <= servers, f"{where}: {asked} replicas on {servers} servers"
+        assert int(asked) == 3, where
 
 
 def nats_config(objs: tuple[Obj, ...]) -> str:
@@ -444,15 +477,131 @@ def nats_config(objs: tuple[Obj, ...]) -> str:
     return named(objs, "ConfigMap", volume["configMap"]["name"])["data"]["nats.conf"]
 
 
+NATS_USERS = ("git-watcher", "renderer", "applier", "notifier", "api")
+
+
+def nats_password_env(user: str) -> str:
+    return f"NATS_{user.upper().replace('-', '_')}_PASSWORD"
+
+
+def runnable_nats_config(tmp_path: Path, *, port: int = 0) -> tuple[Path, dict[str, str]]:
+    """The base's nats.conf made runnable here: a throwaway certificate in place of the
+    mounted Secret, a password per user in the environment; with a ``port`` also without the
+    cluster block, storing and listening here (a real, standalone server)."""
+    from tests.support.kubeapi.certs import TestPKI
+
+    pki = TestPKI()
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    (tls / "tls.crt").write_bytes(pki.server.cert_pem)
+    (tls / "tls.key").write_bytes(pki.server.key_pem)
+    (tls / "ca.crt").write_bytes(pki.ca_pem)
+    text = nats_config(overlay(OVERLAYS[0])).replace("/etc/nats-tls", str(tls))
+    if port:
+        start = text.index("cluster {")
+        depth, end = 0, start
+        for end in range(start, len(text)):
+            depth += {"{": 1, "}": -1}.get(text[end], 0)
+            if depth == 0 and text[end] == "}":
+                break
+        text = text[:start] + text[end + 1:]
+        text = (text.replace('"/data"', f'"{tmp_path / "js"}"')
+                .replace('"/var/run/nats/nats.pid"', f'"{tmp_path / "nats.pid"}"'))
+        text = re.sub(r"^port: 4222$", f"port: {port}", text, flags=re.MULTILINE)
+        text = re.sub(r"^http_port: 8222$", "", text, flags=re.MULTILINE)
+    conf = tmp_path / "nats.conf"
+    conf.write_text(text)
+    env = {"SERVER_NAME": "nats-0", **{nats_password_env(u): f"pw-{u}" for u in NATS_USERS}}
+    return conf, env
+
+
 def test_nats_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
     server = shutil.which("nats-server") or str(Path(sys.executable).parent / "nats-server")
     if not Path(server).exists():
         pytest.skip("nats-server is not installed")
-    conf = tmp_path / "nats.conf"
-    conf.write_text(nats_config(overlay(OVERLAYS[0])))
+    conf, env = runnable_nats_config(tmp_path)
     proc = subprocess.run([server, "-t", "-c", str(conf)], capture_output=True, text=True,
-                          timeout=30, env={"SERVER_NAME": "nats-0"})
+                          timeout=30, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _user_block(config: str, user: str) -> str:
+    match = re.search(r"\{user: " + re.escape(user) + r", (.*?)\}\}\}", config, re.DOTALL)
+    assert match, f"no NATS user {user}"
+    return match.group(1)
+
+
+def _subjects(block: str, kind: str) -> set[str]:
+    found = re.search(kind + r": \[([^\]]*)\]", block)
+    return set(re.findall(r'"([^"]+)"', found.group(1))) if found else set()
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_nats_has_a_user_per_service_with_only_its_own_subjects_and_tls(name: str) -> None:
+    objs = overlay(name)
+    config = nats_config(objs)
+    assert "authorization {" in config and "no_auth_user" not in config
+    (sts,) = of_kind(objs, "StatefulSet")
+    (server,) = pod_spec(sts)["containers"]
+    server_env = {e["name"]: e for e in server["env"]}
+    for user in NATS_USERS:
+        block = _user_block(config, user)
+        var = nats_password_env(user)
+        assert f"password: ${var}" in block
+        ref = server_env[var]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("conveyor-nats", f"{user}-password")
+        assert _subjects(block, "subscribe: {allow") == {"_INBOX.>"}
+        deny = _subjects(block, "deny")
+        assert "$JS.API.STREAM.DELETE.CONVEYOR" in deny and "$JS.API.STREAM.PURGE.CONVEYOR" in deny
+    allow = {u: _subjects(_user_block(config, u), "allow") for u in NATS_USERS}
+    # the renderer cannot publish apply.*, and only the api publishes control (refresh) events
+    assert "conveyor.events.*.apply.>" in _subjects(_user_block(config, "renderer"), "deny")
+    assert not any(s.startswith(("conveyor.events.*.apply", "conveyor.events.>"))
+                   for s in allow["renderer"])
+    for user in NATS_USERS:
+        can_refresh = any(s in allow[user] for s in ("conveyor.events.>",
+                                                      "conveyor.events.*.refresh.>"))
+        assert can_refresh == (user == "api"), user
+    # every Conveyor container connects as its own user, with its password and the CA
+    for w in workloads(objs):
+        if not is_conveyor(w):
+            continue
+        (c,) = pod_spec(w)["containers"]
+        env = {e["name"]: e for e in c["env"]}
+        user = env["CONVEYOR_NATS_USER"]["value"]
+        assert user == component(w) and user in NATS_USERS
+        ref = env["CONVEYOR_NATS_PASSWORD"]["valueFrom"]["secretKeyRef"]
+        assert (ref["name"], ref["key"]) == ("conveyor-nats", f"{user}-password")
+        ca = env["CONVEYOR_NATS_CA"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        ca_dir = mounts[str(Path(ca).parent)]
+        volume = next(v for v in pod_spec(w)["volumes"] if v["name"] == ca_dir)
+        assert volume["secret"]["secretName"] == "nats-tls"
+        assert [i["key"] for i in volume["secret"]["items"]] == ["ca.crt"]  # never the key
+    # TLS for clients and routes, from the mounted Secret
+    assert re.search(r"^tls \{[^}]*cert_file", config, re.MULTILINE)
+    assert re.search(r"cluster \{.*?tls \{[^}]*verify: true", config, re.DOTALL)
+    mounts = {m["mountPath"]: m["name"] for m in server["volumeMounts"]}
+    tls_volume = next(v for v in pod_spec(sts)["volumes"] if v["name"] == mounts["/etc/nats-tls"])
+    assert tls_volume["secret"]["secretName"] == "nats-tls"
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_the_api_answers_to_its_service_names(name: str) -> None:
+    from conveyor.cli import _hosts
+    from services.api.browser import HostAllowlist
+
+    objs = overlay(name)
+    api = next(w for w in workloads(objs) if component(w) == "api")
+    (c,) = pod_spec(api)["containers"]
+    env = {e["name"]: e.get("value", "") for e in c["env"]}
+    allowlist = HostAllowlist("0.0.0.0:8080", _hosts(env["CONVEYOR_ALLOWED_HOSTS"]))
+    service = named(objs, "Service", "conveyor-api")["metadata"]
+    namespace = service.get("namespace", NAMESPACE)
+    for host in (service["name"], f"{service['name']}.{namespace}",
+                 f"{service['name']}.{namespace}.svc.cluster.local"):
+        assert allowlist.allows(host), host
+    assert not allowlist.allows("evil.example")
 
 
 # -- secrets -----------------------------------------------------------------------------------

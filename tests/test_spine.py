@@ -236,7 +236,9 @@ async def test_api_serves_environments_events_and_refresh(
 
         api = conveyor.service("api")
         assert isinstance(api, ApiService)
-        async with aiohttp.ClientSession() as http:
+        # reads need the token too once one is set (tests/security/test_net_auth.py)
+        async with aiohttp.ClientSession(
+                headers={"Authorization": "Bearer s3cret-token"}) as http:
             async with http.get(f"{api.url}/healthz") as resp:
                 assert resp.status == 200
             async with http.get(f"{api.url}/api/v1/events",
@@ -244,7 +246,8 @@ async def test_api_serves_environments_events_and_refresh(
                                         "type": "conveyor.apply"}) as resp:
                 body = await resp.json()
             assert [e["type"] for e in body["events"]] == [ev.APPLY_STARTED, ev.APPLY_SUCCEEDED]
-            async with http.post(f"{api.url}/api/v1/refresh") as resp:
+            async with aiohttp.ClientSession() as anonymous, \
+                    anonymous.post(f"{api.url}/api/v1/refresh") as resp:
                 assert resp.status == 401
             second = repo.commit(demo_files(tag="3.0"), "via refresh")
             async with http.post(f"{api.url}/api/v1/refresh",
@@ -296,9 +299,11 @@ async def test_sync_reapplies_the_latest_render_and_needs_the_token(
             assert outcome.type == ev.APPLY_SKIPPED
             assert "already holds these manifests" in outcome.data["summary"]
             digest = outcome.data["digest"]
-            async with http.get(f"{api.url}/api/v1/bundles/{digest}") as resp:
+            async with http.get(f"{api.url}/api/v1/bundles/{digest}",
+                                headers={"Authorization": "Bearer tok"}) as resp:
                 assert resp.status == 200
                 body = await resp.json()
             assert body["format"] == "conveyor.bundle/v1" and len(body["objects"]) == 3
-            async with http.get(f"{api.url}/api/v1/bundles/sha256:{'0' * 64}") as resp:
+            async with http.get(f"{api.url}/api/v1/bundles/sha256:{'0' * 64}",
+                                headers={"Authorization": "Bearer tok"}) as resp:
                 assert resp.status == 404

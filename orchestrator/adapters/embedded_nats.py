@@ -29,6 +29,7 @@ from pathlib import Path
 
 import structlog
 
+from orchestrator.adapters import nats_auth
 from orchestrator.errors import PermanentError
 
 log = structlog.get_logger(__name__)
@@ -127,7 +128,8 @@ class EmbeddedNats:
     host: str = "127.0.0.1"
     port: int = 0
     process: asyncio.subprocess.Process | None = None
-    url: str = ""
+    url: str = ""  # with the credentials in it: what clients connect to
+    public_url: str = ""  # without them: for messages
     sync: str = "always"  # see SYNC_POLICIES
     _drain: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
@@ -138,14 +140,19 @@ class EmbeddedNats:
 
     async def start(self, ready_within: float = 20.0) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # the store holds every event and bundle (Secrets too): for this user only
+        self.data_dir.chmod(0o700)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         pid_file = self.data_dir / "nats-server.pid"
         if self._lock_fd is None:
             self._lock_fd = _lock_data_dir(self.data_dir)  # raises when another owner is alive
         _stop_stale(pid_file, self.store_dir)  # only a dead owner's server is left to stop
         port = self.port or free_port(self.host)
-        config = self.data_dir / "nats-server.conf"  # what has no command-line flag
-        config.write_text(f"jetstream {{\n  sync_interval: {jetstream_sync(self.sync)}\n}}\n")
+        creds = nats_auth.load_or_create(self.data_dir)  # generated once, 0600
+        config = self.data_dir / nats_auth.SERVER_CONFIG_FILE  # what has no command-line flag
+        nats_auth.write_private(config, (
+            f"jetstream {{\n  sync_interval: {jetstream_sync(self.sync)}\n}}\n"
+            + nats_auth.authorization_block(creds)))  # 0600: it holds the password
         args = [
             nats_server_binary(), "-c", str(config), "-js", "-sd", str(self.store_dir),
             "-a", self.host,
@@ -180,8 +187,9 @@ class EmbeddedNats:
         log_path.write_bytes(b"".join(lines))
         self._drain = asyncio.create_task(self._drain_stderr(log_path))
         self.port = port
-        self.url = f"nats://{self.host}:{port}"
-        log.info("embedded_nats.ready", url=self.url, store=str(self.store_dir))
+        self.public_url = f"nats://{self.host}:{port}"
+        self.url = nats_auth.with_credentials(self.public_url, creds.user, creds.password)
+        log.info("embedded_nats.ready", url=self.public_url, store=str(self.store_dir))
         return self.url
 
     async def _drain_stderr(self, log_path: Path) -> None:

@@ -77,12 +77,6 @@ def _subtree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
     return obj
 
 
-def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    obj = _obj(repo, oid)
-    assert isinstance(obj, pygit2.Blob)
-    return bytes(obj.data)
-
-
 def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     """The root tree of a commit, memoised per thread (trees are immutable)."""
     trees: dict[tuple[str, str], pygit2.Tree] | None = getattr(_local, "trees", None)
@@ -105,15 +99,6 @@ def branch_head(path: str | Path, branch: str) -> str | None:
     if ref is None:
         return None
     return str(ref.resolve().target)
-
-
-def default_branch(path: str | Path) -> str:
-    repo = open_repo(path)
-    with_head = repo.references.get("HEAD")
-    if with_head is not None and with_head.type == pygit2.enums.ReferenceType.SYMBOLIC:
-        target = str(with_head.target)
-        return target.removeprefix("refs/heads/")
-    return "main"
 
 
 def _info(commit: pygit2.Commit) -> CommitInfo:

@@ -11,10 +11,14 @@ from typing import Any
 import aiohttp
 
 from orchestrator.domain.trace import parse_time
+from orchestrator.settings import token_from
 
 
 def _headers() -> dict[str, str]:
-    token = os.environ.get("CONVEYOR_API_TOKEN")
+    """The operator token when this shell has it, else the read-only one (reads need a token
+    whenever the api has one configured)."""
+    token = token_from(os.environ.get("CONVEYOR_API_TOKEN")) or token_from(
+        os.environ.get("CONVEYOR_READ_TOKEN"))
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 

@@ -19,7 +19,8 @@ we set*, not "the live object equals the manifest". The comparison therefore:
 
 What remains is drift. ``unified_text`` shows it as a unified diff of sorted YAML, from live to
 desired; a Secret's values are redacted in the text (never in the comparison): equal values show
-as ``<redacted>``, a changed one as ``<redacted, changed>``.
+as ``<redacted>``, a changed one as ``<redacted, changed>``. A Secret masked by the api
+(``++++++++``, orchestrator.domain.masking: ``conveyor diff --api``) is compared by its keys.
 
 Not handled (open points): quantity canonical forms (``0.5`` vs ``500m``, ``1024Mi`` vs
 ``1Gi``), and objects whose namespace the caller has not defaulted (they differ in identity).
@@ -31,11 +32,13 @@ import base64
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
 
 from orchestrator.domain.bundle import ObjectKey, object_key
+from orchestrator.domain.masking import MASK
 
 Change = Literal["added", "changed", "removed"]
 
@@ -46,7 +49,7 @@ IGNORED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
 REDACTED = "<redacted>"
 REDACTED_CHANGED = "<redacted, changed>"
 
-_SYMBOLS: dict[Change, str] = {"added": "+", "changed": "~", "removed": "-"}
+_SYMBOLS: Mapping[Change, str] = MappingProxyType({"added": "+", "changed": "~", "removed": "-"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +139,22 @@ def normalise(desired: Mapping[str, Any], live: Mapping[str, Any]) -> tuple[dict
                                                                             dict[str, Any]]:
     """The two sides as compared: server fields stripped, live projected onto desired."""
     wanted = strip_server_fields(desired)
-    projected: dict[str, Any] = project(strip_server_fields(live), wanted)
+    current = strip_server_fields(live)
+    if _is_secret(wanted):
+        current = _masked_like(wanted, current)
+    projected: dict[str, Any] = project(current, wanted)
     return wanted, projected
+
+
+def _masked_like(wanted: Mapping[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """Live Secret values masked wherever the desired one is masked (a bundle served by the
+    api, orchestrator.domain.masking): such a Secret is compared by its keys only."""
+    desired_data, live_data = wanted.get("data"), live.get("data")
+    if not isinstance(desired_data, Mapping) or not isinstance(live_data, Mapping):
+        return live
+    masked = {key: MASK if desired_data.get(key) == MASK else value
+              for key, value in live_data.items()}
+    return {**live, "data": masked}
 
 
 def _redact_pair(desired: dict[str, Any] | None,

@@ -27,7 +27,7 @@ from orchestrator.domain.config import parse_config
 from orchestrator.domain.trace import parse_time
 from orchestrator.errors import ConfigError, ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
-from orchestrator.gitops.workflow import GitOps, Result
+from orchestrator.gitops.workflow import GitOps, Refresh, Result
 from orchestrator.resources import Resources
 
 log = structlog.get_logger(__name__)
@@ -37,8 +37,10 @@ IDLE_CHECK = 300.0  # seconds between checks when nothing happens (a missed wake
 
 
 class AutoPromoter:
-    def __init__(self, resources: Resources, *, forge: ForgeSettings | None = None) -> None:
+    def __init__(self, resources: Resources, *, forge: ForgeSettings | None = None,
+                 refresh: Refresh | None = None) -> None:
         self.resources = resources
+        self.refresh = refresh
         self.bus: EventBus = resources.bus
         self.forge = forge
         self._wake = asyncio.Event()
@@ -94,7 +96,8 @@ class AutoPromoter:
         except ConfigError:
             return IDLE_CHECK
         rules = [r for r in config.promotion.values() if r.auto]
-        gitops = GitOps(self.resources, forge=self.forge, source="conveyor/promoter")
+        gitops = GitOps(self.resources, forge=self.forge, source="conveyor/promoter",
+                        refresh=self.refresh)
         now = now or datetime.now(UTC)
         wait = IDLE_CHECK
         for rule in rules:

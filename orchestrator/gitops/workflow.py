@@ -116,12 +116,17 @@ class _Repo:
 Edit = Callable[[Path, str], tuple[list[str], str] | None]
 
 
+Refresh = Callable[[str], object]
+"""Ask the watcher to fetch a source now (the source's name), without waiting for it."""
+
+
 class GitOps:
     """The actions. Built by a composition root (the CLI, the api) with its resources."""
 
     def __init__(self, resources: Resources, *,
                  forge: ForgeSettings | None = None, environ: Mapping[str, str] | None = None,
-                 max_attempts: int = MAX_ATTEMPTS, source: str = "conveyor/gitops") -> None:
+                 max_attempts: int = MAX_ATTEMPTS, source: str = "conveyor/gitops",
+                 refresh: Refresh | None = None) -> None:
         if not resources.settings.repo:
             raise PermanentError("no source repository: pass --repo (or CONVEYOR_REPO)",
                                  reason="InvalidSource")
@@ -132,6 +137,10 @@ class GitOps:
         self.forge = forge
         self.max_attempts = max_attempts
         self.source = source
+        # in the watcher's own process (the promoter) a direct call; else a refresh event,
+        # which only the api's bus user may publish in k8s/base (docs/security.md)
+        self.refresh = refresh
+        self._fetched: dict[str, _Repo] = {}
 
     # ------------------------------------------------------------------ repositories
 
@@ -250,8 +259,10 @@ class GitOps:
         event = new_event(kind, env=env, correlation=commit, cause=cause, source=self.source,
                           key=f"{kind}:{commit}", data=data)
         await self.bus.publish(event)
-        if data.get("via") == "commit":
+        if data.get("via") == "commit" and self.refresh is not None:
             # the watcher fetches now instead of at its next poll: the commit flows at once
+            self.refresh(str(data.get("source") or DEFAULT_SOURCE))
+        elif data.get("via") == "commit":
             await self.bus.publish(new_event(
                 ev.REFRESH_REQUESTED, env=ev.NO_ENV, cause=event, source=self.source,
                 data={"source": str(data.get("source") or DEFAULT_SOURCE), "by": self.source}))

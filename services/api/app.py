@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import structlog
 from aiohttp import web
@@ -18,10 +19,13 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
 from orchestrator.domain.listing import EnvFilter, ListingError, page, parse_limit
+from orchestrator.domain.masking import mask_bundle
 from orchestrator.domain.trace import build_trace, end_to_end_ms
 from orchestrator.projector import Projector
 from orchestrator.resources import Resources
 from services.api import (
+    auth,
+    browser,
     routes_dashboard,
     routes_history,
     routes_objects,
@@ -32,10 +36,12 @@ from services.api import (
 )
 from services.api.context import (
     BUS,
+    MAX_STREAMS,
     PROJECTOR,
     RESOURCES,
     SETTINGS,
     STREAMS,
+    Handler,
     control,
     event_json,
 )
@@ -44,6 +50,53 @@ log = structlog.get_logger(__name__)
 
 MAX_EVENTS = 10_000
 DEFAULT_EVENTS = 100
+HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's head
+
+
+class BadQuery(ValueError):
+    """A query parameter the api cannot use: answered 400 with this message, never 500."""
+
+
+_TYPE_PREFIX = re.compile(r"^conveyor(\.[a-z_]{1,32}){0,2}\.?$")
+_SHA_PREFIX = re.compile(r"^[0-9a-fA-F]{1,40}$")
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+def query_int(request: web.Request, name: str, default: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        raise BadQuery(f"{name} must be a non-negative integer")
+    return int(raw)
+
+
+def query_env(request: web.Request) -> str | None:
+    env = request.query.get("env") or None
+    if env is not None and not subjects.valid_env_name(env):
+        raise BadQuery(f"invalid environment name {env[:64]!r}")
+    return env
+
+
+def query_type(request: web.Request) -> str | None:
+    prefix = request.query.get("type") or None
+    if prefix is not None and not _TYPE_PREFIX.match(prefix):
+        raise BadQuery("type must be an event type or prefix such as conveyor.apply")
+    return prefix
+
+
+def query_sha(value: str | None, name: str = "correlation") -> str | None:
+    if value and not _SHA_PREFIX.match(value):
+        raise BadQuery(f"{name} must be a commit SHA or a prefix of one (hex)")
+    return value or None
+
+
+@web.middleware
+async def bad_query(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except BadQuery as exc:
+        return web.json_response({"error": str(exc)}, status=400)
 
 __all__ = ["ApiService", "build_app", "control", "event_json"]
 
@@ -113,21 +166,15 @@ async def events(request: web.Request) -> web.Response:
     for the page older than it; with ``after`` the events after that sequence, oldest first
     (what a follower reads)."""
     q = request.query
-    try:
-        limit = min(int(q.get("limit", DEFAULT_EVENTS)), MAX_EVENTS)
-        after = int(q["after"]) if q.get("after") else None
-        before = int(q["before"]) if q.get("before") else None
-        if limit < 1 or (after is not None and after < 0) or (before is not None and before < 1):
-            raise ValueError
-    except ValueError:
-        return web.json_response({"error": "limit, after and before must be whole numbers "
-                                  "(limit >= 1)"}, status=400)
-    env = q.get("env") or None
-    if env is not None and not subjects.valid_env_name(env):
-        return web.json_response({"error": f"invalid environment name {env!r}"}, status=400)
+    limit = min(query_int(request, "limit", DEFAULT_EVENTS), MAX_EVENTS)
+    after = query_int(request, "after", 0) if q.get("after") else None
+    before = query_int(request, "before", 0) if q.get("before") else None
+    if limit < 1 or (before is not None and before < 1):
+        raise BadQuery("limit, after and before must be whole numbers (limit, before >= 1)")
+    env = query_env(request)
     bus = request.app[BUS]
-    what = {"env": env, "type_prefix": q.get("type") or None,
-            "correlation": q.get("correlation") or None}
+    what = {"env": env, "type_prefix": query_type(request),
+            "correlation": query_sha(q.get("correlation"))}
     if after is not None:
         found = await query_events(bus, **what, after=after, limit=limit)
         more = {"after": found[-1].seq} if len(found) == limit else None
@@ -139,7 +186,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 async def trace(request: web.Request) -> web.Response:
-    sha = request.match_info["sha"]
+    sha = query_sha(request.match_info["sha"], "the commit") or ""
     found = await query_events(request.app[BUS], env=None, type_prefix=None, correlation=sha)
     evs = [s.event for s in found]
     return web.json_response({
@@ -164,8 +211,8 @@ async def refresh(request: web.Request) -> web.Response:
 async def stream(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: every new event as it is appended to the log."""
     bus = request.app[BUS]
-    env = request.query.get("env") or None
-    start = int(request.query.get("after", 0)) + 1 if "after" in request.query else (
+    env = query_env(request)  # checked before the stream answers 200: a bad one is a 400
+    start = query_int(request, "after", 0) + 1 if "after" in request.query else (
         await bus.last_seq() + 1)
     filters = subjects.filter_for("conveyor", [env] if env else None)
 
@@ -182,14 +229,19 @@ async def stream(request: web.Request) -> web.StreamResponse:
 
 
 async def bundle(request: web.Request) -> web.Response:
-    """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`."""
+    """A rendered bundle by digest (canonical JSON), for `conveyor diff --api`, with every
+    Secret's values masked (orchestrator.domain.masking)."""
     digest = request.match_info["digest"]
-    if not digest.startswith("sha256:") or len(digest) != 71:
+    if not _DIGEST.match(digest):
         return web.json_response({"error": "expected a digest sha256:<64 hex>"}, status=400)
     payload = await request.app[BUS].get_bundle(digest)
     if payload is None:
         return web.json_response({"error": "no such bundle"}, status=404)
-    return web.Response(body=payload, content_type="application/json")
+    try:
+        masked = mask_bundle(payload)  # Secret values never leave through the api
+    except ValueError:
+        return web.json_response({"error": "the stored object is not a bundle"}, status=422)
+    return web.Response(body=masked, content_type="application/json")
 
 
 @control
@@ -216,8 +268,16 @@ async def sync(request: web.Request) -> web.Response:
                              status=202)
 
 
-def build_app(resources: Resources, projector: Projector) -> web.Application:
-    app = web.Application(client_max_size=1 << 20)
+def build_app(resources: Resources, projector: Projector, *,
+              max_streams: int = sse.DEFAULT_MAX_STREAMS) -> web.Application:
+    settings = resources.settings
+    # outermost first: the Host is checked before anything else, cross-site writes are refused
+    # even on a tokenless instance, and only then does the token decide
+    app = web.Application(client_max_size=1 << 20, middlewares=[
+        browser.host_middleware(settings), browser.same_origin_writes,
+        auth.middleware(settings), bad_query])
+    browser.install(app)
+    app[MAX_STREAMS] = max_streams
     app[RESOURCES] = resources
     app[BUS] = resources.bus
     app[PROJECTOR] = projector
@@ -240,7 +300,10 @@ def build_app(resources: Resources, projector: Projector) -> web.Application:
 
 
 class ApiService:
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, *, max_streams: int = sse.DEFAULT_MAX_STREAMS,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
+        self.max_streams = max_streams
+        self.header_timeout = header_timeout
         self.resources = resources
         self.bus = resources.bus
         self.settings = resources.settings
@@ -250,8 +313,12 @@ class ApiService:
 
     async def start(self) -> None:
         await self.projector.start()
-        app = build_app(self.resources, self.projector)
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+        app = build_app(self.resources, self.projector, max_streams=self.max_streams)
+        # aiohttp arms keepalive_timeout when a connection opens and again after each answer,
+        # and closes the connection if no complete request head arrived by then: with a short
+        # one, that is the header read timeout (a slow-loris client holds nothing for long)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0,
+                                     keepalive_timeout=self.header_timeout)
         await self._runner.setup()
         host, _, port = self.settings.listen.rpartition(":")
         site = web.TCPSite(self._runner, host or "127.0.0.1", int(port))

@@ -8,7 +8,6 @@ import the routes at the top and there is no import cycle.
 from __future__ import annotations
 
 import asyncio
-import hmac
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
@@ -18,6 +17,7 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.projector import Projector
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
+from services.api import auth
 
 RESOURCES: Final = web.AppKey("resources", Resources)
 BUS: Final = web.AppKey("bus", EventBus)
@@ -27,6 +27,8 @@ SETTINGS: Final = web.AppKey("settings", Settings)
 StreamTasks = set[asyncio.Task[Any]]
 STREAMS: Final[web.AppKey[StreamTasks]] = web.AppKey("streams")
 """The tasks serving open Server-Sent Events streams, ended at once on shutdown."""
+MAX_STREAMS: Final = web.AppKey("max_streams", int)
+"""How many of them may be open at once (sse.serve answers 503 beyond)."""
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -35,20 +37,13 @@ def event_json(stored: StoredEvent) -> dict[str, Any]:
     return {**stored.event.to_dict(), "sequence": stored.seq}
 
 
-def _authorised(request: web.Request) -> bool:
-    token = request.app[SETTINGS].api_token
-    if not token:
-        return True
-    header = request.headers.get("Authorization", "")
-    given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-    return hmac.compare_digest(given.encode(), token.encode())
-
-
 def control(handler: Handler) -> Handler:
+    """Only the operator role may call this handler (services.api.auth)."""
+
     async def wrapped(request: web.Request) -> web.StreamResponse:
-        if not _authorised(request):
-            return web.json_response({"error": "a valid bearer token is required"}, status=401,
-                                     headers={"WWW-Authenticate": "Bearer"})
+        refused = auth.require(request, request.app[SETTINGS], auth.Role.OPERATOR)
+        if refused is not None:
+            return refused
         return await handler(request)
 
     return wrapped

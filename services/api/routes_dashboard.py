@@ -25,6 +25,7 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.domain.state import EnvState
 from orchestrator.projector import Projector
 from services.api import sse
+from services.api.browser import DASHBOARD_CSP
 from services.api.context import BUS, PROJECTOR, event_json
 
 log = structlog.get_logger(__name__)
@@ -33,14 +34,10 @@ STATIC_DIR: Final = Path(__file__).parent / "static"
 DEFAULT_REPLAY: Final = 50
 MAX_REPLAY: Final = 1000
 
-CSP: Final = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-              "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
-
-
 
 async def index(_: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC_DIR / "index.html", headers={
-        "Content-Security-Policy": CSP, "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": DASHBOARD_CSP, "X-Content-Type-Options": "nosniff",
         "Referrer-Policy": "no-referrer", "Cache-Control": "no-cache"})
 
 

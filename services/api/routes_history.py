@@ -35,7 +35,7 @@ from services.api.context import BUS, PROJECTOR, control
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
-RETRYABLE_FILTERS = [f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed"]
+RETRYABLE_FILTERS = (f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -62,10 +62,10 @@ async def history(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if not subjects.valid_env_name(name):
         return _error(400, f"invalid environment name {name!r}")
-    try:
-        limit = int(request.query.get("limit", 0))
-    except ValueError:
-        return _error(400, "limit must be an integer")
+    raw = request.query.get("limit", "0") or "0"
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18:
+        return _error(400, "limit must be a non-negative integer")
+    limit = int(raw)
     attempts = (await read_attempts(request.app[BUS], name)).get(name, [])
     if not attempts and name not in request.app[PROJECTOR].envs:
         return _error(404, f"no such environment {name!r}")

@@ -13,17 +13,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
+import structlog
 from aiohttp import web
 
-from services.api.context import STREAMS
+from services.api.context import MAX_STREAMS, STREAMS
+
+log = structlog.get_logger(__name__)
 
 PING_EVERY: Final = 15.0
+DEFAULT_MAX_STREAMS: Final = 64
 QUEUE_SIZE: Final = 256
 PRODUCER_GRACE: Final = 2.0
-HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                  "X-Accel-Buffering": "no"}
+HEADERS: Final = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                  "X-Accel-Buffering": "no"})
 
 Frames = asyncio.Queue[bytes | None]
 Producer = Callable[[Frames], Coroutine[Any, Any, None]]
@@ -34,8 +39,22 @@ def frame(data: str, *, event: str | None = None, id: int | None = None) -> byte
     return f"{head}data: {data}\n\n".encode()
 
 
+def at_cap(request: web.Request) -> web.Response | None:
+    """503 when the open streams (both endpoints together) are at the cap: each holds a NATS
+    consumer and tasks for as long as its client stays, so their number is bounded."""
+    cap = request.app[MAX_STREAMS]
+    if len(request.app[STREAMS]) < cap:
+        return None
+    log.warning("api.streams_at_cap", cap=cap)
+    return web.json_response({"error": f"too many live streams (at most {cap}); retry later"},
+                             status=503, headers={"Retry-After": "10"})
+
+
 async def serve(request: web.Request, producers: Sequence[Producer], *,
                 retry_ms: int | None = None) -> web.StreamResponse:
+    refused = at_cap(request)
+    if refused is not None:
+        return refused
     resp = web.StreamResponse(headers=HEADERS)
     await resp.prepare(request)
     queue: Frames = asyncio.Queue(QUEUE_SIZE)

@@ -58,6 +58,10 @@ class NatsProcess:
 
     @property
     def url(self) -> str:
+        """With the server's generated credentials (orchestrator.adapters.nats_auth) once it
+        has started: the same on every restart, since they are kept in the data dir."""
+        if self._server is not None and self._server.url:
+            return self._server.url
         return f"nats://127.0.0.1:{self.port}"
 
     async def start(self) -> str:
@@ -286,8 +290,10 @@ class Chaos:
 
     async def kill_and_restart(self, name: str) -> None:
         service = self.services[name]
-        self.kills.append((time.monotonic(), name))
         await service.kill()
+        # timed once reaped: a POST the process sent before dying may reach the receiver (in
+        # this event loop) only after the SIGKILL; it is still the dead process's
+        self.kills.append((time.monotonic(), name))
         await service.start()
 
     def stop(self) -> None:

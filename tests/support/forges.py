@@ -56,6 +56,9 @@ class Opened:
     body: str
     sha: str
     state: str = "open"
+    labels: list[str] = field(default_factory=list)
+    updated_at: str = "2026-12-01T10:00:00Z"
+    fork: bool = False
 
 
 @dataclass
@@ -100,10 +103,12 @@ class ForgeServer:
             notes = "/api/v4/projects/{id}/merge_requests/{number}/notes"
             app.router.add_get(notes, self._gitlab_notes)
             app.router.add_post(notes, self._gitlab_note)
+            app.router.add_get("/api/v4/projects/{id}/merge_requests", self._gitlab_list)
             app.router.add_put(notes + "/{note}", self._gitlab_edit)
             app.router.add_post("/api/v4/projects/{id}/statuses/{sha}", self._gitlab_status)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
+            app.router.add_get("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_list)
         if self.kind in ("github", "gitea"):  # Gitea's comments and statuses follow GitHub's
             api = "" if self.kind == "github" else "/api/v1"
             app.router.add_get(api + "/repos/{owner}/{repo}/issues/{number}/comments",
@@ -188,7 +193,19 @@ class ForgeServer:
         return {"id": 1000 + pr.number, "number": pr.number, "state": pr.state,
                 "title": pr.title, "body": pr.body, "url": api,
                 "html_url": f"https://github.example/{pr.repo}/pull/{pr.number}",
-                "head": {"ref": pr.head, "sha": pr.sha}, "base": {"ref": pr.base}}
+                "head": {"ref": pr.head, "sha": pr.sha,
+                         "repo": {"full_name": f"fork/{pr.repo}" if pr.fork else pr.repo}},
+                "base": {"ref": pr.base}, "labels": [{"name": n} for n in pr.labels],
+                "updated_at": pr.updated_at}
+
+    def _open_of(self, repo: str) -> list[Opened]:
+        return [p for p in self.pulls if p.repo == repo and p.state == "open"]
+
+    def _listing(self, request: web.Request) -> web.Response | None:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        return self._rate_limit()
 
     async def _github_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -229,14 +246,19 @@ class ForgeServer:
         return web.json_response(self._github_pr(pr), status=201)
 
     async def _github_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
         per_page = min(100, int(request.query.get("per_page", 30)))
         page = max(1, int(request.query.get("page", 1)))
-        mine = [p for p in self.pulls if p.repo == repo]
+        mine = [p for p in self.pulls if p.repo == repo
+                and request.query.get("state", "open") in (p.state, "all")]
         chunk = mine[(page - 1) * per_page: page * per_page]
         headers = {}
         if page * per_page < len(mine):
-            nxt = f"{self.url}/repos/{repo}/pulls?per_page={per_page}&page={page + 1}"
+            nxt = (f"{self.url}/repos/{repo}/pulls?state={request.query.get('state', 'open')}"
+                   f"&per_page={per_page}&page={page + 1}")
             headers["Link"] = f'<{nxt}>; rel="next"'
         return web.json_response([self._github_pr(p) for p in chunk], headers=headers)
 
@@ -318,6 +340,25 @@ class ForgeServer:
         return web.json_response({**entry, "id": len(self.statuses)}, status=201)
 
     # ------------------------------------------------------------------ GitLab
+
+    async def _gitlab_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = urllib.parse.unquote(request.match_info["id"])
+        per_page = min(100, int(request.query.get("per_page", 20)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = self._open_of(repo) if request.query.get("state") == "opened" else \
+            [p for p in self.pulls if p.repo == repo]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Next-Page": str(page + 1) if page * per_page < len(mine) else "",
+                   "X-Page": str(page), "X-Per-Page": str(per_page), "X-Total": str(len(mine))}
+        return web.json_response([{
+            "id": 5000 + p.number, "iid": p.number, "state": "opened", "title": p.title,
+            "source_branch": p.head, "target_branch": p.base, "sha": p.sha,
+            "labels": p.labels, "updated_at": p.updated_at,
+            "source_project_id": 2 if p.fork else 1, "target_project_id": 1} for p in chunk],
+            headers=headers)
 
     async def _gitlab_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -420,6 +461,16 @@ class ForgeServer:
         return web.json_response({**entry, "id": len(self.statuses)}, status=201)
 
     # ------------------------------------------------------------------ Gitea / Forgejo
+
+    async def _gitea_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        limit = min(50, int(request.query.get("limit", 30)))
+        page = max(1, int(request.query.get("page", 1)))
+        chunk = self._open_of(repo)[(page - 1) * limit: page * limit]
+        return web.json_response([self._github_pr(p) for p in chunk])
 
     async def _gitea_create(self, request: web.Request) -> web.Response:
         self.requests += 1

@@ -13,7 +13,7 @@
   const GOOD = /\.(succeeded|healthy|sent|detected|skipped|recovered|loaded)$/;
 
   const state = {envs: new Map(), events: [], seen: new Set(), lastSeq: 0, route: null,
-    renderPending: false};
+    stream: null, retryMs: 2000, renderPending: false};
   const $ = (id) => document.getElementById(id);
 
   // -- small helpers -------------------------------------------------------------------------
@@ -64,14 +64,57 @@
   const outcome = (type) => h("span", {class: `outcome ${tone(type)}`, "data-type": type},
     label(type) || "none");
 
+  // -- the token ----------------------------------------------------------------------------
+  // With a token configured on the api, every /api/v1 request needs it. The page keeps it for
+  // this browser tab only (sessionStorage: gone when the tab closes, never sent by the browser
+  // on its own, so no other site can make the page act with it) and sends it as a header on
+  // every fetch, the live stream included (a fetch stream, because EventSource sets no headers).
+  const TOKEN_KEY = "conveyor.token";
+  const storedToken = () => sessionStorage.getItem(TOKEN_KEY) || "";
+
+  function authHeaders(extra) {
+    const headers = Object.assign({}, extra || {});
+    const token = storedToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
   async function getJSON(path) {
-    const resp = await fetch(path, {headers: {Accept: "application/json"}});
+    const resp = await fetch(path, {headers: authHeaders({Accept: "application/json"})});
+    if (resp.status === 401) showLogin(storedToken() ? "That token was not accepted." : "");
     if (!resp.ok) {
       const err = new Error(`${path}: HTTP ${resp.status}`);
       err.status = resp.status;
       throw err;
     }
     return resp.json();
+  }
+
+  function showLogin(message) {
+    $("login").hidden = false;
+    $("main").hidden = true;
+    $("login-error").textContent = message || "";
+    $("sign-out").hidden = !storedToken();
+    setConnection("down", "Signed out");
+    $("login-token").focus();
+  }
+
+  function signIn(token) {
+    sessionStorage.setItem(TOKEN_KEY, token);
+    $("login").hidden = true;
+    $("main").hidden = false;
+    $("sign-out").hidden = false;
+    loadEnvs();
+    connect();
+    render(false);
+  }
+
+  function signOut() {
+    sessionStorage.removeItem(TOKEN_KEY);
+    state.envs.clear();
+    renderCards();
+    if (state.stream) state.stream.abort();
+    showLogin("");
   }
 
   function summary(event) {
@@ -249,21 +292,70 @@
     el.textContent = text;
   }
 
-  function connect() {
+  // Server-Sent Events read through fetch: the same wire format EventSource reads, but with
+  // the Authorization header. One stream at a time; after it ends the page reconnects after
+  // the server's `retry:` and resumes after the last sequence it saw.
+  function dispatch(block) {
+    let name = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (!line || line.startsWith(":")) continue;
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") name = value;
+      else if (field === "data") data.push(value);
+      else if (field === "retry" && /^\d+$/.test(value)) state.retryMs = Number(value);
+    }
+    if (!data.length) return;
+    const body = JSON.parse(data.join("\n"));
+    if (name === "log") addEvent(body);
+    else if (name === "env") updateEnv(body);
+  }
+
+  async function connect() {
+    if (state.stream) state.stream.abort();
+    const controller = new AbortController();
+    state.stream = controller;
     const url = state.lastSeq ? `/api/v1/dashboard/stream?after=${state.lastSeq}`
       : "/api/v1/dashboard/stream?last=50";
-    const source = new EventSource(url);
-    source.addEventListener("open", () => setConnection("live", "Live"));
-    source.addEventListener("log", (msg) => addEvent(JSON.parse(msg.data)));
-    source.addEventListener("env", (msg) => updateEnv(JSON.parse(msg.data)));
-    source.addEventListener("error", () => {
-      if (source.readyState === EventSource.CLOSED) {  // refused: the browser will not retry
-        setConnection("down", "Disconnected, retrying…");
-        setTimeout(connect, 5000);
-      } else {
-        setConnection("connecting", "Reconnecting…");
+    let resp;
+    try {
+      resp = await fetch(url, {headers: authHeaders({Accept: "text/event-stream"}),
+        cache: "no-store", signal: controller.signal});
+    } catch (err) {
+      if (controller.signal.aborted) return;
+      resp = null;
+    }
+    if (resp && resp.status === 401) {
+      showLogin(storedToken() ? "That token was not accepted." : "");
+      return;
+    }
+    if (!resp || !resp.ok || !resp.body) {
+      setConnection("down", "Disconnected, retrying…");
+      setTimeout(() => { if (state.stream === controller) connect(); }, 5000);
+      return;
+    }
+    setConnection("live", "Live");
+    const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    try {
+      for (;;) {
+        const {value, done} = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          dispatch(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
       }
-    });
+    } catch (err) {
+      if (controller.signal.aborted) return;
+    }
+    if (state.stream !== controller) return;
+    setConnection("connecting", "Reconnecting…");
+    setTimeout(() => { if (state.stream === controller) connect(); }, state.retryMs);
   }
 
   // -- commit view ---------------------------------------------------------------------------
@@ -540,6 +632,14 @@
       ev.preventDefault();
       $("main").focus();
     });
+    $("login-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const token = $("login-token").value.trim();
+      $("login-token").value = "";
+      if (token) signIn(token);
+    });
+    $("sign-out").addEventListener("click", signOut);
+    $("sign-out").hidden = !storedToken();
     window.addEventListener("hashchange", () => render(true));
     render(false);
     loadEnvs();

@@ -1,0 +1,92 @@
+"""Credentials of the embedded nats-server: generated once, kept 0600 in its data dir.
+
+Without them any local process could connect to the loopback port and publish a forged
+``render.succeeded`` that the applier would deploy. ``conveyor up`` therefore starts its
+nats-server with an ``authorization`` block read from a config file (never on the command line:
+``/proc/PID/cmdline`` is readable by every local user) and connects with the same user and
+password. The password is generated with ``secrets`` on first start and reused afterwards, so a
+server restarted on the same data dir (a crash, ``conveyor up`` again) accepts the clients that
+are reconnecting to it.
+
+Clients get the credentials inside the URL (``nats://conveyor:PASSWORD@127.0.0.1:PORT``), the
+form nats-py reads; logs strip ``user:password@`` from URLs (orchestrator.logging) and
+``redacted`` does the same for error messages. Another process of the operator reads them
+from ``<data dir>/nats/credentials.json`` (e.g. for ``conveyor replay --nats``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final
+from urllib.parse import quote, urlsplit, urlunsplit
+
+CREDENTIALS_FILE: Final = "credentials.json"
+SERVER_CONFIG_FILE: Final = "nats-server.conf"
+USER: Final = "conveyor"
+PRIVATE: Final = 0o600
+
+
+@dataclass(frozen=True, slots=True)
+class BusCredentials:
+    user: str
+    password: str = field(repr=False)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode 0600 from the first byte (no window in which the
+    file exists with the umask's mode), replacing it atomically."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def load_or_create(directory: Path) -> BusCredentials:
+    """The credentials kept in ``directory``, generated there on first use."""
+    path = directory / CREDENTIALS_FILE
+    try:
+        data = json.loads(path.read_text())
+        if stat.S_IMODE(path.stat().st_mode) != PRIVATE:
+            path.chmod(PRIVATE)  # someone widened it: narrow it again before using it
+        return BusCredentials(str(data["user"]), str(data["password"]))
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        creds = BusCredentials(USER, secrets.token_urlsafe(32))
+        write_private(path, json.dumps({"user": creds.user, "password": creds.password}))
+        return creds
+
+
+def authorization_block(creds: BusCredentials) -> str:
+    """nats-server's config block that requires this user and password."""
+    # token_urlsafe's alphabet needs no escaping inside a quoted string
+    return ("authorization {\n"
+            f"  user: {json.dumps(creds.user)}\n"
+            f"  password: {json.dumps(creds.password)}\n"
+            "}\n")
+
+
+def with_credentials(url: str, user: str, password: str) -> str:
+    """``url`` with ``user:password@`` (percent-encoded) in front of its host."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def redacted(url: str) -> str:
+    """``url`` without its credentials, for messages."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + parts.netloc.rpartition("@")[2]))
