@@ -140,7 +140,6 @@ class GitOps:
         # in the watcher's own process (the promoter) a direct call; else a refresh event,
         # which only the api's bus user may publish in k8s/base (docs/security.md)
         self.refresh = refresh
-        self._fetched: dict[str, _Repo] = {}
 
     # ------------------------------------------------------------------ repositories
 
