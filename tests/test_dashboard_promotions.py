@@ -42,4 +42,36 @@ async def test_promotions_view_shows_each_path_and_follows_a_release(
         cells = await page.locator(f"{row} td").all_text_contents()
         assert cells[3] == first[:7]  # prod still runs the first commit
         assert await page.evaluate("window.__notReloaded") is True
-    assert dash.errors == []
+
+        # the actions: promote from the table, then roll back and release from an env's page
+        await page.click(f'{row} button.promote')
+        done = await page.wait_for_selector("#promote-result a.rev", timeout=WAIT_MS)
+        assert done is not None
+        promoted = await done.get_attribute("title")
+        assert promoted == str(repo.repo.references["refs/heads/main"].target)
+        assert "committed" in (await page.text_content("#promote-result") or "")
+        await wait_for_events(bus, finished(str(promoted), {"prod"}))
+
+        await dash.open("#/env/prod")
+        await page.click("#rollback-button")
+        back = await page.wait_for_selector("#action-result a.rev", timeout=WAIT_MS)
+        assert back is not None
+        assert await back.get_attribute("title") == str(
+            repo.repo.references["refs/heads/main"].target)
+        message = repo.repo[repo.repo.references["refs/heads/main"].target].message
+        assert message.startswith(f"Roll back prod to {first[:7]}")
+
+        await dash.open("#/env/dev")
+        await page.fill("#release-image", "nginx=nginx")  # no tag: refused, with the reason
+        await page.click("#release-form button")
+        await page.wait_for_selector("#action-result .bad", timeout=WAIT_MS)
+        assert "a tag" in (await page.text_content("#action-result") or "")
+        await page.fill("#release-image", "nginx=nginx:1.29")
+        await page.click("#release-form button")
+        made = await page.wait_for_selector("#action-result a.rev", timeout=WAIT_MS)
+        assert made is not None
+        head = str(repo.repo.references["refs/heads/main"].target)
+        assert await made.get_attribute("title") == head
+        assert "Conveyor-Release: nginx=nginx:1.29" in repo.repo[head].message
+    errors = [e for e in dash.errors if "/api/v1/environments/dev/releases" not in e]
+    assert errors == []  # (the refused release's 400 is expected)

@@ -541,6 +541,48 @@
   }
 
   // -- promotions ---------------------------------------------------------------------------
+  // -- actions: each a commit, shown with what it made ---------------------------------------
+  const WEB_URL = /^https?:\/\//i;  // a pull request's address: never a javascript: URL
+
+  async function postJSON(path, body) {
+    const resp = await fetch(path, {method: "POST", body: JSON.stringify(body || {}),
+      headers: authHeaders({"Content-Type": "application/json", Accept: "application/json"})});
+    let data = {};
+    try { data = await resp.json(); } catch (err) { data = {}; }
+    if (resp.status === 401) showLogin(storedToken() ? "That token was not accepted." : "");
+    return {status: resp.status, data};
+  }
+
+  function actionResult(target, verb, answer) {
+    const {status, data} = answer;
+    if (status >= 400) {
+      target.replaceChildren(h("span", {class: "bad"},
+        `${verb} refused (${status}): ${data.error || "no reason given"}`));
+      return;
+    }
+    const pr = data.pull_request;
+    if (pr && WEB_URL.test(pr.url || "")) {
+      target.replaceChildren(`${verb}: proposed in pull request `,
+        h("a", {href: pr.url, rel: "noopener noreferrer"}, `#${pr.number}`), ".");
+    } else if (data.changed === false) {
+      target.replaceChildren(`${verb}: nothing to change, the declaration already says so.`);
+    } else if (data.commit) {
+      target.replaceChildren(`${verb}: committed `, commitLink(data.commit),
+        ` to ${data.branch || "the branch"}.`);
+    } else {
+      target.replaceChildren(`${verb}: requested ${short(data.requested || "")}.`);
+    }
+  }
+
+  async function act(target, verb, path, body) {
+    target.textContent = `${verb}…`;
+    try {
+      actionResult(target, verb, await postJSON(path, body));
+    } catch (err) {
+      target.textContent = `${verb} failed (${err.message}).`;
+    }
+  }
+
   async function renderPromotions() {
     const status = $("promotions-status");
     let body;
@@ -563,8 +605,35 @@
         h("td", {"data-label": "Runs"}, commitLink(r.to_runs), same ? " (the same)" : ""),
         h("td", {"data-label": "Auto"}, r.auto ? "automatic" : "by hand"),
         h("td", {"data-label": "Gate", class: r.gate.allowed ? "good" : "warn"},
-          `${r.gate.allowed ? "open" : "closed"}: ${r.gate.reason}`));
+          `${r.gate.allowed ? "open" : "closed"}: ${r.gate.reason}`),
+        h("td", {"data-label": "Action"}, promoteButton(r)));
     }));
+  }
+
+  function promoteButton(r) {
+    const button = h("button", {type: "button", class: "promote", "data-to": r.to},
+      `Promote ${r.from} to ${r.to}`);
+    button.addEventListener("click", () => act($("promote-result"),
+      `Promote ${r.from} to ${r.to}`,
+      `/api/v1/environments/${encodeURIComponent(r.to)}/promotions`, {from: r.from}));
+    return button;
+  }
+
+  function wireActions() {
+    const envName = () => (state.route && state.route.view === "env" ? state.route.name : "");
+    const envPath = (what) => `/api/v1/environments/${encodeURIComponent(envName())}/${what}`;
+    $("release-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const image = $("release-image").value.trim();
+      if (!image || !envName()) return;
+      act($("action-result"), `Release ${image}`, envPath("releases"), {images: [image]});
+    });
+    $("rollback-button").addEventListener("click", () => {
+      if (envName()) act($("action-result"), "Roll back", envPath("rollback"), {steps: 1});
+    });
+    $("sync-button").addEventListener("click", () => {
+      if (envName()) act($("action-result"), "Sync", envPath("sync"), {});
+    });
   }
 
   // -- routing and live refresh --------------------------------------------------------------
@@ -640,7 +709,11 @@
     });
     $("sign-out").addEventListener("click", signOut);
     $("sign-out").hidden = !storedToken();
-    window.addEventListener("hashchange", () => render(true));
+    window.addEventListener("hashchange", () => {
+      $("action-result").textContent = "";
+      render(true);
+    });
+    wireActions();
     render(false);
     loadEnvs();
     connect();
