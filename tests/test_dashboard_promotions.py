@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
@@ -75,3 +77,35 @@ async def test_promotions_view_shows_each_path_and_follows_a_release(
         assert "Conveyor-Release: nginx=nginx:1.29" in repo.repo[head].message
     errors = [e for e in dash.errors if "/api/v1/environments/dev/releases" not in e]
     assert errors == []  # (the refused release's 400 is expected)
+
+
+async def test_a_read_only_token_sees_the_refusal_and_nothing_is_committed(
+        repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from tests import test_dashboard
+
+    files = demo_files()
+    files["conveyor.yaml"] += PROMOTION
+    first = repo.commit(files, "initial")
+    real = test_dashboard.Settings
+
+    def with_tokens(*args: object, **kwargs: object) -> object:
+        return dataclasses.replace(real(*args, **kwargs),  # type: ignore[arg-type]
+                                   api_token="operator-token", read_token="reader-token")
+
+    # the dashboard helper's Conveyor, with an operator and a read-only token configured
+    monkeypatch.setattr(test_dashboard, "Settings", with_tokens)
+    async with dashboard(repo, nats_server, bus, tmp_path / "data") as dash:
+        await wait_for_events(bus, finished(first, {"dev", "prod"}))
+        page = dash.page
+        await page.goto(f"{dash.url}/#/env/prod")
+        await page.fill("#login-token", "reader-token")
+        await page.click("#login-form button")
+        await page.wait_for_selector('#connection[data-state="live"]', timeout=WAIT_MS)
+        await page.click("#rollback-button")
+        await page.wait_for_selector("#action-result .bad", timeout=WAIT_MS)
+        text = await page.text_content("#action-result") or ""
+        assert text.startswith("Roll back refused (403)")
+    assert str(repo.repo.references["refs/heads/main"].target) == first
