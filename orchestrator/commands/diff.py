@@ -27,7 +27,7 @@ import nats
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.adapters.nats_bus import EventBus, redact
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.diff import summarise
@@ -54,7 +54,7 @@ async def from_nats(url: str, env: str) -> Desired:
         nc = await nats.connect(url, name="conveyor-diff", connect_timeout=5,
                                 max_reconnect_attempts=3)
     except Exception as exc:
-        raise PermanentError(f"cannot connect to NATS at {url}: {exc}",
+        raise PermanentError(f"cannot connect to NATS at {redact(url)}: {exc}",
                              reason="Unreachable") from None
     try:
         bus = EventBus(nc, nc.jetstream(timeout=10))

@@ -183,3 +183,15 @@ async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -
                 nc = await nats.connect(**attempt, allow_reconnect=False,
                                         max_reconnect_attempts=0, connect_timeout=3)
                 await nc.close()
+
+
+def test_run_takes_its_bus_credentials_from_the_environment_not_the_command_line() -> None:
+    from conveyor.cli import nats_url
+
+    env = {"CONVEYOR_NATS_USER": "renderer", "CONVEYOR_NATS_PASSWORD": "s3cr3t\n"}
+    assert nats_url("nats://nats:4222", env) == "nats://renderer:s3cr3t@nats:4222"
+    assert nats_url("nats://a:4222,nats://b:4222", env) == \
+        "nats://renderer:s3cr3t@a:4222,nats://renderer:s3cr3t@b:4222"
+    assert nats_url("nats://u:p@nats:4222", env) == "nats://u:p@nats:4222"  # its own wins
+    assert nats_url("nats://nats:4222", {"CONVEYOR_NATS_USER": "renderer",
+                                         "CONVEYOR_NATS_PASSWORD": "  "}) == "nats://nats:4222"
