@@ -44,7 +44,7 @@ FROZEN_CALLS = frozenset(
         "compile", "get_logger", "getLogger", "TypeVar", "ParamSpec", "NewType", "AppKey",
         "MappingProxyType", "Path", "timedelta", "ContextVar", "namedtuple", "NamedTuple",
         "Literal", "Final", "cast", "dataclass", "field", "PurePosixPath", "Template",
-        "escape", "join", "format", "encode", "fromkeys_frozen",
+        "escape", "join", "format", "encode", "len", "sorted_tuple",
     }
 )
 STATEFUL_CALLS = frozenset(

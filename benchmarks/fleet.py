@@ -9,7 +9,9 @@ nats-server, git targets), and prints in one run:
 2. cold start: from ``Conveyor.start()`` to every environment's first ``apply.succeeded``;
 3. one commit to the shared base: from the watcher's poll to every environment applied;
 4. an unrelated commit (README only): how many environments it announces (0 is right);
-5. peak RSS of this process and of the nats-server.
+5. peak RSS of this process and of the nats-server;
+6. with ``--dashboard``: the dashboard's first paint of every card in headless Chromium, and a
+   second base commit rolled out with the dashboard open (its cost to the rollout, in %).
 
 ``--profile FILE`` writes a cProfile of phase 3 (``python -m pstats FILE`` reads it) and prints
 its top functions by cumulative time.
@@ -25,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,7 +86,31 @@ def kubectl_floor(repo: Path, n: int) -> float:
     return time.perf_counter() - start
 
 
-async def run(n: int, profile: str | None) -> None:
+async def dashboard_phase(url: str, n: int, repo: Repo, watcher: GitWatcher,
+                          all_applied: Callable[[str], Awaitable[None]]) -> tuple[float, float]:
+    """First paint of every card, then a base commit rolled out while the page is open."""
+    from playwright.async_api import async_playwright  # optional: only this phase needs it
+
+    from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page()
+            start = time.perf_counter()
+            await page.goto(f"{url}/#/")
+            await page.locator("#env-cards li.card").nth(n - 1).wait_for(timeout=120_000)
+            paint = time.perf_counter() - start
+            sha = repo.commit(base("1.2"), "base image 1.2, dashboard open")
+            t0 = time.perf_counter()
+            await watcher.poll()
+            await all_applied(sha)
+            return paint, time.perf_counter() - t0
+        finally:
+            await browser.close()
+
+
+async def run(n: int, profile: str | None, dashboard: bool) -> None:
     clog.configure("warning", json_logs=True)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -139,6 +166,12 @@ async def run(n: int, profile: str | None) -> None:
             profiler.disable()
             profiler.dump_stats(profile)
 
+        paint = with_browser = None
+        if dashboard:
+            api = conveyor.service("api")
+            paint, with_browser = await dashboard_phase(
+                api.url, n, repo, watcher, all_applied)  # type: ignore[attr-defined]
+
         readme = repo.commit({"README.md": "fleet, documented\n"}, "docs only")
         await watcher.poll()
         unrelated = announced.get(readme, 0)
@@ -155,6 +188,10 @@ async def run(n: int, profile: str | None) -> None:
     print(f"README-only commit, environments announced:        {unrelated}")
     print(f"peak RSS: conveyor {rss_self / 1024:.0f} MB + nats-server {rss_nats / 1024:.0f} MB"
           f" = {(rss_self + rss_nats) / 1024:.0f} MB")
+    if paint is not None and with_browser is not None:
+        print(f"dashboard first paint of {n} cards (Chromium):       {paint:7.2f} s")
+        print(f"base commit with the dashboard open, all applied:  {with_browser:7.2f} s"
+              f"  ({(with_browser / t_base - 1) * 100:+.1f}% vs closed)")
     if profile:
         pstats.Stats(profile).sort_stats("cumulative").print_stats(30)
 
@@ -163,5 +200,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--envs", type=int, default=1000)
     parser.add_argument("--profile", default=None)
+    parser.add_argument("--dashboard", action="store_true")
     args = parser.parse_args()
-    asyncio.run(run(args.envs, args.profile))
+    asyncio.run(run(args.envs, args.profile, args.dashboard))

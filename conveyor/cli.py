@@ -1,4 +1,9 @@
-"""The `conveyor` command line."""
+"""The `conveyor` command line.
+
+(Over 400 lines: every command's flags and its handler side by side, in the order
+``conveyor --help`` lists them; the work itself is in ``conveyor/app.py`` and
+``orchestrator/commands``.)
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,12 @@ from orchestrator.commands.replay import replay_command
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.errors import ConveyorError
-from orchestrator.health_rules.engine import HealthEngine, customizations_from_env, load_rules
+from orchestrator.health_rules.engine import (
+    HealthEngine,
+    customizations_from_env,
+    load_rules,
+    rules_of_checkout,
+)
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
@@ -116,6 +126,7 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
         replicas=getattr(args, "replicas", None),
         sync=getattr(args, "sync", None) or "always",
         render_tools=_render_tools(args),
+        health_customizations=_health_customizations(args),
         secrets=_secret_policy(args),
         allow_local_paths=tuple(str(Path(d).resolve()) for d in (
             getattr(args, "allow_local_path", None) or [
@@ -139,6 +150,19 @@ def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
 
 def _hosts(text: str) -> tuple[str, ...]:
     return tuple(h.strip().lower() for h in text.split(",") if h.strip())
+
+
+def _health_customizations(args: argparse.Namespace) -> tuple[Path, ...]:
+    given = getattr(args, "health_customizations", None) or ()
+    return tuple(Path(d).resolve() for d in given) or customizations_from_env(os.environ)
+
+
+def _health_args(parser: argparse.ArgumentParser) -> None:
+    """The operator's health scripts (a host path: never conveyor.yaml's to name)."""
+    parser.add_argument("--health-customizations", action="append", metavar="DIR",
+                        help="Argo CD-layout health scripts (<group>/<Kind>/health.lua) for "
+                             "every environment; repeatable; default "
+                             "$CONVEYOR_HEALTH_CUSTOMIZATIONS (os.pathsep-separated)")
 
 
 def cmd_up(args: argparse.Namespace) -> int:
@@ -178,8 +202,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("conveyor run git-watcher: --repo (or CONVEYOR_REPO) is required", file=sys.stderr)
         return 2
     settings = _settings(args, tuple(args.env or ()))
-    # only the api has its own /healthz and /metrics; any other service gets the small server
-    conveyor = Conveyor(settings, names=(args.service,), health_server=args.service != "api")
+    # probes answer from the start; the api takes the address over once connected
+    conveyor = Conveyor(settings, names=(args.service,), health_server=True)
     asyncio.run(run_until_signal(conveyor))
     return 0
 
@@ -196,8 +220,11 @@ def cmd_health(args: argparse.Namespace) -> int:
     directories = tuple(Path(d) for d in args.customizations or ()) \
         or customizations_from_env(os.environ)
     try:
-        engine = HealthEngine(load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
-                                         directories=directories))
+        rules = load_rules(config_maps=[Path(p) for p in args.argocd_cm or ()],
+                           directories=directories)
+        if args.config:  # the repository's rules come first, as in the applier
+            rules = rules_of_checkout(Path(args.config)).then(rules)
+        engine = HealthEngine(rules)
     except HealthRuleError as exc:
         print(f"conveyor health: {exc}", file=sys.stderr)
         return 1
@@ -361,6 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     _concurrency_args(up)
     _api_args(up)
     _operator_args(up)
+    _health_args(up)
     up.set_defaults(func=cmd_up)
 
     run = sub.add_parser("run", help="run one service (microservice deployment)")
@@ -376,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     _concurrency_args(run)
     _api_args(run)
     _operator_args(run)
+    _health_args(run)
     run.set_defaults(func=cmd_run)
 
     demo = sub.add_parser("demo", help="a demo repository, deployed before your eyes")
@@ -406,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "repeatable; default $CONVEYOR_HEALTH_CUSTOMIZATIONS")
     health.add_argument("--argocd-cm", action="append", metavar="FILE",
                         help="an argocd-cm ConfigMap with resource.customizations.health.* keys")
+    health.add_argument("--config", metavar="CONVEYOR_YAML", default="",
+                        help="also the health: rules of this conveyor.yaml (its paths read "
+                             "beside it), first, as the applier uses them")
     health.set_defaults(func=cmd_health, health_command=None)
     health_sub = health.add_subparsers(dest="health_command")
     health_test = health_sub.add_parser("test", help="run Argo CD health_test.yaml files "

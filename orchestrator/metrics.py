@@ -12,7 +12,8 @@ an embedding program) count apart. There is no process-wide instance.
 - ``conveyor_events_total{type,outcome}``: events published, by CloudEvents type and outcome.
 - ``conveyor_stage_latency_seconds{stage}``: cause to effect, from the two events' ``time``. The
   cause's time is remembered for recently published events; an effect whose cause was published
-  by another process (microservice mode) is not observed here. ``stage`` is the effect's stage.
+  by another process (microservice mode) is not observed here. ``stage`` is the effect's stage;
+  ``apply.started`` and ``apply.retrying`` are steps on the way, not effects, and are left out.
 - ``conveyor_render_duration_seconds{renderer}`` and ``conveyor_apply_duration_seconds{target}``:
   from the ``duration_ms`` that render and apply outcomes carry; ``target`` is the target's kind
   (the first word of its description: ``git``, ``kubernetes``), ``unknown`` when it failed before
@@ -56,6 +57,8 @@ LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 FETCH_BUCKETS: Final = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 REMEMBERED_CAUSES: Final = 10_000
 UNKNOWN: Final = "unknown"
+IN_PROGRESS: Final = frozenset({"started", "retrying"})
+"""Not an effect of a stage, a step on the way: left out of the stage latency."""
 
 RENDER_OUTCOMES: Final = frozenset({ev.RENDER_SUCCEEDED, ev.RENDER_FAILED})
 APPLY_OUTCOMES: Final = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED})
@@ -113,7 +116,7 @@ class Metrics:
         at = _epoch(event.time)
         if at is not None:
             cause_at = self._times.get(event.causationid) if event.causationid else None
-            if cause_at is not None and at >= cause_at:
+            if cause_at is not None and at >= cause_at and event.outcome not in IN_PROGRESS:
                 self.stage_latency.labels(stage=event.stage).observe(at - cause_at)
             self._times[event.id] = at
             self._times.move_to_end(event.id)

@@ -6,7 +6,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from orchestrator.domain.health import Health
+from orchestrator.domain.health import Assessment, Health
+
+
+class HealthJudge(Protocol):
+    """Assesses live objects (``orchestrator.health_rules.HealthEngine``: the user's Lua and CEL
+    rules, then the built-in ones). ``None`` is an object not found: Missing."""
+
+    def evaluate(self, obj: Mapping[str, Any] | None) -> Assessment: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +25,7 @@ class ApplyRequest:
     origin_seq: int  # stream sequence of the commit event: orders applies in one environment
     message: str = ""  # commit subject, for the target's own records
     cause: str = ""  # "commit" or "drift"
+    health: HealthJudge | None = None  # the rules in force for this apply; None: built-ins
     epoch: str = ""  # the event log's epoch (nats_schema): recorded with the target's state
 
 
@@ -40,10 +48,17 @@ class HealthResult:
     message: str
     unhealthy: int = 0
     objects: tuple[Mapping[str, Any], ...] = ()
+    no_rule: tuple[str, ...] = ()
+    """Kinds (``Kind.group``) of the sync that no health rule knows: not waited for, listed so
+    a user knows to add a rule (Lua, CEL)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"status": self.status.value, "message": self.message,
-                "unhealthy": self.unhealthy, "objects": [dict(o) for o in self.objects]}
+        out: dict[str, Any] = {"status": self.status.value, "message": self.message,
+                               "unhealthy": self.unhealthy,
+                               "objects": [dict(o) for o in self.objects]}
+        if self.no_rule:
+            out["no_rule"] = list(self.no_rule)
+        return out
 
 
 @dataclass(frozen=True, slots=True)

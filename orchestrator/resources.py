@@ -30,12 +30,25 @@ import structlog
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
+from orchestrator.errors import ConveyorError
+from orchestrator.health_rules.engine import HealthEngine, load_rules
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.metrics import Metrics
 from orchestrator.settings import Settings
 from orchestrator.targets.git.push import PathLocks
 from orchestrator.targets.kube.clients import KubePool
 
 log = structlog.get_logger(__name__)
+
+
+def operator_health(settings: Settings) -> HealthEngine:
+    """The health engine of the operator's rule trees; a tree that cannot be used is an error
+    naming it."""
+    try:
+        return HealthEngine(load_rules(directories=settings.health_customizations))
+    except HealthRuleError as exc:
+        raise ConveyorError(f"--health-customizations: {exc}", reason="InvalidHealthRules"
+                            ) from None
 
 
 class Background:
@@ -79,10 +92,20 @@ class Resources:
     background: Background = field(default_factory=Background)
     embedded: EmbeddedNats | None = None
     owns_bus: bool = True
+    health: HealthEngine | None = None
+    """The operator's health rules over the built-in ones, and the one Lua runtime every
+    apply's engine shares (``health_engine``)."""
+
+    def health_engine(self) -> HealthEngine:
+        """The operator's engine, read from ``settings.health_customizations`` on first use."""
+        if self.health is None:
+            self.health = operator_health(self.settings)
+        return self.health
 
     @classmethod
     async def open(cls, settings: Settings, *, name: str = "conveyor") -> Resources:
         """Start nats-server when no ``nats_url`` is set, connect, ensure the stream."""
+        health = operator_health(settings)  # a bad rule tree stops the start, before any I/O
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
             embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
@@ -98,7 +121,7 @@ class Resources:
             if embedded is not None:
                 await embedded.stop()
             raise
-        return cls(settings, bus, metrics=metrics, embedded=embedded)
+        return cls(settings, bus, metrics=metrics, embedded=embedded, health=health)
 
     @classmethod
     def around(cls, bus: EventBus, settings: Settings) -> Resources:

@@ -1,5 +1,9 @@
 """The service runner: consume a durable pull consumer, dispatch, and ack/nak/term.
 
+(Over 400 lines on purpose: the pull loop, the lanes and the finish are one state machine whose
+crash reasoning below is a third of the file; what a handler returns and the error mapping
+live in ``orchestrator/outcome.py``.)
+
 A handler never touches the message. It gets a ``Delivery`` and returns an ``Outcome``:
 
 - ``Ack(emit)``: done; publish ``emit`` then ack.
@@ -27,9 +31,9 @@ everything it caused is in the log, and everything it caused has an id derived f
 - projector: records, then ``position``, then the ack (``orchestrator/projector.py``); a
   half-written event is completed at start before anything reads the projection.
 
-No message disappears without an event saying why. This module is the one place where a
-handler's exception becomes an outcome (``outcome_for_error``) and where every final outcome is
-checked to carry an event:
+No message disappears without an event saying why. A handler's exception becomes an outcome
+in one place (``outcome_for_error`` in ``orchestrator/outcome.py``), and every final outcome is
+checked here to carry an event:
 
 - a handler that raises ``PermanentError`` (``ConfigError``, ``ManifestError``...) ends the
   message as ``conveyor.<stage>.dead`` with the error's reason code and words and the original
@@ -37,7 +41,6 @@ checked to carry an event:
 - ``TransientError`` is ``Retry`` after its ``delay`` (else exponential backoff), any other
   exception ``Retry`` with backoff: a bug may be a passing one, and ``max_deliver`` bounds it;
 - a ``Fail`` without events (a handler that gave up silently) gets a ``conveyor.<stage>.dead``;
-
 - a handler that returns ``Retry`` on its ``max_deliver``-th delivery becomes
   ``conveyor.<stage>.dead`` (the reason and the original event) and is ``term()``\\ ed;
 - a message that comes back after ``max_deliver`` deliveries never got an outcome (its process
@@ -73,7 +76,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
 import nats
@@ -83,74 +86,34 @@ from nats.js import api as jsapi
 
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
-from orchestrator.domain.events import NO_ENV, Event, derive_id, new_event, outcome_id, schema_for
+from orchestrator.domain.events import NO_ENV, Event, derive_id, outcome_id, schema_for
 from orchestrator.errors import PermanentError, TransientError
+from orchestrator.outcome import (
+    RUNTIME_SOURCE,
+    SILENT_FAIL,
+    Ack,
+    Delivery,
+    Fail,
+    Handler,
+    Outcome,
+    Retry,
+    Superseder,
+    backoff,
+    dead_event,
+    outcome_for_error,
+)
 
 log = structlog.get_logger(__name__)
 
-RUNTIME_SOURCE = "conveyor/runtime"
 MALFORMED_PAYLOAD_KEPT = 4096  # bytes of an unparseable payload copied into its dead event
-MAX_BACKOFF = 60.0
-SILENT_FAIL = "the handler ended the message without an outcome event"
 
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    event: Event
-    seq: int  # stream sequence of this event
-    attempt: int  # 1 on first delivery
-
-
-@dataclass(frozen=True, slots=True)
-class Ack:
-    emit: Sequence[Event] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Retry:
-    delay: float
-    reason: str
-    emit: Sequence[Event] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Fail:
-    emit: Sequence[Event] = ()
-
-
-Outcome = Ack | Retry | Fail
-Handler = Callable[[Delivery], Awaitable[Outcome]]
-Superseder = Callable[[Delivery, Delivery], Awaitable[Sequence[Event]]]
+__all__ = ["RUNTIME_SOURCE", "SILENT_FAIL", "Ack", "Consumer", "ConsumerSpec", "Delivery", "Fail",
+           "Handler", "Outcome", "Retry", "Superseder", "backoff", "dead_event",
+           "outcome_for_error"]
 
 
 def _by_seq(delivery: Delivery) -> int:
     return delivery.seq
-
-
-def backoff(attempt: int) -> float:
-    return min(MAX_BACKOFF, 2.0 ** attempt)
-
-
-def dead_event(stage: str, consumer: str, delivery: Delivery, reason: str,
-               **extra: object) -> Event:
-    """``conveyor.<stage>.dead``: the message ended without the handler's outcome; ``reason``
-    in words, the original event so ``conveyor retry`` can hand it back."""
-    return new_event(
-        f"conveyor.{stage}.dead", env=delivery.event.subject, cause=delivery.event,
-        source=RUNTIME_SOURCE,
-        data={"reason": reason, "attempts": delivery.attempt,
-              "original": delivery.event.to_dict(), "consumer": consumer, **extra})
-
-
-def outcome_for_error(exc: Exception, delivery: Delivery, *, stage: str,
-                      consumer: str) -> Outcome:
-    """The one mapping of an exception that escaped a handler to an outcome."""
-    if isinstance(exc, PermanentError):
-        return Fail((dead_event(stage, consumer, delivery, str(exc), code=exc.reason),))
-    if isinstance(exc, TransientError):
-        delay = exc.delay if exc.delay is not None else backoff(delivery.attempt)
-        return Retry(delay, reason=f"{exc.reason}: {exc}")
-    return Retry(backoff(delivery.attempt), reason=f"handler error: {exc}")
 
 
 @dataclass

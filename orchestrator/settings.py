@@ -39,6 +39,10 @@ class Settings:
     replicas: int | None = None  # stream, buckets, object store; None: keep what exists (or 1)
     render_concurrency: int = 4
     render_tools: RenderTools = field(default_factory=RenderTools)  # programs, network reach
+    # Argo CD-layout trees of health scripts (<group>/<Kind>/health.lua) the operator mounts:
+    # --health-customizations DIR / CONVEYOR_HEALTH_CUSTOMIZATIONS; a repository's own rules
+    # (conveyor.yaml health:) come first
+    health_customizations: tuple[Path, ...] = ()
     secrets: SecretPolicy = field(default_factory=SecretPolicy)  # what ${VAR}/*File may reach
     allow_local_paths: tuple[str, ...] = ()  # dirs whose repositories conveyor.yaml may name
 

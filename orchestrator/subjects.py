@@ -41,10 +41,6 @@ def filter_for(event_type_prefix: str, envs: Iterable[str] | None = None) -> lis
     return [f"{PREFIX}.{env}.{tail}" for env in env_list]
 
 
-def env_of_subject(subject: str) -> str:
-    return subject.split(".")[2]
-
-
 def consumer_name(service: str, envs: Iterable[str] | None = None) -> str:
     """Durable name: ``renderer`` for all environments, ``renderer--dev--prod`` for a subset."""
     env_list = sorted(set(envs or []))

@@ -17,6 +17,7 @@ from orchestrator.domain.bundle import digest_of, encode_bundle
 from orchestrator.domain.events import Event, new_event
 from orchestrator.ports import ApplyRequest
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from orchestrator.targets.kube.clients import KubePool
 from orchestrator.targets.kube.target import kube_target
@@ -27,10 +28,23 @@ from tests.support.waits import wait_for_events
 REV = "b" * 40
 
 
+def settings(tmp_path: Path, envs: tuple[str, ...] = ()) -> Settings:
+    # the kubeconfig the tests write lives in tmp_path: the operator's secret directory here
+    return Settings(nats_url="", data_dir=tmp_path, envs=envs,
+                    secrets=SecretPolicy(secrets_dirs=(str(tmp_path),)))
+
+
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubeAPI]:
     async with FakeKubeAPI() as server:
         yield server
+
+
+def drift_loop(bus: EventBus, tmp_path: Path, envs: tuple[str, ...] = ("dev",)) -> DriftLoop:
+    """The loop over ``bus``; the kubeconfig lives in ``tmp_path``, the operator's secrets dir."""
+    return DriftLoop(Resources.around(bus, Settings(
+        nats_url="", data_dir=tmp_path, envs=envs,
+        secrets=SecretPolicy(secrets_dirs=(str(tmp_path),)))))
 
 
 def bundle(value: str = "1") -> list[dict[str, Any]]:
@@ -81,7 +95,7 @@ def level(fake: FakeKubeAPI) -> str:
 
 async def test_no_drift_no_event(bus: EventBus, fake: FakeKubeAPI, tmp_path: Path) -> None:
     await deploy(bus, fake, tmp_path, self_heal=True)
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",))))
+    loop = drift_loop(bus, tmp_path)
     check = await loop.check("dev")
     assert check is not None and not check.drifted and check.events == []
     # dry runs were not even needed: the cheap comparison found nothing
@@ -92,7 +106,7 @@ async def test_drift_is_detected_once_per_distinct_drift_without_self_heal(
         bus: EventBus, fake: FakeKubeAPI, tmp_path: Path) -> None:
     digest, _ = await deploy(bus, fake, tmp_path, self_heal=False)
     await edit(fake, tmp_path, "99")
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",))))
+    loop = drift_loop(bus, tmp_path)
     check = await loop.check("dev")
     assert check is not None and check.drifted
     [detected] = check.events
@@ -120,7 +134,7 @@ async def test_self_heal_reapplies_and_records_drift_as_the_cause(
     # an object deleted by hand is drift too
     async with KubeClient(load_kubeconfig(tmp_path / "kubeconfig")) as client:
         await client.delete("v1", "ConfigMap", "shop", "other")
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",))))
+    loop = drift_loop(bus, tmp_path)
     check = await loop.check("dev")
     assert check is not None
     detected, applied, health = check.events
@@ -138,7 +152,7 @@ async def test_heal_never_overwrites_a_newer_apply(bus: EventBus, fake: FakeKube
                                                    tmp_path: Path) -> None:
     await deploy(bus, fake, tmp_path, self_heal=True)
     await edit(fake, tmp_path, "99")
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",))))
+    loop = drift_loop(bus, tmp_path)
     target = await loop.target("dev")
     assert target is not None
     async with target.lock:   # a commit's apply is in progress
@@ -155,7 +169,7 @@ async def test_heal_never_overwrites_a_newer_apply(bus: EventBus, fake: FakeKube
 async def test_the_loop_checks_every_drift_interval(bus: EventBus, fake: FakeKubeAPI,
                                                     tmp_path: Path) -> None:
     await deploy(bus, fake, tmp_path, self_heal=True, interval="100ms")
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path, envs=("dev",))))
+    loop = drift_loop(bus, tmp_path)
     await loop.start()
     try:
         await edit(fake, tmp_path, "99")
@@ -169,7 +183,7 @@ async def test_the_loop_checks_every_drift_interval(bus: EventBus, fake: FakeKub
 
 async def test_environments_come_from_the_loaded_config_when_not_scoped(
         bus: EventBus, tmp_path: Path) -> None:
-    loop = DriftLoop(Resources.around(bus, Settings(nats_url="", data_dir=tmp_path)))
+    loop = drift_loop(bus, tmp_path, envs=())
     assert await loop.environments() == []
     await bus.publish(new_event(ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=REV,
                                 data={"environments": ["dev", "prod"]}))

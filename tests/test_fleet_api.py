@@ -122,6 +122,8 @@ async def test_api_pages_environments_and_events(bus: EventBus, nats_server: Emb
             token = body["continue"]
         assert listed == names
         assert (await get("/api/v1/environments", limit="0"))[0] == 400
+        assert (await get("/api/v1/environments", limit="1001"))[0] == 400
+        assert len((await get("/api/v1/environments", limit="1000"))[1]["environments"]) == 25
         assert (await get("/api/v1/environments", **{"continue": "!!"}))[0] == 400
 
         # events: the newest page by default, a cursor to the page before it

@@ -67,6 +67,7 @@ generators:
     assert config.environments["web-eu"].raw["description"] == "gold tier"
     assert config.environments["tools"].generator == ""
     assert config.environments["web-us"].generator == "generator-0"
+    assert config.environments["web-us"].on_remove == "orphan"  # nothing is destroyed unasked
 
 
 @pytest.mark.parametrize(("text", "field", "reason"), [

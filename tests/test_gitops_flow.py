@@ -32,6 +32,7 @@ from orchestrator.gitops.workflow import GitOps
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
+from tests.support.forges import ForgeServer
 from tests.support.gitservers import GitDaemon, Upstream, git
 from tests.support.waits import wait_for_events
 
@@ -124,6 +125,12 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             assert types == [ev.PROMOTION_REQUESTED, ev.PROMOTION_COMMITTED]
             again = await ops.promote("dev", "prod")
             assert not again.changed  # prod already runs what dev runs
+            shown = await asyncio.to_thread(cli, "promotions", "--api", api.url)
+            assert shown.returncode == 0, shown.stderr
+            [row] = shown.stdout.splitlines()[1:]
+            assert row.split()[:6] == ["dev", "->", "prod", str(released.commit)[:7],
+                                       promoted["commit"][:7], "no"]
+            assert "open: dev healthy on" in row
 
             # 3. rollback in Git: prod's inputs as they were at its previous deployment
             with pytest.raises(PermanentError, match="never deployed to prod") as info:
@@ -139,6 +146,13 @@ async def test_release_promote_rollback(nats_server: EmbeddedNats, bus: EventBus
             assert rendered_image(up.bare, "dev") == "nginx:1.28"  # dev untouched
             [event] = [e for e in events if e.type == ev.ROLLBACK_COMMITTED]
             assert event.correlationid == back["commit"] and event.data["to"] == first
+            # the history marks what Conveyor committed
+            shown = await asyncio.to_thread(cli, "history", "prod", "--api", api.url)
+            assert shown.returncode == 0, shown.stderr
+            rows = shown.stdout.splitlines()[1:]
+            assert f"[rollback to {first[:7]}] Roll back prod to {first[:7]}" in rows[0]
+            assert "[promotion from dev] Promote dev" in rows[1]
+            assert "[" not in rows[2]  # the first deployment: an ordinary commit
             for name in ("kustomization.yaml", "settings.txt"):
                 assert git(up.bare, "show", f"main:envs/prod/{name}") == \
                     files[f"envs/prod/{name}"].rstrip("\n")
@@ -179,3 +193,64 @@ async def test_auto_promotion_fires_once_per_revision(nats_server: EmbeddedNats,
     assert head == event.correlationid
     every = [s.event async for s in bus.read()]
     assert len([e for e in every if e.type == ev.PROMOTION_COMMITTED]) == 1
+
+
+async def test_journey_release_auto_promotion_pull_request_merge_rollback(
+        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The issue's journey: release to dev, dev deployed, the automatic promotion opens a
+    pull request to prod, it is merged, prod deploys, prod is rolled back and runs the
+    previous image again; each step in the trace and the history."""
+    up = Upstream(tmp_path / "srv", "config")
+    files = demo_files()
+    files["conveyor.yaml"] += "promotion:\n  prod: {from: dev, auto: true, via: pull-request}\n"
+    first = up.push(files, "initial")
+    async with GitDaemon(up.root, receive_pack=True) as daemon, \
+            ForgeServer("github", up.root, "journey-token") as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+        monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
+        monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", "journey-token")
+        monkeypatch.setenv("CONVEYOR_FORGE_REPO", "team/config")
+        settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                            repo=daemon.url("config.git"), branch="main",
+                            listen="127.0.0.1:0", interval=3600.0)
+        async with running(settings) as conveyor, aiohttp.ClientSession() as http:
+            api = conveyor.service("api")
+            assert isinstance(api, ApiService)
+            await wait_for_events(bus, deployed(first, "dev"))
+            await wait_for_events(bus, deployed(first, "prod"))
+            released = await GitOps(Resources.around(bus, settings), environ={}).release(
+                "dev", ["nginx=nginx:1.29"])
+            await wait_for_events(bus, deployed(str(released.commit), "dev"))
+
+            def proposed(events: list[Event]) -> bool:
+                return any(e.type == ev.PROMOTION_PROPOSED for e in events)
+
+            events = await wait_for_events(bus, proposed)
+            [event] = [e for e in events if e.type == ev.PROMOTION_PROPOSED]
+            [pr] = forge.pulls
+            assert (pr.base, pr.sha, event.data["auto"]) == ("main", event.correlationid, True)
+            assert rendered_image(up.bare, "prod") == "nginx:1.27"  # not merged: not deployed
+
+            # the pull request is merged (fast-forward), and the push webhook asks to fetch
+            git(up.bare, "update-ref", "refs/heads/main", pr.sha, str(released.commit))
+            async with http.post(f"{api.url}/api/v1/refresh") as resp:
+                assert resp.status == 202
+            await wait_for_events(bus, deployed(pr.sha, "prod"))
+            assert rendered_image(up.bare, "prod") == "nginx:1.29"
+
+            async with http.post(f"{api.url}/api/v1/environments/prod/rollback",
+                                 json={}) as resp:
+                back = await resp.json()
+                assert resp.status == 201, back
+            await wait_for_events(bus, deployed(back["commit"], "prod"))
+            assert rendered_image(up.bare, "prod") == "nginx:1.27"  # the previous image
+
+            async with http.get(f"{api.url}/api/v1/trace/{pr.sha}") as resp:
+                trace = await resp.json()
+            kinds = {e["type"] for e in trace["events"]}
+            assert {ev.PROMOTION_PROPOSED, ev.COMMIT_DETECTED, ev.APPLY_SUCCEEDED} <= kinds
+            shown = await asyncio.to_thread(cli, "history", "prod", "--api", api.url)
+            rows = shown.stdout.splitlines()[1:]
+            assert f"[rollback to {first[:7]}]" in rows[0]
+            assert "[promotion from dev]" in rows[1] and pr.sha[:7] in rows[1]

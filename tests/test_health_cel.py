@@ -12,6 +12,7 @@ from orchestrator.errors import ConfigError
 from orchestrator.health_rules.cel import CelCheck, CelError, compile_check, evaluate
 from orchestrator.health_rules.engine import HealthEngine, repo_rules
 from services.git_watcher.config_check import check_config
+from services.git_watcher.decide import env_payload
 
 CONFIG = """\
 environments:
@@ -113,8 +114,6 @@ def test_bad_health_blocks_name_line_and_field(text: str, line: int, field: str,
 
 
 def test_the_health_block_travels_with_every_environment() -> None:
-    from services.git_watcher.decide import env_payload
-
     config = parse_config(CONFIG + "  customizations: health/\n")
     payload = env_payload(config.environments["prod"])
     assert payload["health"]["customizations"] == "health"

@@ -47,9 +47,9 @@ def test_every_project_of_the_issue_has_fixtures() -> None:
             "kafka.strimzi.io", "bitnami.com", "monitoring.coreos.com"} <= groups
 
 
-def test_fixtures_cover_suspended_and_every_other_status_but_missing() -> None:
+def test_fixtures_cover_every_status() -> None:
     statuses = {expected["status"] for _, _, expected in CASES}
-    assert statuses == {h.value for h in Health} - {"Missing"}
+    assert statuses == {h.value for h in Health}
 
 
 def test_an_absent_custom_resource_is_missing() -> None:
@@ -61,6 +61,10 @@ def test_a_custom_resource_being_deleted_is_progressing_whatever_its_rule() -> N
     obj = yaml.safe_load((CRS / "keda.sh/ScaledObject/testdata/fallback.yaml").read_text())
     obj["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     assert evaluate(obj).verdict == HealthStatus(Health.PROGRESSING, "Pending deletion")
+    obj["metadata"]["finalizers"] = ["keda.sh/finalizer", "example.com/finalizer"]
+    assert evaluate(obj).verdict == HealthStatus(
+        Health.PROGRESSING, "Pending deletion; blocked by finalizers: keda.sh/finalizer, "
+                            "example.com/finalizer")
 
 
 def test_objects_without_a_name_are_assessed() -> None:

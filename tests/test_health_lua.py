@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestrator.domain.health import Health, HealthStatus
+from orchestrator.health_rules import lua as lua_module
 from orchestrator.health_rules.engine import HealthEngine, HealthRules
 from orchestrator.health_rules.lua import INVALID, LuaEngine, LuaScript
 from orchestrator.health_rules.sources import (
@@ -118,10 +118,9 @@ def test_memory_bombs_fail_safely(lua: LuaEngine, script: str) -> None:
     "while true do xpcall(function() while true do end end, function(e) return e end) end",
 ])
 def test_endless_scripts_hit_the_time_limit(lua: LuaEngine, script: str) -> None:
-    started = time.monotonic()
-    verdict = run(lua, script)
+    verdict = run(lua, script)  # returns at all: the limit stopped it (pytest-timeout guards)
     assert verdict is not None and verdict.status is Health.UNKNOWN
-    assert time.monotonic() - started < 10  # the limit is 0.3 s; a loaded machine is slower
+    assert "time limit" in verdict.message or "stack overflow" in verdict.message
     assert run(lua, READY_SCRIPT) == HealthStatus(Health.PROGRESSING, "Waiting: 2/3")
 
 
@@ -277,3 +276,27 @@ def test_a_bad_config_map_names_file_and_line(text: str, message: str) -> None:
     with pytest.raises(HealthRuleError) as caught:
         rules_from_config_map(text, "argocd-cm.yaml")
     assert str(caught.value).startswith(message)
+
+
+def test_a_script_that_timed_out_is_not_run_again_in_the_same_sync(tmp_path: Path) -> None:
+    write(tmp_path, "widgets.example.com/Widget/health.lua", "while true do end")
+    engine = HealthEngine(HealthRules(lua=(load_directory(tmp_path),)),
+                          lua=LuaEngine(timeout=0.2))
+    first = engine.evaluate(WIDGET)
+    assert first.status is Health.UNKNOWN and "time limit" in first.message
+    again = [engine.evaluate(WIDGET) for _ in range(20)]
+    assert all(a.status is Health.UNKNOWN and "not run again in this sync" in a.message
+               for a in again)
+    fresh = engine.with_rules(engine.rules)  # the next sync tries again
+    assert "not run again" not in fresh.evaluate(WIDGET).message
+
+
+def test_compiled_scripts_are_bounded_and_recompiled_when_needed() -> None:
+    engine = LuaEngine()
+    first = LuaScript("first.lua", 'return {status = "Healthy", message = "first"}')
+    assert engine.run(first, WIDGET) == HealthStatus(Health.HEALTHY, "first")
+    for n in range(lua_module.COMPILED_KEPT + 5):
+        engine.run(LuaScript(f"s{n}.lua", f'return {{status = "Healthy", message = "{n}"}}'),
+                   WIDGET)
+    assert len(engine._ids) == lua_module.COMPILED_KEPT
+    assert engine.run(first, WIDGET) == HealthStatus(Health.HEALTHY, "first")

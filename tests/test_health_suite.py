@@ -9,7 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.cli import main
+from conveyor.cli import _settings, build_parser, main
+from orchestrator.errors import ConveyorError
+from orchestrator.resources import operator_health
+from orchestrator.settings import Settings
 
 CRS = Path(__file__).parent / "fixtures" / "health" / "crs"
 
@@ -179,3 +182,49 @@ def test_an_unreadable_rule_file_is_an_error(tmp_path: Path,
 def test_health_without_a_file_says_what_is_needed(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = conveyor("health", capsys=capsys)
     assert code == 2 and "-f FILE|- is required" in err
+
+
+def test_up_and_run_take_the_operators_trees(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    args = build_parser().parse_args(["up", "--repo", str(tmp_path), "--health-customizations",
+                                      str(tmp_path / "a"), "--health-customizations", "b"])
+    assert _settings(args).health_customizations == (tmp_path / "a", Path("b").resolve())
+    monkeypatch.setenv("CONVEYOR_HEALTH_CUSTOMIZATIONS", str(tmp_path / "env"))
+    args = build_parser().parse_args(["run", "applier", "--nats", "nats://x"])
+    assert _settings(args).health_customizations == (tmp_path / "env",)
+
+
+def test_an_unusable_operator_tree_stops_the_start(tmp_path: Path) -> None:
+    settings = Settings(nats_url="", data_dir=tmp_path,
+                        health_customizations=(tmp_path / "missing",))
+    with pytest.raises(ConveyorError, match=r"--health-customizations: .*not a directory"):
+        operator_health(settings)
+
+
+def test_health_with_a_repositorys_conveyor_yaml(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    repo = customization(tmp_path / "repo" / "health", GOOD).parent
+    (repo / "conveyor.yaml").write_text(textwrap.dedent("""\
+        environments:
+          prod: {path: envs/prod}
+        health:
+          customizations: health
+          checks:
+            - apiVersion: gizmos.example.com/v1
+              kind: Gizmo
+              current: "has(status.ok) && status.ok"
+        """))
+    live = tmp_path / "live.yaml"
+    live.write_text(yaml.safe_dump_all([
+        widget("Stuck", reason="jammed"),
+        {"apiVersion": "gizmos.example.com/v1", "kind": "Gizmo", "metadata": {"name": "g"},
+         "status": {"ok": True}}]))
+    code, out, _ = conveyor("health", "-f", str(live), "--config", str(repo / "conveyor.yaml"),
+                            capsys=capsys)
+    assert (code, out) == (0, "Widget/shop/w: Degraded (jammed)\n"
+                              "Gizmo/g: Healthy (current: has(status.ok) && status.ok)\n")
+    (repo / "conveyor.yaml").write_text("environments:\n  prod: {path: p}\nhealth:\n"
+                                        "  customizations: nowhere\n")
+    code, _, err = conveyor("health", "-f", str(live), "--config", str(repo / "conveyor.yaml"),
+                            capsys=capsys)
+    assert code == 1 and "health.customizations: nowhere: no such directory" in err

@@ -155,9 +155,11 @@ def test_every_workload_has_probes_resources_and_a_restricted_security_context(n
         assert psc["seccompProfile"]["type"] == "RuntimeDefault", where
         for c in spec["containers"]:
             ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
-            for probe in ("readinessProbe", "livenessProbe"):
+            paths = ({"readinessProbe": "/readyz", "livenessProbe": "/livez"} if is_conveyor(w)
+                     else dict.fromkeys(("readinessProbe", "livenessProbe"), "/healthz"))
+            for probe, path in paths.items():
                 get = c[probe]["httpGet"]
-                assert get["path"].split("?")[0] == "/healthz", f"{where} {probe}"
+                assert get["path"].split("?")[0] == path, f"{where} {probe}"
                 port = ports.get(get["port"], get["port"])
                 assert port == (8080 if is_conveyor(w) else 8222), f"{where} {probe}"
             for kind in ("requests", "limits"):
@@ -436,6 +438,37 @@ def test_nats_is_a_three_server_jetstream_cluster_on_persistent_volumes(name: st
     env = {e["name"]: e for e in c["env"]}
     assert env["SERVER_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz?js-enabled-only=true"
+    # one server per node, or "survives the loss of a node" is not true
+    (term,) = pod_spec(sts)["affinity"]["podAntiAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert _selects(term["labelSelector"], pod_labels(sts))
+    assert re.search(r"^\s+sync_interval: always$", config, re.M)
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_conveyor_replicas_fit_the_nats_cluster(name: str) -> None:
+    """Every Conveyor container asks for replicas the NATS cluster can hold (and 3 of 3)."""
+    objs = overlay(name)
+    (sts,) = of_kind(objs, "StatefulSet")
+    servers = sts["spec"]["replicas"]
+    for w in workloads(objs):
+        if not is_conveyor(w):
+            continue
+        (c,) = pod_spec(w)["containers"]
+        env: dict[str, str] = {}
+        for source in c.get("envFrom", []):
+            ref = source.get("configMapRef")
+            if ref:
+                env.update(named(objs, "ConfigMap", ref["name"])["data"])
+        env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+        args = c.get("args", [])
+        asked = args[args.index("--replicas") + 1] if "--replicas" in args \
+            else env.get("CONVEYOR_REPLICAS")
+        where = f"{w['kind']}/{w['metadata']['name']}"
+        assert asked is not None, f"{where}: no CONVEYOR_REPLICAS"
+        assert 1 <= int(asked) <= servers, f"{where}: {asked} replicas on {servers} servers"
+        assert int(asked) == 3, where
 
 
 def nats_config(objs: tuple[Obj, ...]) -> str:

@@ -56,6 +56,19 @@ def chain() -> list[Event]:
     return [detected, rendered, applied, sent, failed]
 
 
+def test_a_started_apply_is_a_step_not_an_effect_of_the_stage() -> None:
+    reg = CollectorRegistry()
+    m = Metrics(reg)
+    detected, rendered, applied = chain()[:3]
+    started = at(new_event(ev.APPLY_STARTED, env="dev", cause=rendered, data={}),
+                 "2026-01-01T12:00:00.600000Z")
+    for e in (detected, rendered, started, applied):
+        m.event_published(e)
+    assert value(reg, "conveyor_stage_latency_seconds_count", stage="apply") == 1
+    assert value(reg, "conveyor_stage_latency_seconds_sum", stage="apply") == pytest.approx(1.5)
+    assert value(reg, "conveyor_events_total", type=ev.APPLY_STARTED, outcome="started") == 1
+
+
 def test_events_are_counted_by_type_and_outcome_and_duplicates_are_not() -> None:
     reg = CollectorRegistry()
     m = Metrics(reg)

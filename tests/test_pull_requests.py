@@ -139,3 +139,77 @@ def test_forge_settings_from_the_operators_environment() -> None:
     assert repo_path(github, "git@github.com:team/web.git") == "team/web"
     with pytest.raises(PermanentError, match="CONVEYOR_FORGE_REPO"):
         repo_path(github, "git://127.0.0.1/web.git")
+
+
+async def test_the_preview_comment_is_found_on_a_later_page_and_updated(
+        tmp_path: Path) -> None:
+    """GitHub pages comments (``Link: rel="next"``): ours may be the 121st of 150."""
+    from orchestrator.gitops.forge import Forge
+    from tests.support.forges import Comment
+
+    async with ForgeServer("github", tmp_path, TOKEN) as server:
+        server.comments = [Comment(i, 7, f"comment {i}") for i in range(150)]
+        server.comments[120].body = "<!-- marker -->\nold preview"
+        forge = Forge(ForgeSettings("github", server.api_url, "team/repo", TOKEN), "")
+        found, created = await forge.upsert_comment(7, "<!-- marker -->\nnew", "<!-- marker -->")
+        assert (found, created) == (120, False)
+        assert server.comments[120].body.endswith("new") and len(server.comments) == 150
+        other, created = await forge.upsert_comment(8, "<!-- marker -->\nfirst", "<!-- marker -->")
+        assert created and server.comments[-1].number == 8 and server.comments[-1].id == other
+        await forge.set_status("a" * 40, "conveyor/dev", "success", "3 objects")
+        with pytest.raises(PermanentError, match="setting the status"):
+            await forge.set_status("a" * 40, "conveyor/dev", "great", "")
+    assert server.statuses == [{"sha": "a" * 40, "state": "success",
+                                "context": "conveyor/dev", "description": "3 objects"}]
+
+
+def test_preview_deliveries_and_the_comment() -> None:
+    import json as _json
+
+    from orchestrator.domain import preview as pv
+
+    def body(action: str, **pr: object) -> bytes:
+        return _json.dumps({"action": action, "repository": {"full_name": "team/web"},
+                            "pull_request": {"number": 3, "head": {"sha": "b" * 40,
+                                                                   "ref": "f"},
+                                             "base": {"ref": "main"}, **pr}}).encode()
+
+    gh = {"X-GitHub-Event": "pull_request"}
+    event = pv.parse_pull_request(gh, body("synchronize"))
+    assert event == pv.PullRequestEvent(3, "b" * 40, "f", "main", "team/web", "synchronize")
+    assert pv.parse_pull_request(gh, body("closed")) is None
+    assert pv.parse_pull_request({"X-GitHub-Event": "push"}, body("opened")) is None
+    with pytest.raises(ValueError, match="without number"):
+        pv.parse_pull_request(gh, body("opened", head=None))
+    failed = pv.EnvPreview("dev", error="kustomize: missing.yaml not found")
+    assert pv.status(failed) == ("failure", "render failed: kustomize: missing.yaml not found")
+    assert pv.status(pv.EnvPreview("prod", objects=3)) == ("success", "3 objects, no change")
+    text = pv.comment(event, [failed])
+    assert text.startswith(pv.MARKER) and "render failed" in text
+    assert "changes no environment" in pv.comment(event, [])
+    huge = pv.EnvPreview("dev", error="x" * 100_000)
+    assert len(pv.comment(event, [huge] * 30)) <= pv.COMMENT_MAX + 100
+
+
+def test_gitlab_merge_request_deliveries() -> None:
+    import json as _json
+
+    from orchestrator.domain import preview as pv
+
+    def body(action: str, **extra: object) -> bytes:
+        return _json.dumps({"object_kind": "merge_request", "project": {
+            "path_with_namespace": "group/sub/web"}, "object_attributes": {
+            "iid": 12, "action": action, "source_branch": "f", "target_branch": "main",
+            "last_commit": {"id": "c" * 40}, **extra}}).encode()
+
+    hook = {"X-Gitlab-Event": "Merge Request Hook"}
+    event = pv.parse_pull_request(hook, body("open"), "gitlab")
+    assert event == pv.PullRequestEvent(12, "c" * 40, "f", "main", "group/sub/web", "opened",
+                                        "gitlab")
+    assert event.fetch_ref == "refs/merge-requests/12/head"
+    pushed = pv.parse_pull_request(hook, body("update", oldrev="d" * 40), "gitlab")
+    assert pushed is not None and pushed.action == "synchronize"
+    assert pv.parse_pull_request(hook, body("update"), "gitlab") is None  # a title edit
+    assert pv.parse_pull_request(hook, body("merge"), "gitlab") is None
+    assert pv.parse_pull_request({"X-Gitlab-Event": "Push Hook"}, body("open"),
+                                 "gitlab") is None

@@ -354,3 +354,60 @@ async def test_an_environment_of_another_source_is_released_in_that_repository(
     assert result.commit == git(apps.bare, "rev-parse", "main")
     assert "newTag: '2'" in show(apps.bare, "envs/web/kustomization.yaml")
     assert git(upstream.bare, "rev-parse", "main") == config_head
+
+
+async def test_a_local_checkout_is_released_into_when_clean(bus: EventBus,
+                                                            tmp_path: Path) -> None:
+    """``conveyor up --repo ./repo`` watches a checkout: a release moves its branch and its
+    working tree together (git's ``updateInstead``), and refuses while it has changes."""
+    work = tmp_path / "work"
+    git(tmp_path, "init", "-q", "-b", "main", str(work))
+    for name, text in FILES.items():
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text(text)
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", "first")
+    settings = Settings(nats_url="", data_dir=tmp_path / "data", repo=str(work), branch="")
+    ops = GitOps(Resources.around(bus, settings), environ={})
+    result = await ops.release("dev", ["web=web:8.0"])
+    assert git(work, "rev-parse", "HEAD") == result.commit
+    assert git(work, "status", "--porcelain") == ""  # the working tree followed
+    assert 'newTag: "8.0"' in (work / "envs/dev/kustomization.yaml").read_text()
+    (work / "README").write_text("work in progress\n")
+    git(work, "add", "README")
+    with pytest.raises(PermanentError, match="uncommitted changes") as info:
+        await ops.release("dev", ["web=web:9.0"])
+    assert info.value.reason == "CheckoutDirty"
+    assert git(work, "rev-parse", "HEAD") == result.commit
+
+
+async def test_another_sources_credentials_reach_only_what_the_operator_allows(
+        bus: EventBus, daemon: GitDaemon, upstream: Upstream, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``sources.apps.credentials.password: ${APPS_PASSWORD}``: pushed with it when the
+    operator allows the name (``--env-allow APPS_*``), refused, naming why, when not."""
+    from orchestrator.secrets import SecretPolicy
+
+    apps = Upstream(upstream.root, "apps")
+    apps.push({"envs/web/kustomization.yaml": "images:\n- name: web\n  newTag: '1'\n"}, "a")
+    GitHttpServer.enable_push(apps.bare)
+    async with GitHttpServer(upstream.root, users={"ci": PASSWORD}) as http:
+        config = CONFIG.replace("environments:\n", "environments:\n  web:\n    path: envs/web\n"
+                                "    source: apps\n") + (
+            f"sources:\n  apps:\n    url: {http.url(apps.name)}\n    branch: main\n"
+            "    credentials: {username: ci, password: '${APPS_PASSWORD}'}\n")
+        upstream.push({"conveyor.yaml": config}, "add the apps source")
+        monkeypatch.setenv("APPS_PASSWORD", PASSWORD)
+
+        def ops(policy: SecretPolicy) -> GitOps:
+            settings = Settings(nats_url="", data_dir=tmp_path / "data",
+                                repo=daemon.url(upstream.name), branch="main", secrets=policy)
+            return GitOps(Resources.around(bus, settings), environ={})
+
+        with pytest.raises(PermanentError, match="APPS_PASSWORD") as info:
+            await ops(SecretPolicy()).release("web", ["web=web:2"])
+        assert PASSWORD not in str(info.value)
+        assert git(apps.bare, "rev-list", "--count", "main") == "1"
+        result = await ops(SecretPolicy(env_allow=("APPS_*",))).release("web", ["web=web:2"])
+    assert result.commit == git(apps.bare, "rev-parse", "main")
+    assert "ci" in http.remote_users

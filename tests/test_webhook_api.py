@@ -20,6 +20,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.webhooks import sign
 from orchestrator.resources import Resources
+from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.api.routes_webhooks import prune
@@ -106,7 +107,7 @@ async def api(nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
     await publish_config(bus, CONFIG)
     service = ApiService(Resources.around(bus, Settings(
         nats_url=nats_server.url, data_dir=tmp_path / "d", repo=str(tmp_path / "primary"),
-        branch="main", listen="127.0.0.1:0")))
+        branch="main", listen="127.0.0.1:0", secrets=SecretPolicy(env_allow=("OWN_*",)))))
     await service.start()
     try:
         yield service.url

@@ -77,12 +77,6 @@ def _subtree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
     return obj
 
 
-def _blob(repo: pygit2.Repository, oid: pygit2.Oid) -> bytes:
-    obj = _obj(repo, oid)
-    assert isinstance(obj, pygit2.Blob)
-    return bytes(obj.data)
-
-
 def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     """The root tree of a commit, memoised per thread (trees are immutable)."""
     trees: dict[tuple[str, str], pygit2.Tree] | None = getattr(_local, "trees", None)
@@ -105,15 +99,6 @@ def branch_head(path: str | Path, branch: str) -> str | None:
     if ref is None:
         return None
     return str(ref.resolve().target)
-
-
-def default_branch(path: str | Path) -> str:
-    repo = open_repo(path)
-    with_head = repo.references.get("HEAD")
-    if with_head is not None and with_head.type == pygit2.enums.ReferenceType.SYMBOLIC:
-        target = str(with_head.target)
-        return target.removeprefix("refs/heads/")
-    return "main"
 
 
 def _info(commit: pygit2.Commit) -> CommitInfo:
@@ -433,3 +418,18 @@ def first_parent_chain(path: str | Path, head: str, limit: int = MAX_WALK) -> li
 
 def commit_message(path: str | Path, sha: str) -> str:
     return str(_commit(open_repo(path), sha).message or "")
+
+
+def paths_between(path: str | Path, old: str, new: str) -> list[str]:
+    """Paths that differ between the merge base of ``old`` and ``new``, and ``new``: what a
+    pull request from ``new`` into ``old``'s branch changes."""
+    repo = open_repo(path)
+    base = repo.merge_base(old, new)
+    start = _commit(repo, base).tree if base is not None else None
+    end = _commit(repo, new).tree
+    diff = start.diff_to_tree(end) if start is not None else end.diff_to_tree(swap=True)
+    out: set[str] = set()
+    for delta in diff.deltas:
+        out.add(delta.old_file.path)
+        out.add(delta.new_file.path)
+    return sorted(out)

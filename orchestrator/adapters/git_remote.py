@@ -709,3 +709,38 @@ def push_refs(repo: pygit2.Repository, url: GitUrl, refspecs: list[str], creds: 
                         secrets)
         raise ConflictError(f"{where}: the server rejected the push ({detail})",
                             reason="PushRejected")
+
+
+def has_worktree(url: GitUrl) -> bool:
+    """A local repository with a working tree (libgit2 cannot push to those)."""
+    if url.scheme != "local":
+        return False
+    path = Path(url.path).expanduser()
+    return (path / ".git").exists()
+
+
+def push_to_checkout(repo_path: Path, url: GitUrl, refspec: str, *, where: str) -> None:
+    """Push to a local repository that has a working tree, with the git CLI, the way
+    ``receive.denyCurrentBranch=updateInstead`` does it: the checked-out branch moves only
+    when its working tree is clean, and the working tree follows it. A push that is not a
+    fast-forward is ``ConflictError(reason="PushRejected")``; a dirty checkout is refused."""
+    import subprocess
+
+    target = str(Path(url.path).expanduser().resolve())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update({"GIT_TERMINAL_PROMPT": "0", "GIT_CONFIG_NOSYSTEM": "1"})
+    proc = subprocess.run(
+        ["git", "push", "--porcelain",
+         "--receive-pack=git -c receive.denyCurrentBranch=updateInstead receive-pack",
+         target, refspec], cwd=repo_path, env=env, capture_output=True, text=True,
+        check=False, timeout=120)
+    if proc.returncode == 0:
+        return
+    detail = " ".join((proc.stderr + " " + proc.stdout).split())[:500]
+    if "[rejected]" in proc.stdout or "non-fast-forward" in detail or "fetch first" in detail:
+        raise ConflictError(f"{where}: push rejected ({detail})", reason="PushRejected")
+    if "working directory has" in detail.lower() or "could not update working tree" in \
+            detail.lower():  # updateInstead's refusals: staged or unstaged changes
+        raise PermanentError(f"{where}: the checkout at {target} has uncommitted changes; "
+                             "commit or stash them, then try again", reason="CheckoutDirty")
+    raise PermanentError(f"{where}: push to {target} failed ({detail})", reason="PushFailed")

@@ -46,12 +46,13 @@ from orchestrator.adapters.nats_schema import (
     Schema,
     reconcile,
 )
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
 PUBLISH_RETRY_FOR = 30.0
+PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
@@ -119,8 +120,13 @@ class EventBus:
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
         """
+        connecting: list[str] = [""]  # while connecting: the last server's error
+
         async def on_error(exc: Exception) -> None:
-            log.warning("nats.error", error=str(exc))
+            if connecting:  # each attempt's one line says what failed
+                connecting[0] = str(exc) or type(exc).__name__
+            else:
+                log.warning("nats.error", error=str(exc))
 
         closing: list[bool] = []
 
@@ -136,13 +142,18 @@ class EventBus:
         started = time.monotonic()
         for attempt in itertools.count(1):
             try:
+                # one attempt = every server tried (nats-py retries the initial connect for
+                # ever with -1, unlogged and deaf to our backoff); once connected, reconnect
+                # for ever: a service outlives a server restart
                 nc = await nats.connect(
-                    servers=servers, name=name, max_reconnect_attempts=-1,
+                    servers=servers, name=name, max_reconnect_attempts=1,
                     reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
                     **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
                 )
+                nc.options["max_reconnect_attempts"] = -1
+                connecting.clear()
                 break
             except Exception as exc:
                 delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (attempt - 1))
@@ -151,7 +162,7 @@ class EventBus:
                     raise TransientError(f"cannot connect to NATS at {shown}: {exc}",
                                          reason="NatsUnreachable") from exc
                 log.warning("nats.connect_failed", servers=shown, attempt=attempt,
-                            retry_in=delay, error=str(exc) or type(exc).__name__)
+                            retry_in=delay, error=connecting[0] or str(exc) or repr(exc))
                 await asyncio.sleep(delay)  # backoff between attempts (cancellable)
         if attempt > 1:
             log.info("nats.connected", servers=shown, attempts=attempt)
@@ -203,6 +214,9 @@ class EventBus:
     # -- events ---------------------------------------------------------------------------------
     async def publish(self, event: Event) -> Published:
         subject = subjects.event_subject(event.subject, event.type)
+        # what the server accepts (1 MiB by default), less room for the subject and headers:
+        # an oversized event is cut to fit rather than stall its stage forever
+        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
         payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
         async for attempt in AsyncRetrying(

@@ -149,13 +149,41 @@ async def promote(args: argparse.Namespace) -> int:
                           {"from": args.source, "via": args.via})
 
 
+async def promotions(args: argparse.Namespace) -> int:
+    url = f"{args.api.rstrip('/')}/api/v1/promotions"
+    try:
+        async with aiohttp.ClientSession(headers=_headers()) as session, \
+                session.get(url) as resp:
+            body = await resp.json(content_type=None)
+    except aiohttp.ClientError as exc:
+        print(f"conveyor promotions: cannot reach the api at {args.api}: {exc}",
+              file=sys.stderr)
+        return 2
+    if resp.status >= 400:
+        print(f"conveyor promotions: {resp.status} {body.get('error', body)}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(json.dumps(body, indent=2))
+        return 0
+    rows = body["promotions"]
+    if not rows:
+        print("no promotion: in the configuration in force")
+        return 0
+    print(f"{'PATH':<28}{'FROM RUNS':<11}{'TO RUNS':<11}{'AUTO':<6}GATE")
+    for r in rows:
+        gate = ("open: " if r["gate"]["allowed"] else "closed: ") + r["gate"]["reason"]
+        print(f"{r['from'] + ' -> ' + r['to']:<28}{(r['from_runs'] or '-')[:7]:<11}"
+              f"{(r['to_runs'] or '-')[:7]:<11}{'yes' if r['auto'] else 'no':<6}{gate}")
+    return 0
+
+
 def add_parsers(sub: Any, default_api: str,
                 func: Callable[[Callable[[argparse.Namespace], Awaitable[int]]], Any]) -> None:
     """``release``, ``rollback`` and ``promote`` on the CLI's subparsers (``func(command)``
     makes the parser's runner)."""
 
-    def common(p: argparse.ArgumentParser, via: str = "commit") -> None:
-        p.add_argument("env")
+    def common(p: argparse.ArgumentParser, via: str = "commit", env: str = "ENV") -> None:
+        p.add_argument("env", metavar=env)
         p.add_argument("--via", choices=("commit", "pull-request"), default=via)
         p.add_argument("--api", default=os.environ.get("CONVEYOR_API", default_api))
         p.add_argument("--repo", default=os.environ.get("CONVEYOR_REPO", ""),
@@ -185,7 +213,13 @@ def add_parsers(sub: Any, default_api: str,
     back.set_defaults(func=func(rollback))
 
     prom = sub.add_parser("promote", help="promote what FROM runs now into TO's declaration, "
-                                          "gates checked first", usage="conveyor promote FROM TO")
+                                          "gates checked first")
     prom.add_argument("source", metavar="FROM")
-    common(prom, via="")  # "": promotion.<TO>.via of conveyor.yaml (default commit)
+    common(prom, via="", env="TO")  # via "": promotion.<TO>.via of conveyor.yaml
     prom.set_defaults(func=func(promote))
+
+    paths = sub.add_parser("promotions", help="promotion paths: what each end runs, and the "
+                                              "gates now")
+    paths.add_argument("--api", default=os.environ.get("CONVEYOR_API", default_api))
+    paths.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    paths.set_defaults(func=func(promotions))

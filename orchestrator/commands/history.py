@@ -51,6 +51,12 @@ def attempt_line(a: dict[str, Any]) -> str:
         note = f"{note}: {a['error']}" if note else a["error"]
     if a.get("superseded_by"):
         note = f"{note} (by {_short(a['superseded_by'])})"
+    if a.get("action") == "rollback":
+        note = f"[rollback to {_short(a.get('rolled_back_to') or '')}] {note}"
+    elif a.get("action") == "promotion":
+        note = f"[promotion from {a.get('promoted_from') or '?'}] {note}"
+    elif a.get("action"):
+        note = f"[{a['action']}] {note}"
     when = (a.get("finished_at") or a.get("started_at") or "")[:19].replace("T", " ")
     return (f"{when:<20}{_short(a['revision']):<9}{outcome[:30]:<31}"
             f"{_duration(a.get('duration_ms')):>8}  {_author(a.get('author', ''))[:18]:<19}"

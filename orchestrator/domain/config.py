@@ -1,5 +1,8 @@
 """conveyor.yaml: the schema, parsed and checked with positions, kept unexpanded.
 
+(Over 400 lines: the whole committer-facing schema and its checks in one place; sources,
+environments and generators share the position-keeping helpers at the bottom.)
+
 Configuration lives in Git, so it arrives as text at a commit. ``parse_config`` turns that text
 into frozen values or raises ``ConfigError`` naming file, line and field. ``${VAR}`` references
 are *not* expanded here: the text travels in events, and each service expands only the values it
@@ -15,7 +18,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.domain.generators import Generator, parse_generators, relevant_dirs
+from orchestrator.domain.generators import (
+    Generator,
+    PullRequest,
+    parse_generators,
+    pr_source,
+    relevant_dirs,
+)
 from orchestrator.domain.generators import expand as expand_generators
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_one
 from orchestrator.errors import ConfigError
@@ -126,18 +135,20 @@ class Config:
     text: str = ""
     generators: tuple[Generator, ...] = ()
     dirs: tuple[str, ...] = ()  # the tree's directories the generators matched (see parse_config)
+    pulls: tuple[PullRequest, ...] = ()  # the open pull requests pullRequests generators used
     health: Mapping[str, Any] = field(default_factory=dict)
     promotion: Mapping[str, PromotionConfig] = field(default_factory=dict)
+
+    @property
+    def reads_pulls(self) -> bool:
+        """Whether the environment set depends on the forge's open pull requests."""
+        return any(g.reads_pulls for g in self.generators)
 
     @property
     def reads_tree(self) -> bool:
         """Whether the environment set depends on the repository's directories, not only on
         this file (then a commit that adds or removes a matching directory changes it)."""
         return any(g.reads_tree for g in self.generators)
-
-    @staticmethod
-    def empty() -> Config:
-        return Config({}, {}, {}, {}, "")
 
 
 def _err(doc: Document | None, message: str, *path: str | int, file: str) -> ConfigError:
@@ -335,12 +346,15 @@ def _health(doc: Document, raw: Any, file: str) -> dict[str, Any]:
     return out
 
 
-def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None = None) -> Config:
+def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None = None,
+                 pulls: Sequence[PullRequest] | None = None) -> Config:
     """Parse and check conveyor.yaml. Raises ConfigError with file, line and field.
 
     ``dirs`` lists the repository's directories at the commit the text comes from; directory
     generators read it (without it they produce nothing, which only ``conveyor envs`` and the
-    watcher can tell apart, so those always pass it).
+    watcher can tell apart, so those always pass it). ``pulls`` are the open pull requests the
+    watcher listed for ``pullRequests`` generators; each gets a source ``pr-<number>`` (the
+    primary repository on the pull request's head branch) that its environments follow.
     """
     try:
         doc = load_one(text, file)
@@ -402,7 +416,15 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
         name = str(name)
         environments[name] = _environment(doc, name, raw, ("environments", name), sources, file)
     generators = parse_generators(doc, root.get("generators"), file)
-    for made in expand_generators(doc, generators, dirs or (), file):
+    reads_pulls = any(g.reads_pulls for g in generators)
+    kept_pulls = tuple(pulls or ()) if reads_pulls else ()
+    for pr in kept_pulls:
+        name = pr_source(pr.number)
+        if name in sources:
+            raise _err(doc, f"source name {name!r} is kept for pull request {pr.number} of a "
+                       "pullRequests generator", "sources", name, file=file)
+        sources[name] = SourceConfig(name=name, url="", branch=pr.branch)
+    for made in expand_generators(doc, generators, dirs or (), file, kept_pulls):
         if made.name in environments:
             raise _err(doc, f"generator {made.generator!r} makes environment {made.name!r}, "
                        "which already exists", *made.where, "name", file=file)
@@ -425,7 +447,7 @@ def parse_config(text: str, file: str = CONFIG_FILE, dirs: Sequence[str] | None 
     promotion = _promotion(doc, root.get("promotion"), environments, file,
                            lenient=dirs is None and any(g.reads_tree for g in generators))
     return Config(environments, notifiers, sources, root, text, generators,
-                  relevant_dirs(generators, dirs or ()), health, promotion)
+                  relevant_dirs(generators, dirs or ()), kept_pulls, health, promotion)
 
 
 def _promotion(doc: Document, raw: Any, environments: Mapping[str, EnvironmentConfig],

@@ -32,6 +32,7 @@ import base64
 import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 import yaml
@@ -48,7 +49,7 @@ IGNORED_ANNOTATIONS = ("kubectl.kubernetes.io/last-applied-configuration",
 REDACTED = "<redacted>"
 REDACTED_CHANGED = "<redacted, changed>"
 
-_SYMBOLS: dict[Change, str] = {"added": "+", "changed": "~", "removed": "-"}
+_SYMBOLS: Mapping[Change, str] = MappingProxyType({"added": "+", "changed": "~", "removed": "-"})
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
+from types import MappingProxyType
 from typing import Any, Final
 
 from orchestrator.domain import history as hist
@@ -41,7 +42,7 @@ from orchestrator.domain.trace import parse_time
 DEFAULT_WINDOW: Final = timedelta(days=30)
 CHANGE_OUTCOMES: Final = frozenset({hist.SUCCEEDED, *hist.FAILURES})
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
-_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400}
+_UNIT = MappingProxyType({"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "": 86400})
 
 
 def parse_duration(text: str, default_unit: str = "d") -> timedelta:

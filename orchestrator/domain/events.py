@@ -64,6 +64,9 @@ PROMOTION_REQUESTED: Final = "conveyor.promotion.requested"
 PROMOTION_COMMITTED: Final = "conveyor.promotion.committed"
 PROMOTION_PROPOSED: Final = "conveyor.promotion.proposed"
 PROMOTION_REFUSED: Final = "conveyor.promotion.refused"
+PREVIEW_RENDERED: Final = "conveyor.preview.rendered"
+PREVIEW_POSTED: Final = "conveyor.preview.posted"
+PREVIEW_FAILED: Final = "conveyor.preview.failed"
 
 KNOWN_TYPES: Final = frozenset(
     v for k, v in dict(globals()).items() if k.isupper() and isinstance(v, str)
@@ -208,3 +211,72 @@ def new_event(
         source=source,
         dataschema=schema_for(type),  # writers write the current version of every payload
     )
+
+
+TRUNCATED = "… [truncated {} bytes]"
+
+
+def _longest(value: Any, path: tuple[str | int, ...]) -> tuple[int, tuple[str | int, ...]]:
+    """The length and path of the longest string (or list) under ``value``."""
+    best: tuple[int, tuple[str | int, ...]] = (0, ())
+    stack: list[tuple[Any, tuple[str | int, ...]]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            size = len(item.encode())
+        elif isinstance(item, list):
+            size = len(item) * 16  # a long list weighs like a long string
+            stack.extend((v, (*where, i)) for i, v in enumerate(item))
+        elif isinstance(item, dict):
+            stack.extend((v, (*where, str(k))) for k, v in item.items())
+            continue
+        else:
+            continue
+        if size > best[0]:
+            best = (size, where)
+    return best
+
+
+def _shrunk(value: Any, where: tuple[str | int, ...], half: bool) -> Any:
+    if not where:
+        if isinstance(value, str):
+            raw = value.encode()
+            keep = max(64, len(raw) // 4) if half else 64
+            cut = raw[:keep].decode(errors="ignore")
+            return cut + TRUNCATED.format(len(raw) - len(cut.encode()))
+        if isinstance(value, list):
+            keep = max(8, len(value) // 4) if half else 8
+            return [*value[:keep], TRUNCATED.format(f"{len(value) - keep} items, their")]
+        return value
+    head, rest = where[0], where[1:]
+    if isinstance(value, dict):
+        return {k: _shrunk(v, rest, half) if k == head else v for k, v in value.items()}
+    if isinstance(value, list) and isinstance(head, int):
+        return [_shrunk(v, rest, half) if i == head else v for i, v in enumerate(value)]
+    return value
+
+
+def fit(event: Event, limit: int) -> Event:
+    """``event`` small enough to publish (``limit`` bytes): the largest strings and lists of
+    its data are cut, each with a marker saying how much, and ``data.truncated`` lists them.
+
+    One commit with a 1.2 MB subject must not stall the log: the event goes out, smaller, and
+    the next commit flows. The id stays, so a redelivery still dedupes."""
+    if len(event.to_json()) <= limit:
+        return event
+    data = dict(event.data)
+    cut: list[str] = []
+    for _ in range(200):
+        size, where = _longest(data, ())
+        if not where or size <= 64:
+            break
+        dotted = ".".join(str(p) for p in where)
+        data = _shrunk(data, where, half=dotted not in cut)
+        if dotted not in cut:
+            cut.append(dotted)
+        candidate = replace(event, data={**data, "truncated": cut})
+        if len(candidate.to_json()) <= limit:
+            return candidate
+    keep = {k: v for k, v in data.items() if isinstance(v, int | float | bool) or (
+        isinstance(v, str) and len(v) <= 200)}
+    return replace(event, data={**keep, "truncated": ["*"]})

@@ -44,7 +44,7 @@ from orchestrator.errors import ConfigError
 ON_REMOVE = ("orphan", "prune")
 _PLACEHOLDER = re.compile(
     r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*|\[\d+\])*)\s*\}\}")
-_KINDS = ("directories", "list", "matrix")
+_KINDS = ("directories", "list", "matrix", "pullRequests")
 _KEYS = ("name", "template", "onRemove", *_KINDS)
 
 Params = Mapping[str, Any]
@@ -68,6 +68,13 @@ class Generator:
     children: tuple[Generator, ...] = ()
     template: Mapping[str, Any] = field(default_factory=dict)
     on_remove: str = "orphan"
+    labels: tuple[str, ...] = ()  # pullRequests: only pull requests carrying all of these
+    ttl: float | None = None  # pullRequests: seconds since a pull request's last update
+
+    @property
+    def reads_pulls(self) -> bool:
+        """Whether its output depends on the forge's open pull requests."""
+        return self.kind == "pullRequests" or any(c.reads_pulls for c in self.children)
 
     @property
     def reads_tree(self) -> bool:
@@ -143,6 +150,24 @@ def _parse_one(doc: Document, raw: Any, where: tuple[str | int, ...], file: str,
                 raise _err(doc, "each element is a mapping of parameters", (*at, "elements", i),
                            file)
             elements.append({str(k): v for k, v in item.items()})
+    elif kind == "pullRequests":
+        if body is None:
+            body = {}
+        if not isinstance(body, dict) or set(body) - {"labels", "ttl"}:
+            raise _err(doc, "must be {labels: [...], ttl: 72h} (both optional)", at, file)
+        raw_labels = body.get("labels") or []
+        if not isinstance(raw_labels, list) or not all(isinstance(x, str) for x in raw_labels):
+            raise _err(doc, "must be a list of label names", (*at, "labels"), file)
+        pr_labels = tuple(raw_labels)
+        pr_ttl = None
+        if body.get("ttl") is not None:
+            try:
+                pr_ttl = _duration(body["ttl"])
+            except ValueError as exc:
+                raise _err(doc, str(exc), (*at, "ttl"), file) from None
+        if nested:
+            return Generator(kind, where, labels=pr_labels, ttl=pr_ttl)
+        return _top(doc, raw, where, file, kind, labels=pr_labels, ttl=pr_ttl)
     else:
         if not isinstance(body, dict) or set(body) != {"generators"} \
                 or not isinstance(body["generators"], list) or len(body["generators"]) != 2:
@@ -157,6 +182,25 @@ def _parse_one(doc: Document, raw: Any, where: tuple[str | int, ...], file: str,
     if nested:
         return Generator(kind, where, directories=tuple(rules), elements=tuple(elements),
                          children=tuple(children))
+    return _top(doc, raw, where, file, kind, directories=tuple(rules),
+                elements=tuple(elements), children=tuple(children))
+
+
+def _duration(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("must be a duration like 72h or 30m")
+    if isinstance(value, int | float):
+        return float(value)
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*", value)
+    if not match:
+        raise ValueError(f"not a duration: {value!r} (use 30m, 72h, 7d)")
+    unit = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}[match.group(2) or "s"]
+    return float(match.group(1)) * unit
+
+
+def _top(doc: Document, raw: dict[str, Any], where: tuple[str | int, ...], file: str,
+         kind: str, **parts: Any) -> Generator:
+    """A top-level generator: its parts plus name, template and removal policy."""
     name = raw.get("name", "")
     if not isinstance(name, str):
         raise _err(doc, "must be a string", (*where, "name"), file)
@@ -167,9 +211,8 @@ def _parse_one(doc: Document, raw: Any, where: tuple[str | int, ...], file: str,
     on_remove = raw.get("onRemove", "orphan")
     if on_remove not in ON_REMOVE:
         raise _err(doc, f"must be one of {', '.join(ON_REMOVE)}", (*where, "onRemove"), file)
-    return Generator(kind, where, name=name or f"generator-{where[-1]}",
-                     directories=tuple(rules), elements=tuple(elements),
-                     children=tuple(children), template=template, on_remove=str(on_remove))
+    return Generator(kind, where, name=name or f"generator-{where[-1]}", template=template,
+                     on_remove=str(on_remove), **parts)
 
 
 def parse_generators(doc: Document, raw: Any, file: str) -> tuple[Generator, ...]:
@@ -232,17 +275,71 @@ def match_directories(rules: Sequence[DirectoryRule], dirs: Sequence[str]) -> li
     return chosen
 
 
-def _params(gen: Generator, dirs: Sequence[str]) -> Iterator[dict[str, Any]]:
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    """An open pull request of the primary repository, as a generator sees it (the forge's
+    answer reduced to what templates may use, so every reader expands the same)."""
+
+    number: int
+    branch: str  # the head branch, in the primary repository (forks are never listed)
+    target_branch: str
+    head_sha: str
+    labels: tuple[str, ...] = ()
+    updated_at: float = 0.0  # seconds since the epoch
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "branch": self.branch,
+                "target_branch": self.target_branch, "head_sha": self.head_sha,
+                "labels": list(self.labels), "updated_at": self.updated_at}
+
+    @staticmethod
+    def from_dict(raw: Mapping[str, Any]) -> PullRequest:
+        return PullRequest(int(raw["number"]), str(raw["branch"]), str(raw["target_branch"]),
+                           str(raw["head_sha"]), tuple(str(x) for x in raw.get("labels") or ()),
+                           float(raw.get("updated_at") or 0.0))
+
+
+def pr_source(number: int) -> str:
+    """The source a pull request's environments follow: its head branch, polled like any."""
+    return f"pr-{number}"
+
+
+def wanted_pulls(generators: Sequence[Generator], pulls: Sequence[PullRequest],
+                 now: float) -> tuple[PullRequest, ...]:
+    """The pull requests some generator selects (labels, ttl), in number order. Run by the
+    watcher, which knows the time; readers expand from its answer, so all agree."""
+    def selects(gen: Generator, pr: PullRequest) -> bool:
+        if gen.kind == "pullRequests":
+            return set(gen.labels) <= set(pr.labels) and (
+                gen.ttl is None or now - pr.updated_at <= gen.ttl)
+        return any(selects(c, pr) for c in gen.children)
+    return tuple(sorted((pr for pr in pulls if any(selects(g, pr) for g in generators)),
+                        key=lambda pr: pr.number))
+
+
+def _pr_params(pr: PullRequest) -> dict[str, Any]:
+    slug = re.sub(r"[^a-z0-9-]+", "-", pr.branch.lower()).strip("-")[:50]
+    return {"number": pr.number, "branch": pr.branch, "branch_slug": slug,
+            "target_branch": pr.target_branch, "head_sha": pr.head_sha,
+            "head_short_sha": pr.head_sha[:8], "_source": pr_source(pr.number)}
+
+
+def _params(gen: Generator, dirs: Sequence[str],
+            pulls: Sequence[PullRequest]) -> Iterator[dict[str, Any]]:
     if gen.kind == "directories":
         for path in match_directories(gen.directories, dirs):
             yield _dir_params(path)
     elif gen.kind == "list":
         for element in gen.elements:
             yield dict(element)
+    elif gen.kind == "pullRequests":
+        for pr in pulls:
+            if set(gen.labels) <= set(pr.labels):
+                yield _pr_params(pr)
     else:
         first, second = gen.children
-        for a in _params(first, dirs):
-            for b in _params(second, dirs):
+        for a in _params(first, dirs, pulls):
+            for b in _params(second, dirs, pulls):
                 yield {**a, **b}
 
 
@@ -284,11 +381,15 @@ def _fill(value: Any, params: Mapping[str, Any], at: tuple[str | int, ...],
 
 
 def expand(doc: Document, generators: Sequence[Generator], dirs: Sequence[str],
-           file: str) -> list[Generated]:
-    """Every environment block the generators produce for a tree with these directories."""
+           file: str, pulls: Sequence[PullRequest] = ()) -> list[Generated]:
+    """Every environment block the generators produce for a tree with these directories and
+    these open pull requests. A pull request's environment follows its head branch: its
+    ``source`` is ``pr-<number>`` (the primary repository on that branch) unless the template
+    names one."""
     out: list[Generated] = []
     for gen in generators:
-        for params in _params(gen, dirs):
+        for params in _params(gen, dirs, pulls):
+            source = params.pop("_source", None)
             missing: list[tuple[tuple[str | int, ...], str]] = []
             where = (*gen.where, "template")
             raw = _fill(gen.template, params, where, missing)
@@ -297,5 +398,7 @@ def expand(doc: Document, generators: Sequence[Generator], dirs: Sequence[str],
                 raise _err(doc, f"placeholder {{{{{expr}}}}} has no value in generator "
                            f"{gen.name!r} (parameters: {', '.join(sorted(params))})", at, file)
             name = str(raw.pop("name"))
+            if source is not None:
+                raw.setdefault("source", source)
             out.append(Generated(name, raw, gen.name, gen.on_remove, where))
     return out

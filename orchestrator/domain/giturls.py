@@ -32,10 +32,11 @@ from __future__ import annotations
 import posixpath
 import re
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from urllib.parse import unquote, urlsplit
 
-DEFAULT_PORTS = {"ssh": 22, "git+ssh": 22, "ssh+git": 22, "http": 80, "https": 443,
-                 "git": 9418}
+DEFAULT_PORTS = MappingProxyType({"ssh": 22, "git+ssh": 22, "ssh+git": 22, "http": 80, "https": 443,
+                 "git": 9418})
 REMOTE_SCHEMES = frozenset({"ssh", "git+ssh", "ssh+git", "http", "https", "git"})
 # scp-like syntax: [user@]host:path, where the part before ':' holds no '/'.
 _SCP = re.compile(r"^(?:(?P<user>[^@/]+)@)?(?P<host>\[[^\]]+\]|[^:/\[\]]+):(?P<path>.*)$")

@@ -28,6 +28,7 @@ import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from orchestrator.domain.bundle import ObjectKey, object_key
@@ -51,7 +52,7 @@ KIND_ORDER: tuple[str, ...] = (
 )
 """Helm's install order (``releaseutil.InstallOrder``); kinds not listed come after, by name."""
 
-_KIND_RANK = {kind: rank for rank, kind in enumerate(KIND_ORDER)}
+_KIND_RANK = MappingProxyType({kind: rank for rank, kind in enumerate(KIND_ORDER)})
 _UNKNOWN_KIND = len(KIND_ORDER)
 _INTEGER = re.compile(r"[+-]?[0-9]+")
 

@@ -1,5 +1,8 @@
 """One frozen payload class per event type: the ``data`` an event carries, field by field.
 
+(Over 400 lines on purpose: this is the event schema, one short class per type, read top to
+bottom like the table it generates; splitting it by stage would scatter the shared bases.)
+
 Each class names its event type (``TYPE``) and the payload version it describes
 (``VERSION``); ``orchestrator/domain/codec.py`` builds events' ``data`` from them and reads it
 back, upcasting what older versions wrote. The field comments are the documentation:
@@ -250,6 +253,7 @@ class ApplyFields(CommitFields):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ApplyStarted(ApplyFields):
     TYPE: ClassVar[str] = ev.APPLY_STARTED
+    attempt: int = 0  # the delivery of the render that starts it
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,7 +270,8 @@ class ApplySucceeded(ApplyFields):
     not_pruned: tuple[str, ...] = ()  # objects that left the bundle but were kept
     waves: int = 0  # (kubernetes) sync waves applied
     inventory: Json | None = None  # (kubernetes) the inventory ConfigMap and its entries
-    health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects}
+    health: Json | None = None  # (kubernetes) {status, message, unhealthy, objects, no_rule}
+    superseded_by: str = ""  # found applied after a restart, a newer revision applied since
 
     def describe(self) -> str:
         return self.summary
@@ -331,7 +336,8 @@ class HealthFields(Payload):
     status: str = ""  # Healthy, Suspended, Progressing, Missing, Degraded, Unknown
     message: str = ""  # the verdict in words
     unhealthy: int = 0  # objects not ready (exact)
-    objects: tuple[Json, ...] = ()  # those objects (at most 50)
+    objects: tuple[Json, ...] = ()  # those objects (at most 50), each with the rule that judged it
+    no_rule: tuple[str, ...] = ()  # kinds (Kind.group) no health rule knows: not waited for
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -408,6 +414,9 @@ class LogReset(Payload):
     target: str = ""  # the target, in words
     summary: str = ""
 
+    def describe(self) -> str:
+        return self.summary
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class GitopsFields(Payload):
@@ -481,6 +490,44 @@ class PromotionProposed(PromotionCommitted):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PreviewRendered(Payload):
+    """One environment of a pull request, rendered at its head and diffed (nothing applied)."""
+
+    TYPE: ClassVar[str] = ev.PREVIEW_RENDERED
+    pull_request: int = 0  # the pull request's number
+    base: str = ""  # the base branch's head the settings came from
+    env: str = ""
+    ok: bool = True  # False: the render failed (see error)
+    objects: int = 0  # objects rendered
+    error: str = ""  # why the render failed
+    running: str = ""  # the revision the environment runs ("" when none)
+    changes: Json = field(default_factory=dict)  # {added, changed, removed}: object counts
+
+    def error_text(self) -> str:
+        return self.error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreviewPosted(Payload):
+    TYPE: ClassVar[str] = ev.PREVIEW_POSTED
+    pull_request: int = 0
+    comment: int = 0  # the forge's id of Conveyor's one comment on the pull request
+    created: bool = False  # False: the comment was updated
+    environments: tuple[str, ...] = ()  # the environments previewed
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PreviewFailed(Payload):
+    TYPE: ClassVar[str] = ev.PREVIEW_FAILED
+    pull_request: int = 0
+    error: str = ""  # why no preview could be posted
+    reason: str = ""
+
+    def error_text(self) -> str:
+        return self.error
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Unknown(Payload):
     """An event type this version does not know: everything is in ``extra``."""
 
@@ -493,5 +540,6 @@ CLASSES: tuple[type[Payload], ...] = (
     DriftDetected, NotifySent, NotifyFailed, NotifyDead, EnvironmentRemoved, EnvironmentPruned,
     LogReset, ReleaseCommitted, ReleaseProposed, RollbackCommitted, RollbackProposed,
     PromotionRequested, PromotionRefused, PromotionCommitted, PromotionProposed,
+    PreviewRendered, PreviewPosted, PreviewFailed,
 )
 BY_TYPE: Mapping[str, type[Payload]] = MappingProxyType({c.TYPE: c for c in CLASSES})

@@ -25,7 +25,7 @@ from orchestrator.domain import history as hist
 from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 from orchestrator.domain.history import EnvHistory
-from orchestrator.domain.payloads import ApplyFields, HealthFields
+from orchestrator.domain.payloads import ApplyFields, ApplySucceeded, CommitDetected, HealthFields
 
 HISTORY_OUTCOMES = frozenset({
     ev.APPLY_SUCCEEDED, ev.APPLY_FAILED, ev.APPLY_SKIPPED, ev.APPLY_SUPERSEDED, ev.APPLY_DEAD,
@@ -89,14 +89,14 @@ def _changes(s: EnvState, event: Event) -> dict[str, Any]:
         if t != ev.RENDER_SUCCEEDED:
             return {}  # a terminal event handed back to the notifier
     if t == ev.COMMIT_DETECTED:
-        env = event.data.get("env")
-        made_by = str(env.get("generator", "")) if isinstance(env, dict) else s.generator
+        env = p.env if isinstance(p, CommitDetected) else None
+        made_by = str(env.get("generator", "")) if env is not None else s.generator
         return {"desired_revision": rev, "desired_at": event.time,
                 "in_flight": f"render {rev[:7]}", "commits_seen": s.commits_seen + 1,
                 "generator": made_by}
     if t in (ev.RENDER_SUCCEEDED, ev.APPLY_STARTED):
         return {"last_attempted_revision": rev, "in_flight": f"apply {rev[:7]}"}
-    if t == ev.APPLY_SUCCEEDED and event.data.get("superseded_by"):
+    if isinstance(p, ApplySucceeded) and t == ev.APPLY_SUCCEEDED and p.superseded_by:
         # recognised after a restart, with a newer commit applied since: it was deployed, but
         # the environment holds the newer one
         return {"deployments": s.deployments + 1}

@@ -41,6 +41,7 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Literal
 
 from orchestrator.domain.giturls import normalise
@@ -52,22 +53,22 @@ PROVIDERS: tuple[Provider, ...] = ("github", "gitlab", "gitea", "forgejo", "bitb
 Kind = Literal["push", "ping", "other"]
 ZERO_SHA = "0" * 40
 
-_HMAC_HEADERS: dict[str, tuple[tuple[str, str], ...]] = {
+_HMAC_HEADERS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType({
     # provider -> ((header, prefix), ...): any present header that verifies is enough.
     "github": (("x-hub-signature-256", "sha256="),),
     "gitea": (("x-gitea-signature", ""), ("x-forgejo-signature", "")),
     "forgejo": (("x-forgejo-signature", ""), ("x-gitea-signature", "")),
     "bitbucket": (("x-hub-signature", "sha256="),),
     "generic": (("x-conveyor-signature", "sha256="),),
-}
-_DELIVERY_HEADERS: dict[str, tuple[str, ...]] = {
+})
+_DELIVERY_HEADERS: Mapping[str, tuple[str, ...]] = MappingProxyType({
     "github": ("x-github-delivery",),
     "gitlab": ("x-gitlab-event-uuid", "idempotency-key"),
     "gitea": ("x-gitea-delivery", "x-forgejo-delivery", "x-gogs-delivery"),
     "forgejo": ("x-forgejo-delivery", "x-gitea-delivery"),
     "bitbucket": ("x-request-uuid", "x-hook-uuid"),
     "generic": ("x-conveyor-delivery",),
-}
+})
 # Keys under which payloads give the repository's URLs (clone, SSH, git://, web pages).
 _URL_KEYS = ("clone_url", "git_url", "ssh_url", "html_url", "url", "svn_url", "mirror_url",
              "git_http_url", "git_ssh_url", "http_url", "web_url", "homepage", "original_url")

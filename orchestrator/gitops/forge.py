@@ -16,6 +16,20 @@ The calls, from each forge's published REST reference:
 - Gitea/Forgejo: ``POST /repos/{owner}/{repo}/pulls`` ``{head, base, title, body}`` -> 201
   ``{number, html_url}``; ``Authorization: token``.
 
+Listing open pull requests (for the ``pullRequests`` environment generator):
+
+- GitHub: ``GET /repos/{owner}/{repo}/pulls?state=open&per_page=100``, next page by the
+  ``Link: <...>; rel="next"`` header; ``head.ref``, ``head.sha``, ``head.repo.full_name``
+  (a fork when it is not the repository), ``base.ref``, ``labels[].name``, ``updated_at``.
+- GitLab: ``GET /projects/{path}/merge_requests?state=opened&per_page=100&page=N``, next page
+  by ``X-Next-Page``; ``iid``, ``source_branch``, ``sha``, ``target_branch``, ``labels`` (names),
+  ``updated_at``, ``source_project_id`` vs ``target_project_id`` (a fork when they differ).
+- Gitea/Forgejo: ``GET /repos/{owner}/{repo}/pulls?state=open&limit=50&page=N`` until a short
+  page; fields as GitHub's.
+
+Pull requests from forks are never listed: their head is not in the watched repository, and
+deploying a stranger's branch is the operator's decision, not a generator's.
+
 A rate-limited answer (429, or 403 with ``x-ratelimit-remaining: 0``) is
 ``TransientError(reason="RateLimited", delay=Retry-After or the reset time)``; refused
 credentials are ``PermanentError("AuthenticationFailed")``; other refusals name the forge's
@@ -24,16 +38,19 @@ message. The token never appears in an error or a log.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
+from orchestrator.domain.generators import PullRequest as OpenPull
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import PermanentError, TransientError
 
@@ -147,13 +164,14 @@ class Forge:
                 {"Authorization": f"token {token}"},
                 {"title": title, "head": head, "base": base, "body": body})
 
-    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
-        url, headers, payload = self._request(title, head, base, body)
+    async def _call(self, method: str, url: str, *, headers: Mapping[str, str],
+                    payload: Any = None) -> tuple[int, Any, dict[str, str]]:
+        """One request; rate limits and refused tokens raised here, the rest returned."""
         where = f"{self.settings.kind} {self.repo}"
         try:
             async with aiohttp.ClientSession(
                     timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as session, \
-                    session.post(url, json=payload, headers={
+                    session.request(method, url, json=payload, headers={
                         **headers, "User-Agent": "conveyor"}) as resp:
                 status = resp.status
                 try:
@@ -171,10 +189,210 @@ class Forge:
         if status == 401:
             raise PermanentError(f"{where}: the forge refused the token (401)",
                                  reason="AuthenticationFailed")
+        return status, data, answer_headers
+
+    def _failed(self, what: str, status: int, data: Any) -> PermanentError:
+        message = data.get("message") if isinstance(data, Mapping) else ""
+        return PermanentError(f"{self.settings.kind} {self.repo}: {what} failed ({status}: "
+                              f"{message or 'no message'})", reason="PullRequestFailed")
+
+    async def open(self, *, title: str, head: str, base: str, body: str) -> PullRequest:
+        url, headers, payload = self._request(title, head, base, body)
+        status, data, _ = await self._call("POST", url, headers=headers, payload=payload)
         if status not in (200, 201) or not isinstance(data, Mapping):
-            message = data.get("message") if isinstance(data, Mapping) else ""
-            raise PermanentError(f"{where}: opening the pull request failed ({status}: "
-                                 f"{message or 'no message'})", reason="PullRequestFailed")
+            raise self._failed("opening the pull request", status, data)
         if self.settings.kind == "gitlab":
             return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
         return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
+
+    # ------------------------------------------------------------------ previews
+    # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
+    # comments of the pull request, paged with a Link header, and commit statuses. GitLab:
+    # the merge request's notes (PUT to edit) and ``/projects/:id/statuses/:sha``.
+
+    def _github(self) -> tuple[str, dict[str, str]]:
+        token = self.settings.read_token()
+        if self.settings.kind == "gitea":
+            return f"{self.settings.api_url}/repos/{self.repo}", {
+                "Authorization": f"token {token}"}
+        return (f"{self.settings.api_url}/repos/{self.repo}",
+                {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                 "X-GitHub-Api-Version": "2022-11-28"})
+
+    def _gitlab(self, number: int) -> tuple[str, str, dict[str, str]]:
+        project = urllib.parse.quote(self.repo, safe="")
+        base = f"{self.settings.api_url}/projects/{project}"
+        return base, f"{base}/merge_requests/{number}/notes", {
+            "PRIVATE-TOKEN": self.settings.read_token()}
+
+    async def upsert_comment(self, number: int, body: str, marker: str) -> tuple[int, bool]:
+        """The pull request's comment (GitLab: note) holding ``marker``, updated to ``body``
+        (created when there is none). Every page is read (``Link: rel="next"``). Returns
+        (comment id, created)."""
+        if self.settings.kind == "gitlab":
+            _, notes, headers = self._gitlab(number)
+            url: str | None = f"{notes}?per_page=100"
+            edit_url, create, edit = notes + "/{id}", notes, "PUT"
+        else:
+            base, headers = self._github()
+            page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
+            url = f"{base}/issues/{number}/comments?{page}"
+            edit_url, create, edit = base + "/issues/comments/{id}", \
+                f"{base}/issues/{number}/comments", "PATCH"
+        found: int | None = None
+        while url and found is None:
+            status, data, answer = await self._call("GET", url, headers=headers)
+            if status != 200 or not isinstance(data, list):
+                raise self._failed("listing the comments", status, data)
+            found = next((int(c["id"]) for c in data if isinstance(c, Mapping)
+                          and marker in str(c.get("body") or "")), None)
+            url = _next_link(answer.get("link", ""))
+        if found is not None:
+            status, data, _ = await self._call(edit, edit_url.format(id=found), headers=headers,
+                                               payload={"body": body})
+            if status not in (200, 201):
+                raise self._failed("updating the comment", status, data)
+            return found, False
+        status, data, _ = await self._call("POST", create, headers=headers,
+                                           payload={"body": body})
+        if status != 201 or not isinstance(data, Mapping):
+            raise self._failed("commenting", status, data)
+        return int(data["id"]), True
+
+    async def set_status(self, sha: str, context: str, state: str, description: str) -> None:
+        """A commit status; ``state`` is GitHub's (success, failure, error, pending), named
+        as each forge names it."""
+        if self.settings.kind == "gitlab":
+            base, _, headers = self._gitlab(0)
+            gitlab_state = {"failure": "failed", "error": "failed"}.get(state, state)
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": gitlab_state, "name": context, "description": description})
+        else:
+            base, headers = self._github()
+            status, data, _ = await self._call(
+                "POST", f"{base}/statuses/{sha}", headers=headers,
+                payload={"state": state, "context": context, "description": description})
+        if status not in (200, 201):
+            raise self._failed(f"setting the status {context}", status, data)
+
+
+def _next_link(header: str) -> str | None:
+    """The ``rel="next"`` URL of a ``Link`` header (RFC 8288), if any."""
+    for part in header.split(","):
+        url, _, params = part.partition(";")
+        if 'rel="next"' in params.replace(" ", ""):
+            return url.strip().strip("<>")
+    return None
+
+
+def _epoch(value: Any) -> float:
+    """An ISO 8601 time (``2026-12-01T10:00:00Z``) as seconds since the epoch; 0 unknown."""
+    if not isinstance(value, str) or not value:
+        return 0.0
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+MAX_PAGES = 50  # 5,000 open pull requests: a forge answering more pages is looping
+
+
+class PullLister:
+    """The open pull requests of one repository, page by page, forks left out. The forge is
+    resolved on first use, so a forge set up only for releases costs nothing here."""
+
+    def __init__(self, settings: ForgeSettings, source_url: str) -> None:
+        self.settings, self.source_url = settings, source_url
+        self._forge: Forge | None = None
+
+    @property
+    def forge(self) -> Forge:
+        if self._forge is None:
+            self._forge = Forge(self.settings, self.source_url)
+        return self._forge
+
+    def _first(self) -> tuple[str, dict[str, str]]:
+        s, token = self.forge.settings, self.forge.settings.read_token()
+        owner, _, name = self.forge.repo.partition("/")
+        if s.kind == "github":
+            return (f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&per_page=100",
+                    {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                     "X-GitHub-Api-Version": "2022-11-28"})
+        if s.kind == "gitlab":
+            project = urllib.parse.quote(self.forge.repo, safe="")
+            return (f"{s.api_url}/projects/{project}/merge_requests?state=opened&per_page=100"
+                    "&page=1", {"PRIVATE-TOKEN": token})
+        return (f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&limit=50&page=1",
+                {"Authorization": f"token {token}"})
+
+    def _pull(self, raw: Mapping[str, Any]) -> OpenPull | None:
+        if self.forge.settings.kind == "gitlab":
+            if raw.get("source_project_id") != raw.get("target_project_id"):
+                return None
+            labels = [str(x) for x in raw.get("labels") or [] if isinstance(x, str)]
+            return OpenPull(int(raw["iid"]), str(raw["source_branch"]),
+                            str(raw["target_branch"]), str(raw.get("sha") or ""),
+                            tuple(labels), _epoch(raw.get("updated_at")))
+        head, base = raw.get("head") or {}, raw.get("base") or {}
+        repo = (head.get("repo") or {}).get("full_name") if isinstance(head, Mapping) else None
+        if repo and str(repo).lower() != self.forge.repo.lower():
+            return None
+        labels = [str(x.get("name")) for x in raw.get("labels") or []
+                  if isinstance(x, Mapping) and x.get("name")]
+        return OpenPull(int(raw["number"]), str(head.get("ref") or ""), str(base.get("ref") or ""),
+                        str(head.get("sha") or ""), tuple(labels), _epoch(raw.get("updated_at")))
+
+    def _next(self, url: str, headers: Mapping[str, str], count: int) -> str | None:
+        kind = self.forge.settings.kind
+        if kind == "github":
+            for part in headers.get("link", "").split(","):
+                target, _, rel = part.partition(";")
+                if 'rel="next"' in rel:
+                    return target.strip().strip("<>")
+            return None
+        page = int(urllib.parse.parse_qs(urllib.parse.urlsplit(url).query).get("page",
+                                                                               ["1"])[0])
+        if kind == "gitlab":
+            nxt = headers.get("x-next-page", "")
+            return url.replace(f"page={page}", f"page={nxt}") if nxt.isdigit() else None
+        return url.replace(f"page={page}", f"page={page + 1}") if count >= 50 else None
+
+    async def open_pulls(self) -> list[OpenPull]:
+        url, auth = self._first()
+        where = f"{self.forge.settings.kind} {self.forge.repo}"
+        out: list[OpenPull] = []
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            for _ in range(MAX_PAGES):
+                try:
+                    async with http.get(url, headers={**auth, "User-Agent": "conveyor"},
+                                        allow_redirects=False) as resp:
+                        status = resp.status
+                        data: Any = await resp.json(content_type=None)
+                        headers = {k.lower(): v for k, v in resp.headers.items()}
+                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                    raise TransientError(f"{where}: listing pull requests failed "
+                                         f"({type(exc).__name__})", reason="Unreachable") from None
+                delay = _rate_limit_delay(status, headers)
+                if delay is not None:
+                    raise TransientError(f"{where}: rate-limited by the forge API; retry in "
+                                         f"{int(delay)} s", reason="RateLimited", delay=delay)
+                if status == 401:
+                    raise PermanentError(f"{where}: the forge refused the token (401)",
+                                         reason="AuthenticationFailed")
+                if status != 200 or not isinstance(data, list):
+                    raise PermanentError(f"{where}: listing pull requests answered {status}",
+                                         reason="PullRequestListFailed")
+                for raw in data:
+                    if isinstance(raw, Mapping):
+                        with contextlib.suppress(KeyError, TypeError, ValueError):
+                            pull = self._pull(raw)
+                            if pull is not None and pull.branch and pull.head_sha:
+                                out.append(pull)
+                nxt = self._next(url, headers, len(data))
+                if nxt is None:
+                    return sorted(out, key=lambda p: p.number)
+                url = nxt
+        raise PermanentError(f"{where}: more than {MAX_PAGES} pages of pull requests",
+                             reason="PullRequestListFailed")

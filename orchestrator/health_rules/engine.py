@@ -10,21 +10,26 @@ then ``orchestrator.domain.health.evaluate``. The applier, ``conveyor health`` a
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator.domain.config import parse_config
 from orchestrator.domain.health import (
     MISSING,
-    PENDING_DELETION,
     Assessment,
+    Health,
+    HealthStatus,
     api_group,
     evaluate,
     is_deleting,
+    pending_deletion,
 )
+from orchestrator.errors import ConfigError
 from orchestrator.health_rules import cel, sources
-from orchestrator.health_rules.lua import LuaEngine
+from orchestrator.health_rules.lua import LuaEngine, LuaScript
 from orchestrator.health_rules.sources import LuaRuleSet
 
 
@@ -44,11 +49,18 @@ class HealthRules:
 
 
 class HealthEngine:
-    """Evaluates objects against ``rules``; Lua runs on one ``LuaEngine`` made on first need."""
+    """Evaluates objects against ``rules``; Lua runs on one ``LuaEngine`` made on first need.
+
+    An engine lives for one sync (``with_rules`` makes one per apply). A script that used up
+    its time limit is not run again by the same engine: every later object it would assess is
+    Unknown at once, so a committed ``while true do end`` costs one second per sync, not one
+    per object and poll (assessments run on the applier's event loop).
+    """
 
     def __init__(self, rules: HealthRules | None = None, *, lua: LuaEngine | None = None) -> None:
         self.rules = rules or HealthRules()
         self._lua = lua
+        self._slow: dict[str, HealthStatus] = {}
 
     def with_rules(self, rules: HealthRules) -> HealthEngine:
         """An engine for other rules sharing this one's Lua runtime."""
@@ -63,7 +75,7 @@ class HealthEngine:
         if obj is None:
             return Assessment(MISSING, "built-in")
         if is_deleting(obj):
-            return Assessment(PENDING_DELETION, "built-in")
+            return Assessment(pending_deletion(obj), "built-in")
         if self.rules:
             check = cel.find(self.rules.cel, obj)
             if check is not None:
@@ -71,9 +83,21 @@ class HealthEngine:
             group, kind = api_group(obj), str(obj.get("kind") or "")
             rule = sources.find(self.rules.lua, group, kind)
             if rule is not None:
-                verdict = self._lua_engine().run(rule.script, obj)
-                return Assessment(verdict, f"lua:{rule.script.source}")
+                return Assessment(self._run_lua(rule.script, obj), f"lua:{rule.script.source}")
         return evaluate(obj)
+
+    def _run_lua(self, script: LuaScript, obj: Mapping[str, Any]) -> HealthStatus | None:
+        slow = self._slow.get(script.source)
+        if slow is not None:
+            return slow
+        lua = self._lua_engine()
+        started = time.monotonic()
+        verdict = lua.run(script, obj)
+        if time.monotonic() - started >= lua.timeout and verdict is not None \
+                and verdict.status is Health.UNKNOWN:
+            self._slow[script.source] = HealthStatus(
+                Health.UNKNOWN, f"{verdict.message} (not run again in this sync)")
+        return verdict
 
 
 def load_rules(*, config_maps: Sequence[Path] = (), directories: Sequence[Path] = ()
@@ -160,6 +184,21 @@ def read_repo_files(root: Path, health: Mapping[str, Any]) -> dict[str, Any]:
         raise sources.HealthRuleError(f"conveyor.yaml: health: the rule files hold {size} "
                                       f"bytes, more than {MAX_REPO_RULE_BYTES}")
     return out
+
+
+def rules_of_checkout(config_file: Path) -> HealthRules:
+    """The rules a conveyor.yaml declares, with its paths read beside it (a working copy):
+    what ``conveyor health --config`` uses to show what the applier will."""
+    try:
+        text = config_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise sources.HealthRuleError(f"{config_file}: {exc}") from None
+    try:
+        config = parse_config(text, str(config_file))
+    except ConfigError as exc:
+        raise sources.HealthRuleError(str(exc)) from None
+    files = read_repo_files(config_file.parent, config.health)
+    return rules_of_event(config.health, files)
 
 
 def rules_of_event(health: Mapping[str, Any], files: Mapping[str, Any] | None) -> HealthRules:

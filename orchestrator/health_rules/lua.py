@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -43,6 +44,8 @@ DEFAULT_MAX_MEMORY = 64 * 1024 * 1024
 PATTERN_LIMIT = 2e8
 """Worst-case steps a single pattern match may take, about a quarter of a second."""
 
+COMPILED_KEPT = 256
+"""Compiled scripts kept in the runtime (least recently used dropped)."""
 INVALID = "Lua returned an invalid health status"
 _VALID = frozenset(h.value for h in Health)
 
@@ -72,8 +75,10 @@ class LuaEngine:
         self._max_memory = max_memory
         code = resources.files(__package__).joinpath("sandbox.lua").read_text(encoding="utf-8")
         setup = self._lua.execute(f"return function(...) {code}\nend")
-        self._run = setup(self._json_decode, self._json_encode, PATTERN_LIMIT, time.monotonic)
-        self._ids: dict[tuple[str, str], str] = {}
+        self._run, self._forget = setup(self._json_decode, self._json_encode, PATTERN_LIMIT,
+                                        time.monotonic)
+        self._ids: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._serial = 0
 
     # -- json for scripts: values cross as Lua tables, never as Python objects ---------------
 
@@ -98,11 +103,18 @@ class LuaEngine:
     # -- running ------------------------------------------------------------------------------
 
     def _id(self, script: LuaScript) -> str:
+        """The compiled chunk's id; the least recently used beyond ``COMPILED_KEPT`` are
+        dropped, so scripts changing commit after commit do not fill the runtime."""
         key = (script.source, script.text)
         found = self._ids.get(key)
-        if found is None:
-            found = f"{script.source}#{len(self._ids)}"
-            self._ids[key] = found
+        if found is not None:
+            self._ids.move_to_end(key)
+            return found
+        self._serial += 1
+        found = self._ids[key] = f"{script.source}#{self._serial}"
+        while len(self._ids) > COMPILED_KEPT:
+            _, old = self._ids.popitem(last=False)
+            self._forget(old)
         return found
 
     def run(self, script: LuaScript, obj: Mapping[str, Any]) -> HealthStatus | None:

@@ -1,5 +1,5 @@
 -- The sandbox Conveyor runs Argo CD health scripts in. Loaded once per LuaRuntime; returns
--- the function `run(id, text, obj, seconds)` -> ok, result. Nothing here is reachable from a
+-- `run(id, name, text, obj, seconds)` -> ok, result, and `forget(id)` (drops a compiled chunk). Nothing here is reachable from a
 -- script: each call gets a fresh environment holding copies of the allowed libraries only.
 local json_decode, json_encode, limit, clock = ...
 local pcall, error, select, type, pairs, load = pcall, error, select, type, pairs, load
@@ -95,7 +95,11 @@ local function environment(state)
   return env
 end
 
-return function(id, name, text, obj, seconds)
+local function forget(id)
+  compiled[id] = nil
+end
+
+local function run(id, name, text, obj, seconds)
   local chunk = compiled[id]
   if chunk == nil then
     local err
@@ -120,3 +124,5 @@ return function(id, name, text, obj, seconds)
   if state.expired then return false, TIMEOUT end
   return result[1], result[2]
 end
+
+return run, forget

@@ -16,26 +16,27 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from enum import IntEnum
+from types import MappingProxyType
 from typing import Any, Literal
 
 Tone = Literal["success", "failure", "warning", "pending", "neutral"]
 """How the outcome should look: drives colours and icons, not routing."""
 
-COLORS: Mapping[Tone, str] = {
+COLORS: Mapping[Tone, str] = MappingProxyType({
     "success": "#2EB67D",
     "failure": "#E01E5A",
     "warning": "#ECB22E",
     "pending": "#1D9BD1",
     "neutral": "#9E9E9E",
-}
+})
 
-ICONS: Mapping[Tone, str] = {
+ICONS: Mapping[Tone, str] = MappingProxyType({
     "success": "\u2705",  # check mark
     "failure": "\u274c",  # cross
     "warning": "\u26a0\ufe0f",  # warning sign
     "pending": "\u23f3",  # hourglass
     "neutral": "\u2139\ufe0f",  # information
-}
+})
 
 
 class Severity(IntEnum):

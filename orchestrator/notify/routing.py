@@ -71,10 +71,6 @@ class Route:
     link: str = ""
     rate_limit: RateLimit | None = None
 
-    @property
-    def is_status(self) -> bool:
-        return self.type in providers.STATUS_KINDS
-
 
 def parse_routes(notifiers: Mapping[str, Mapping[str, Any]]) -> list[Route]:
     """Every ``notifiers:`` entry as a ``Route``, in configuration order.

@@ -11,6 +11,7 @@ snapshot renders the same way every time, so the caller should not retry.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from orchestrator.rendering.model import RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.parse import Located
 from orchestrator.rendering.safety import EscapeError, display, norm_rel, resolve
 from orchestrator.rendering.settings import parse_settings
-from orchestrator.rendering.validate import validate
+from orchestrator.rendering.validate import mask, validate
 
 _DEFAULT_LIMITS = RenderLimits()
 _DEFAULT_TOOLS = RenderTools()
@@ -42,6 +43,8 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
     ``settings`` the repository's. Blocking: run it in a thread.
     """
     parsed = parse_settings(settings)
+    if tools.remote_base_hosts and not limits.network:  # the operator opened it, for kustomize
+        limits = replace(limits, network=True)
     env_rel = norm_rel(env_path.strip().rstrip("/") if env_path else "")
     if env_rel is None:
         raise EscapeError(f"environment path {env_path!r} points outside the repository")
@@ -71,6 +74,6 @@ def render(root: Path, env_path: str, settings: Mapping[str, Any] | None = None,
 
     if not errors:
         errors = validate(items, parsed.validate, limits.max_objects)
-    if errors:
-        raise ManifestError(errors)
+    if errors:  # whatever quoted a Secret's value (a template, a tool) says <redacted> instead
+        raise ManifestError(mask(errors, items))
     return RenderResult(tuple(i.manifest for i in items), kind, version)

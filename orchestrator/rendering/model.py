@@ -35,7 +35,9 @@ class RenderLimits:
     """Resource limits of one render.
 
     ``timeout`` and ``memory_bytes`` apply to every tool subprocess (kustomize, the jsonnet and
-    helm workers). ``max_file_bytes`` caps each input file read; a tool's output is capped at
+    helm workers), and so does ``network`` (False: each runs in a network namespace of its
+    own, with no interface up, where the host allows it). ``max_file_bytes`` caps each input
+    file read; a tool's output is capped at
     ``OUTPUT_FACTOR * max_file_bytes``. ``max_objects`` caps the objects of one render.
     """
 
@@ -43,6 +45,8 @@ class RenderLimits:
     memory_bytes: int = 2 << 30
     max_file_bytes: int = 8 << 20
     max_objects: int = 20000
+    network: bool = False
+    """Tools may reach the network: only when the operator allowed remote bases."""
 
 
 # A tool's stdout may be this many times larger than the largest input file allowed.

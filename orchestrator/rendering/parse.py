@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.domain.yamlpos import Document, Position, YamlSyntaxError, load_all
+from orchestrator.domain.yamlpos import MAX_DEPTH, Document, Position, YamlSyntaxError, load_all
 from orchestrator.rendering.model import Manifest
 
 
@@ -93,6 +93,10 @@ def parse_json(text: str, file: str, *, source: str | None = None
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         return [], [f"{file}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"]
+    except RecursionError:  # deeper than the interpreter's stack: refused like a deep YAML
+        return [], [f"{file}:1:1: nesting deeper than {MAX_DEPTH} levels"]
+    if _too_deep(value, MAX_DEPTH):
+        return [], [f"{file}:1:1: nesting deeper than {MAX_DEPTH} levels"]
     # JSON is YAML: reparse for positions; fall back to the JSON value without them.
     try:
         docs = list(load_all(text, file))
@@ -110,6 +114,20 @@ def parse_json(text: str, file: str, *, source: str | None = None
     else:
         _flatten(value, doc, (), file, source, out, errors)
     return out, errors
+
+
+def _too_deep(value: Any, limit: int) -> bool:
+    """Is ``value`` nested deeper than ``limit``? Iterative: a deep value cannot overflow it."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
 
 
 def parse_file(text: str, file: str) -> tuple[list[Located], list[str]]:

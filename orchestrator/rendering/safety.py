@@ -8,6 +8,9 @@ enough (no time-of-check/time-of-use race with a writer).
 
 Tool subprocesses (kustomize, the jsonnet and helm workers) run with:
 
+- no network, unless the operator allowed remote bases: a network namespace of its own
+  (``offline_prefix``; where the host refuses user namespaces, a warning at start-up and
+  only the reference checks);
 - a scrubbed environment: only ``PATH`` and ``HOME`` (a fresh temporary directory), so
   ``GIT_*``, ``AWS_*``, ``*_TOKEN``, ``KUBECONFIG`` and friends never reach them;
 - ``RLIMIT_AS`` (address space) and no core dumps, set in ``preexec_fn`` (the function only
@@ -21,13 +24,16 @@ Tool subprocesses (kustomize, the jsonnet and helm workers) run with:
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import posixpath
 import resource
 import selectors
+import shutil
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -154,6 +160,24 @@ def _limit(memory_bytes: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+@functools.cache
+def offline_prefix() -> tuple[str, ...]:
+    """The argv prefix that runs a tool with no network: a fresh network namespace (only a
+    loopback, down) entered through an unprivileged user namespace. ``()`` where the host
+    refuses those (many container runtimes do): then only ``precheck``'s refusal of remote
+    references stands between a render and the network. Checked once per process."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        return ()
+    prefix = (unshare, "--net", "--map-root-user", "--")
+    try:
+        done = subprocess.run([*prefix, sys.executable, "-c", ""], capture_output=True,
+                              timeout=10, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    return prefix if done.returncode == 0 else ()
+
+
 def run_tool(argv: Sequence[str], *, cwd: Path, limits: RenderLimits, what: str,
              stdin: bytes = b"", extra_env: Mapping[str, str] | None = None) -> ToolOutput:
     """Run a tool boxed in; returns its output or raises PermanentError saying what failed.
@@ -166,9 +190,10 @@ def run_tool(argv: Sequence[str], *, cwd: Path, limits: RenderLimits, what: str,
     with tempfile.TemporaryDirectory(prefix="conveyor-render-home-") as home:
         env = scrubbed_env(home)
         env.update(extra_env or {})
+        boxed = list(argv) if limits.network else [*offline_prefix(), *argv]
         try:
             proc = subprocess.Popen(
-                list(argv), cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                boxed, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
                 preexec_fn=lambda: _limit(memory),
             )

@@ -53,6 +53,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import yaml
@@ -63,12 +64,12 @@ RENDERERS = ("plain", "kustomize", "helm", "jsonnet", "jinja")
 
 
 # key -> (why a committer may not set it, the operator's flag for it)
-OPERATOR_ONLY: Mapping[tuple[str, str], tuple[str, str]] = {
+OPERATOR_ONLY: Mapping[tuple[str, str], tuple[str, str]] = MappingProxyType({
     ("kustomize", "binary"): ("chooses a program to run on the host", "--kustomize-binary"),
     ("kustomize", "allowRemoteBases"): ("opens the render's network to remote hosts",
                                         "--allow-remote-bases HOSTS"),
     ("helm", "binary"): ("chooses a program to run on the host", "--helm-binary"),
-}
+})
 
 
 class SettingsError(PermanentError):

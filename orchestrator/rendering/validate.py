@@ -13,6 +13,9 @@ from a file we parsed, or ``<tool source>: <object>: reason`` for tool output.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +25,9 @@ from orchestrator.rendering.parse import Located
 from orchestrator.rendering.settings import ValidateSettings
 
 DEFAULT_KUBERNETES_VERSION = "1.30"
+
+
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
 def _label(obj: dict[str, Any]) -> str:
@@ -59,10 +65,18 @@ def structure_errors(item: Located) -> list[str]:
         elif not isinstance(name, str) or not name:
             errors.append(f"{item.where('metadata', 'name')}: {prefix}metadata.name must be a "
                           "non-empty string")
+        elif name in (".", "..") or "/" in name or "%" in name:
+            # a path segment of the object's API URL: "." or "a/b" would address another
+            errors.append(f"{item.where('metadata', 'name')}: {prefix}metadata.name {name!r} "
+                          "is not a valid object name ('.', '..', '/' and '%' are refused)")
         namespace = meta.get("namespace")
         if namespace is not None and not isinstance(namespace, str):
             errors.append(f"{item.where('metadata', 'namespace')}: {prefix}metadata.namespace "
                           "must be a string")
+        elif isinstance(namespace, str) and namespace and not _DNS_LABEL.match(namespace):
+            errors.append(f"{item.where('metadata', 'namespace')}: {prefix}metadata.namespace "
+                          f"{namespace!r} is not a namespace name (lower-case letters, digits "
+                          "and '-', at most 63)")
     return errors
 
 
@@ -118,6 +132,54 @@ def schema_errors(items: Sequence[Located], settings: ValidateSettings) -> list[
     return errors
 
 
+SECRET_FIELDS = ("data", "stringData")
+REDACTED = "<redacted>"
+
+
+def is_secret(obj: Any) -> bool:
+    return isinstance(obj, dict) and obj.get("kind") == "Secret" and \
+        str(obj.get("apiVersion", "v1")) == "v1"
+
+
+def secret_values(items: Sequence[Located]) -> list[str]:
+    """Every string under a Secret's ``data``/``stringData`` (and each ``data`` value
+    decoded), longest first: what no error may quote."""
+    found: set[str] = set()
+    for item in items:
+        obj = item.manifest.obj
+        if not is_secret(obj):
+            continue
+        stack: list[Any] = [obj.get(f) for f in SECRET_FIELDS]
+        while stack:
+            value = stack.pop()
+            if isinstance(value, dict):
+                stack.extend(value.values())
+            elif isinstance(value, list):
+                stack.extend(value)
+            elif isinstance(value, str | int | float) and not isinstance(value, bool):
+                text = str(value)
+                if len(text) >= 3:
+                    found.add(text)
+                with contextlib.suppress(ValueError, UnicodeDecodeError):
+                    decoded = base64.b64decode(text, validate=True).decode()
+                    if len(decoded) >= 3:
+                        found.add(decoded)
+    return sorted(found, key=len, reverse=True)
+
+
+def mask(errors: Sequence[str], items: Sequence[Located]) -> list[str]:
+    """``errors`` with every Secret value of ``items`` replaced by ``<redacted>``."""
+    values = secret_values(items)
+    if not values:
+        return list(errors)
+    out = []
+    for error in errors:
+        for value in values:
+            error = error.replace(value, REDACTED)
+        out.append(error)
+    return out
+
+
 def validate(items: Sequence[Located], settings: ValidateSettings, max_objects: int
              ) -> list[str]:
     """Every problem of the rendered objects; an empty list means they may be applied."""
@@ -133,4 +195,4 @@ def validate(items: Sequence[Located], settings: ValidateSettings, max_objects: 
     errors.extend(duplicate_errors(valid))
     if settings.schema and valid:
         errors.extend(schema_errors(valid, settings))
-    return errors
+    return mask(errors, items)

@@ -29,6 +29,7 @@ from services.api import (
     routes_dashboard,
     routes_history,
     routes_objects,
+    routes_previews,
     routes_releases,
     routes_webhooks,
     sse,
@@ -293,7 +294,7 @@ def build_app(resources: Resources, projector: Projector, *,
     app.router.add_get("/api/v1/bundles/{digest}", bundle)
     app.router.add_post("/api/v1/environments/{name}/sync", sync)
     for module in (routes_history, routes_objects, routes_dashboard, routes_webhooks,
-                   routes_releases):
+                   routes_releases, routes_previews):
         module.add_routes(app)
     return app
 

@@ -28,13 +28,14 @@ from orchestrator.adapters.nats_bus import EventBus, StoredEvent
 from orchestrator.commands.replay import ReplayError
 from orchestrator.commands.replay import replay as run_replay
 from orchestrator.domain import dora
+from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
 from orchestrator.domain.events import Event
 from services.api.context import BUS, PROJECTOR, control
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
-RETRYABLE_FILTERS = [f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed"]
+RETRYABLE_FILTERS = (f"{subjects.PREFIX}.*.*.dead", f"{subjects.PREFIX}.*.*.failed")
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -69,8 +70,34 @@ async def history(request: web.Request) -> web.Response:
     if not attempts and name not in request.app[PROJECTOR].envs:
         return _error(404, f"no such environment {name!r}")
     newest = attempts[::-1][:limit] if limit > 0 else attempts[::-1]
+    actions = await gitops_actions(request.app[BUS], name)
     return web.json_response({"environment": name, "total": len(attempts),
-                              "attempts": [a.to_dict() for a in newest]})
+                              "attempts": [{**a.to_dict(), **actions.get(a.revision, {})}
+                                           for a in newest]})
+
+
+GITOPS_STAGES = ("conveyor.release", "conveyor.rollback", "conveyor.promotion")
+GITOPS_MADE = {ev.RELEASE_COMMITTED: "release", ev.ROLLBACK_COMMITTED: "rollback",
+               ev.PROMOTION_COMMITTED: "promotion", ev.RELEASE_PROPOSED: "release",
+               ev.ROLLBACK_PROPOSED: "rollback", ev.PROMOTION_PROPOSED: "promotion"}
+# (a proposed commit deploys when its pull request is merged without a new commit: by
+# fast-forward or rebase-free merge; a merge commit of its own is an ordinary commit)
+
+
+async def gitops_actions(bus: EventBus, env: str) -> dict[str, dict[str, str]]:
+    """Commits Conveyor made for the environment (release, rollback, promotion), by commit:
+    the history marks the attempts that deployed them."""
+    filters = [f for stage in GITOPS_STAGES for f in subjects.filter_for(stage, [env])]
+    out: dict[str, dict[str, str]] = {}
+    async for stored in bus.read(filters):
+        action = GITOPS_MADE.get(stored.event.type)
+        if action is not None:
+            data = stored.event.data
+            out[stored.event.correlationid] = {"action": action, **(
+                {"rolled_back_to": str(data.get("to") or "")} if action == "rollback" else {}),
+                **({"promoted_from": str(data.get("from") or "")}
+                   if action == "promotion" else {})}
+    return out
 
 
 async def metrics_dora(request: web.Request) -> web.Response:

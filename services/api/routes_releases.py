@@ -4,7 +4,9 @@
   "set": ["image.tag=1.2"], "message": "...", "via": "commit|pull-request"}``: what an
   application's CI calls after building an image;
 - ``POST /api/v1/environments/{env}/rollback`` ``{"to": SHA} | {"steps": N}``;
-- ``POST /api/v1/environments/{env}/promotions`` ``{"from": ENV}``: promote what FROM runs.
+- ``POST /api/v1/environments/{env}/promotions`` ``{"from": ENV}``: promote what FROM runs;
+- ``GET /api/v1/promotions`` (read, open like the other queries): each promotion path of the
+  configuration in force, the revision each end runs and what the gates say now.
 
 All three are control endpoints (``Authorization: Bearer $CONVEYOR_API_TOKEN``). The api
 pushes with the credentials the operator gave *its* process (``CONVEYOR_GIT_*``, or the
@@ -18,15 +20,21 @@ transient failure (with ``Retry-After`` when known) or a missing operator settin
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
 
 from orchestrator import subjects
-from orchestrator.errors import ConveyorError, PermanentError, TransientError
+from orchestrator.domain import events as ev
+from orchestrator.domain import promotion
+from orchestrator.domain.config import parse_config
+from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps, Result
+from orchestrator.resources import Resources
 from services.api.context import RESOURCES, control
 
 BAD_INPUT = frozenset({"InvalidRelease", "InvalidConfig"})
@@ -127,8 +135,46 @@ async def promote(request: web.Request) -> web.Response:
     return await _run(request, act)
 
 
+async def _runs(resources: Resources, env: str) -> str:
+    """The revision of the environment's last deployment, from the log itself."""
+    found = [s for s in [await resources.bus.last_event(env, ev.APPLY_SUCCEEDED),
+                         await resources.bus.last_event(env, ev.APPLY_SKIPPED)]
+             if s is not None]
+    return max(found, key=lambda s: s.seq).event.correlationid if found else ""
+
+
+async def promotions(request: web.Request) -> web.Response:
+    """The promotion paths of the configuration in force, what each end runs now and what
+    the gates say at this moment (read-only: nothing is published)."""
+    resources = request.app[RESOURCES]
+    bus = resources.bus
+    loaded = await bus.last_event(ev.NO_ENV, ev.CONFIG_LOADED)
+    config = None
+    if loaded is not None:
+        dirs = loaded.event.data.get("dirs")
+        with contextlib.suppress(ConfigError):
+            config = parse_config(str(loaded.event.data.get("text") or ""),
+                                  dirs=[str(d) for d in dirs] if isinstance(dirs, list)
+                                  else None)
+    out = []
+    now = datetime.now(UTC)
+    for rule in (config.promotion.values() if config is not None else []):
+        filters = [f for stage in promotion.GATE_STAGES
+                   for f in subjects.filter_for(stage, [rule.source])]
+        verdict = promotion.check(rule.source, [s.event async for s in bus.read(filters)],
+                                  soak=rule.healthy_for, now=now)
+        out.append({"to": rule.to, "from": rule.source, "auto": rule.auto,
+                    "healthyFor": rule.healthy_for, "via": rule.via, "files": list(rule.files),
+                    "from_runs": verdict.revision,
+                    "to_runs": await _runs(resources, rule.to),
+                    "gate": {"allowed": verdict.allowed, "reason": verdict.reason,
+                             "healthy_since": verdict.healthy_since}})
+    return web.json_response({"promotions": out})
+
+
 def add_routes(app: web.Application) -> None:
     """Register this module's routes on the api application."""
     app.router.add_post("/api/v1/environments/{env}/releases", release)
     app.router.add_post("/api/v1/environments/{env}/rollback", rollback)
     app.router.add_post("/api/v1/environments/{env}/promotions", promote)
+    app.router.add_get("/api/v1/promotions", promotions)

@@ -8,7 +8,7 @@
 2. **Sender**: the raw body is verified with ``webhooks.verify`` (constant-time) against the
    secrets that apply. ``CONVEYOR_WEBHOOK_SECRET`` (every provider) and
    ``CONVEYOR_WEBHOOK_SECRET_<PROVIDER>`` authorise a delivery for every source; a source's
-   own ``webhook.secret`` (conveyor.yaml, a ``${VAR}`` read from this process's environment)
+   own ``webhook.secret`` (conveyor.yaml, a ``${VAR}`` of a name the operator allows)
    authorises it for that source only. No secret that verifies: 401, nothing happens.
 3. **Replay**: the digest of the signed body (never the delivery header, which no signature
    covers) is remembered in the state bucket (``webhook.<provider>.<digest>``, pruned after
@@ -36,7 +36,7 @@ import hashlib
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -44,11 +44,12 @@ from aiohttp import web
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.config import DEFAULT_SOURCE, Config, expand, parse_config
+from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
 from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import normalise
 from orchestrator.domain.webhooks import PROVIDERS, PushEvent, parse_push, verify
 from orchestrator.errors import ConfigError, ConflictError, PermanentError
+from orchestrator.secrets import SecretScope
 from services.api.context import BUS, RESOURCES, SETTINGS
 
 log = structlog.get_logger(__name__)
@@ -68,7 +69,7 @@ class HookSource:
     name: str
     key: str | None
     branch: str
-    secret: str | None  # a ${VAR} reference
+    secret: str | None = field(default=None, repr=False)  # its value, from the reference
 
 
 @dataclass
@@ -111,34 +112,37 @@ def _key(url: str) -> str | None:
         return None
 
 
-def hook_sources(config: Config | None, primary_repo: str,
-                 primary_branch: str) -> list[HookSource]:
-    """The sources a webhook can name (the primary one is ``default``)."""
+def hook_sources(config: Config | None, primary_repo: str, primary_branch: str,
+                 scope: SecretScope | None = None) -> list[HookSource]:
+    """The sources a webhook can name (the primary one is ``default``); conveyor.yaml's
+    references reach only what ``scope`` allows (the operator's ``--env-allow``)."""
+    reach = scope if scope is not None else SecretScope({}, ())
     cfg = config.sources if config is not None else {}
     base = cfg.get(DEFAULT_SOURCE)
     out = [HookSource(DEFAULT_SOURCE, _key(primary_repo),
                       primary_branch or (base.branch if base else ""),
-                      base.webhook_secret if base else None)]
+                      _source_secret(base.webhook_secret if base else None, reach))]
     for name, src in cfg.items():
         if name == DEFAULT_SOURCE:
             continue
         url = src.url.strip() or primary_repo
         try:
-            url = expand(url)
+            url = reach.expand(url)
         except ConfigError:
             continue
         branch = src.branch or ("" if src.url.strip() else primary_branch)
-        out.append(HookSource(name, _key(url), branch, src.webhook_secret))
+        out.append(HookSource(name, _key(url), branch, _source_secret(src.webhook_secret,
+                                                                      reach)))
     return out
 
 
-def _source_secret(ref: str | None) -> str | None:
+def _source_secret(ref: str | None, scope: SecretScope) -> str | None:
     if ref is None:
         return None
     try:
-        return expand(ref) or None
-    except ConfigError:
-        log.warning("webhook.secret_unset", reference=ref)
+        return scope.expand(ref) or None
+    except ConfigError as exc:
+        log.warning("webhook.secret_unset", reference=ref, reason=exc.message)
         return None
 
 
@@ -150,8 +154,7 @@ def authorised_sources(provider: str, headers: Mapping[str, str], body: bytes,
         return {s.name for s in sources}
     out: set[str] = set()
     for src in sources:
-        secret = _source_secret(src.secret)
-        if secret is not None and verify(provider, headers, body, [secret]):
+        if src.secret is not None and verify(provider, headers, body, [src.secret]):
             out.add(src.name)
     return out
 
@@ -273,7 +276,8 @@ async def receive(request: web.Request) -> web.Response:
         return web.json_response({"error": f"payload over {cap} bytes"}, status=413)
     bus, settings = request.app[BUS], request.app[SETTINGS]
     state = await _config(request.app, bus)
-    sources = hook_sources(state.config, settings.repo, settings.branch or state.primary_branch)
+    sources = hook_sources(state.config, settings.repo, settings.branch or state.primary_branch,
+                           settings.secrets.scope())
     headers = dict(request.headers)
     allowed = authorised_sources(provider, headers, body, sources)
     if not allowed:

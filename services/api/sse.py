@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable, Coroutine, Sequence
+from types import MappingProxyType
 from typing import Any, Final
 
 import structlog
@@ -26,8 +27,8 @@ PING_EVERY: Final = 15.0
 DEFAULT_MAX_STREAMS: Final = 64
 QUEUE_SIZE: Final = 256
 PRODUCER_GRACE: Final = 2.0
-HEADERS: Final = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                  "X-Accel-Buffering": "no"}
+HEADERS: Final = MappingProxyType({"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                  "X-Accel-Buffering": "no"})
 
 Frames = asyncio.Queue[bytes | None]
 Producer = Callable[[Frames], Coroutine[Any, Any, None]]

@@ -47,10 +47,10 @@ from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.ports import ApplyRequest
 from orchestrator.resources import Resources
 from orchestrator.targets.kube.compare import compare
-from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.inventory import Record
 from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import KubeTarget, kube_target
+from services.applier import outcomes
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/drift"
@@ -182,28 +182,23 @@ class DriftLoop:
             try:
                 result = await target.sync(ApplyRequest(
                     env=target.env, revision=held.revision, digest=held.digest, objects=desired,
-                    origin_seq=held.origin_seq, cause="drift"))
+                    origin_seq=held.origin_seq, cause="drift",
+                    health=self.resources.health_engine().with_rules(
+                        self.resources.health_engine().rules)))
             except TransientError as exc:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []
             except PermanentError as exc:
-                return [new_event(ev.APPLY_FAILED, env=target.env, cause=detected,
-                                  source=SOURCE, data={
-                                      **common, "error": str(exc), "reason": exc.reason,
-                                      "duration_ms": _ms(started)})]
-        if result.failure is not None:  # the heal's rollout is unhealthy
-            failed = new_event(ev.APPLY_FAILED, env=target.env, cause=detected, source=SOURCE,
-                               data={**common, **result.details, "error": result.summary,
-                                     "reason": result.failure, "duration_ms": _ms(started)})
-            return [failed, *([health_event(failed, result.health, SOURCE)]
-                              if result.health is not None else [])]
-        kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
-        outcome = new_event(kind, env=target.env, cause=detected, source=SOURCE, data={
-            **common, **result.details, "summary": f"self-heal: {result.summary}",
-            "duration_ms": _ms(started)})
-        log.info("drift.healed", env=target.env, summary=result.summary)
-        return [outcome, *([health_event(outcome, result.health, SOURCE)]
-                           if result.health is not None else [])]
+                return [outcomes.outcome(ev.APPLY_FAILED, detected, source=SOURCE,
+                                         started=started, carry=common,
+                                         data={"error": str(exc), "reason": exc.reason})]
+        healed, events = outcomes.for_result(detected, result, source=SOURCE, started=started,
+                                             target=target, carry=common,
+                                             summary_prefix="self-heal: ",
+                                             health_under_outcome=True)
+        log.info("drift.healed" if healed else "drift.heal_unhealthy", env=target.env,
+                 summary=result.summary)
+        return events
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -250,7 +245,3 @@ class DriftLoop:
         except Exception as exc:
             log.exception("drift.environments_crashed", error=str(exc))
         return out
-
-
-def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)

@@ -22,21 +22,21 @@ from orchestrator import subjects
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy
-from orchestrator.domain.events import Event, derive_id, new_event, outcome_id
+from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, ApplyResult, Target, TargetState
+from orchestrator.health_rules.engine import HealthEngine, rules_of_event
+from orchestrator.health_rules.sources import HealthRuleError
+from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.targets.git.target import git_target_for
-from orchestrator.targets.kube.health import health_event
 from orchestrator.targets.kube.target import kube_target
+from services.applier import outcomes
 from services.applier.drift import DriftLoop
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/applier"
 ACK_WAIT = 5.0  # as the renderer's: a render held by a killed applier is back after 5 s
-PASS_ON = ("revision", "short", "message", "author", "committed_at", "branch", "source", "repo",
-           "digest", "objects", "origin_seq")
 
 
 class Applier:
@@ -75,7 +75,8 @@ class Applier:
                                   data_dir=self.settings.data_dir,
                                   primary_repo=self.settings.repo,
                                   locks=self.resources.git_locks,
-                                  scope=self.settings.secrets.scope())
+                                  scope=self.settings.secrets.scope(),
+                                  local_dirs=self.settings.allow_local_paths)
         target = env.get("target") or {}
         if "kubernetes" in target:
             from orchestrator.targets.kube.settings import expanded_target
@@ -85,6 +86,20 @@ class Applier:
                 env.get("sync") or {}, self.resources.kube)
         raise PermanentError(f"environment {env['name']}: unknown target {sorted(target)}",
                              reason="UnsupportedTarget")
+
+    def health_for(self, env: dict[str, Any], data: dict[str, Any]) -> HealthEngine:
+        """The health rules of this apply: the repository's at the rendered commit (CEL checks
+        of conveyor.yaml, its argocd-cm file, its customizations tree), then the operator's,
+        then the built-in ones. Rules that cannot be used fail the apply, naming the file."""
+        operator = self.resources.health_engine()
+        health = env.get("health") or {}
+        if not health:
+            return operator.with_rules(operator.rules)  # an engine of its own for this sync
+        try:
+            repo = rules_of_event(health, data.get("health_rules"))
+        except HealthRuleError as exc:
+            raise PermanentError(str(exc), reason="InvalidHealthRules") from None
+        return operator.with_rules(repo.then(operator.rules))
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
         if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
@@ -113,9 +128,9 @@ class Applier:
             return False
 
     def _superseded(self, event: Event, by: str) -> Event:
-        return _one_outcome(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
+        return outcomes.one_per_cause(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
                                       source=SOURCE,
-                                      data={**_pass_on(event), "superseded_by": by}))
+                                      data={**outcomes.pass_on(event), "superseded_by": by}))
 
     async def handle(self, delivery: Delivery) -> Outcome:
         if delivery.event.type == ev.ENV_REMOVED:
@@ -162,9 +177,10 @@ class Applier:
             # record before effect: a crash from here on leaves a trace of the attempt
             await self.bus.publish(new_event(
                 ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
-                data={**_pass_on(event), "target": target.description,
+                data={**outcomes.pass_on(event), "target": target.description,
                       "attempt": delivery.attempt}))
-            result = await target.apply(replace(request, objects=decode_bundle(payload)))
+            result = await target.apply(replace(request, objects=decode_bundle(payload),
+                                                health=self.health_for(env, data)))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))
@@ -178,20 +194,16 @@ class Applier:
             delay = exc.delay if exc.delay is not None else policy.delay(attempt)
             retrying = new_event(ev.APPLY_RETRYING, env=event.subject, cause=event,
                                  source=SOURCE, key=str(attempt),
-                                 data={**_pass_on(event), "error": str(exc), "attempt": attempt,
-                                       "delay": delay})
+                                 data={**outcomes.pass_on(event), "error": str(exc),
+                                       "attempt": attempt, "delay": delay})
             return Retry(delay, reason=str(exc), emit=[*reset, retrying])
-        if result.failure is not None:  # an unhealthy rollout: an outcome, not an error
-            log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
-                      reason=result.failure, error=result.summary)
-            return Fail([*reset, self._outcome(ev.APPLY_FAILED, event, target, started,
-                                               error=result.summary, reason=result.failure,
-                                               **result.details), *_health(event, result)])
-        kind = ev.APPLY_SUCCEEDED if result.changed else ev.APPLY_SKIPPED
+        ok, events = outcomes.for_result(event, result, source=SOURCE, started=started,
+                                         target=target)
         log.info("apply.done", env=event.subject, revision=event.correlationid[:12],
-                 outcome=kind.rsplit(".", 1)[1], summary=result.summary)
-        return Ack([*reset, self._outcome(kind, event, target, started, summary=result.summary,
-                                          **result.details), *_health(event, result)])
+                 outcome=events[0].outcome, summary=result.summary,
+                 reason=result.failure or "")
+        # an unhealthy rollout is an outcome (apply.failed), not an error
+        return Ack([*reset, *events]) if ok else Fail([*reset, *events])
 
     async def _log_reset(self, event: Event, target: Target, held: TargetState) -> list[Event]:
         """One ``log.reset`` per environment and foreign epoch (none if this log has it)."""
@@ -238,34 +250,8 @@ class Applier:
 
     def _outcome(self, kind: str, event: Event, target: Target | None, started: float,
                  **extra: Any) -> Event:
-        data = {**_pass_on(event), **extra,
-                "duration_ms": round((time.monotonic() - started) * 1000, 1)}
-        if target is not None:
-            data["target"] = target.description
-        outcome = new_event(kind, env=event.subject, cause=event, source=SOURCE, data=data)
-        # retrying and health events are not outcomes; every terminal outcome shares one id
-        return _one_outcome(outcome) if kind in OUTCOMES else outcome
-
-
-def _health(event: Event, result: ApplyResult) -> list[Event]:
-    """The ``conveyor.health.*`` event of a target that reports health (kubernetes)."""
-    return [health_event(event, result.health, SOURCE)] if result.health is not None else []
+        return outcomes.outcome(kind, event, source=SOURCE, started=started, target=target,
+                                data=extra)
 
 
 EMPTY_DIGEST = digest_of(encode_bundle([]))
-OUTCOMES = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED,
-                      ev.APPLY_SUPERSEDED})
-
-
-def _one_outcome(outcome: Event) -> Event:
-    """One render gets one apply outcome: every outcome type shares one id per cause.
-
-    The id is the ``Nats-Msg-Id``, so when a crash lets a redelivered render be handled again
-    (say superseded after it already succeeded), JetStream keeps the first outcome and drops
-    the second.
-    """
-    return replace(outcome, id=outcome_id("apply", outcome.subject, outcome.causationid))
-
-
-def _pass_on(event: Event) -> dict[str, Any]:
-    return {k: event.data[k] for k in PASS_ON if k in event.data}

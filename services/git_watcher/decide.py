@@ -191,9 +191,23 @@ def envs_of(config: Config | None, source: str) -> list[EnvironmentConfig]:
     return [e for e in config.environments.values() if e.source == source]
 
 
+MAX_SUBJECT = 1000  # characters of a commit subject carried in events
+MAX_AUTHOR = 300
+MAX_CONFIG_BYTES = 256 << 10  # conveyor.yaml travels in config.loaded and the cursor
+
+
+def capped(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters with a marker: a commit's subject is the
+    committer's to choose, its size is not everyone else's problem."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + ev.TRUNCATED.format(len(text[limit:].encode()))
+
+
 def commit_data(commit: CommitInfo, source: SourceRef) -> dict[str, Any]:
-    return {"revision": commit.sha, "short": commit.short, "message": commit.subject,
-            "author": commit.author, "committed_at": commit.committed_at,
+    return {"revision": commit.sha, "short": commit.short,
+            "message": capped(commit.subject, MAX_SUBJECT),
+            "author": capped(commit.author, MAX_AUTHOR), "committed_at": commit.committed_at,
             "branch": source.branch, "source": source.name, "repo": source.repo}
 
 
@@ -280,16 +294,21 @@ def events_for_commit(
         text = config_text()
         if text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
-            config_events.append(_config_invalid(commit, source, err))
+            config_events.append(config_invalid(commit, source, err))
+        elif len(text.encode()) > MAX_CONFIG_BYTES:
+            err = ConfigError(f"{len(text.encode())} bytes, over the {MAX_CONFIG_BYTES}-byte "
+                              "limit of a configuration file", file=CONFIG_FILE)
+            config_events.append(config_invalid(commit, source, err))
         else:
             try:
                 # adopted only once every check passed: a config that check_config refuses
                 # must not take effect (the last good one stays in force)
-                parsed = parse_config(text, dirs=dirs() if dirs is not None else None)
+                parsed = parse_config(text, dirs=dirs() if dirs is not None else None,
+                                      pulls=current.pulls if current is not None else ())
                 check_config(parsed, bounds or Bounds(primary_repo=source.repo,
                                                       primary_branch=source.branch))
             except ConfigError as err:
-                config_events.append(_config_invalid(commit, source, err))
+                config_events.append(config_invalid(commit, source, err))
             else:
                 # re-read only because a generator's directories moved, yet nothing changed
                 # (a commit inside envs/dev): no config event. An edit of the file always
@@ -364,7 +383,7 @@ def stale_envs(config: Config | None, source: str,
     return [env for env in envs_of(config, source) if announced.get(env.name) != env_digest(env)]
 
 
-def _config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
+def config_invalid(commit: CommitInfo, source: SourceRef, err: ConfigError) -> Event:
     return new_event(ev.CONFIG_INVALID, env=ev.NO_ENV, correlation=commit.sha, source=SOURCE,
                      key=source.name,
                      data={**commit_data(commit, source), "error": str(err), "file": err.file,

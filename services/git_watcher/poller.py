@@ -20,7 +20,8 @@ stays applied.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import hashlib
+import json
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -43,12 +44,14 @@ from orchestrator.domain.config import (
     parse_config,
 )
 from orchestrator.domain.events import Event, new_event
+from orchestrator.domain.generators import PullRequest, wanted_pulls
 from orchestrator.errors import ConfigError, ConveyorError, TransientError
+from orchestrator.gitops.forge import PullLister
 from orchestrator.metrics import Metrics
 from orchestrator.rendering import referenced_paths
 from orchestrator.secrets import SecretScope
 from services.git_watcher import decide
-from services.git_watcher.config_check import Bounds
+from services.git_watcher.config_check import Bounds, check_config
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
 
@@ -65,11 +68,23 @@ class Cursor:
     branch: str = ""
     envs: dict[str, str] = field(default_factory=dict)
     config_dirs: tuple[str, ...] = ()  # what the in-force config's generators matched
+    config_pulls: tuple[PullRequest, ...] = ()  # the pull requests its generators used
+
+    def config(self) -> Config | None:
+        """The config in force, as the cursor holds it (None: none yet, or unreadable)."""
+        if self.config_text is None:
+            return None
+        try:
+            return parse_config(self.config_text, dirs=self.config_dirs,
+                                pulls=self.config_pulls)
+        except ConfigError:
+            return None
 
     def to_json(self) -> dict[str, Any]:
         return {"head": self.head, "config_text": self.config_text, "failing": self.failing,
                 "reason": self.reason, "deleted": self.deleted, "branch": self.branch,
-                "envs": self.envs, "config_dirs": list(self.config_dirs)}
+                "envs": self.envs, "config_dirs": list(self.config_dirs),
+                "config_pulls": [p.to_dict() for p in self.config_pulls]}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Cursor:
@@ -78,7 +93,8 @@ class Cursor:
                    str(raw.get("reason") or ""), bool(raw.get("deleted")),
                    str(raw.get("branch") or ""),
                    dict(envs) if isinstance(envs, dict) else {},
-                   tuple(str(d) for d in raw.get("config_dirs") or ()))
+                   tuple(str(d) for d in raw.get("config_dirs") or ()),
+                   tuple(PullRequest.from_dict(p) for p in raw.get("config_pulls") or ()))
 
 
 def cursor_key(source: str) -> str:
@@ -109,6 +125,7 @@ class Announcement:
     config_text: str | None  # primary: the config in force after the new commits
     last: str  # the newest commit announced: the head, or the end of a chunk of a burst
     config_dirs: tuple[str, ...] = ()  # and the directories its generators matched
+    config_pulls: tuple[PullRequest, ...] = ()  # and the pull requests they used
 
 
 class SourcePoller:
@@ -117,7 +134,7 @@ class SourcePoller:
     def __init__(self, bus: EventBus, source: WatchedSource, data_dir: Path, *,
                  interval: float, config: Callable[[], Config | None], mirrors: MirrorPool,
                  metrics: Metrics, scope: SecretScope | None = None,
-                 local_dirs: tuple[str, ...] = ()) -> None:
+                 local_dirs: tuple[str, ...] = (), pulls: PullLister | None = None) -> None:
         self.bus = bus
         self.metrics = metrics
         self.source = source
@@ -126,6 +143,7 @@ class SourcePoller:
         self._config = config
         self.scope = scope if scope is not None else SecretScope({}, ())
         self.local_dirs = local_dirs  # --allow-local-path: what conveyor.yaml may name here
+        self.pulls = pulls  # the forge's open pull requests (operator: CONVEYOR_FORGE_*)
         self.checkout = mirrors.shared(source.repo, data_dir, source=source.name,
                                         credentials=source.credentials, scope=scope)
         self.lock = asyncio.Lock()
@@ -190,6 +208,8 @@ class SourcePoller:
                     cursor.deleted = True
                 await self._commit(events, cursor, dirty=bool(events))
                 return len(events)
+            if self.source.primary and self.pulls is not None:
+                events.extend(await self._pull_requests(cursor))
             config = self._config()
             resumed = cursor.deleted
             cursor.deleted = False
@@ -205,6 +225,7 @@ class SourcePoller:
                 if self.source.primary:
                     cursor.config_text = found.config_text
                     cursor.config_dirs = found.config_dirs
+                    cursor.config_pulls = found.config_pulls
                 elif config is not None:
                     cursor.envs = {e.name: decide.env_digest(e)
                                    for e in decide.envs_of(config, self.name)}
@@ -214,6 +235,46 @@ class SourcePoller:
                 events = []
                 if found.last == head:
                     return total
+
+    async def _pull_requests(self, cursor: Cursor) -> list[Event]:
+        """Open or close the environments of pullRequests generators: the forge's open pull
+        requests changed since the config in force was expanded. One ``config.loaded`` (about
+        the config's commit) carries the new set; a closed pull request's environments get
+        ``environment.removed``; a new one's source (``pr-<number>``) is polled from now on and
+        announces its head. A forge that cannot be listed keeps the last set (and says why in
+        the log): an outage never removes preview environments."""
+        current = cursor.config()
+        if current is None or not current.reads_pulls or cursor.head is None \
+                or self.pulls is None:
+            return []
+        try:
+            listed = await self.pulls.open_pulls()
+        except ConveyorError as exc:
+            log.warning("watcher.pull_requests_unlisted", source=self.name, reason=exc.reason,
+                        error=str(exc))
+            return []
+        wanted = wanted_pulls(current.generators, listed, time.time())
+        if wanted == current.pulls:
+            return []
+        info = git_local.commit_info(self.checkout.path, cursor.head)
+        ref = self.source.ref(self.branch)
+        try:
+            after = parse_config(current.text, dirs=current.dirs, pulls=wanted)
+            check_config(after)
+        except ConfigError as err:
+            return [decide.config_invalid(info, ref, err)]
+        cursor.config_pulls = after.pulls
+        digest = hashlib.sha256(json.dumps([p.to_dict() for p in wanted],
+                                           sort_keys=True).encode()).hexdigest()[:16]
+        loaded = new_event(ev.CONFIG_LOADED, env=ev.NO_ENV, correlation=info.sha, source=SOURCE,
+                           key=f"{self.name}:pulls:{digest}", data={
+                               **decide.commit_data(info, ref), "text": after.text,
+                               "environments": sorted(after.environments),
+                               "dirs": list(after.dirs),
+                               "pulls": [p.to_dict() for p in after.pulls]})
+        log.info("watcher.pull_requests", source=self.name,
+                 open=[p.number for p in wanted], was=[p.number for p in current.pulls])
+        return [loaded, *decide.removed_envs(current, after, info, ref)]
 
     def _data(self) -> dict[str, Any]:
         return {"source": self.name, "repo": self.checkout.mirror.display_url,
@@ -263,11 +324,9 @@ class SourcePoller:
             commits = git_local.new_commits(path, None if rewritten else cursor.head, head)
         first_sight = cursor.head is None or rewritten
         if self.source.primary:
-            current: Config | None = None
-            if cursor.config_text is not None:
-                with contextlib.suppress(ConfigError):
-                    current = parse_config(cursor.config_text, dirs=cursor.config_dirs)
+            current: Config | None = cursor.config()
             text_after, dirs_after = cursor.config_text, cursor.config_dirs
+            pulls_after = cursor.config_pulls
             for i, commit in enumerate(commits):
                 changed = None if (first_sight and i == 0) else git_local.changed_paths(
                     path, commit.sha)
@@ -287,8 +346,9 @@ class SourcePoller:
                 if result.config is not None and result.config is not current:
                     current = result.config
                     text_after, dirs_after = current.text, current.dirs
+                    pulls_after = current.pulls
             return Announcement(events, text_after, commits[-1].sha if commits else head,
-                                dirs_after)
+                                dirs_after, pulls_after)
         for i, commit in enumerate(commits):
             changed = None if (first_sight and i == 0) else git_local.changed_paths(
                 path, commit.sha)

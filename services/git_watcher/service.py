@@ -25,8 +25,8 @@ import structlog
 from orchestrator import subjects
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
-from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
-from orchestrator.errors import ConfigError
+from orchestrator.domain.config import DEFAULT_SOURCE, Config
+from orchestrator.gitops.forge import ForgeSettings, PullLister
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 from services.git_watcher import decide
@@ -44,13 +44,15 @@ __all__ = ["DEFAULT_LOCAL_INTERVAL", "DEFAULT_REMOTE_INTERVAL", "Cursor", "GitWa
 
 
 class GitWatcher:
-    def __init__(self, resources: Resources) -> None:
+    def __init__(self, resources: Resources, *, forge: ForgeSettings | None = None) -> None:
+        """``forge``: the operator's forge API (``CONVEYOR_FORGE_*``), for the open pull
+        requests of ``pullRequests`` generators; without it they make no environment."""
         self.resources = resources
         self.bus = resources.bus
         self.settings = settings = resources.settings
+        self.forge = forge
         self.config: Config | None = None
-        self._config_text: str | None = None
-        self._config_dirs: tuple[str, ...] = ()
+        self._config_held: tuple[object, ...] = (None, (), ())
         self.pollers: dict[str, SourcePoller] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
@@ -83,7 +85,7 @@ class GitWatcher:
 
     async def start(self) -> None:
         cursor, _ = await self.primary.load_cursor()
-        self._set_config(cursor.config_text, cursor.config_dirs)
+        self._set_config(cursor)
         self._reconcile()
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable="git-watcher", stage="source",
@@ -109,20 +111,20 @@ class GitWatcher:
                               config=lambda: self.config, mirrors=self.resources.mirrors,
                               metrics=self.resources.metrics,
                               scope=self.settings.secrets.scope(),
-                              local_dirs=self.settings.allow_local_paths)
+                              local_dirs=self.settings.allow_local_paths,
+                              pulls=PullLister(self.forge, source.repo)
+                              if source.primary and self.forge is not None else None)
         self.pollers[source.name] = poller
         return poller
 
-    def _set_config(self, text: str | None, dirs: tuple[str, ...] = ()) -> bool:
-        """Adopt the primary's config (its text and the directories its generators matched);
-        True when it changed."""
-        if (text, dirs) == (self._config_text, self._config_dirs):
+    def _set_config(self, cursor: Cursor) -> bool:
+        """Adopt the primary's config (its text, the directories and pull requests its
+        generators used); True when it changed."""
+        held = (cursor.config_text, cursor.config_dirs, cursor.config_pulls)
+        if held == self._config_held:
             return False
-        self._config_text, self._config_dirs = text, dirs
-        self.config = None
-        if text is not None:
-            with contextlib.suppress(ConfigError):
-                self.config = parse_config(text, dirs=dirs)
+        self._config_held = held
+        self.config = cursor.config()
         return True
 
     def _reconcile(self) -> list[str]:
@@ -183,7 +185,7 @@ class GitWatcher:
         emitted = await poller.poll()
         if poller.source.primary:
             cursor, _ = await poller.load_cursor()
-            if self._set_config(cursor.config_text, cursor.config_dirs):
+            if self._set_config(cursor):
                 self._reconcile()
                 for name, other in self.pollers.items():
                     if not other.source.primary:

@@ -42,8 +42,8 @@ from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Ou
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/notifier"
-NOTIFY_ON = sorted(ev.TERMINAL_TYPES | {ev.RENDER_SUCCEEDED, ev.COMMIT_DETECTED,
-                                        ev.HEALTH_HEALTHY})
+NOTIFY_ON = tuple(sorted(ev.TERMINAL_TYPES | {ev.RENDER_SUCCEEDED, ev.COMMIT_DETECTED,
+                                        ev.HEALTH_HEALTHY}))
 ATTEMPTS = 6  # deliveries of one event before it is notify.failed
 MAX_DELIVER = ATTEMPTS + 2
 # Quick retries inside one handling only; a longer Retry-After goes back to JetStream as

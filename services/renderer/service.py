@@ -81,6 +81,13 @@ class Renderer:
                                                 scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
+        from orchestrator.rendering.safety import offline_prefix
+
+        if not self.settings.render_tools.remote_base_hosts and \
+                not await asyncio.to_thread(offline_prefix):
+            log.warning("render.network_not_isolated", reason="this host refuses unprivileged "
+                        "user namespaces: render tools run with the process's network; remote "
+                        "references are still refused before a tool runs")
         envs = self.settings.envs
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
@@ -140,6 +147,9 @@ class Renderer:
             return Retry(exc.delay or min(60.0, 2.0 ** delivery.attempt), reason=str(exc))
         except PermanentError as exc:
             return Fail([self._failed(delivery, common, [str(exc)], exc.reason, started)])
+        except RecursionError:  # input nested past the interpreter's stack: it always will be
+            return Fail([self._failed(delivery, common, ["the manifests are nested too deeply "
+                                                         "to process"], "TooDeep", started)])
         ms = round((time.monotonic() - started) * 1000, 1)
         log.info("render.succeeded", env=event.subject, revision=event.correlationid[:12],
                  objects=len(result.manifests), digest=digest[:19], ms=ms)

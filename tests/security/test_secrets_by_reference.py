@@ -20,6 +20,7 @@ from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.git_remote import GitMirror
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
+from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.secrets import SecretPolicy
@@ -137,3 +138,18 @@ async def test_a_commit_cannot_send_host_secrets_anywhere(
     assert not attacker.heard(API_TOKEN) and not attacker.heard(HOST_SECRET)
     log = "\n".join(e.to_json().decode() for e in everything)
     assert API_TOKEN not in log and HOST_SECRET not in log
+
+
+def test_a_webhook_secret_reference_reaches_only_allowed_names() -> None:
+    from services.api.routes_webhooks import hook_sources
+
+    config = parse_config(CONFIG + "sources:\n  default:\n    webhook:\n"
+                          "      secret: ${CONVEYOR_API_TOKEN}\n  own:\n"
+                          "    url: https://git.example/own.git\n    webhook:\n"
+                          "      secret: ${OWN_SECRET}\n")
+    environ = {"CONVEYOR_API_TOKEN": API_TOKEN, "OWN_SECRET": "own"}
+    scope = SecretPolicy(env_allow=("*",)).scope(environ)
+    found = {s.name: s.secret for s in hook_sources(config, "/srv/r", "main", scope)}
+    # the api token never becomes a webhook secret (anyone it leaked to could sign pushes)
+    assert found == {"default": None, "own": "own"}
+    assert API_TOKEN not in repr(hook_sources(config, "/srv/r", "main", scope))

@@ -19,6 +19,10 @@ it, and checks what the forge checks, so a client that only works against itself
 - Gitea/Forgejo "Create a pull request" (the swagger at /api/swagger): ``POST /api/v1/repos/
   {owner}/{repo}/pulls`` with ``head``, ``base``, ``title``; ``Authorization: token``;
   201 with ``number``, ``html_url``; 401; 409 for an existing one; 422 for a bad branch.
+  Issue comments (``GET|POST .../issues/{index}/comments``, ``PATCH .../issues/comments/{id}``,
+  paged with ``page``/``limit`` (at most 50), ``Link`` and ``X-Total-Count``) and commit
+  statuses (``POST .../statuses/{sha}``, states pending, success, error, failure, warning)
+  have GitHub's shapes under ``/api/v1``.
 
 Branches are checked against the served bare repositories (``<root>/<name>.git``).
 """
@@ -52,6 +56,17 @@ class Opened:
     body: str
     sha: str
     state: str = "open"
+    labels: list[str] = field(default_factory=list)
+    updated_at: str = "2026-12-01T10:00:00Z"
+    fork: bool = False
+
+
+@dataclass
+class Comment:
+    id: int
+    number: int  # the pull request (an issue, to GitHub's comments API)
+    body: str
+    edits: int = 0
 
 
 @dataclass
@@ -62,6 +77,8 @@ class ForgeServer:
     port: int = 0
     pulls: list[Opened] = field(default_factory=list)
     rate_limited: int = 0  # answer this many requests with a rate-limit response first
+    comments: list[Comment] = field(default_factory=list)
+    statuses: list[dict[str, str]] = field(default_factory=list)  # with "sha"
     requests: int = 0
     _runner: web.AppRunner | None = None
 
@@ -83,8 +100,25 @@ class ForgeServer:
             app.router.add_get("/repos/{owner}/{repo}/pulls", self._github_list)
         elif self.kind == "gitlab":
             app.router.add_post("/api/v4/projects/{id}/merge_requests", self._gitlab_create)
+            notes = "/api/v4/projects/{id}/merge_requests/{number}/notes"
+            app.router.add_get(notes, self._gitlab_notes)
+            app.router.add_post(notes, self._gitlab_note)
+            app.router.add_get("/api/v4/projects/{id}/merge_requests", self._gitlab_list)
+            app.router.add_put(notes + "/{note}", self._gitlab_edit)
+            app.router.add_post("/api/v4/projects/{id}/statuses/{sha}", self._gitlab_status)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
+            app.router.add_get("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_list)
+        if self.kind in ("github", "gitea"):  # Gitea's comments and statuses follow GitHub's
+            api = "" if self.kind == "github" else "/api/v1"
+            app.router.add_get(api + "/repos/{owner}/{repo}/issues/{number}/comments",
+                               self._github_comments)
+            app.router.add_post(api + "/repos/{owner}/{repo}/issues/{number}/comments",
+                                self._github_comment)
+            app.router.add_patch(api + "/repos/{owner}/{repo}/issues/comments/{id}",
+                                 self._github_edit)
+            app.router.add_post(api + "/repos/{owner}/{repo}/statuses/{sha}",
+                                self._github_status)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         self.port = free_port()
@@ -159,7 +193,19 @@ class ForgeServer:
         return {"id": 1000 + pr.number, "number": pr.number, "state": pr.state,
                 "title": pr.title, "body": pr.body, "url": api,
                 "html_url": f"https://github.example/{pr.repo}/pull/{pr.number}",
-                "head": {"ref": pr.head, "sha": pr.sha}, "base": {"ref": pr.base}}
+                "head": {"ref": pr.head, "sha": pr.sha,
+                         "repo": {"full_name": f"fork/{pr.repo}" if pr.fork else pr.repo}},
+                "base": {"ref": pr.base}, "labels": [{"name": n} for n in pr.labels],
+                "updated_at": pr.updated_at}
+
+    def _open_of(self, repo: str) -> list[Opened]:
+        return [p for p in self.pulls if p.repo == repo and p.state == "open"]
+
+    def _listing(self, request: web.Request) -> web.Response | None:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        return self._rate_limit()
 
     async def _github_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -200,18 +246,119 @@ class ForgeServer:
         return web.json_response(self._github_pr(pr), status=201)
 
     async def _github_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
         repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
         per_page = min(100, int(request.query.get("per_page", 30)))
         page = max(1, int(request.query.get("page", 1)))
-        mine = [p for p in self.pulls if p.repo == repo]
+        mine = [p for p in self.pulls if p.repo == repo
+                and request.query.get("state", "open") in (p.state, "all")]
         chunk = mine[(page - 1) * per_page: page * per_page]
         headers = {}
         if page * per_page < len(mine):
-            nxt = f"{self.url}/repos/{repo}/pulls?per_page={per_page}&page={page + 1}"
+            nxt = (f"{self.url}/repos/{repo}/pulls?state={request.query.get('state', 'open')}"
+                   f"&per_page={per_page}&page={page + 1}")
             headers["Link"] = f'<{nxt}>; rel="next"'
         return web.json_response([self._github_pr(p) for p in chunk], headers=headers)
 
+    # GitHub "Issue comments" (docs.github.com/en/rest/issues/comments) and "Commit
+    # statuses" (docs.github.com/en/rest/commits/statuses): a pull request's comments are its
+    # issue's; statuses take state error|failure|pending|success and a context.
+
+    def _comment_json(self, c: Comment) -> dict[str, Any]:
+        return {"id": c.id, "body": c.body, "user": {"login": "conveyor[bot]"},
+                "html_url": f"https://github.example/pull/{c.number}#issuecomment-{c.id}"}
+
+    async def _github_comments(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        number = int(request.match_info["number"])
+        # GitHub pages with per_page (max 100), Gitea with limit (its MAX_RESPONSE_ITEMS, 50)
+        size_key = "per_page" if self.kind == "github" else "limit"
+        per_page = min(100 if self.kind == "github" else 50,
+                       int(request.query.get(size_key, 30)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = [c for c in self.comments if c.number == number]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Total-Count": str(len(mine))} if self.kind == "gitea" else {}
+        if page * per_page < len(mine):
+            base = f"{self.url}{request.path}"
+            headers["Link"] = (f'<{base}?{size_key}={per_page}&page={page + 1}>; rel="next", '
+                               f'<{base}?{size_key}={per_page}&page='
+                               f'{(len(mine) + per_page - 1) // per_page}>; rel="last"')
+        return web.json_response([self._comment_json(c) for c in chunk], headers=headers)
+
+    async def _github_comment(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        body = await self._json(request)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "IssueComment", "field": "body", "code": "missing_field"}]},
+                status=422)
+        if len(body["body"]) > 65536:
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "IssueComment", "field": "body", "code": "custom",
+                 "message": "body is too long (maximum is 65536 characters)"}]}, status=422)
+        comment = Comment(900 + len(self.comments), int(request.match_info["number"]),
+                          body["body"])
+        self.comments.append(comment)
+        return web.json_response(self._comment_json(comment), status=201)
+
+    async def _github_edit(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        found = next((c for c in self.comments if c.id == int(request.match_info["id"])), None)
+        body = await self._json(request)
+        if found is None:
+            return web.json_response({"message": "Not Found"}, status=404)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"message": "Validation Failed"}, status=422)
+        found.body, found.edits = body["body"], found.edits + 1
+        return web.json_response(self._comment_json(found))
+
+    async def _github_status(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "Bad credentials"}, status=401)
+        body = await self._json(request)
+        state = (body or {}).get("state")
+        states = ("error", "failure", "pending", "success") + (
+            ("warning",) if self.kind == "gitea" else ())
+        if state not in states:
+            return web.json_response({"message": "Validation Failed", "errors": [
+                {"resource": "Status", "field": "state", "code": "custom"}]}, status=422)
+        assert body is not None
+        entry = {"sha": request.match_info["sha"], "state": str(state),
+                 "context": str(body.get("context") or "default"),
+                 "description": str(body.get("description") or "")}
+        self.statuses.append(entry)
+        return web.json_response({**entry, "id": len(self.statuses)}, status=201)
+
     # ------------------------------------------------------------------ GitLab
+
+    async def _gitlab_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = urllib.parse.unquote(request.match_info["id"])
+        per_page = min(100, int(request.query.get("per_page", 20)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = self._open_of(repo) if request.query.get("state") == "opened" else \
+            [p for p in self.pulls if p.repo == repo]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Next-Page": str(page + 1) if page * per_page < len(mine) else "",
+                   "X-Page": str(page), "X-Per-Page": str(per_page), "X-Total": str(len(mine))}
+        return web.json_response([{
+            "id": 5000 + p.number, "iid": p.number, "state": "opened", "title": p.title,
+            "source_branch": p.head, "target_branch": p.base, "sha": p.sha,
+            "labels": p.labels, "updated_at": p.updated_at,
+            "source_project_id": 2 if p.fork else 1, "target_project_id": 1} for p in chunk],
+            headers=headers)
 
     async def _gitlab_create(self, request: web.Request) -> web.Response:
         self.requests += 1
@@ -247,7 +394,83 @@ class ForgeServer:
             "web_url": f"https://gitlab.example/{repo}/-/merge_requests/{pr.number}"},
             status=201)
 
+    # GitLab "Notes" (docs.gitlab.com/api/notes/#merge-requests): GET|POST
+    # /projects/:id/merge_requests/:iid/notes, PUT .../notes/:note_id; paged with per_page and
+    # page, X-Next-Page and Link. "Commits" statuses (docs.gitlab.com/api/commits/#set-the-
+    # pipeline-status-of-a-commit): POST /projects/:id/statuses/:sha with state pending,
+    # running, success, failed or canceled and a name.
+
+    async def _gitlab_notes(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        number = int(request.match_info["number"])
+        per_page = min(100, int(request.query.get("per_page", 20)))
+        page = max(1, int(request.query.get("page", 1)))
+        mine = [c for c in self.comments if c.number == number]
+        chunk = mine[(page - 1) * per_page: page * per_page]
+        headers = {"X-Total": str(len(mine)), "X-Page": str(page), "X-Next-Page": ""}
+        if page * per_page < len(mine):
+            headers["X-Next-Page"] = str(page + 1)
+            headers["Link"] = (f'<{self.url}{request.path}?page={page + 1}&per_page={per_page}>;'
+                               ' rel="next"')
+        return web.json_response([{"id": c.id, "body": c.body, "noteable_iid": c.number,
+                                   "author": {"username": "conveyor"}} for c in chunk],
+                                 headers=headers)
+
+    async def _gitlab_note(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        body = await self._json(request)
+        if body is None or not isinstance(body.get("body"), str) or not body["body"]:
+            return web.json_response({"error": "body is missing"}, status=400)
+        note = Comment(3000 + len(self.comments), int(request.match_info["number"]),
+                       body["body"])
+        self.comments.append(note)
+        return web.json_response({"id": note.id, "body": note.body,
+                                  "noteable_iid": note.number}, status=201)
+
+    async def _gitlab_edit(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        found = next((c for c in self.comments if c.id == int(request.match_info["note"])
+                      and c.number == int(request.match_info["number"])), None)
+        body = await self._json(request)
+        if found is None:
+            return web.json_response({"message": "404 Not found"}, status=404)
+        if body is None or not isinstance(body.get("body"), str):
+            return web.json_response({"error": "body is missing"}, status=400)
+        found.body, found.edits = body["body"], found.edits + 1
+        return web.json_response({"id": found.id, "body": found.body})
+
+    async def _gitlab_status(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return web.json_response({"message": "401 Unauthorized"}, status=401)
+        body = await self._json(request) or {}
+        state = body.get("state")
+        if state not in ("pending", "running", "success", "failed", "canceled"):
+            return web.json_response({"error": "state does not have a valid value"},
+                                     status=400)
+        entry = {"sha": request.match_info["sha"], "state": str(state),
+                 "context": str(body.get("name") or "default"),
+                 "description": str(body.get("description") or "")}
+        self.statuses.append(entry)
+        return web.json_response({**entry, "id": len(self.statuses)}, status=201)
+
     # ------------------------------------------------------------------ Gitea / Forgejo
+
+    async def _gitea_list(self, request: web.Request) -> web.Response:
+        refused = self._listing(request)
+        if refused is not None:
+            return refused
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        limit = min(50, int(request.query.get("limit", 30)))
+        page = max(1, int(request.query.get("page", 1)))
+        chunk = self._open_of(repo)[(page - 1) * limit: page * limit]
+        return web.json_response([self._github_pr(p) for p in chunk])
 
     async def _gitea_create(self, request: web.Request) -> web.Response:
         self.requests += 1

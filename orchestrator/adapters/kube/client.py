@@ -41,7 +41,7 @@ from orchestrator.errors import ManifestError, PermanentError, TransientError
 
 from .discovery import Discovery, Resource
 from .errors import classify
-from .kubeconfig import KubeConfig, load_config, load_in_cluster, load_kubeconfig
+from .kubeconfig import KubeConfig
 
 JSON = dict[str, Any]
 Sleep = Callable[[float], Awaitable[None]]
@@ -82,19 +82,6 @@ class KubeClient:
         server = yarl.URL(config.server)   # encoded once (an IDNA host, escapes in a prefix)
         self._origin = (server.scheme, server.raw_authority, server.raw_path.rstrip("/"))
         self.discovery = Discovery(lambda path: self.request("GET", path, missing_ok=True))
-
-    @classmethod
-    def from_kubeconfig(cls, path: str | None = None, context: str | None = None,
-                        **kwargs: Any) -> KubeClient:
-        return cls(load_kubeconfig(path, context), **kwargs)
-
-    @classmethod
-    def in_cluster(cls, **kwargs: Any) -> KubeClient:
-        return cls(load_in_cluster(), **kwargs)
-
-    @classmethod
-    def from_environment(cls, **kwargs: Any) -> KubeClient:
-        return cls(load_config(), **kwargs)
 
     def __repr__(self) -> str:
         return f"KubeClient({self.config!r})"

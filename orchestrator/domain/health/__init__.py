@@ -28,6 +28,7 @@ are the same in every version the projects have served.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import (
@@ -71,6 +72,7 @@ __all__ = [
     "evaluate",
     "is_deleting",
     "is_worse",
+    "pending_deletion",
     "run_check",
     "worst",
 ]
@@ -84,7 +86,7 @@ PENDING_DELETION = HealthStatus(Health.PROGRESSING, "Pending deletion")
 BUILT_IN = "built-in"
 KSTATUS = "kstatus"
 
-_CHECKS: dict[tuple[str, str], HealthCheck] = {
+_CHECKS: Mapping[tuple[str, str], HealthCheck] = MappingProxyType({
     ("apps", "Deployment"): deployment.assess,
     ("extensions", "Deployment"): deployment.assess,
     ("apps", "StatefulSet"): statefulset.assess,
@@ -102,7 +104,7 @@ _CHECKS: dict[tuple[str, str], HealthCheck] = {
     ("autoscaling", "HorizontalPodAutoscaler"): hpa.assess,
     ("apiregistration.k8s.io", "APIService"): apiservice.assess,
     ("apiextensions.k8s.io", "CustomResourceDefinition"): crd.assess,
-}
+})
 
 _KUBERNETES_GROUPS = frozenset({"", "apps", "batch", "autoscaling", "policy", "extensions"})
 
@@ -138,6 +140,16 @@ def is_deleting(obj: Mapping[str, Any]) -> bool:
     return isinstance(metadata, Mapping) and bool(metadata.get("deletionTimestamp"))
 
 
+def pending_deletion(obj: Mapping[str, Any]) -> HealthStatus:
+    """Progressing, "Pending deletion", naming the finalizers that hold the object (as
+    Argo CD 3.x says it)."""
+    finalizers = (obj.get("metadata") or {}).get("finalizers")
+    if isinstance(finalizers, list) and finalizers:
+        return HealthStatus(Health.PROGRESSING, "Pending deletion; blocked by finalizers: "
+                            + ", ".join(str(f) for f in finalizers))
+    return PENDING_DELETION
+
+
 def evaluate(obj: Mapping[str, Any] | None) -> Assessment:
     """The built-in verdict on a live object and the rule that gave it (see ``Assessment``).
 
@@ -149,7 +161,7 @@ def evaluate(obj: Mapping[str, Any] | None) -> Assessment:
     if obj is None:
         return Assessment(MISSING, BUILT_IN)
     if is_deleting(obj):
-        return Assessment(PENDING_DELETION, BUILT_IN)
+        return Assessment(pending_deletion(obj), BUILT_IN)
     group, kind = api_group(obj), str(obj.get("kind") or "")
     found = builtin_rule(group, kind)
     if found is not None:

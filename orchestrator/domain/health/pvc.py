@@ -8,12 +8,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
 from orchestrator.domain.health.status import Health, HealthStatus
 
-_BY_PHASE = {"Bound": Health.HEALTHY, "Pending": Health.PROGRESSING, "Lost": Health.DEGRADED}
+_BY_PHASE = MappingProxyType({"Bound": Health.HEALTHY, "Pending": Health.PROGRESSING,
+                              "Lost": Health.DEGRADED})
 
 
 def assess(obj: Mapping[str, Any]) -> HealthStatus:

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 
 @functools.total_ordering
@@ -47,7 +48,8 @@ class Health(enum.Enum):
         return self.value
 
 
-_SEVERITY: dict[Health, int] = {health: index for index, health in enumerate(Health)}
+_SEVERITY: Mapping[Health, int] = MappingProxyType(
+    {health: index for index, health in enumerate(Health)})
 
 
 @dataclass(frozen=True, slots=True)

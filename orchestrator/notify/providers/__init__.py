@@ -7,6 +7,7 @@ answer. Adding a provider is one module plus one line in ``_FACTORIES``.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.events import Event
@@ -24,7 +25,7 @@ from orchestrator.notify.providers.base import Provider, config_error
 
 __all__ = ["KINDS", "STATUS_KINDS", "Provider", "accepts", "create"]
 
-_FACTORIES: Mapping[str, Callable[[Mapping[str, Any], str], Provider]] = {
+_FACTORIES: Mapping[str, Callable[[Mapping[str, Any], str], Provider]] = MappingProxyType({
     "slack": slack.from_settings,
     "teams": teams.Teams.from_settings,
     "discord": discord.Discord.from_settings,
@@ -33,7 +34,7 @@ _FACTORIES: Mapping[str, Callable[[Mapping[str, Any], str], Provider]] = {
     "webhook": webhook.Webhook.from_settings,
     "github": github.GitHubStatus.from_settings,
     "gitlab": gitlab.GitLabStatus.from_settings,
-}
+})
 KINDS = frozenset(_FACTORIES)
 STATUS_KINDS = frozenset({"github", "gitlab"})
 """Commit-status providers: one status per commit and environment, never coalesced."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -41,7 +42,7 @@ from orchestrator.notify.providers.base import (
 DEFAULT_API = "https://api.github.com"
 API_VERSION = "2022-11-28"
 
-STATES: Mapping[str, str] = {
+STATES: Mapping[str, str] = MappingProxyType({
     ev.COMMIT_DETECTED: "pending",
     ev.RENDER_SUCCEEDED: "pending",
     ev.APPLY_STARTED: "pending",
@@ -58,7 +59,7 @@ STATES: Mapping[str, str] = {
     ev.RENDER_DEAD: "error",
     ev.APPLY_DEAD: "error",
     ev.APPLY_SUPERSEDED: "error",
-}
+})
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -39,7 +40,7 @@ from orchestrator.notify.providers.base import (
 
 DEFAULT_API = "https://gitlab.com/api/v4"
 
-STATES: Mapping[str, str] = {
+STATES: Mapping[str, str] = MappingProxyType({
     ev.COMMIT_DETECTED: "pending",
     ev.RENDER_SUCCEEDED: "pending",
     ev.APPLY_STARTED: "running",
@@ -56,7 +57,7 @@ STATES: Mapping[str, str] = {
     ev.COMMIT_REJECTED: "failed",
     ev.CONFIG_INVALID: "failed",
     ev.APPLY_SUPERSEDED: "canceled",
-}
+})
 SAME_STATE = "Cannot transition status"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 from orchestrator.domain.events import Event
@@ -18,8 +19,8 @@ from orchestrator.notify.providers.base import http_url
 CARD_SCHEMA = "http://adaptivecards.io/schemas/adaptive-card.json"
 CARD_CONTENT_TYPE = "application/vnd.microsoft.card.adaptive"
 # Adaptive Card TextBlock colours by tone.
-_COLORS = {"success": "Good", "failure": "Attention", "warning": "Warning",
-           "pending": "Accent", "neutral": "Default"}
+_COLORS = MappingProxyType({"success": "Good", "failure": "Attention", "warning": "Warning",
+           "pending": "Accent", "neutral": "Default"})
 
 
 def card(message: Message) -> dict[str, Any]:

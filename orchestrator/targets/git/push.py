@@ -307,6 +307,10 @@ class PushMirror:
         dest = branch or self.branch
         outgoing = f"{OUTGOING}/{dest}"
         repo.references.create(outgoing, pygit2.Oid(hex=commit), force=True)
+        if git_remote.has_worktree(self.url):  # a checkout on this machine (`up --repo .`)
+            git_remote.push_to_checkout(self.path, self.url, f"{outgoing}:refs/heads/{dest}",
+                                        where=self.where)
+            return
         git_remote.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{dest}"],
                              self._creds(), where=self.where, check=self._check(),
                              connect_timeout=self.connect_timeout, timeout=self.timeout)

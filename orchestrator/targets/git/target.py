@@ -23,6 +23,7 @@ import yaml
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
+from orchestrator.errors import PermanentError
 from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
 from orchestrator.secrets import SecretScope
 from orchestrator.targets.git.push import PathLocks, PushMirror, author_from, credentials_and_owner
@@ -153,10 +154,19 @@ class RemoteGitTarget:
                            {**details, "parent": done.parent})
 
 
+def _allowed_local(path: Path, dirs: tuple[str, ...], primary_repo: str) -> bool:
+    if primary_repo and is_local(primary_repo) and \
+            Path(local_path(primary_repo)).resolve() == path:
+        return True
+    return any(path == Path(d).resolve() or path.is_relative_to(Path(d).resolve())
+               for d in dirs)
+
+
 def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
                    data_dir: Path, primary_repo: str = "",
                    locks: PathLocks | None = None,
-                   scope: SecretScope | None = None) -> GitTarget | RemoteGitTarget:
+                   scope: SecretScope | None = None,
+                   local_dirs: tuple[str, ...] | None = None) -> GitTarget | RemoteGitTarget:
     """The target of ``target: {git: {branch, repo?, credentials?, author?}}``.
 
     ``git`` is the configuration as written: every field but ``credentials`` is expanded
@@ -168,7 +178,12 @@ def git_target_for(env: str, git: Mapping[str, Any], data: Mapping[str, Any], *,
     repo = str(expanded.get("repo") or data["repo"])
     branch = str(expanded.get("branch") or f"deploy/{env}")
     if is_local(repo):
-        return GitTarget(str(Path(local_path(repo)).resolve()), branch)
+        path = Path(local_path(repo)).resolve()
+        if local_dirs is not None and not _allowed_local(path, local_dirs, primary_repo):
+            # the watcher refuses such a config; an event that names one anyway is refused
+            raise PermanentError(f"git target {branch}: {repo!r} is a local repository outside "
+                                 "--allow-local-path", reason="LocalPathRefused")
+        return GitTarget(str(path), branch)
     creds, operator = credentials_and_owner(git, repo, data, primary_repo=primary_repo)
     mirror = PushMirror(repo, branch, data_dir, credentials=creds,
                         scope=SecretScope.operator() if operator else reach,

@@ -1,14 +1,19 @@
 """Waiting for applied objects to become healthy, and the health report events carry.
 
-Health is the pure ``orchestrator.domain.health.assess`` of the *live* object: first the object
-the apply returned, then, for those not ready, the object re-read from the API every
-``poll_interval`` until the deadline (the contract server has no watch; on a real cluster a
-watch would save requests, not change the outcome).
+Health is the ``HealthJudge``'s assessment of the *live* object (the apply's rules: the
+repository's and the operator's Lua and CEL rules, then the built-in ones; without a judge the
+built-in ``orchestrator.domain.health.evaluate``): first the object the apply returned, then,
+for those not ready, the object re-read from the API every ``poll_interval`` until the deadline
+(the contract server has no watch; on a real cluster a watch would save requests, not change
+the outcome).
 
-Ready means Healthy, Suspended (paused on purpose, as Argo CD lets a wave proceed) or no notion
-of health at all (a ConfigMap). Degraded ends the wait at once, as Flux's kstatus "Failed" does:
-a rollout past its progress deadline will not heal by waiting. Anything else (Progressing,
-Missing, Unknown) is waited for until the deadline.
+Ready means Healthy, Suspended (paused on purpose, as Argo CD lets a wave proceed) or no
+verdict: a kind with no notion of health (a ConfigMap), or a custom resource that no rule
+knows, which is not waited for but named in the report (``no_rule``, in the
+``conveyor.health.*`` event and its message) so a user knows to add a rule. Degraded ends the
+wait at once, as Flux's kstatus "Failed" does: a rollout past its progress deadline will not
+heal by waiting. Anything else (Progressing, Missing, Unknown) is waited for until the
+deadline.
 """
 
 from __future__ import annotations
@@ -17,19 +22,21 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.adapters.kube import KubeClient
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import ObjectKey, object_key
 from orchestrator.domain.events import Event, new_event
-from orchestrator.domain.health import Health, HealthStatus, assess, worst
-from orchestrator.ports import HealthResult
+from orchestrator.domain.health import Assessment, Health, HealthStatus, api_group, evaluate, worst
+from orchestrator.ports import HealthJudge, HealthResult
 
 READY = frozenset({Health.HEALTHY, Health.SUSPENDED})
-EVENT_FOR = {Health.HEALTHY: ev.HEALTH_HEALTHY, Health.SUSPENDED: ev.HEALTH_HEALTHY,
-             Health.PROGRESSING: ev.HEALTH_PROGRESSING, Health.MISSING: ev.HEALTH_PROGRESSING,
-             Health.DEGRADED: ev.HEALTH_DEGRADED, Health.UNKNOWN: ev.HEALTH_DEGRADED}
+EVENT_FOR = MappingProxyType({
+    Health.HEALTHY: ev.HEALTH_HEALTHY, Health.SUSPENDED: ev.HEALTH_HEALTHY,
+    Health.PROGRESSING: ev.HEALTH_PROGRESSING, Health.MISSING: ev.HEALTH_PROGRESSING,
+    Health.DEGRADED: ev.HEALTH_DEGRADED, Health.UNKNOWN: ev.HEALTH_DEGRADED})
 LISTED = 50
 """At most this many unhealthy objects are listed in an event (the count is always exact)."""
 
@@ -43,30 +50,44 @@ class ObjectHealth:
     key: ObjectKey
     api_version: str
     status: HealthStatus | None
+    rule: str = "built-in"  # "" when no rule knows the kind (see Assessment)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.key.kind, "namespace": self.key.namespace, "name": self.key.name,
                 "status": self.status.status.value if self.status else None,
-                "message": self.status.message if self.status else ""}
+                "message": self.status.message if self.status else "", "rule": self.rule}
+
+    @property
+    def kind_name(self) -> str:
+        """``Kind.group`` (``Kind`` for the core group), as kubectl names a resource type."""
+        group = api_group({"apiVersion": self.api_version})
+        return f"{self.key.kind}.{group}" if group else self.key.kind
 
     def __str__(self) -> str:
         return f"{self.key}: {self.status}"
 
 
-def of(obj: Mapping[str, Any] | None, key: ObjectKey, api_version: str) -> ObjectHealth:
-    return ObjectHealth(key, api_version, assess(obj))
+def of(obj: Mapping[str, Any] | None, key: ObjectKey, api_version: str,
+       judge: HealthJudge | None = None) -> ObjectHealth:
+    assessment: Assessment = judge.evaluate(obj) if judge is not None else evaluate(obj)
+    return ObjectHealth(key, api_version, assessment.verdict, assessment.rule)
 
 
 def report(healths: Sequence[ObjectHealth]) -> HealthResult:
     """The worst health and the objects that are not ready."""
     status = worst(h.status for h in healths)
     bad = sorted((h for h in healths if not is_ready(h.status)), key=lambda h: h.key)
+    no_rule = tuple(sorted({h.kind_name for h in healths if h.status is None and not h.rule}))
     if not bad:
         message = f"{len(healths)} object(s) healthy"
     else:
         message = f"{len(bad)} of {len(healths)} object(s) not healthy: " + "; ".join(
             str(h) for h in bad[:5]) + (" ..." if len(bad) > 5 else "")
-    return HealthResult(status, message, len(bad), tuple(h.to_dict() for h in bad[:LISTED]))
+    if no_rule:
+        message += f"; no health rule for {', '.join(no_rule[:5])}" + (
+            " ..." if len(no_rule) > 5 else "") + " (not waited for: add a Lua or CEL rule)"
+    return HealthResult(status, message, len(bad), tuple(h.to_dict() for h in bad[:LISTED]),
+                        no_rule)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +101,7 @@ class HealthFailure:
 
 
 async def wait_ready(client: KubeClient, healths: list[ObjectHealth], *, deadline: float,
-                     interval: float, what: str,
+                     interval: float, what: str, judge: HealthJudge | None = None,
                      ) -> tuple[list[ObjectHealth], HealthFailure | None]:
     """Re-read the objects that are not ready until all are (failure None), one becomes
     Degraded or the deadline passes.
@@ -110,11 +131,12 @@ async def wait_ready(client: KubeClient, healths: list[ObjectHealth], *, deadlin
                        current[i].key.namespace or None, current[i].key.name)
             for i in pending))
         for i, live in zip(pending, fresh, strict=True):
-            current[i] = of(live, current[i].key, current[i].api_version)
+            current[i] = of(live, current[i].key, current[i].api_version, judge)
 
 
-def initial(objects: Sequence[Mapping[str, Any]]) -> list[ObjectHealth]:
-    return [of(obj, object_key(obj), str(obj.get("apiVersion", ""))) for obj in objects]
+def initial(objects: Sequence[Mapping[str, Any]],
+            judge: HealthJudge | None = None) -> list[ObjectHealth]:
+    return [of(obj, object_key(obj), str(obj.get("apiVersion", "")), judge) for obj in objects]
 
 
 def health_event(cause: Event, health: HealthResult, source: str) -> Event:

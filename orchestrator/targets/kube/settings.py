@@ -26,6 +26,7 @@ minutes (Argo CD's reconciliation period). Values arrive already ``${VAR}``-expa
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -103,6 +104,18 @@ def _text(env: str, where: str, value: Any) -> str | None:
     return value
 
 
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def _namespace(env: str, where: str, value: Any) -> str | None:
+    """A namespace is a DNS-1123 label: ``"."`` or ``"a/b"`` would change the API path."""
+    text = _text(env, where, value)
+    if text is not None and not _DNS_LABEL.match(text):
+        raise _invalid(env, where, f"{text!r} is not a namespace name (lower-case letters, "
+                       "digits and '-', at most 63, starting and ending alphanumeric)")
+    return text
+
+
 def kube_settings(env: str, target: Mapping[str, Any] | None,
                   sync: Mapping[str, Any] | None) -> KubeSettings:
     """Check and read the settings; ``PermanentError`` (InvalidConfig) names the bad field."""
@@ -127,12 +140,12 @@ def kube_settings(env: str, target: Mapping[str, Any] | None,
         env=env,
         kubeconfig=_text(env, "target.kubernetes.kubeconfig", target.get("kubeconfig")),
         context=_text(env, "target.kubernetes.context", target.get("context")),
-        namespace=_text(env, "target.kubernetes.namespace", target.get("namespace")),
+        namespace=_namespace(env, "target.kubernetes.namespace", target.get("namespace")),
         force=_bool(env, "target.kubernetes.force", target.get("force"), True),
         field_manager=_text(env, "target.kubernetes.fieldManager",
                             target.get("fieldManager")) or "conveyor",
-        inventory_namespace=_text(env, "target.kubernetes.inventoryNamespace",
-                                  target.get("inventoryNamespace")),
+        inventory_namespace=_namespace(env, "target.kubernetes.inventoryNamespace",
+                                       target.get("inventoryNamespace")),
         concurrency=concurrency,
         prune=_bool(env, "sync.prune", sync.get("prune"), False),
         self_heal=_bool(env, "sync.selfHeal", sync.get("selfHeal"), False),

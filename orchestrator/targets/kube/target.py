@@ -48,7 +48,7 @@ from orchestrator.domain.inventory import (
 )
 from orchestrator.domain.ordering import Phase, Wave, plan_waves
 from orchestrator.errors import ManifestError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, ApplyResult, TargetState
+from orchestrator.ports import ApplyRequest, ApplyResult, HealthJudge, TargetState
 
 from . import health as kh
 from .clients import KubePool
@@ -74,6 +74,7 @@ class _Progress:
     unchanged: int = 0
     live: dict[ObjectKey, Mapping[str, Any]] = field(default_factory=dict)
     health: dict[ObjectKey, kh.ObjectHealth] = field(default_factory=dict)
+    judge: HealthJudge | None = None  # the apply's health rules (None: built-in rules)
 
 
 _ATOMS = frozenset({str, int, float, bool, type(None)})
@@ -153,7 +154,7 @@ class KubeTarget:
         new = Inventory.of(self.env, objects)
         record = Record(request.digest, request.revision, request.origin_seq, request.epoch)
         before = await self._live_versions(objects)
-        progress = _Progress()
+        progress = _Progress(judge=request.health)
         recorded = False
         for wave in waves:
             if not recorded and wave.phase is Phase.SYNC:
@@ -319,7 +320,7 @@ class KubeTarget:
             else:
                 progress.unchanged += 1
             progress.live[key] = out
-            progress.health[key] = kh.of(out, key, str(obj["apiVersion"]))
+            progress.health[key] = kh.of(out, key, str(obj["apiVersion"]), progress.judge)
 
     async def _wait(self, wave: Wave, progress: _Progress, deadline: float, *,
                     crds_only: bool) -> kh.HealthFailure | None:
@@ -330,7 +331,8 @@ class KubeTarget:
         what = f"environment {self.env}, {wave}"
         done, failure = await kh.wait_ready(self.client, [progress.health[k] for k in keys],
                                             deadline=deadline,
-                                            interval=self.settings.poll_interval, what=what)
+                                            interval=self.settings.poll_interval, what=what,
+                                            judge=progress.judge)
         for health in done:
             progress.health[health.key] = health
         return failure

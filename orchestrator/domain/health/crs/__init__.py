@@ -9,6 +9,10 @@ same verdicts without carrying scripts over. ``RULES`` maps ``(group, kind)`` to
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any
+
 from orchestrator.domain.health.crs import (
     argo,
     certmanager,
@@ -24,22 +28,27 @@ from orchestrator.domain.health.crs import (
 )
 from orchestrator.domain.health.crs.common import Check
 
-RULES: dict[tuple[str, str], tuple[str, Check]] = {}
-GROUP_RULES: dict[str, tuple[str, Check]] = {}
-SUFFIX_RULES: dict[str, tuple[str, Check]] = {}
-
-for _module in (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
-                prometheus, sealed_secrets, strimzi):
-    _name = f"built-in:{_module.PROJECT}"
-    for _key, _check in getattr(_module, "KINDS", {}).items():
-        RULES[_key] = (_name, _check)
-    for _group, _check in getattr(_module, "GROUPS", {}).items():
-        GROUP_RULES[_group] = (_name, _check)
-    for _suffix, _check in getattr(_module, "SUFFIXES", {}).items():
-        SUFFIX_RULES[_suffix] = (_name, _check)
+Rule = tuple[str, Check]
+_PROJECTS = (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
+             prometheus, sealed_secrets, strimzi)
 
 
-def rule_for(group: str, kind: str) -> tuple[str, Check] | None:
+def _index(table: str) -> Mapping[Any, Rule]:
+    """Every project's ``table`` (KINDS, GROUPS or SUFFIXES), each check named by project;
+    read-only, built once at import."""
+    found: dict[Any, Rule] = {}
+    for module in _PROJECTS:
+        for key, check in getattr(module, table, {}).items():
+            found[key] = (f"built-in:{module.PROJECT}", check)
+    return MappingProxyType(found)
+
+
+RULES: Mapping[tuple[str, str], Rule] = _index("KINDS")
+GROUP_RULES: Mapping[str, Rule] = _index("GROUPS")
+SUFFIX_RULES: Mapping[str, Rule] = _index("SUFFIXES")
+
+
+def rule_for(group: str, kind: str) -> Rule | None:
     """The built-in custom-resource rule for ``group``/``kind``, with its name, or None."""
     found = RULES.get((group, kind)) or GROUP_RULES.get(group)
     if found is not None:

@@ -30,9 +30,8 @@ def rollout(obj: Mapping[str, Any]) -> HealthStatus:
     for condition in f.conditions(obj):
         if condition.get("type") == "InvalidSpec":
             return HealthStatus(Health.DEGRADED, f.message_of(condition))
-    if f.field(obj, "status") is None:
-        return HealthStatus(Health.PROGRESSING, "Waiting for rollout spec update to be observed")
-    if kstatus.generation_lag(obj) is not None:
+    if f.field(obj, "status") is None or kstatus.generation_lag(obj) is not None \
+            or not _workload_observed(obj):
         return HealthStatus(Health.PROGRESSING, "Waiting for rollout spec update to be observed")
     phase = f.string(obj, "status", "phase")
     if phase:
@@ -41,24 +40,50 @@ def rollout(obj: Mapping[str, Any]) -> HealthStatus:
     return _legacy_rollout(obj)
 
 
+def _workload_observed(obj: Mapping[str, Any]) -> bool:
+    """Rollouts v1.3+ with a ``workloadRef``: has the referenced Deployment's generation (an
+    annotation) been observed?"""
+    if f.field(obj, "spec", "workloadRef") is None:
+        return True
+    annotations = f.field(obj, "metadata", "annotations") or {}
+    wanted = f.loose_integer(annotations.get("rollout.argoproj.io/workload-generation"))
+    seen = f.loose_integer(f.field(obj, "status", "workloadObservedGeneration"))
+    return wanted is None or wanted == seen
+
+
 def _legacy_rollout(obj: Mapping[str, Any]) -> HealthStatus:
-    """Rollouts before v1.0 report no phase: read pause, deadline and replica counts."""
-    if f.boolean(obj, "spec", "paused") or f.items(obj, "status", "pauseConditions"):
+    """Rollouts before v1.0 report no phase: Argo CD's older reading of conditions, pause,
+    replica counts and which pod hash the services or the canary's stable ReplicaSet serve."""
+    for condition in f.conditions(obj):
+        if condition.get("type") == "Progressing" and condition.get("reason") in (
+                "RolloutAborted", "ProgressDeadlineExceeded"):
+            return HealthStatus(Health.DEGRADED, f.message_of(condition))
+    if f.field(obj, "status", "verifyingPreview") is True or f.boolean(obj, "spec", "paused") \
+            or f.items(obj, "status", "pauseConditions"):
         return HealthStatus(Health.SUSPENDED, "Rollout is paused")
-    progressing = f.condition(obj, "Progressing")
-    if progressing is not None and progressing.get("reason") == "ProgressDeadlineExceeded":
-        return HealthStatus(Health.DEGRADED, f.message_of(progressing))
-    replicas = f.optional_integer(obj, "spec", "replicas")
+    current = f.field(obj, "status", "currentPodHash")
+    if current is None:
+        return HealthStatus(Health.PROGRESSING,
+                            "Waiting for rollout to finish: status has not been reconciled.")
+    replicas = f.loose_integer(f.field(obj, "spec", "replicas"))
     updated = f.integer(obj, "status", "updatedReplicas")
-    if replicas is not None and updated < replicas:
+    if updated < (1 if replicas is None else replicas):
         return HealthStatus(Health.PROGRESSING,
                             "Waiting for roll out to finish: More replicas need to be updated")
-    if f.integer(obj, "status", "replicas") > updated:
+    canary = f.field(obj, "spec", "strategy", "canary") is not None
+    if canary and f.integer(obj, "status", "replicas") > updated:
         return HealthStatus(Health.PROGRESSING, "Waiting for roll out to finish: old replicas "
                             "are pending termination")
     if f.integer(obj, "status", "availableReplicas") < updated:
         return HealthStatus(Health.PROGRESSING, "Waiting for roll out to finish: updated "
                             "replicas are still becoming available")
+    if f.field(obj, "spec", "strategy", "blueGreen") is not None:
+        if f.field(obj, "status", "blueGreen", "activeSelector") != current:
+            return HealthStatus(Health.PROGRESSING, "active service cutover pending")
+        return HealthStatus(Health.HEALTHY, "")
+    stable = f.field(obj, "status", "stableRS") or f.field(obj, "status", "canary", "stableRS")
+    if canary and stable is not None and stable != current:
+        return HealthStatus(Health.PROGRESSING, "Waiting for rollout to finish steps")
     return HealthStatus(Health.HEALTHY, "")
 
 

@@ -19,8 +19,22 @@ PROJECT = "external-secrets"
 GROUP = "external-secrets.io"
 
 
+WAITING = HealthStatus(Health.PROGRESSING, "Waiting for ExternalSecret")
+
+
 def external_secret(obj: Mapping[str, Any]) -> HealthStatus:
-    return by_ready(obj, waiting="Waiting for the secret to be synced")
+    """As Argo CD's check: with ``refreshPolicy: OnChange`` a ``Ready`` older than the last
+    ``refreshTime`` describes the previous spec, so it is still waiting."""
+    ready = f.condition(obj, "Ready")
+    if ready is None:
+        return WAITING
+    if f.field(obj, "spec", "refreshPolicy") == "OnChange":
+        changed = f.text(ready.get("lastTransitionTime"))
+        refreshed = f.text(f.field(obj, "status", "refreshTime"))
+        if refreshed and changed < refreshed:  # RFC 3339 in UTC, as the controller writes it
+            return WAITING
+    verdict = by_ready(obj, waiting=WAITING.message)
+    return verdict if verdict.message or verdict.status is not Health.PROGRESSING else WAITING
 
 
 def cluster_external_secret(obj: Mapping[str, Any]) -> HealthStatus:

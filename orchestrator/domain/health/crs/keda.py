@@ -39,7 +39,7 @@ def scaled(obj: Mapping[str, Any]) -> HealthStatus:
     if f.is_true(ready):
         assert ready is not None
         return HealthStatus(Health.HEALTHY, f.message_of(ready))
-    return HealthStatus(Health.PROGRESSING, "Waiting for the scaler to be ready")
+    return HealthStatus(Health.PROGRESSING, "Creating HorizontalPodAutoscaler Object")
 
 
 KINDS = {

@@ -53,8 +53,10 @@ def configuration(obj: Mapping[str, Any]) -> HealthStatus | None:
     return HealthStatus(Health.HEALTHY, "Accepted")
 
 
-KINDS: dict[tuple[str, str], Check] = {(GROUP, kind): workload
-         for kind in ("Prometheus", "PrometheusAgent", "Alertmanager", "ThanosRuler")}
-KINDS.update({(GROUP, kind): configuration
-              for kind in ("ServiceMonitor", "PodMonitor", "Probe", "PrometheusRule",
-                           "ScrapeConfig", "AlertmanagerConfig")})
+KINDS: dict[tuple[str, str], Check] = {
+    **{(GROUP, kind): workload
+       for kind in ("Prometheus", "PrometheusAgent", "Alertmanager", "ThanosRuler")},
+    **{(GROUP, kind): configuration
+       for kind in ("ServiceMonitor", "PodMonitor", "Probe", "PrometheusRule", "ScrapeConfig",
+                    "AlertmanagerConfig")},
+}
