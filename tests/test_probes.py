@@ -25,6 +25,7 @@ import aiohttp
 import pytest
 
 from orchestrator import subjects
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.embedded_nats import EmbeddedNats, free_port
 from orchestrator.adapters.nats_bus import EventBus, redact, server_list
 from tests.support.crash import conveyor_binary
@@ -129,7 +130,12 @@ async def test_a_start_against_unreachable_servers_retries_then_connects(
         assert status == 503 and body["reason"] == "connecting to NATS"
         assert (await p.get("/healthz"))[0] == 503
 
-        server = EmbeddedNats(tmp_path / "nats", port=ports[1])  # the second one comes up
+        # the second one comes up, requiring the user and password the URLs carry (the
+        # embedded server keeps its credentials in its data dir: orchestrator.adapters.nats_auth)
+        (tmp_path / "nats").mkdir(mode=0o700)
+        nats_auth.write_private(tmp_path / "nats" / nats_auth.CREDENTIALS_FILE,
+                                json.dumps({"user": "user", "password": "hunter2"}))
+        server = EmbeddedNats(tmp_path / "nats", port=ports[1])
         await server.start()
         try:
             await p.logged("service.started", within=60)
