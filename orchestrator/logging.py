@@ -64,10 +64,26 @@ class TruncateRecords(logging.Filter):
         return True
 
 
+class CurrentStderr:
+    """``sys.stderr`` as it is at each write. A logger holding the stream object it was built
+    with writes to a closed file once a harness that swapped ``sys.stderr`` (pytest's capture,
+    a program embedding Conveyor) puts it back; this one follows the swap."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def configure(level: str = "info", json_logs: bool | None = None) -> None:
     as_json = (not sys.stderr.isatty()) if json_logs is None else json_logs
     numeric = getattr(logging, level.upper(), logging.INFO)
-    logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    logging.basicConfig(level=numeric, stream=CurrentStderr(),
+                        format="%(message)s")
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, TruncateRecords) for f in handler.filters):
             handler.addFilter(TruncateRecords())
@@ -84,6 +100,6 @@ def configure(level: str = "info", json_logs: bool | None = None) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
