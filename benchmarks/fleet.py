@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from benchmarks.render import base
 from conveyor.app import Conveyor
 from orchestrator import logging as clog
 from orchestrator.adapters.embedded_nats import EmbeddedNats
@@ -49,19 +50,6 @@ CONFIG = """generators:
       name: "{{path.basename}}"
       path: "{{path}}"
 """
-
-
-def base(image: str) -> dict[str, str]:
-    return {
-        "base/kustomization.yaml": "resources: [deployment.yaml, service.yaml]\n",
-        "base/deployment.yaml": (
-            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n"
-            "  selector: {matchLabels: {app: web}}\n  template:\n    metadata:\n"
-            "      labels: {app: web}\n    spec:\n      containers:\n        - name: web\n"
-            f"          image: nginx:{image}\n"),
-        "base/service.yaml": ("apiVersion: v1\nkind: Service\nmetadata:\n  name: web\nspec:\n"
-                              "  selector: {app: web}\n  ports: [{port: 80}]\n"),
-    }
 
 
 def overlay(i: int) -> str:

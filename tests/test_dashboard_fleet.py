@@ -8,22 +8,14 @@ its projector run), so the browser sees exactly what a fleet's api serves. Timin
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
-
-from aiohttp import web
 
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
-from orchestrator.projector import Projector
-from orchestrator.resources import Resources
-from orchestrator.settings import Settings
-from services.api.app import build_app
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, WAIT_MS, async_api, pytestmark
+from tests.test_fleet_api import api_for
 
 __all__ = ["pytestmark"]  # skips without Chromium, like the other dashboard tests
 
@@ -42,25 +34,6 @@ def deployed(env: str, sha: str, *, failed: bool = False, health: str = "") -> l
     return out
 
 
-@contextlib.asynccontextmanager
-async def fleet_api(bus: EventBus, nats: EmbeddedNats, tmp: Path) -> AsyncIterator[str]:
-    projector = Projector(bus)
-    await projector.start()
-    end = await bus.last_seq()
-    async with asyncio.timeout(120), projector.changed:
-        await projector.changed.wait_for(lambda: projector.position >= end)
-    runner = web.AppRunner(build_app(Resources.around(bus, Settings(
-        nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")), projector))
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    host, port = runner.addresses[0][:2]
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        await runner.cleanup()
-        await projector.stop()
-
-
 async def test_a_thousand_environments_render_filter_group_and_update(
         bus: EventBus, nats_server: EmbeddedNats, tmp_path: Path) -> None:
     sha = "a" * 40
@@ -70,7 +43,7 @@ async def test_a_thousand_environments_render_filter_group_and_update(
         events += deployed(f"e{i:04d}", sha, failed=i % 250 == 3, health=health)
     for start in range(0, len(events), 500):
         await bus.publish_all(events[start:start + 500])
-    async with fleet_api(bus, nats_server, tmp_path) as url, \
+    async with api_for(bus, nats_server, tmp_path) as url, \
             async_api.async_playwright() as pw:
         browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:

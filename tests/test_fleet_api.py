@@ -74,7 +74,7 @@ async def api_for(bus: EventBus, nats: EmbeddedNats, tmp: Path) -> AsyncIterator
     projector = Projector(bus)
     await projector.start()
     end = await bus.last_seq()
-    async with asyncio.timeout(20), projector.changed:
+    async with asyncio.timeout(120), projector.changed:
         await projector.changed.wait_for(lambda: projector.position >= end)
     runner = web.AppRunner(build_app(Resources.around(bus, Settings(
         nats_url=nats.url, data_dir=tmp / "data", listen="127.0.0.1:0")), projector))

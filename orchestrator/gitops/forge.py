@@ -363,36 +363,21 @@ class PullLister:
         url, auth = self._first()
         where = f"{self.forge.settings.kind} {self.forge.repo}"
         out: list[OpenPull] = []
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            for _ in range(MAX_PAGES):
-                try:
-                    async with http.get(url, headers={**auth, "User-Agent": "conveyor"},
-                                        allow_redirects=False) as resp:
-                        status = resp.status
-                        data: Any = await resp.json(content_type=None)
-                        headers = {k.lower(): v for k, v in resp.headers.items()}
-                except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-                    raise TransientError(f"{where}: listing pull requests failed "
-                                         f"({type(exc).__name__})", reason="Unreachable") from None
-                delay = _rate_limit_delay(status, headers)
-                if delay is not None:
-                    raise TransientError(f"{where}: rate-limited by the forge API; retry in "
-                                         f"{int(delay)} s", reason="RateLimited", delay=delay)
-                if status == 401:
-                    raise PermanentError(f"{where}: the forge refused the token (401)",
-                                         reason="AuthenticationFailed")
-                if status != 200 or not isinstance(data, list):
-                    raise PermanentError(f"{where}: listing pull requests answered {status}",
-                                         reason="PullRequestListFailed")
-                for raw in data:
-                    if isinstance(raw, Mapping):
-                        with contextlib.suppress(KeyError, TypeError, ValueError):
-                            pull = self._pull(raw)
-                            if pull is not None and pull.branch and pull.head_sha:
-                                out.append(pull)
-                nxt = self._next(url, headers, len(data))
-                if nxt is None:
-                    return sorted(out, key=lambda p: p.number)
-                url = nxt
+        for _ in range(MAX_PAGES):
+            # rate limits, refused tokens and an unreachable forge are raised by the call
+            status, data, headers = await self.forge._call("GET", url, headers=auth)
+            if status != 200 or not isinstance(data, list):
+                raise PermanentError(f"{where}: listing pull requests answered {status}",
+                                     reason="PullRequestListFailed")
+            for raw in data:
+                if isinstance(raw, Mapping):
+                    with contextlib.suppress(KeyError, TypeError, ValueError):
+                        pull = self._pull(raw)
+                        if pull is not None and pull.branch and pull.head_sha:
+                            out.append(pull)
+            nxt = self._next(url, headers, len(data))
+            if nxt is None:
+                return sorted(out, key=lambda p: p.number)
+            url = nxt
         raise PermanentError(f"{where}: more than {MAX_PAGES} pages of pull requests",
                              reason="PullRequestListFailed")
