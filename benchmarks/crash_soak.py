@@ -37,6 +37,7 @@ from pathlib import Path
 
 import aiohttp
 
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -137,10 +138,13 @@ class System:
             return self.nats.url
         ready = last_log_line(self.procs["up"].log_path, "embedded_nats.ready")
         assert ready is not None, "conveyor up never said where its nats-server listens"
-        return str(ready["url"])
+        # the log shows the URL without the credentials up generated (0600 in its data dir)
+        creds = nats_auth.load_or_create(self.root / "data" / "nats")
+        return nats_auth.with_credentials(str(ready["url"]), creds.user, creds.password)
 
     async def start(self, repo: Path) -> None:
-        env = {"HOOK_URL": self.hook_url}
+        # conveyor.yaml's ${HOOK_URL} expands only because the operator allows the name
+        env = {"HOOK_URL": self.hook_url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
         if self.mode == "up":
             self.procs["up"] = ServiceProcess("up", [
                 conveyor_binary(), "up", "--repo", str(repo), "--data-dir",

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from orchestrator import subjects
-from orchestrator.adapters import git_tree
+from orchestrator.adapters import git_tree, nats_auth
 from orchestrator.adapters.embedded_nats import free_port
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -253,6 +253,19 @@ def Chaos_counts(kills: list[tuple[float, str]]) -> dict[str, int]:
     return out
 
 
+def hook_env(url: str) -> dict[str, str]:
+    """The webhook's URL, and the operator's leave for conveyor.yaml to name it (``${VAR}``
+    expands only names the operator allows)."""
+    return {"HOOK_URL": url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
+
+
+def up_bus_url(data_dir: Path, url: str) -> str:
+    """``conveyor up``'s embedded server with the credentials it generated (0600 in its data
+    dir): the log shows the URL without them."""
+    creds = nats_auth.load_or_create(data_dir / "nats")
+    return nats_auth.with_credentials(url, creds.user, creds.password)
+
+
 async def first_sight(url: str, commits: Commits) -> None:
     """The first poll of a new source announces its head only: let it see the initial commit."""
     bus = await EventBus.connect(url, name="crash-suite-setup")
@@ -287,7 +300,7 @@ async def test_microservices_survive_sigkill(tmp_path: Path) -> None:
                     conveyor_binary(), "run", name, "--nats", nats.url, "--repo", str(repo.path),
                     "--data-dir", str(tmp_path / "data" / name),
                     "--listen", f"127.0.0.1:{port}", "--interval", "0.3",
-                ], tmp_path / f"{name}.log", env={"HOOK_URL": receiver.url})
+                ], tmp_path / f"{name}.log", env=hook_env(receiver.url))
                 await services[name].start()
             await first_sight(nats.url, commits)
             chaos = Chaos(services, nats, period=(1.0, 2.0), seed=rng.random())
@@ -323,11 +336,11 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
             conveyor_binary(), "up", "--repo", str(repo.path), "--data-dir",
             str(tmp_path / "data"), "--listen", f"127.0.0.1:{free_port()}",
             "--interval", "0.3",
-        ], tmp_path / "up.log", env={"HOOK_URL": receiver.url}, ready_count=5)
+        ], tmp_path / "up.log", env=hook_env(receiver.url), ready_count=5)
         await up.start()
         ready = last_log_line(up.log_path, "embedded_nats.ready")
         assert ready is not None
-        await first_sight(str(ready["url"]), commits)
+        await first_sight(up_bus_url(tmp_path / "data", str(ready["url"])), commits)
         chaos = Chaos({"up": up}, None, period=(2.0, 3.5), seed=rng.random())
         chaos_task = asyncio.create_task(chaos.run(nats_restart_after=None))
         try:
@@ -338,7 +351,8 @@ async def test_conveyor_up_killed_mid_burst(tmp_path: Path) -> None:
             await chaos_task
             ready = last_log_line(up.log_path, "embedded_nats.ready")
             assert ready is not None
-            bus = await EventBus.connect(str(ready["url"]), name="crash-suite")
+            bus = await EventBus.connect(up_bus_url(tmp_path / "data", str(ready["url"])),
+                                         name="crash-suite")
             try:
                 await verify(bus, repo, commits, receiver,
                              chaos.kills, [up.log_path], tmp_path, "conveyor-up",
