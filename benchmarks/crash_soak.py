@@ -84,6 +84,7 @@ class RunResult:
     replay_mismatches: list[str] = field(default_factory=list)  # replay outputs that differed
     duplicates: int = 0
     unexplained_duplicates: int = 0
+    missing_notifications: int = 0  # outcomes the listener never received
     linger: float = 0.0  # seconds from the newest commit's apply to the last outcome
     error: str = ""  # the run itself failed (Conveyor did not start, or restart...)
     seconds: float = 0.0
@@ -98,6 +99,7 @@ class Totals:
     replay_mismatches: int = 0
     duplicate_deliveries: int = 0
     unexplained_duplicate_deliveries: int = 0
+    missing_notifications: int = 0
     longest_linger_seconds: float = 0.0
     runs_that_failed: int = 0
 
@@ -109,6 +111,7 @@ class Totals:
         self.replay_mismatches += len(r.replay_mismatches)
         self.duplicate_deliveries += r.duplicates
         self.unexplained_duplicate_deliveries += r.unexplained_duplicates
+        self.missing_notifications += r.missing_notifications
         self.longest_linger_seconds = max(self.longest_linger_seconds, r.linger)
         self.runs_that_failed += bool(r.error)
 
@@ -138,17 +141,17 @@ class System:
             return self.nats.url
         ready = last_log_line(self.procs["up"].log_path, "embedded_nats.ready")
         assert ready is not None, "conveyor up never said where its nats-server listens"
-        # the log shows the URL without the credentials up generated (0600 in its data dir)
+        # the embedded server wants the user and password ``up`` keeps in its data dir
         creds = nats_auth.load_or_create(self.root / "data" / "nats")
         return nats_auth.with_credentials(str(ready["url"]), creds.user, creds.password)
 
     async def start(self, repo: Path) -> None:
-        # conveyor.yaml's ${HOOK_URL} expands only because the operator allows the name
-        env = {"HOOK_URL": self.hook_url, "CONVEYOR_ENV_ALLOW": "HOOK_URL"}
+        env = {"HOOK_URL": self.hook_url}
+        allow = ["--env-allow", "HOOK_URL"]  # the notifier's ${HOOK_URL}, allowed by the operator
         if self.mode == "up":
             self.procs["up"] = ServiceProcess("up", [
                 conveyor_binary(), "up", "--repo", str(repo), "--data-dir",
-                str(self.root / "data"), "--listen", f"127.0.0.1:{self.api_port}",
+                str(self.root / "data"), "--listen", f"127.0.0.1:{self.api_port}", *allow,
             ], self.root / "up.log", env=env, ready_count=len(SERVICES))
             await self.procs["up"].start()
             return
@@ -159,6 +162,7 @@ class System:
             self.procs[name] = ServiceProcess(name, [
                 conveyor_binary(), "run", name, "--nats", self.nats.url, "--repo", str(repo),
                 "--data-dir", str(self.root / "data" / name), "--listen", f"127.0.0.1:{listen}",
+                *allow,
             ], self.root / f"{name}.log", env=env)
             await self.procs[name].start()
 
@@ -327,6 +331,7 @@ async def one_run(n: int, mode: str, rng: random.Random, root: Path) -> RunResul
             and e.type not in (ev.APPLY_STARTED, ev.APPLY_RETRYING)}
         with contextlib.suppress(AssertionError):
             await receiver.wait_for(notified, timeout=30)
+        result.missing_notifications = len(notified - receiver.posts.keys())
         result.duplicates = sum(n - 1 for n in receiver.duplicates().values())
         result.unexplained_duplicates = sum(
             n - 1 for n in receiver.unexplained_duplicates(system.kills,
@@ -352,7 +357,7 @@ async def soak(runs: int, mode: str, seed: int, workdir: Path, *, keep: bool = F
         totals.add(result)
         results.append(result)
         bad = result.without_terminal or result.more_than_one or result.replay_mismatches \
-            or result.unexplained_duplicates or result.error
+            or result.unexplained_duplicates or result.missing_notifications or result.error
         echo(f"[{mode} {n}/{runs}] killed {result.killed} at {result.killed_after}s: "
              f"{'PROBLEM ' + json.dumps(asdict(result)) if bad else 'ok'} "
              f"(outcomes done {result.linger}s after the newest was applied; "

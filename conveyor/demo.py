@@ -23,7 +23,7 @@ from conveyor.app import Conveyor
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.demo_repo import Repo
 from orchestrator.domain import events as ev
-from orchestrator.domain.trace import TraceNode, build_trace, latency_ms
+from orchestrator.domain.trace import TraceNode, build_trace, latency_ms, summary
 from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
@@ -165,7 +165,7 @@ def show(events: list[ev.Event]) -> None:
     def walk(node: TraceNode, depth: int) -> None:
         e = node.event
         lat = f"+{node.latency_ms:.0f} ms" if node.latency_ms is not None else ""
-        detail = e.data.get("summary") or e.data.get("error") or ""
+        detail = summary(e)  # the payload's own one-line description
         say(f"    {'  ' * depth}{e.type.removeprefix('conveyor.'):<20} {e.subject:<6} "
             f"{lat:>9}  {detail}")
         for child in node.children:

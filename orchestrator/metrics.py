@@ -46,7 +46,9 @@ from prometheus_client import (
 )
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
+from orchestrator.domain.payloads import ApplyFields, NotifyFields, RenderFailed, RenderSucceeded
 from orchestrator.domain.trace import parse_time
 
 log = structlog.get_logger(__name__)
@@ -60,9 +62,7 @@ UNKNOWN: Final = "unknown"
 IN_PROGRESS: Final = frozenset({"started", "retrying"})
 """Not an effect of a stage, a step on the way: left out of the stage latency."""
 
-RENDER_OUTCOMES: Final = frozenset({ev.RENDER_SUCCEEDED, ev.RENDER_FAILED})
 APPLY_OUTCOMES: Final = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAILED})
-NOTIFY_OUTCOMES: Final = frozenset({ev.NOTIFY_SENT, ev.NOTIFY_FAILED})
 
 
 class Metrics:
@@ -122,14 +122,17 @@ class Metrics:
             self._times.move_to_end(event.id)
             while len(self._times) > REMEMBERED_CAUSES:
                 self._times.popitem(last=False)
-        data = event.data
-        seconds = _seconds(data.get("duration_ms"))
-        if event.type in RENDER_OUTCOMES and seconds is not None:
-            self.render_duration.labels(renderer=_renderer(data)).observe(seconds)
-        elif event.type in APPLY_OUTCOMES and seconds is not None:
-            self.apply_duration.labels(target=_target_kind(data)).observe(seconds)
-        if event.type in NOTIFY_OUTCOMES:
-            self.notifications.labels(provider=str(data.get("provider") or UNKNOWN),
+        p = decode(event)
+        if isinstance(p, RenderSucceeded | RenderFailed):
+            seconds = _seconds(p.duration_ms)
+            if seconds is not None:
+                self.render_duration.labels(renderer=_renderer(p)).observe(seconds)
+        elif isinstance(p, ApplyFields) and event.type in APPLY_OUTCOMES:
+            seconds = _seconds(p.duration_ms)
+            if seconds is not None:
+                self.apply_duration.labels(target=_target_kind(p.target)).observe(seconds)
+        elif isinstance(p, NotifyFields):
+            self.notifications.labels(provider=str(p.provider or UNKNOWN),
                                       outcome=event.outcome).inc()
 
     # -- queue depth --------------------------------------------------------------------------
@@ -165,15 +168,14 @@ def _seconds(ms: Any) -> float | None:
     return float(ms) / 1000.0
 
 
-def _renderer(data: Mapping[str, Any]) -> str:
-    if data.get("renderer"):
-        return str(data["renderer"])
-    env = data.get("env")
-    render = env.get("render") if isinstance(env, Mapping) else None
+def _renderer(p: RenderSucceeded | RenderFailed) -> str:
+    if isinstance(p, RenderSucceeded) and p.renderer:
+        return p.renderer
+    render = p.env.get("render") if p.env is not None else None
     kind = render.get("type") if isinstance(render, Mapping) else None
     return str(kind) if kind else UNKNOWN
 
 
-def _target_kind(data: Mapping[str, Any]) -> str:
-    words = str(data.get("target") or "").split()
+def _target_kind(target: str) -> str:
+    words = target.split()
     return words[0] if words else UNKNOWN

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,13 @@ def test_one_forbidden_import_breaks_a_contract(copied: Path, module: str, line:
     assert result.returncode != 0, result.stdout
     said = " ".join(result.stdout.split())   # a long contract name wraps over lines
     assert re.search(re.escape(contract) + r"(?:(?! KEPT).){0,200}? BROKEN", said), result.stdout
+
+
+def test_the_architecture_doc_names_every_layer() -> None:
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = next(c["layers"] for c in contracts["contracts"] if c["type"] == "layers")
+    doc = (ROOT / "docs" / "architecture.md").read_text()
+    for layer in layers:
+        for module in layer.split("|"):
+            name = module.strip().removeprefix("orchestrator.")
+            assert name in doc, f"docs/architecture.md does not show the layer {module.strip()}"

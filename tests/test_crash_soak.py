@@ -21,6 +21,7 @@ pytestmark = pytest.mark.slow
 async def test_sigkills_mid_burst_lose_nothing(tmp_path: Path, mode: str, runs: int) -> None:
     totals, results = await soak(runs, mode, seed=16, workdir=tmp_path)
     problems = [r for r in results if r.without_terminal or r.more_than_one
-                or r.replay_mismatches or r.unexplained_duplicates or r.error]
+                or r.replay_mismatches or r.unexplained_duplicates or r.missing_notifications
+                or r.error]
     assert not problems, problems
     assert totals.runs == runs and totals.commits == runs * 6

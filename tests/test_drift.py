@@ -28,12 +28,6 @@ from tests.support.waits import wait_for_events
 REV = "b" * 40
 
 
-def settings(tmp_path: Path, envs: tuple[str, ...] = ()) -> Settings:
-    # the kubeconfig the tests write lives in tmp_path: the operator's secret directory here
-    return Settings(nats_url="", data_dir=tmp_path, envs=envs,
-                    secrets=SecretPolicy(secrets_dirs=(str(tmp_path),)))
-
-
 @pytest.fixture
 async def fake() -> AsyncIterator[FakeKubeAPI]:
     async with FakeKubeAPI() as server:

@@ -239,6 +239,17 @@ async def test_journey_release_auto_promotion_pull_request_merge_rollback(
             await wait_for_events(bus, deployed(pr.sha, "prod"))
             assert rendered_image(up.bare, "prod") == "nginx:1.29"
 
+            # a rollback proposed for review first: a pull request, main untouched
+            async with http.post(f"{api.url}/api/v1/environments/prod/rollback",
+                                 json={"via": "pull-request"}) as resp:
+                proposal = await resp.json()
+                assert resp.status == 201, proposal
+            assert proposal["pull_request"]["base"] == "main" and len(forge.pulls) == 2
+            assert git(up.bare, "rev-parse", "main") == pr.sha
+            assert forge.pulls[1].title.startswith(f"Roll back prod to {first[:7]}")
+            await wait_for_events(bus, lambda es: any(
+                e.type == ev.ROLLBACK_PROPOSED and e.correlationid == proposal["commit"]
+                for e in es))
             async with http.post(f"{api.url}/api/v1/environments/prod/rollback",
                                  json={}) as resp:
                 back = await resp.json()

@@ -16,9 +16,12 @@ from conveyor.app import Conveyor
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.events import Event
+from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.events import Event, new_event
+from orchestrator.resources import Resources
 from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
+from services.applier.service import Applier
 from services.git_watcher.service import GitWatcher
 from tests.support.kubeapi import FakeKubeAPI
 from tests.support.repos import Repo
@@ -175,3 +178,34 @@ async def test_a_missing_rule_tree_fails_the_render_naming_it(
     [failed] = of(events, first, ev.RENDER_FAILED)
     assert failed.data["reason"] == "InvalidHealthRules"
     assert "health.customizations: health: no such directory" in str(failed.data["errors"])
+
+
+async def test_rules_an_event_carries_that_cannot_be_used_fail_the_apply_naming_them(
+        nats_server: EmbeddedNats, bus: EventBus, fake: FakeKubeAPI, tmp_path: Path) -> None:
+    # an event that bypassed the watcher's checks: a CEL expression that does not compile
+    objects = [NAMESPACE]
+    payload = encode_bundle(objects)
+    await bus.put_bundle(digest_of(payload), payload)
+    env = {"name": "dev", "path": "dev",
+           "target": {"kubernetes": {"kubeconfig": str(tmp_path / "kubeconfig"),
+                                     "namespace": "shop"}},
+           "sync": {"wait": {"timeout": "2s"}},
+           "health": {"checks": [{"apiVersion": "example.com/v1", "kind": "Sprocket",
+                                  "current": "status.phase ==", "line": 7}]}}
+    sha = "c" * 40
+    applier = Applier(Resources.around(bus, Settings(
+        nats_url=nats_server.url, data_dir=tmp_path,
+        secrets=SecretPolicy(secrets_dirs=(str(tmp_path),)))))
+    await applier.start()
+    try:
+        await bus.publish(new_event(ev.RENDER_SUCCEEDED, env="dev", correlation=sha,
+                                    data={"env": env, "digest": digest_of(payload),
+                                          "origin_seq": await bus.last_seq() + 1}))
+        events = await wait_for_events(bus, outcome(sha))
+    finally:
+        await applier.stop()
+    [failed] = of(events, sha, ev.APPLY_FAILED)
+    assert failed.data["reason"] == "InvalidHealthRules"
+    assert failed.data["error"].startswith("conveyor.yaml:7: current: Failed to parse")
+    assert not of(events, sha, ev.APPLY_STARTED)  # the target was never touched
+    assert fake.get("v1", "Namespace", "", "shop") is None

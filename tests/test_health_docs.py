@@ -48,8 +48,9 @@ def test_operator_trees_come_from_the_flag_or_the_environment() -> None:
     assert customizations_from_env({}) == ()
 
 
-def test_scripts_get_argo_cds_one_second_limit() -> None:
-    assert LuaEngine().timeout == 1.0
+def test_scripts_get_argo_cds_one_second_limit_and_a_64_mib_runtime() -> None:
+    engine = LuaEngine()
+    assert (engine.timeout, engine.max_memory) == (1.0, 64 * 1024 * 1024)
 
 
 def test_a_change_to_the_rule_files_redeploys() -> None:

@@ -71,6 +71,9 @@ def test_numbers_print_as_in_argo_cd(lua: LuaEngine) -> None:
     obj = {**WIDGET, "spec": {"replicas": 3.0}}
     assert run(lua, 'return {status="Healthy", message=tostring(obj.spec.replicas)}',
                obj) == HealthStatus(Health.HEALTHY, "3")
+    assert run(lua, 'return {status="Healthy", message=tostring(6 / 2) .. " " .. '
+                    'tostring(7 / 2) .. " " .. tostring(1e300)}') == HealthStatus(
+        Health.HEALTHY, "3 3.5 1e+300")
 
 
 @pytest.mark.parametrize(("script", "reason"), [
@@ -89,7 +92,8 @@ def test_numbers_print_as_in_argo_cd(lua: LuaEngine) -> None:
     ('getmetatable("").__index = {}', "attempt to index a boolean value"),
     ('setmetatable({}, {__gc = function() while true do end end})', "__gc metamethods are "
                                                                      "not allowed"),
-    ('return require("json").decode.__class__', "cannot reach Python objects"),
+    ('return require("json").decode.__class__', "attempt to index a function value"),
+    ('local m = getmetatable(require("json").decode) return m.__gc', "attempt to index a nil"),
 ])
 def test_sandbox_escapes_fail_safely(lua: LuaEngine, script: str, reason: str) -> None:
     verdict = run(lua, script)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.cli import _settings, build_parser, main
+from conveyor.cli import _settings, build_parser
 from orchestrator.errors import ConveyorError
 from orchestrator.resources import operator_health
 from orchestrator.settings import Settings
@@ -30,10 +30,12 @@ return hs
 
 
 def conveyor(*argv: str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    with pytest.raises(SystemExit) as exited:
-        main(list(argv))
+    """The command as the CLI dispatches it (not ``main``, which would point the process's
+    logging at this test's captured, soon closed, stdout)."""
+    args = build_parser().parse_args(list(argv))
+    code = int(args.func(args))
     captured = capsys.readouterr()
-    return int(exited.value.code or 0), captured.out, captured.err
+    return code, captured.out, captured.err
 
 
 def widget(phase: str | None, **status: object) -> dict[str, object]:

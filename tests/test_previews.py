@@ -160,6 +160,20 @@ async def test_pull_request_preview_comment_and_statuses(
             assert forge.statuses[-1]["sha"] == broken
             assert forge.statuses[-1]["state"] == FAILED[provider]
 
+            # two deliveries at once for a new pull request: still one comment
+            git(up.bare, "update-ref", ref.replace("/7/", "/8/"), head)
+            first_body, first_headers = delivery(provider, "opened", 8, head)
+            again_body, again_headers = delivery(provider, SYNC[provider], 8, head)
+            for data, hdrs in ((first_body, first_headers), (again_body, again_headers)):
+                async with http.post(url, data=data, headers=hdrs) as resp:
+                    assert resp.status == 202
+            events = await wait_for_events(bus, lambda es: sum(
+                1 for e in es if e.type == ev.PREVIEW_POSTED
+                and e.data.get("pull_request") == 8) == 2)
+            assert [e.data["created"] for e in events if e.type == ev.PREVIEW_POSTED
+                    and e.data.get("pull_request") == 8] == [True, False]
+            assert len([c for c in forge.comments if c.number == 8]) == 1
+
             body, headers = delivery(provider, "closed", 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and "ignored" in await resp.json()

@@ -4,6 +4,7 @@ written from GitHub's, GitLab's and Gitea's published API references)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -134,6 +135,18 @@ def test_forge_settings_from_the_operators_environment() -> None:
     with pytest.raises(PermanentError, match="needs CONVEYOR_FORGE_API_URL"):
         ForgeSettings.from_env({"CONVEYOR_FORGE": "gitea"})
     assert "token=" not in repr(github)
+    token_file = Path(os.environ.get("TMPDIR", "/tmp")) / f"forge-token-{os.getpid()}"
+    token_file.write_text("from-a-mounted-secret\n")
+    try:
+        mounted = ForgeSettings.from_env({"CONVEYOR_FORGE": "gitlab",
+                                          "CONVEYOR_FORGE_TOKEN_FILE": str(token_file)})
+        assert mounted is not None and mounted.read_token() == "from-a-mounted-secret"
+        token_file.write_text("rotated\n")  # re-read at each request
+        assert mounted.read_token() == "rotated"
+    finally:
+        token_file.unlink()
+    with pytest.raises(PermanentError, match="CONVEYOR_FORGE_TOKEN"):
+        ForgeSettings("github", "https://api.github.com").read_token()
     assert github is not None
     assert repo_path(github, "https://github.com/team/web.git") == "team/web"
     assert repo_path(github, "git@github.com:team/web.git") == "team/web"
@@ -141,26 +154,34 @@ def test_forge_settings_from_the_operators_environment() -> None:
         repo_path(github, "git://127.0.0.1/web.git")
 
 
+@pytest.mark.parametrize("kind", KINDS)
 async def test_the_preview_comment_is_found_on_a_later_page_and_updated(
-        tmp_path: Path) -> None:
-    """GitHub pages comments (``Link: rel="next"``): ours may be the 121st of 150."""
+        kind: str, tmp_path: Path) -> None:
+    """Forges page comments (``Link: rel="next"``; GitLab also ``X-Next-Page``, Gitea at most
+    50 a page): ours may be the 121st of 150."""
     from orchestrator.gitops.forge import Forge
     from tests.support.forges import Comment
 
-    async with ForgeServer("github", tmp_path, TOKEN) as server:
+    async with ForgeServer(kind, tmp_path, TOKEN) as server:
         server.comments = [Comment(i, 7, f"comment {i}") for i in range(150)]
         server.comments[120].body = "<!-- marker -->\nold preview"
-        forge = Forge(ForgeSettings("github", server.api_url, "team/repo", TOKEN), "")
+        forge = Forge(ForgeSettings(kind, server.api_url, "team/repo", TOKEN), "")
         found, created = await forge.upsert_comment(7, "<!-- marker -->\nnew", "<!-- marker -->")
         assert (found, created) == (120, False)
         assert server.comments[120].body.endswith("new") and len(server.comments) == 150
+        assert server.comments[120].edits == 1
         other, created = await forge.upsert_comment(8, "<!-- marker -->\nfirst", "<!-- marker -->")
         assert created and server.comments[-1].number == 8 and server.comments[-1].id == other
         await forge.set_status("a" * 40, "conveyor/dev", "success", "3 objects")
+        await forge.set_status("a" * 40, "conveyor/prod", "failure", "render failed")
         with pytest.raises(PermanentError, match="setting the status"):
             await forge.set_status("a" * 40, "conveyor/dev", "great", "")
-    assert server.statuses == [{"sha": "a" * 40, "state": "success",
-                                "context": "conveyor/dev", "description": "3 objects"}]
+    failed = "failed" if kind == "gitlab" else "failure"  # each forge's own word
+    assert server.statuses == [
+        {"sha": "a" * 40, "state": "success", "context": "conveyor/dev",
+         "description": "3 objects"},
+        {"sha": "a" * 40, "state": failed, "context": "conveyor/prod",
+         "description": "render failed"}]
 
 
 def test_preview_deliveries_and_the_comment() -> None:

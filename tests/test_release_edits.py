@@ -33,7 +33,9 @@ def test_parse_image_forms() -> None:
     assert rel.parse_image("web=registry.example:5000/web:1.2.3") == rel.ImageSpec(
         "web", "registry.example:5000/web", "1.2.3")
     assert rel.parse_image(f"web=web@{DIGEST}") == rel.ImageSpec("web", "web", "", DIGEST)
-    assert rel.parse_image("web=:2.0") == rel.ImageSpec("web", "web", "2.0")
+    assert rel.parse_image("web=:2.0") == rel.ImageSpec("web", "web", "2.0", kept=True)
+    assert str(rel.parse_image("web=:2.0")) == "web=:2.0"
+    assert str(rel.parse_image(f"web=reg/web@{DIGEST}")) == f"web=reg/web@{DIGEST}"
     for bad, why in [("web", "NAME=REF"), ("web=web", "a tag"), ("web=web:bad tag", "tag"),
                      ("web=web@sha256:12", "digest"), ("Web!=x:1", "image name")]:
         with pytest.raises(rel.ReleaseError, match=why):
@@ -93,6 +95,15 @@ def test_kustomize_edit_agrees_with_kustomize_itself(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     containers = yaml.safe_load(proc.stdout)["spec"]["template"]["spec"]["containers"]
     assert [c["image"] for c in containers] == ["reg.example/web:1.4.2", f"api@{DIGEST}"]
+
+
+def test_a_tag_alone_keeps_the_overlays_new_name() -> None:
+    out = rel.set_kustomize_images(KUSTOMIZATION, [rel.parse_image("worker=:3.1")], "k.yaml")
+    [_, worker] = yaml.safe_load(out)["images"]
+    assert worker == {"name": "worker", "newName": "registry.example/worker", "newTag": "3.1"}
+    same = rel.set_kustomize_images(KUSTOMIZATION, [rel.parse_image("worker=worker:3.1")],
+                                    "k.yaml")
+    assert "newName" not in yaml.safe_load(same)["images"][1]  # REF = NAME: no newName
 
 
 def test_kustomize_images_read_back() -> None:

@@ -176,17 +176,37 @@ def changed_paths(path: str | Path, sha: str) -> list[str]:
     return sorted(paths)
 
 
-def read_file(path: str | Path, sha: str, file: str) -> bytes | None:
+def read_file(path: str | Path, sha: str, file: str,
+              max_bytes: int | None = None) -> bytes | None:
+    """The blob at ``file`` (None: absent or not a file). With ``max_bytes`` a larger blob is
+    refused from its object header, before it is loaded (``PermanentError("FileTooLarge")``)."""
     repo = open_repo(path)
     tree = _tree(path, sha)
     try:
         entry = tree[file]
     except KeyError:
         return None
+    if entry.filemode == pygit2.enums.FileMode.TREE:
+        return None
+    if max_bytes is not None:
+        _, size = repo.odb.read_header(entry.id)
+        if size > max_bytes:
+            raise PermanentError(f"{file} is {size} bytes, over the {max_bytes}-byte limit",
+                                 reason="FileTooLarge")
     obj = repo.get(entry.id)
     if not isinstance(obj, pygit2.Blob):
         return None
     return bytes(obj.data)
+
+
+def is_tree(path: str | Path, sha: str, subdir: str) -> bool:
+    """Is ``subdir`` a directory at the commit (read from the tree entry, no blob loaded)?"""
+    if not subdir:
+        return True
+    try:
+        return bool(_tree(path, sha)[subdir].filemode == pygit2.enums.FileMode.TREE)
+    except KeyError:
+        return False
 
 
 def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:

@@ -22,7 +22,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
 
 __all__ = ["decode", "decode_data", "encode", "schema_for", "upcast", "version_of"]
-from orchestrator.domain.payloads import BY_TYPE, CURRENT_VERSION, Payload, Unknown
+from orchestrator.domain.payloads import BY_TYPE, CLASSES, CURRENT_VERSION, Payload, Unknown
 
 Data = dict[str, Any]
 Upcaster = Callable[[str, Data], Data]
@@ -82,12 +82,6 @@ def _is_tuple(f: dataclasses.Field[Any]) -> bool:
     return str(f.type).startswith("tuple")
 
 
-def _read(f: dataclasses.Field[Any], value: Any) -> Any:
-    if _is_tuple(f) and isinstance(value, list):
-        return tuple(value)
-    return value
-
-
 def _write(value: Any) -> Any:
     if isinstance(value, tuple):
         return [_write(v) for v in value]
@@ -98,14 +92,29 @@ def _write(value: Any) -> Any:
 
 # -- the codec ----------------------------------------------------------------------------
 
+def _plan(cls: type[Payload]) -> Mapping[str, tuple[str, bool]]:
+    """data key -> (field name, whether a JSON list becomes a tuple)."""
+    return MappingProxyType({data_key(f): (f.name, _is_tuple(f)) for f in payload_fields(cls)})
+
+
+PLANS: Final[Mapping[type[Payload], Mapping[str, tuple[str, bool]]]] = MappingProxyType(
+    {cls: _plan(cls) for cls in (*CLASSES, Unknown)})
+"""Each payload class's fields by data key, worked out once."""
+
+
 def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT_VERSION,
                 ) -> Payload:
     cls = BY_TYPE.get(event_type, Unknown)
-    raw = upcast(event_type, version, data)
-    fields = payload_fields(cls)
-    known = {data_key(f): f for f in fields}
-    values = {f.name: _read(f, raw[k]) for k, f in known.items() if k in raw}
-    extra = {k: v for k, v in raw.items() if k not in known}
+    raw = data if version >= CURRENT_VERSION else upcast(event_type, version, data)
+    plan = PLANS[cls]
+    values: Data = {}
+    extra: Data = {}
+    for k, v in raw.items():
+        known = plan.get(k)
+        if known is None:
+            extra[k] = v
+        else:
+            values[known[0]] = tuple(v) if known[1] and isinstance(v, list) else v
     return cls(**values, extra=extra)
 
 

@@ -91,17 +91,20 @@ def updated(obj: T, changes: dict[str, Any]) -> T:
     return new
 
 
-def is_retry(event: Event) -> bool:
+# Each function below takes the event's decoded payload when the caller has it (a fold decodes
+# every event once); without it, it decodes the event itself.
+
+def is_retry(event: Event, payload: Payload | None = None) -> bool:
     """A re-published stage input (``conveyor retry``), not a new fact."""
-    return bool(decode(event).retry_of)
+    return bool((payload if payload is not None else decode(event)).retry_of)
 
 
-def counts(event: Event) -> bool:
+def counts(event: Event, payload: Payload | None = None) -> bool:
     """Does this event take part in deployment history?"""
     if event.subject == ev.NO_ENV or event.type not in HISTORY_TYPES:
         return False
     # a terminal event re-published for the notifier is not a second outcome
-    return not (is_retry(event) and event.type not in REOPENERS)
+    return not (is_retry(event, payload) and event.type not in REOPENERS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,19 +172,21 @@ def is_heal(event: Event, payload: Payload | None = None) -> bool:
     return isinstance(p, ApplyFields) and p.cause == "drift"
 
 
-def opens_new(event: Event) -> bool:
+def opens_new(event: Event, payload: Payload | None = None) -> bool:
     """A detected commit always opens a new attempt (unless it is a retried one); so does a
     drift heal."""
-    return (event.type == ev.COMMIT_DETECTED and not is_retry(event)) or is_heal(event)
+    p = payload if payload is not None else decode(event)
+    return (event.type == ev.COMMIT_DETECTED and not is_retry(event, p)) or is_heal(event, p)
 
 
-def locate(entries: Sequence[Attempt], event: Event) -> int | None:
+def locate(entries: Sequence[Attempt], event: Event,
+           payload: Payload | None = None) -> int | None:
     """Index of the attempt this event belongs to; None when it opens a new one.
 
     The newest attempt with the event's revision; a health verdict without a revision judges
     the newest applied attempt.
     """
-    if opens_new(event):
+    if opens_new(event, payload):
         return None
     rev = event.correlationid
     for i in range(len(entries) - 1, -1, -1):
@@ -193,11 +198,12 @@ def locate(entries: Sequence[Attempt], event: Event) -> int | None:
     return None
 
 
-def advance(entry: Attempt | None, event: Event, seq: int) -> Attempt | None:
+def advance(entry: Attempt | None, event: Event, seq: int,
+            payload: Payload | None = None) -> Attempt | None:
     """The attempt after ``event`` (``entry`` None: a new one); None when nothing is recorded."""
-    if not counts(event):
+    p = payload if payload is not None else decode(event)
+    if not counts(event, p):
         return None
-    p = decode(event)
     if entry is None:
         if event.type in HEALTH_TYPES:
             return None  # a verdict about an attempt we no longer hold
@@ -256,13 +262,17 @@ def _outcome_changes(entry: Attempt, event: Event, p: Payload) -> dict[str, Any]
     return {"health": status}
 
 
-def fold(history: EnvHistory, event: Event, seq: int, keep: int = HISTORY_KEPT) -> EnvHistory:
+def fold(history: EnvHistory, event: Event, seq: int, keep: int = HISTORY_KEPT,
+         payload: Payload | None = None) -> EnvHistory:
     """One event into an environment's newest attempts (skipped when ``seq`` was folded)."""
-    if seq <= history.seq or not counts(event):
+    if seq <= history.seq or event.subject == ev.NO_ENV or event.type not in HISTORY_TYPES:
+        return history
+    p = payload if payload is not None else decode(event)
+    if not counts(event, p):
         return history
     entries = history.entries
-    i = locate(entries, event)
-    new = advance(entries[i] if i is not None else None, event, seq)
+    i = locate(entries, event, p)
+    new = advance(entries[i] if i is not None else None, event, seq, p)
     if new is None:
         return history
     if i is None:

@@ -21,8 +21,10 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 from orchestrator.domain.history import HEALTH_TYPES, is_heal
+from orchestrator.domain.payloads import HealthFields, PromotionCommitted
 from orchestrator.domain.trace import parse_time
 
 DEPLOYED = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED})
@@ -68,7 +70,9 @@ def check(source: str, events: Sequence[Event], *, soak: float, now: datetime) -
     if verdicts:
         last = verdicts[-1]
         if last.type != ev.HEALTH_HEALTHY:
-            status = str(last.data.get("status") or last.type.rsplit(".", 1)[1])
+            verdict = decode(last)
+            status = (verdict.status if isinstance(verdict, HealthFields) else "") or \
+                last.type.rsplit(".", 1)[1]
             return Verdict(False, f"{source} is {status} on {revision[:7]} (since "
                                   f"{last.time[:19]})", revision)
         since = last
@@ -96,6 +100,9 @@ def check(source: str, events: Sequence[Event], *, soak: float, now: datetime) -
 def already_promoted(to: str, source: str, revision: str, events: Sequence[Event]) -> bool:
     """Did ``to`` already receive ``source``'s ``revision`` (committed or proposed, by hand or
     automatically)? An automatic promotion fires once per revision."""
-    done = {ev.PROMOTION_COMMITTED, ev.PROMOTION_PROPOSED}
-    return any(e.subject == to and e.type in done and e.data.get("from") == source
-               and e.data.get("revision") == revision for e in events)
+    def promoted(e: Event) -> bool:
+        p = decode(e) if e.subject == to else None
+        return isinstance(p, PromotionCommitted) and p.from_env == source \
+            and p.revision == revision
+
+    return any(promoted(e) for e in events)

@@ -50,12 +50,15 @@ class ReleaseError(PermanentError):
 
 @dataclass(frozen=True, slots=True)
 class ImageSpec:
-    """``NAME=REF[:TAG|@DIGEST]``: the image NAME (as the declaration names it) now runs REF."""
+    """``NAME=REF[:TAG|@DIGEST]``: the image NAME (as the declaration names it) now runs REF.
+
+    ``NAME=:TAG`` leaves REF as it is (``kept``): only the tag (or digest) changes."""
 
     name: str
     ref: str
     tag: str = ""
     digest: str = ""
+    kept: bool = False  # REF not given: the declaration's own stays
 
     @property
     def reference(self) -> str:
@@ -63,7 +66,8 @@ class ImageSpec:
             if self.tag else self.ref
 
     def __str__(self) -> str:
-        return f"{self.name}={self.reference}"
+        return f"{self.name}={'' if self.kept else self.ref}" + (
+            f"@{self.digest}" if self.digest else f":{self.tag}" if self.tag else "")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,7 @@ def parse_image(text: str) -> ImageSpec:
     if not _NAME.match(name):
         raise ReleaseError(f"--image {text!r}: {name!r} is not an image name")
     ref, tag, digest = split_reference(value)
+    kept = not ref
     ref = ref or name
     if not _NAME.match(ref):
         raise ReleaseError(f"--image {text!r}: {ref!r} is not an image reference")
@@ -106,7 +111,7 @@ def parse_image(text: str) -> ImageSpec:
     if not tag and not digest:
         raise ReleaseError(f"--image {text!r}: name a tag (:TAG) or a digest (@sha256:...); "
                            "a release without one would float")
-    return ImageSpec(name, ref, "" if digest else tag, digest)
+    return ImageSpec(name, ref, "" if digest else tag, digest, kept)
 
 
 def parse_set(text: str) -> SetSpec:
@@ -198,7 +203,9 @@ def set_kustomize_images(text: str, images: Sequence[ImageSpec], file: str) -> s
         if entry is None:
             entry = CommentedMap(name=image.name)
             entries.append(entry)
-        if image.ref != image.name:
+        if image.kept:
+            pass  # NAME=:TAG: newName stays whatever the overlay says
+        elif image.ref != image.name:
             entry["newName"] = image.ref
         elif "newName" in entry:
             del entry["newName"]
@@ -245,7 +252,7 @@ def _set_image_in_values(node: Any, image: ImageSpec) -> int:
     if isinstance(node, CommentedMap):
         if node.get("repository") in (image.name, image.ref) and (
                 "tag" in node or "digest" in node):
-            if image.ref != node["repository"]:
+            if not image.kept and image.ref != node["repository"]:
                 node["repository"] = image.ref
             if image.digest:
                 node["digest"] = image.digest

@@ -25,7 +25,13 @@ from orchestrator.domain import history as hist
 from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 from orchestrator.domain.history import EnvHistory
-from orchestrator.domain.payloads import ApplyFields, ApplySucceeded, CommitDetected, HealthFields
+from orchestrator.domain.payloads import (
+    ApplyFields,
+    ApplySucceeded,
+    CommitDetected,
+    HealthFields,
+    Payload,
+)
 
 HISTORY_OUTCOMES = frozenset({
     ev.APPLY_SUCCEEDED, ev.APPLY_FAILED, ev.APPLY_SKIPPED, ev.APPLY_SUPERSEDED, ev.APPLY_DEAD,
@@ -66,9 +72,10 @@ class EnvState:
         return EnvState(**{k: v for k, v in raw.items() if k in known})
 
 
-def evolve(state: EnvState, event: Event, seq: int = 0) -> EnvState:
-    """Apply one event to an environment's state."""
-    changes = _changes(state, event)
+def evolve(state: EnvState, event: Event, seq: int = 0,
+           payload: Payload | None = None) -> EnvState:
+    """Apply one event to an environment's state (``payload``: the event's, when decoded)."""
+    changes = _changes(state, event, payload if payload is not None else decode(event))
     if seq > state.last_seq:
         changes["last_seq"] = seq
     in_flight = changes.get("in_flight", state.in_flight)
@@ -78,11 +85,10 @@ def evolve(state: EnvState, event: Event, seq: int = 0) -> EnvState:
     return hist.updated(state, changes)
 
 
-def _changes(s: EnvState, event: Event) -> dict[str, Any]:
+def _changes(s: EnvState, event: Event, p: Payload) -> dict[str, Any]:
     """The fields an event changes (applied at once: folds run over whole logs)."""
     rev = event.correlationid
     t = event.type
-    p = decode(event)
     if p.retry_of:  # re-published by `conveyor retry`: work again, not a new fact
         if t == ev.COMMIT_DETECTED:
             return {"in_flight": f"render {rev[:7]}"}
@@ -150,11 +156,12 @@ class Records:
 def fold_records(records: Records, event: Event, seq: int) -> Records:
     """Fold one event into the records it touches; each record skips what it already holds."""
     state, history = records.state, records.history
+    p = decode(event)  # once for the whole fold
     if seq > state.last_seq:
-        state = evolve(state, event, seq)
-    history = hist.fold(history, event, seq)
+        state = evolve(state, event, seq, p)
+    history = hist.fold(history, event, seq, payload=p)
     envs, cseq = records.commit_envs, records.commit_seq
-    if (event.type == ev.COMMIT_DETECTED and event.correlationid and not hist.is_retry(event)
+    if (event.type == ev.COMMIT_DETECTED and event.correlationid and not p.retry_of
             and seq > cseq):
         envs, cseq = tuple(sorted({*envs, event.subject})), seq
     return Records(state, history, envs, cseq)

@@ -9,7 +9,9 @@ links the action's event to its deployment through the commit it made (``correla
   text edits are in ``orchestrator.domain.release``), how a rollback restores the inputs a
   render reads, what an environment runs (images), all on a commit of a local mirror.
 - ``workflow``: ``GitOps``, the actions: fetch the branch, check, commit, push (never forced;
-  a concurrent push is re-fetched and the edit re-applied on the new head), publish the event.
+  a concurrent push is re-fetched and the edit re-applied on the new head), publish the event;
+  ``promote`` (what FROM runs, gates first) and ``auto`` (automatic promotion) build on it.
+- ``preview``: pull-request previews (render, diff, one comment, a status per environment).
 - ``forge``: pull requests through the forge's API (GitHub, GitLab, Gitea/Forgejo).
 
 Who may act: whoever holds push credentials for the source (the operator configures them:

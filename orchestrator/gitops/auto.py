@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import structlog
 
@@ -23,7 +25,8 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import promotion
-from orchestrator.domain.config import parse_config
+from orchestrator.domain.config import PromotionConfig, parse_config
+from orchestrator.domain.generators import PullRequest
 from orchestrator.domain.trace import parse_time
 from orchestrator.errors import ConfigError, ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
@@ -47,6 +50,10 @@ class AutoPromoter:
         self._tasks: list[asyncio.Task[None]] = []
         self._noop: set[tuple[str, str, str]] = set()
         self.checks = 0  # how many times the rules were evaluated (tests await it)
+        # the automatic rules of the config in force, by the sequence of its config.loaded:
+        # an apply wakes the promoter, and at 1,000 environments re-parsing the config (its
+        # generators expanded) for every apply cost a rollout more than the renders did
+        self._rules: tuple[int, list[PromotionConfig]] = (0, [])
 
     async def start(self) -> None:
         start = await self.bus.last_seq() + 1
@@ -62,7 +69,8 @@ class AutoPromoter:
         self._tasks = []
 
     async def _follow(self, start: int) -> None:
-        filters = subjects.filter_for("conveyor", None)
+        # only the events that can open a gate, filtered on the server (not every event decoded)
+        filters = [f for kind in sorted(WAKE_TYPES) for f in subjects.filter_for(kind, None)]
         async for stored in self.bus.read(filters, start_seq=start, stop_at_end=False):
             if stored.event.type in WAKE_TYPES:
                 self._wake.set()
@@ -89,13 +97,11 @@ class AutoPromoter:
         loaded = await self.bus.last_event(ev.NO_ENV, ev.CONFIG_LOADED)
         if loaded is None:
             return IDLE_CHECK
-        try:  # the config in force, as the watcher loaded it: no fetch to find out
-            dirs = loaded.event.data.get("dirs")
-            config = parse_config(str(loaded.event.data.get("text") or ""),
-                                  dirs=[str(d) for d in dirs] if isinstance(dirs, list) else None)
-        except ConfigError:
+        if loaded.seq != self._rules[0]:
+            self._rules = (loaded.seq, self._auto_rules(loaded.event.data))
+        rules = self._rules[1]
+        if not rules:
             return IDLE_CHECK
-        rules = [r for r in config.promotion.values() if r.auto]
         gitops = GitOps(self.resources, forge=self.forge, source="conveyor/promoter",
                         refresh=self.refresh)
         now = now or datetime.now(UTC)
@@ -118,6 +124,21 @@ class AutoPromoter:
             if not result.changed:
                 self._noop.add(key)
         return wait
+
+    @staticmethod
+    def _auto_rules(data: Mapping[str, Any]) -> list[PromotionConfig]:
+        """The automatic rules of a ``config.loaded``: the config in force, as the watcher
+        loaded it (its generators' directories and pull requests included), no fetch."""
+        dirs, pulls = data.get("dirs"), data.get("pulls")
+        try:
+            config = parse_config(
+                str(data.get("text") or ""),
+                dirs=[str(d) for d in dirs] if isinstance(dirs, list) else None,
+                pulls=[PullRequest.from_dict(p) for p in pulls] if isinstance(pulls, list)
+                else None)
+        except (ConfigError, KeyError, TypeError, ValueError):
+            return []
+        return [r for r in config.promotion.values() if r.auto]
 
     async def _promotions(self, env: str) -> list[ev.Event]:
         filters = subjects.filter_for("conveyor.promotion", [env])

@@ -164,10 +164,13 @@ def inputs_of(path: Path, sha: str, env: EnvironmentConfig) -> set[str]:
     """Every path a render of the environment reads at ``sha`` (the render key's inputs)."""
 
     def read(file: str) -> bytes | None:
-        return git_local.read_file(path, sha, file)
+        try:  # no blob is loaded whole to learn it is too big: the render refuses it
+            return git_local.read_file(path, sha, file, max_bytes=8 << 20)
+        except PermanentError:
+            return None
 
     def is_dir(file: str) -> bool:
-        return git_local.tree_id(path, sha, file) is not None and read(file) is None
+        return git_local.is_tree(path, sha, file)
 
     return set(referenced_paths(read, is_dir, env.path, env.render)) | {env.path}
 

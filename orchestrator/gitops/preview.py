@@ -37,7 +37,7 @@ from orchestrator.adapters.git_source import credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
-from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.bundle import decode_bundle, encode_bundle
 from orchestrator.domain.config import EnvironmentConfig
 from orchestrator.domain.diff import diff
 from orchestrator.domain.events import new_event
@@ -45,6 +45,7 @@ from orchestrator.domain.giturls import parse
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings
+from orchestrator.rendering import render
 from orchestrator.resources import Resources
 from orchestrator.secrets import SecretScope
 
@@ -113,10 +114,9 @@ class Previewer:
         return out
 
     def _render(self, snapshot: Path, env: EnvironmentConfig) -> list[dict[str, object]]:
-        from orchestrator.rendering import render
-
         result = render(snapshot, env.path, env.render, tools=self.settings.render_tools)
-        return [dict(m.obj) for m in result.manifests]
+        # through the bundle codec, as the renderer stores what runs: like against like
+        return decode_bundle(encode_bundle(m.obj for m in result.manifests))
 
     # ------------------------------------------------------------------ the preview
 
@@ -149,7 +149,7 @@ class Previewer:
                 previews.append(preview)
                 await self.bus.publish(new_event(
                     ev.PREVIEW_RENDERED, env=env.name, correlation=head, source=SOURCE,
-                    key=f"preview:{event.repo}:{event.number}",
+                    key=f"preview:{event.repo}:{event.number}:{event.action}",
                     data={"pull_request": event.number, "base": base, **preview.to_dict()}))
         finally:
             shutil.rmtree(snapshot, ignore_errors=True)
@@ -163,7 +163,7 @@ class Previewer:
             await forge.set_status(head, f"conveyor/{preview.env}", state, description)
         await self.bus.publish(new_event(
             ev.PREVIEW_POSTED, env=ev.NO_ENV, correlation=head, source=SOURCE,
-            key=f"preview:{event.repo}:{event.number}",
+            key=f"preview:{event.repo}:{event.number}:{event.action}",
             data={"pull_request": event.number, "comment": comment_id, "created": created,
                   "environments": [p.env for p in previews]}))
         log.info("preview.posted", number=event.number, head=head[:12],

@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +43,6 @@ from orchestrator.domain.config import (
     DEFAULT_SOURCE,
     Config,
     EnvironmentConfig,
-    PromotionConfig,
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.rollback import choose
@@ -140,7 +138,6 @@ class GitOps:
         # in the watcher's own process (the promoter) a direct call; else a refresh event,
         # which only the api's bus user may publish in k8s/base (docs/security.md)
         self.refresh = refresh
-        self._fetched: dict[str, _Repo] = {}
 
     # ------------------------------------------------------------------ repositories
 
@@ -209,9 +206,12 @@ class GitOps:
 
     # ------------------------------------------------------------------ committing
 
-    async def _write(self, repo: _Repo, edit: Edit, message: str, *, via: str, action: str,
-                     env: str) -> tuple[bool, str | None, str | None, int, list[str],
-                                        PullRequest | None]:
+    async def write(self, repo: _Repo, edit: Edit, message: str, *, via: str, action: str,
+                    env: str) -> tuple[bool, str | None, str | None, int, list[str],
+                                       PullRequest | None]:
+        """Commit ``edit`` of the head with ``message`` and push it (``via`` commit), or push
+        it to a new branch and open a pull request. Returns (changed, commit, parent,
+        attempts, files written, pull request)."""
         if via not in VIAS:
             raise PermanentError(f"--via {via!r}: one of {', '.join(VIAS)}",
                                  reason="InvalidRelease")
@@ -254,8 +254,9 @@ class GitOps:
                                                     base=mirror.branch, body=body)
         return True, pub.commit, pub.parent, pub.attempts, written, pr
 
-    async def _publish(self, kind: str, env: str, commit: str, data: dict[str, Any],
-                       cause: Event | None = None) -> Event:
+    async def publish(self, kind: str, env: str, commit: str, data: dict[str, Any],
+                      cause: Event | None = None) -> Event:
+        """The action's event (``correlationid`` the commit), then a fetch of the source."""
         event = new_event(kind, env=env, correlation=commit, cause=cause, source=self.source,
                           key=f"{kind}:{commit}", data=data)
         await self.bus.publish(event)
@@ -290,7 +291,7 @@ class GitOps:
                 return None
             return sorted(edits.files), decl.write_files(path, head, edits.files)
 
-        changed, commit, parent, attempts, files, pr = await self._write(
+        changed, commit, parent, attempts, files, pr = await self.write(
             repo, edit, text, via=via, action="release", env=env)
         result = Result("release", env, via, changed, commit, parent, repo.mirror.branch,
                         attempts, tuple(files), pr)
@@ -303,7 +304,7 @@ class GitOps:
         if pr is not None:
             data["pull_request"] = pr.to_dict()
         kind = ev.RELEASE_PROPOSED if pr is not None else ev.RELEASE_COMMITTED
-        event = await self._publish(kind, env, commit, data)
+        event = await self.publish(kind, env, commit, data)
         log.info("gitops.release", env=env, via=via, commit=commit[:12], attempts=attempts)
         return replace(result, event=event)
 
@@ -340,7 +341,7 @@ class GitOps:
         text = (f"{subject}\n\nRestores {', '.join(p or '.' for p in planned)} as at "
                 f"{target.revision}.\n\n"
                 f"Conveyor-Rollback: {env} {target.revision}\nConveyor-Environment: {env}\n")
-        changed, commit, parent, attempts_n, files, pr = await self._write(
+        changed, commit, parent, attempts_n, files, pr = await self.write(
             repo, edit, text, via=via, action="rollback", env=env)
         if not changed or commit is None:
             raise Refused(f"{env}'s inputs at the head of {repo.mirror.branch} already equal "
@@ -354,7 +355,7 @@ class GitOps:
         if pr is not None:
             data["pull_request"] = pr.to_dict()
         kind = ev.ROLLBACK_PROPOSED if pr is not None else ev.ROLLBACK_COMMITTED
-        event = await self._publish(kind, env, commit, data)
+        event = await self.publish(kind, env, commit, data)
         log.info("gitops.rollback", env=env, to=target.revision[:12], commit=commit[:12])
         return Result("rollback", env, via, True, commit, parent, repo.mirror.branch,
                       attempts_n, tuple(files), pr, event, {"to": target.revision})
@@ -367,80 +368,8 @@ class GitOps:
 
     async def promote(self, source: str, to: str, *, via: str = "", by: str = "",
                       auto: bool = False, now: datetime | None = None) -> Result:
-        """Promote what ``source`` runs now into ``to``'s declaration, gates checked first."""
-        for name in (source, to):
-            if not subjects.valid_env_name(name):
-                raise PermanentError(f"invalid environment name {name!r}",
-                                     reason="InvalidRelease")
-        primary = await self.primary()
-        config = await self.config(primary)
-        from_cfg, to_cfg = decl.environment(config, source), decl.environment(config, to)
-        rule = config.promotion.get(to) or PromotionConfig(to, source)
-        if rule.source != source:
-            raise Refused(f"{to} is promoted from {rule.source}, not {source} "
-                          "(promotion in conveyor.yaml)", reason="PromotionRefused")
-        if from_cfg.source != to_cfg.source:
-            raise Refused(f"{source} and {to} are declared in different sources; a promotion "
-                          "is one commit in one repository", reason="PromotionRefused")
-        verdict = promotion.check(source, await self.gate_events(source),
-                                  soak=rule.healthy_for, now=now or datetime.now(UTC))
-        base = {"from": source, "revision": verdict.revision, "auto": auto, "by": by}
-        key = (f"auto:{source}:{verdict.revision}" if auto
-               else f"manual:{source}:{verdict.revision}:{time.time_ns()}")
-        requested = new_event(ev.PROMOTION_REQUESTED, env=to, correlation=verdict.revision,
-                              source=self.source, key=key, data=base)
-        await self.bus.publish(requested)
-        if not verdict.allowed:
-            await self.bus.publish(new_event(ev.PROMOTION_REFUSED, env=to, cause=requested,
-                                             source=self.source,
-                                             data={**base, "reason": verdict.reason}))
-            raise Refused(f"promotion {source} -> {to} refused: {verdict.reason}",
-                          reason="PromotionRefused")
-        repo = await self.repo_for(primary, config, to_cfg)
-        revision = verdict.revision
-        if not await asyncio.to_thread(git_local.has_commit, repo.mirror.path, revision):
-            raise Refused(f"{source} runs {revision[:12]}, which is not on "
-                          f"{repo.mirror.where}", reason="PromotionRefused")
-        images = await asyncio.to_thread(decl.images_of, repo.mirror.path, revision, from_cfg)
-        wanted: list[rel.ImageSpec] = []
+        """Promote what ``source`` runs now into ``to``'s declaration, gates checked first
+        (``orchestrator.gitops.promote``)."""
+        from orchestrator.gitops.promote import promote  # it builds on this module
 
-        def edit(path: Path, head: str) -> tuple[list[str], str] | None:
-            current = decl.images_of(path, head, to_cfg)
-            todo = rel.merge_images(current, images)
-            if decl.kind_of(path, head, to_cfg) != "kustomize":  # only what TO references
-                todo = [i for i in todo if i.name in {c.name for c in current}]
-            wanted[:] = todo
-            files: dict[str, str | bytes] = dict(
-                decl.release_edits(path, head, to_cfg, todo, []).files) if todo else {}
-            for file, data in decl.copy_files(path, revision, from_cfg, to_cfg,
-                                              rule.files).items():
-                if git_local.read_file(path, head, file) != data:
-                    files[file] = data
-            if not files:
-                return None
-            return sorted(files), decl.write_files(path, head, files)
-
-        summary = ", ".join(map(str, images)) or ", ".join(rule.files) or "no images"
-        text = (f"Promote {source} {revision[:7]} to {to}: {summary}\n\n"
-                f"Conveyor-Promotion: {source}@{revision} -> {to}\n"
-                f"{rel.trailer(images, []) + chr(10) if images else ''}"
-                f"Conveyor-Environment: {to}\n")
-        how = via or rule.via
-        changed, commit, parent, attempts_n, files, pr = await self._write(
-            repo, edit, text, via=how, action="promotion", env=to)
-        detail = {"from": source, "revision": revision, "images": [str(i) for i in wanted]}
-        if not changed or commit is None:
-            return Result("promotion", to, how, False, commit, parent, repo.mirror.branch,
-                          attempts_n, (), None, None, detail)
-        data: dict[str, Any] = {**base, **detail, "files": files, "commit": commit,
-                                "parent": parent, "branch": repo.mirror.branch,
-                                "repo": repo.url, "source": repo.source,
-                                "attempts": attempts_n, "via": how}
-        if pr is not None:
-            data["pull_request"] = pr.to_dict()
-        kind = ev.PROMOTION_PROPOSED if pr is not None else ev.PROMOTION_COMMITTED
-        event = await self._publish(kind, to, commit, data, cause=requested)
-        log.info("gitops.promotion", source=source, to=to, revision=revision[:12],
-                 commit=commit[:12], auto=auto)
-        return Result("promotion", to, how, True, commit, parent, repo.mirror.branch,
-                      attempts_n, tuple(files), pr, event, detail)
+        return await promote(self, source, to, via=via, by=by, auto=auto, now=now)

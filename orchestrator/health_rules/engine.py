@@ -206,3 +206,15 @@ def rules_of_event(health: Mapping[str, Any], files: Mapping[str, Any] | None) -
     files = files or {}
     return repo_rules(health, files=files.get("customizations"),
                       config_map=files.get("argocdConfigMap"))
+
+
+def engine_for_render(operator: HealthEngine, env: Mapping[str, Any],
+                      data: Mapping[str, Any]) -> HealthEngine:
+    """The engine of one sync of a render (``render.succeeded`` data): the repository's rules
+    at that commit, then the operator's (``operator.rules``), then the built-in ones; a fresh
+    engine, sharing ``operator``'s Lua runtime. Raises ``sources.HealthRuleError``."""
+    health = env.get("health") or {}
+    if not health:
+        return operator.with_rules(operator.rules)
+    return operator.with_rules(rules_of_event(health, data.get("health_rules"))
+                               .then(operator.rules))

@@ -10,7 +10,10 @@ scripts that run in Argo CD run here unchanged and to fail safely where Argo CD 
   ``resource.customizations.useOpenLibs.<group_kind>``, to yours); ``useOpenLibs`` never opens
   ``io``, the rest of ``os``, ``debug``, ``package`` loading, ``load``/``dofile``, coroutines;
 - Lua 5.1 spellings gopher-lua accepts (``table.getn``, ``unpack``, ``math.pow``) work on
-  Lua 5.4;
+  Lua 5.4, and ``tostring`` prints an integral float as gopher-lua does ("3", not "3.0");
+  integral JSON numbers arrive as integers (``..`` of a computed float still shows "3.0");
+- ``require("json")`` and every other value a script can reach are Lua values (the json
+  functions are Lua closures): no Python object is ever in a script's hands;
 - each call has a time limit (wall time, checked every 1,000 instructions, not swallowed by the
   script's own ``pcall``) and the runtime a memory cap; string patterns whose backtracking could
   outlast any limit inside one C call are refused (``sandbox.lua`` says how);
@@ -72,7 +75,7 @@ class LuaEngine:
         self._lua = lua54.LuaRuntime(register_eval=False, register_builtins=False,
                                      unpack_returned_tuples=True, attribute_filter=_deny,
                                      max_memory=max_memory)
-        self._max_memory = max_memory
+        self.max_memory = max_memory
         code = resources.files(__package__).joinpath("sandbox.lua").read_text(encoding="utf-8")
         setup = self._lua.execute(f"return function(...) {code}\nend")
         self._run, self._forget = setup(self._json_decode, self._json_encode, PATTERN_LIMIT,
@@ -128,7 +131,7 @@ class LuaEngine:
             except lua54.LuaError as exc:
                 ok, result = False, str(exc)
             finally:
-                if self._lua.get_memory_used() > self._max_memory // 4:
+                if self._lua.get_memory_used() > self.max_memory // 4:
                     self._lua.execute("collectgarbage('collect')")
             if not ok:
                 reason = _text(result)

@@ -53,14 +53,29 @@ local safe_math = copy(math)
 safe_math.pow = function(x, y) return x ^ y end
 safe_math.mod = math.fmod
 local safe_os = {time = os.time, date = os.date}       -- Argo CD's oslib_safe: nothing else
-local json = {decode = json_decode, encode = json_encode}
+-- Lua closures around the Python callables: a script must never hold a Python object (its
+-- userdata's metatable has __gc and friends, which called by hand could corrupt memory).
+local json = {
+  decode = function(text) return json_decode(text) end,
+  encode = function(value) return json_encode(value) end,
+}
+
+-- gopher-lua (Lua 5.1) has one number type: 6 / 2 prints "3" there, "3.0" in Lua 5.4.
+-- tostring prints an integral float as Argo CD would (concatenation cannot be changed).
+local real_tostring, math_type, fmt = tostring, math.type, string.format
+local function compat_tostring(value)
+  if math_type(value) == "float" and value == value // 1 and value > -2^53 and value < 2^53 then
+    return fmt("%d", value)
+  end
+  return real_tostring(value)
+end
 
 local compiled = {}
 
 local function environment(state)
   local env = {
     assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
-    select = select, tonumber = tonumber, tostring = tostring, type = type,
+    select = select, tonumber = tonumber, tostring = compat_tostring, type = type,
     unpack = unpack, rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = rawset,
     getmetatable = getmetatable, _VERSION = _VERSION,
     print = function() end,

@@ -17,6 +17,7 @@ with a corpus of fixtures; a case then passes on the status alone, the message i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,8 @@ def run_suite(spec: Path, root: Path, engine: HealthEngine, *, builtin: bool = F
 
 def _case(label: str, directory: Path, test: Mapping[str, Any], engine: HealthEngine, *,
           builtin: bool) -> Case:
-    expected = test.get("healthStatus") if isinstance(test.get("healthStatus"), Mapping) else {}
-    assert isinstance(expected, Mapping)
+    raw = test.get("healthStatus")
+    expected: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
     input_path = str(test.get("inputPath", ""))
     status = str(expected.get("status", ""))
     message = expected.get("message")
@@ -160,8 +161,7 @@ def _case(label: str, directory: Path, test: Mapping[str, Any], engine: HealthEn
 
 
 def _with(case: Case, *, result: Assessment | None = None, error: str = "") -> Case:
-    return Case(case.suite, case.input_path, case.expected_status, case.expected_message,
-                result=result, error=error, builtin=case.builtin)
+    return dataclasses.replace(case, result=result, error=error)
 
 
 def run_all(root: Path, engine: HealthEngine, *, builtin: bool = False) -> list[Case]:

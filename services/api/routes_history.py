@@ -30,6 +30,7 @@ from orchestrator.commands.replay import replay as run_replay
 from orchestrator.domain import dora
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
 from services.api.context import BUS, PROJECTOR, control
 
@@ -162,14 +163,14 @@ async def _retries_of(bus: EventBus, target: Event, original: Event, after: int)
     subject = subjects.event_subject(original.subject, original.type)
     count = 0
     async for s in bus.read([subject], start_seq=after + 1):
-        count += s.event.data.get("retry_of") == target.id
+        count += decode(s.event).retry_of == target.id
     return count
 
 
 def _retried(target: Event, event: Event, seq: int) -> dict[str, Any]:
     return {"retried": target.id, "retried_type": target.type, "published": event.id,
             "type": event.type, "env": event.subject, "sequence": seq,
-            "attempt": event.data.get("retry")}
+            "attempt": decode(event).retry or None}
 
 
 def add_routes(app: web.Application) -> None:

@@ -44,9 +44,11 @@ from aiohttp import web
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode
 from orchestrator.domain.config import DEFAULT_SOURCE, Config, parse_config
 from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import normalise
+from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.domain.webhooks import PROVIDERS, PushEvent, parse_push, verify
 from orchestrator.errors import ConfigError, ConflictError, PermanentError
 from orchestrator.secrets import SecretScope
@@ -189,9 +191,11 @@ async def _config(app: web.Application, bus: EventBus) -> _State:
     if found is None or found.seq == state.config_seq:
         return state
     state.config_seq = found.seq
-    state.primary_branch = str(found.event.data.get("branch") or "")
+    loaded = decode(found.event)
+    text = loaded.text if isinstance(loaded, ConfigLoaded) else ""
+    state.primary_branch = loaded.branch if isinstance(loaded, ConfigLoaded) else ""
     try:
-        state.config = parse_config(str(found.event.data.get("text") or ""))
+        state.config = parse_config(text)
     except ConfigError as exc:  # the watcher validated it; a newer schema than ours?
         log.warning("webhook.config_unreadable", error=str(exc))
     return state

@@ -44,6 +44,8 @@ from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
+from orchestrator.health_rules.engine import HealthEngine, engine_for_render
+from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.ports import ApplyRequest
 from orchestrator.resources import Resources
 from orchestrator.targets.kube.compare import compare
@@ -168,6 +170,20 @@ class DriftLoop:
             events += healed
         return DriftCheck(env, held, diffs, events)
 
+    async def _health(self, env: str, held: Record) -> HealthEngine:
+        """The rules the heal waits by: those of the render it re-applies (the repository's
+        at that commit, then the operator's) when that render is the latest, else the
+        operator's."""
+        operator = self.resources.health_engine()
+        rendered = await self.bus.last_event(env, ev.RENDER_SUCCEEDED)
+        if rendered is None or rendered.event.data.get("digest") != held.digest:
+            return operator.with_rules(operator.rules)
+        data = rendered.event.data
+        try:
+            return engine_for_render(operator, data.get("env") or {}, data)
+        except HealthRuleError:  # the apply of that render said so already
+            return operator.with_rules(operator.rules)
+
     async def _heal(self, target: KubeTarget, held: Record, desired: list[dict[str, Any]],
                     detected: Event) -> list[Event]:
         started = time.monotonic()
@@ -183,8 +199,7 @@ class DriftLoop:
                 result = await target.sync(ApplyRequest(
                     env=target.env, revision=held.revision, digest=held.digest, objects=desired,
                     origin_seq=held.origin_seq, cause="drift",
-                    health=self.resources.health_engine().with_rules(
-                        self.resources.health_engine().rules)))
+                    health=await self._health(target.env, held)))
             except TransientError as exc:
                 log.warning("drift.heal_retry_later", env=target.env, error=str(exc))
                 return []

@@ -24,12 +24,13 @@ from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
 from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
 from orchestrator.errors import ConfigError, PermanentError, TransientError
-from orchestrator.health_rules.engine import HealthEngine, rules_of_event
+from orchestrator.health_rules.engine import HealthEngine, engine_for_render
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.ports import ApplyRequest, Target, TargetState
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from orchestrator.targets.git.target import git_target_for
+from orchestrator.targets.kube.settings import expanded_target
 from orchestrator.targets.kube.target import kube_target
 from services.applier import outcomes
 from services.applier.drift import DriftLoop
@@ -79,8 +80,6 @@ class Applier:
                                   local_dirs=self.settings.allow_local_paths)
         target = env.get("target") or {}
         if "kubernetes" in target:
-            from orchestrator.targets.kube.settings import expanded_target
-
             return kube_target(env["name"], expanded_target(
                 env["name"], target["kubernetes"], self.settings.secrets.scope()),
                 env.get("sync") or {}, self.resources.kube)
@@ -91,15 +90,10 @@ class Applier:
         """The health rules of this apply: the repository's at the rendered commit (CEL checks
         of conveyor.yaml, its argocd-cm file, its customizations tree), then the operator's,
         then the built-in ones. Rules that cannot be used fail the apply, naming the file."""
-        operator = self.resources.health_engine()
-        health = env.get("health") or {}
-        if not health:
-            return operator.with_rules(operator.rules)  # an engine of its own for this sync
         try:
-            repo = rules_of_event(health, data.get("health_rules"))
+            return engine_for_render(self.resources.health_engine(), env, data)
         except HealthRuleError as exc:
             raise PermanentError(str(exc), reason="InvalidHealthRules") from None
-        return operator.with_rules(repo.then(operator.rules))
 
     async def supersede(self, older: Delivery, newest: Delivery) -> list[Event]:
         if older.event.type == ev.ENV_REMOVED:  # re-added before the prune ran: nothing to do
@@ -174,13 +168,14 @@ class Applier:
             if payload is None:
                 raise PermanentError(f"bundle {data['digest']} is missing from the store",
                                      reason="BundleMissing")
+            health = self.health_for(env, data)  # unusable rules fail before the target
             # record before effect: a crash from here on leaves a trace of the attempt
             await self.bus.publish(new_event(
                 ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
                 data={**outcomes.pass_on(event), "target": target.description,
                       "attempt": delivery.attempt}))
             result = await target.apply(replace(request, objects=decode_bundle(payload),
-                                                health=self.health_for(env, data)))
+                                                health=health))
         except (PermanentError, ConfigError) as exc:
             log.error("apply.failed", env=event.subject, revision=event.correlationid[:12],
                       reason=exc.reason, error=str(exc))

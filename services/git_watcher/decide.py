@@ -291,8 +291,14 @@ def events_for_commit(
     tree_moved = current is not None and changed is not None and current.reads_tree \
         and touches(current.generators, changed)
     if changed is None or CONFIG_FILE in changed or current is None or tree_moved:
-        text = config_text()
-        if text is None:
+        unreadable: ConfigError | None = None
+        try:
+            text = config_text()
+        except ConfigError as refused:  # e.g. a conveyor.yaml too large to read at all
+            text, unreadable = None, refused
+        if unreadable is not None:
+            config_events.append(config_invalid(commit, source, unreadable))
+        elif text is None:
             err = ConfigError(f"no {CONFIG_FILE} at the repository root", file=CONFIG_FILE)
             config_events.append(config_invalid(commit, source, err))
         elif len(text.encode()) > MAX_CONFIG_BYTES:

@@ -45,7 +45,7 @@ from orchestrator.domain.config import (
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.generators import PullRequest, wanted_pulls
-from orchestrator.errors import ConfigError, ConveyorError, TransientError
+from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import PullLister
 from orchestrator.metrics import Metrics
 from orchestrator.rendering import referenced_paths
@@ -97,6 +97,9 @@ class Cursor:
                    tuple(PullRequest.from_dict(p) for p in raw.get("config_pulls") or ()))
 
 
+REFERENCE_MAX_BYTES = 8 << 20  # a kustomization read to find what an environment references
+
+
 def cursor_key(source: str) -> str:
     return f"watcher.{source}"
 
@@ -104,11 +107,13 @@ def cursor_key(source: str) -> str:
 def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
     """referenced_paths bound to one commit (kustomize bases and the like)."""
     def read(path: str) -> bytes | None:
-        return git_local.read_file(repo_path, sha, path)
+        try:  # a huge file is the renderer's to refuse, with its own limit
+            return git_local.read_file(repo_path, sha, path, max_bytes=REFERENCE_MAX_BYTES)
+        except PermanentError:
+            return None
 
     def is_dir(path: str) -> bool:
-        tid = git_local.tree_id(repo_path, sha, path)
-        return tid is not None and git_local.read_file(repo_path, sha, path) is None
+        return git_local.is_tree(repo_path, sha, path)
 
     def refs(env: EnvironmentConfig) -> frozenset[str]:
         try:
@@ -332,7 +337,11 @@ class SourcePoller:
                     path, commit.sha)
 
                 def text(sha: str = commit.sha) -> str | None:
-                    data = git_local.read_file(path, sha, CONFIG_FILE)
+                    try:  # the size is checked from the object header, before reading
+                        data = git_local.read_file(path, sha, CONFIG_FILE,
+                                                   max_bytes=decide.MAX_CONFIG_BYTES)
+                    except PermanentError as exc:
+                        raise ConfigError(exc.message, file=CONFIG_FILE) from None
                     return None if data is None else data.decode("utf-8", errors="replace")
 
                 def dirs(sha: str = commit.sha) -> list[str]:

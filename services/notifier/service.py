@@ -26,8 +26,10 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode
 from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.errors import ConveyorError
 from orchestrator.notify import (
     Coalescer,
@@ -62,7 +64,7 @@ def delivery_key(event_id: str, route: str) -> str:
 def delivered_as(event: Event) -> str:
     """The id a delivery is recorded under: a retried event (``conveyor retry``) counts as its
     original, so a retry re-sends only to the routes that never got it."""
-    return str(event.data.get("original_id") or event.id)
+    return decode(event).original_id or event.id
 
 
 def ref_key(route: str, event: Event) -> str:
@@ -114,7 +116,8 @@ class Notifier:
             return []
         if last.seq != self._config_seq:
             try:
-                config = parse_config(str(last.event.data.get("text", "")))
+                loaded = decode(last.event)
+                config = parse_config(loaded.text if isinstance(loaded, ConfigLoaded) else "")
                 self._routes = parse_routes(config.notifiers)
             except ConveyorError as exc:
                 log.error("notify.bad_routes", error=str(exc))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.adapters import git_local
+from orchestrator.errors import PermanentError
 from orchestrator.rendering import referenced_paths
 from orchestrator.rendering.model import RenderTools
 
@@ -72,10 +73,13 @@ def render_key(repo_path: str, sha: str, env_path: str, settings: Mapping[str, A
                tools: RenderTools | None = None) -> tuple[str, list[str]]:
     """The cache key of rendering ``env_path`` at ``sha``, and the paths it covers. Blocking."""
     def read(path: str) -> bytes | None:
-        return git_local.read_file(repo_path, sha, path)
+        try:  # no blob is loaded whole to learn it is too big: the render refuses it
+            return git_local.read_file(repo_path, sha, path, max_bytes=8 << 20)
+        except PermanentError:
+            return None
 
     def is_dir(path: str) -> bool:
-        return git_local.tree_id(repo_path, sha, path) is not None and read(path) is None
+        return git_local.is_tree(repo_path, sha, path)
 
     paths = sorted(referenced_paths(read, is_dir, env_path, settings) | {env_path})
     trees = {p: git_local.tree_id(repo_path, sha, p) for p in paths}

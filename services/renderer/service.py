@@ -27,6 +27,7 @@ from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering import render
+from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from services.renderer.cache import render_key
@@ -81,8 +82,6 @@ class Renderer:
                                                 scope=self.settings.secrets.scope())
 
     async def start(self) -> None:
-        from orchestrator.rendering.safety import offline_prefix
-
         if not self.settings.render_tools.remote_base_hosts and \
                 not await asyncio.to_thread(offline_prefix):
             log.warning("render.network_not_isolated", reason="this host refuses unprivileged "

@@ -71,3 +71,26 @@ def test_the_security_section_names_existing_tests_and_true_limits() -> None:
     for name in named:
         assert (ROOT / "tests" / "security" / name).is_file(), name
     assert "64 MiB per file" in SECTION and git_tree.MAX_BLOB_BYTES == 64 << 20
+
+
+def test_the_operator_settings_also_come_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What k8s/base's conveyor-config sets (CONVEYOR_ENV_ALLOW, empty: none) is read."""
+    import yaml
+
+    from conveyor.cli import _settings
+    from orchestrator.secrets import SecretPolicy
+
+    base = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
+    literals = next(g["literals"] for g in base["configMapGenerator"]
+                    if g["name"] == "conveyor-config")
+    assert "CONVEYOR_ENV_ALLOW=" in literals
+    monkeypatch.setenv("CONVEYOR_ENV_ALLOW", "")
+    args = build_parser().parse_args(["run", "notifier", "--nats", "nats://x:4222"])
+    assert _settings(args).secrets == SecretPolicy()
+    monkeypatch.setenv("CONVEYOR_ENV_ALLOW", "SLACK_*,PROD_*")
+    monkeypatch.setenv("CONVEYOR_SECRETS_DIR", str(tmp_path))
+    monkeypatch.setenv("CONVEYOR_ALLOW_LOCAL_PATH", str(tmp_path))
+    settings = _settings(build_parser().parse_args(["run", "notifier", "--nats", "nats://x"]))
+    assert settings.secrets == SecretPolicy(("SLACK_*", "PROD_*"), (str(tmp_path),))
+    assert settings.allow_local_paths == (str(tmp_path),)

@@ -30,7 +30,8 @@ READS = ["/api/v1/environments", "/api/v1/environments/dev", "/api/v1/events",
          "/api/v1/trace/abcdef1", "/api/v1/environments/dev/history", "/api/v1/metrics/dora",
          f"/api/v1/bundles/sha256:{'0' * 64}", "/metrics",
          "/api/v1/events/stream?after=0", "/api/v1/dashboard/stream?last=1",
-         "/api/v1/environments/dev/objects", "/api/v1/environments/dev/changes"]
+         "/api/v1/environments/dev/objects", "/api/v1/environments/dev/changes",
+         "/api/v1/promotions"]
 CONTROLS = ["/api/v1/refresh", "/api/v1/environments/dev/sync", "/api/v1/replay",
             f"/api/v1/events/{'ab' * 8}/retry", "/api/v1/environments/dev/releases",
             "/api/v1/environments/dev/rollback", "/api/v1/environments/dev/promotions"]

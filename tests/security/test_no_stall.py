@@ -21,6 +21,7 @@ from orchestrator.domain.events import fit, new_event
 from orchestrator.errors import ConfigError
 from services.git_watcher.config_check import check_config
 from tests.security.pipeline import (
+    CONFIG,
     configmap,
     finished,
     good_files,
@@ -110,3 +111,17 @@ async def test_an_object_in_namespace_dot_is_render_failed(
         assert "app/cm.yaml:4" in failed.data["error"] and "not a namespace name" in \
             failed.data["error"]
         await next_good_commit_deploys(conveyor, bus, repo)
+
+
+async def test_a_huge_conveyor_yaml_is_config_invalid_unread(
+        repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path) -> None:
+    first = repo.commit(good_files("v1"), "initial")
+    async with running(settings_for(repo, nats_server, tmp_path / "data")) as conveyor:
+        await wait_for_events(bus, finished(first, {"app"}))
+        attack = repo.commit({"conveyor.yaml": CONFIG + "#" * (2 << 20) + "\n"}, "2 MiB config")
+        await poll(conveyor)
+        events = await wait_for_events(bus, lambda evs: ev.CONFIG_INVALID in of(evs, attack)
+                                       and finished(attack, {"app"})(evs))
+        invalid = next(e for e in events if e.type == ev.CONFIG_INVALID)
+        assert "over the 262144-byte limit" in invalid.data["error"]
+        await next_good_commit_deploys(conveyor, bus, repo, config=CONFIG)

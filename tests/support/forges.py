@@ -284,7 +284,7 @@ class ForgeServer:
         chunk = mine[(page - 1) * per_page: page * per_page]
         headers = {"X-Total-Count": str(len(mine))} if self.kind == "gitea" else {}
         if page * per_page < len(mine):
-            base = f"{self.url}{request.path}"
+            base = f"{self.url}{request.raw_path.split('?')[0]}"
             headers["Link"] = (f'<{base}?{size_key}={per_page}&page={page + 1}>; rel="next", '
                                f'<{base}?{size_key}={per_page}&page='
                                f'{(len(mine) + per_page - 1) // per_page}>; rel="last"')
@@ -412,7 +412,8 @@ class ForgeServer:
         headers = {"X-Total": str(len(mine)), "X-Page": str(page), "X-Next-Page": ""}
         if page * per_page < len(mine):
             headers["X-Next-Page"] = str(page + 1)
-            headers["Link"] = (f'<{self.url}{request.path}?page={page + 1}&per_page={per_page}>;'
+            path = request.raw_path.split("?")[0]  # as requested: the project's %2F kept
+            headers["Link"] = (f'<{self.url}{path}?page={page + 1}&per_page={per_page}>;'
                                ' rel="next"')
         return web.json_response([{"id": c.id, "body": c.body, "noteable_iid": c.number,
                                    "author": {"username": "conveyor"}} for c in chunk],

@@ -540,9 +540,106 @@
     }
   }
 
+  // -- promotions ---------------------------------------------------------------------------
+  // -- actions: each a commit, shown with what it made ---------------------------------------
+  const WEB_URL = /^https?:\/\//i;  // a pull request's address: never a javascript: URL
+
+  async function postJSON(path, body) {
+    const resp = await fetch(path, {method: "POST", body: JSON.stringify(body || {}),
+      headers: authHeaders({"Content-Type": "application/json", Accept: "application/json"})});
+    let data = {};
+    try { data = await resp.json(); } catch (err) { data = {}; }
+    if (resp.status === 401) showLogin(storedToken() ? "That token was not accepted." : "");
+    return {status: resp.status, data};
+  }
+
+  function actionResult(target, verb, answer) {
+    const {status, data} = answer;
+    if (status >= 400) {
+      target.replaceChildren(h("span", {class: "bad"},
+        `${verb} refused (${status}): ${data.error || "no reason given"}`));
+      return;
+    }
+    const pr = data.pull_request;
+    if (pr && WEB_URL.test(pr.url || "")) {
+      target.replaceChildren(`${verb}: proposed in pull request `,
+        h("a", {href: pr.url, rel: "noopener noreferrer"}, `#${pr.number}`), ".");
+    } else if (data.changed === false) {
+      target.replaceChildren(`${verb}: nothing to change, the declaration already says so.`);
+    } else if (data.commit) {
+      target.replaceChildren(`${verb}: committed `, commitLink(data.commit),
+        ` to ${data.branch || "the branch"}.`);
+    } else {
+      target.replaceChildren(`${verb}: requested ${short(data.requested || "")}.`);
+    }
+  }
+
+  async function act(target, verb, path, body) {
+    target.textContent = `${verb}…`;
+    try {
+      actionResult(target, verb, await postJSON(path, body));
+    } catch (err) {
+      target.textContent = `${verb} failed (${err.message}).`;
+    }
+  }
+
+  async function renderPromotions() {
+    const status = $("promotions-status");
+    let body;
+    try {
+      body = await getJSON("/api/v1/promotions");
+    } catch (err) {
+      status.textContent = `Could not load the promotions (${err.message}).`;
+      return;
+    }
+    if (!state.route || state.route.view !== "promotions") return;
+    const rows = body.promotions || [];
+    status.textContent = rows.length ? count(rows.length, "promotion path")
+      : "No promotion: in conveyor.yaml.";
+    $("promotions").tBodies[0].replaceChildren(...rows.map((r) => {
+      const same = r.from_runs && r.from_runs === r.to_runs;
+      return h("tr", {"data-to": r.to, "data-gate": r.gate.allowed ? "open" : "closed"},
+        h("td", {"data-label": "From"}, envLink(r.from)),
+        h("td", {"data-label": "Runs"}, commitLink(r.from_runs)),
+        h("td", {"data-label": "To"}, envLink(r.to)),
+        h("td", {"data-label": "Runs"}, commitLink(r.to_runs), same ? " (the same)" : ""),
+        h("td", {"data-label": "Auto"}, r.auto ? "automatic" : "by hand"),
+        h("td", {"data-label": "Gate", class: r.gate.allowed ? "good" : "warn"},
+          `${r.gate.allowed ? "open" : "closed"}: ${r.gate.reason}`),
+        h("td", {"data-label": "Action"}, promoteButton(r)));
+    }));
+  }
+
+  function promoteButton(r) {
+    const button = h("button", {type: "button", class: "promote", "data-to": r.to},
+      `Promote ${r.from} to ${r.to}`);
+    button.addEventListener("click", () => act($("promote-result"),
+      `Promote ${r.from} to ${r.to}`,
+      `/api/v1/environments/${encodeURIComponent(r.to)}/promotions`, {from: r.from}));
+    return button;
+  }
+
+  function wireActions() {
+    const envName = () => (state.route && state.route.view === "env" ? state.route.name : "");
+    const envPath = (what) => `/api/v1/environments/${encodeURIComponent(envName())}/${what}`;
+    $("release-form").addEventListener("submit", (e) => {
+      e.preventDefault();
+      const image = $("release-image").value.trim();
+      if (!image || !envName()) return;
+      act($("action-result"), `Release ${image}`, envPath("releases"), {images: [image]});
+    });
+    $("rollback-button").addEventListener("click", () => {
+      if (envName()) act($("action-result"), "Roll back", envPath("rollback"), {steps: 1});
+    });
+    $("sync-button").addEventListener("click", () => {
+      if (envName()) act($("action-result"), "Sync", envPath("sync"), {});
+    });
+  }
+
   // -- routing and live refresh --------------------------------------------------------------
   function parseRoute() {
     const parts = location.hash.replace(/^#\/?/, "").split("/").map(decodeURIComponent);
+    if (parts[0] === "promotions") return {view: "promotions"};
     if (parts[0] === "commit" && SHA.test(parts[1] || "")) return {view: "commit", sha: parts[1]};
     if (parts[0] === "env" && ENV.test(parts[1] || "")) return {view: "env", name: parts[1]};
     return {view: "home"};
@@ -557,19 +654,27 @@
       refreshView();
     } else if (r.view === "env" && e.subject === r.name) {
       refreshView();
+    } else if (r.view === "promotions" && /^conveyor\.(apply|health|promotion|config)\./
+      .test(e.type || "")) {
+      refreshView();
     }
   }
 
   function render(navigated) {
     const route = parseRoute();
     state.route = route;
-    for (const view of ["home", "commit", "env"]) $(`view-${view}`).hidden = view !== route.view;
+    for (const view of ["home", "commit", "env", "promotions"]) {
+      $(`view-${view}`).hidden = view !== route.view;
+    }
     if (route.view === "commit") renderCommit(route.sha);
     if (route.view === "env") renderEnv(route.name);
+    if (route.view === "promotions") renderPromotions();
     document.title = route.view === "commit" ? `Commit ${short(route.sha)} · Conveyor`
-      : route.view === "env" ? `${route.name} · Conveyor` : "Conveyor";
+      : route.view === "env" ? `${route.name} · Conveyor`
+        : route.view === "promotions" ? "Promotions · Conveyor" : "Conveyor";
     if (navigated) {
-      const title = $({home: "home-title", commit: "commit-title", env: "env-title"}[route.view]);
+      const title = $({home: "home-title", commit: "commit-title", env: "env-title",
+        promotions: "promotions-title"}[route.view]);
       title.focus({preventScroll: false});
     }
   }
@@ -604,7 +709,11 @@
     });
     $("sign-out").addEventListener("click", signOut);
     $("sign-out").hidden = !storedToken();
-    window.addEventListener("hashchange", () => render(true));
+    window.addEventListener("hashchange", () => {
+      $("action-result").textContent = "";
+      render(true);
+    });
+    wireActions();
     render(false);
     loadEnvs();
     connect();

@@ -16,6 +16,7 @@ from typing import Any
 from orchestrator.domain.health.crs import (
     argo,
     certmanager,
+    cloud,
     crossplane,
     external_secrets,
     flux,
@@ -29,7 +30,7 @@ from orchestrator.domain.health.crs import (
 from orchestrator.domain.health.crs.common import Check
 
 Rule = tuple[str, Check]
-_PROJECTS = (argo, certmanager, crossplane, external_secrets, flux, istio, keda, knative,
+_PROJECTS = (argo, certmanager, cloud, crossplane, external_secrets, flux, istio, keda, knative,
              prometheus, sealed_secrets, strimzi)
 
 

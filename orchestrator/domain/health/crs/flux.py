@@ -4,6 +4,9 @@ Status API: Flux controllers follow kstatus exactly (``Reconciling``, ``Stalled`
 ``status.observedGeneration``) and pause with ``spec.suspend: true``. A suspended object is
 Suspended whatever its last conditions say (they describe the last run before the pause); an
 object with no conditions yet is Progressing (every Flux kind gets them on first reconcile).
+Verdicts agree with Argo CD's Flux checks; the message is the deciding condition's message
+(Argo CD shows the Ready reason) and a Ready Unknown without Reconciling is still Progressing
+(Argo CD: Degraded), as kstatus reads it.
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ PROJECT = "flux"
 
 def assess(obj: Mapping[str, Any]) -> HealthStatus:
     if f.boolean(obj, "spec", "suspend"):
-        return HealthStatus(Health.SUSPENDED, "Reconciliation is suspended")
-    return by_ready(obj, waiting="Waiting for the controller to reconcile")
+        return HealthStatus(Health.SUSPENDED, f"{obj.get('kind')} is suspended")
+    return by_ready(obj, waiting="Status unknown")
 
 
 SUFFIXES = {".toolkit.fluxcd.io": assess}

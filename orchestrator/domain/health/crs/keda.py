@@ -27,17 +27,13 @@ def scaled(obj: Mapping[str, Any]) -> HealthStatus:
         return lag
     by_type = f.condition_map(obj)
     ready, fallback, paused = by_type.get("Ready"), by_type.get("Fallback"), by_type.get("Paused")
-    if f.is_false(ready):
-        assert ready is not None
+    if ready is not None and f.is_false(ready):
         return HealthStatus(Health.DEGRADED, f.message_of(ready))
-    if f.is_true(fallback):
-        assert fallback is not None
+    if fallback is not None and f.is_true(fallback):
         return HealthStatus(Health.DEGRADED, f.message_of(fallback))
-    if f.is_true(paused):
-        assert paused is not None
+    if paused is not None and f.is_true(paused):
         return HealthStatus(Health.SUSPENDED, f.message_of(paused, "Scaling is paused"))
-    if f.is_true(ready):
-        assert ready is not None
+    if ready is not None and f.is_true(ready):
         return HealthStatus(Health.HEALTHY, f.message_of(ready))
     return HealthStatus(Health.PROGRESSING, "Creating HorizontalPodAutoscaler Object")
 

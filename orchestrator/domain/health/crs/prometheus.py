@@ -29,8 +29,7 @@ def workload(obj: Mapping[str, Any]) -> HealthStatus:
         return lag
     by_type = f.condition_map(obj)
     reconciled, available = by_type.get("Reconciled"), by_type.get("Available")
-    if f.is_false(reconciled):
-        assert reconciled is not None
+    if reconciled is not None and f.is_false(reconciled):
         return HealthStatus(Health.DEGRADED, f.message_of(reconciled))
     if available is None:
         return HealthStatus(Health.PROGRESSING, "Waiting for the operator to report status")

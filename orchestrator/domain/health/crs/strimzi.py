@@ -37,16 +37,14 @@ def operand(obj: Mapping[str, Any]) -> HealthStatus | None:
     if lag is not None:
         return lag
     not_ready = by_type.get("NotReady")
-    if f.is_true(not_ready):
-        assert not_ready is not None
+    if not_ready is not None and f.is_true(not_ready):
         starting = f.text(not_ready.get("reason")) in _STARTING
         return HealthStatus(Health.PROGRESSING if starting else Health.DEGRADED,
                             f.message_of(not_ready))
     ready = by_type.get("Ready")
     if f.is_true(ready):
         return HealthStatus(Health.HEALTHY, "")
-    if f.is_false(ready):
-        assert ready is not None
+    if ready is not None and f.is_false(ready):
         return HealthStatus(Health.DEGRADED, f.message_of(ready))
     return HealthStatus(Health.PROGRESSING, "Waiting for the operator to reconcile")
 
