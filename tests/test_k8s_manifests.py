@@ -602,6 +602,10 @@ def test_the_api_answers_to_its_service_names(name: str) -> None:
                  f"{service['name']}.{namespace}.svc.cluster.local"):
         assert allowlist.allows(host), host
     assert not allowlist.allows("evil.example")
+    # and it can have a read-only role, from the same Secret
+    ref = next(e for e in c["env"] if e["name"] == "CONVEYOR_READ_TOKEN")["valueFrom"]
+    assert (ref["secretKeyRef"]["name"], ref["secretKeyRef"]["key"]) == ("conveyor-api",
+                                                                           "read-token")
 
 
 # -- secrets -----------------------------------------------------------------------------------

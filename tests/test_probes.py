@@ -25,9 +25,9 @@ import aiohttp
 import pytest
 
 from orchestrator import subjects
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.embedded_nats import EmbeddedNats, free_port
 from orchestrator.adapters.nats_bus import EventBus, redact, server_list
-from tests.support.cluster import NatsCluster
 from tests.support.crash import conveyor_binary
 
 STOP_WITHIN = 10.0
@@ -118,8 +118,7 @@ def test_server_lists_and_redaction() -> None:
 
 async def test_a_start_against_unreachable_servers_retries_then_connects(
         tmp_path: Path) -> None:
-    later = NatsCluster(tmp_path / "nats", size=1)  # a plain server, started below
-    ports = [free_port(), later.nodes[0].port]
+    ports = [free_port(), free_port()]
     urls = ",".join(f"nats://user:hunter2@127.0.0.1:{p}" for p in ports)
     async with run("renderer", urls, tmp_path) as p:
         failed = await p.logged("nats.connect_failed", count=2)
@@ -131,7 +130,13 @@ async def test_a_start_against_unreachable_servers_retries_then_connects(
         assert status == 503 and body["reason"] == "connecting to NATS"
         assert (await p.get("/healthz"))[0] == 503
 
-        await later.start()  # the second one comes up
+        # the second one comes up, requiring the user and password the URLs carry (the
+        # embedded server keeps its credentials in its data dir: orchestrator.adapters.nats_auth)
+        (tmp_path / "nats").mkdir(mode=0o700)
+        nats_auth.write_private(tmp_path / "nats" / nats_auth.CREDENTIALS_FILE,
+                                json.dumps({"user": "user", "password": "hunter2"}))
+        server = EmbeddedNats(tmp_path / "nats", port=ports[1])
+        await server.start()
         try:
             await p.logged("service.started", within=60)
             await wait_status(p, "/readyz", 200)
@@ -139,7 +144,7 @@ async def test_a_start_against_unreachable_servers_retries_then_connects(
             assert await p.terminate() < STOP_WITHIN
             assert p.proc.returncode == 0
         finally:
-            await later.stop()
+            await server.stop()
 
 
 async def test_sigterm_while_connecting_stops_within_ten_seconds(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus, server_list
+from orchestrator.adapters.nats_bus import EventBus, redact, server_list
 from orchestrator.commands.client import _fail_unreachable, _headers
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
@@ -286,7 +286,8 @@ async def replay_command(args: argparse.Namespace) -> int:
         try:
             report = await _direct(args.nats)
         except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
-            print(f"conveyor replay: cannot reach NATS at {args.nats}: {exc}", file=sys.stderr)
+            print(f"conveyor replay: cannot reach NATS at {redact(args.nats)}: {exc}",
+                  file=sys.stderr)
             return 2
         except ReplayError as exc:
             print(f"conveyor replay: {exc}", file=sys.stderr)

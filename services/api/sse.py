@@ -55,15 +55,16 @@ async def serve(request: web.Request, producers: Sequence[Producer], *,
     refused = at_cap(request)
     if refused is not None:
         return refused
-    resp = web.StreamResponse(headers=HEADERS)
-    await resp.prepare(request)
-    queue: Frames = asyncio.Queue(QUEUE_SIZE)
-    tasks = [asyncio.create_task(produce(queue)) for produce in producers]
     me = asyncio.current_task()
     streams = request.app[STREAMS]
     if me is not None:
-        streams.add(me)
+        streams.add(me)  # with no await since the check: the cap cannot be overshot
+    tasks: list[asyncio.Task[None]] = []
+    resp = web.StreamResponse(headers=HEADERS)
     try:
+        await resp.prepare(request)
+        queue: Frames = asyncio.Queue(QUEUE_SIZE)
+        tasks = [asyncio.create_task(produce(queue)) for produce in producers]
         if retry_ms is not None:
             await resp.write(f"retry: {retry_ms}\n\n".encode())
         while True:
@@ -86,8 +87,9 @@ async def serve(request: web.Request, producers: Sequence[Producer], *,
         for task in tasks:
             task.cancel()
         # bounded: a producer stuck in NATS clean-up must not hold the server's shutdown
-        with contextlib.suppress(BaseException):
-            await asyncio.wait(tasks, timeout=PRODUCER_GRACE)
+        if tasks:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait(tasks, timeout=PRODUCER_GRACE)
     return resp
 
 

@@ -121,6 +121,7 @@ async def k8s_nats(tmp_path: Path) -> AsyncIterator[tuple[str, ssl.SSLContext]]:
     from tests.test_k8s_manifests import runnable_nats_config
 
     port = free_port()
+    tmp_path.mkdir(parents=True, exist_ok=True)
     conf, env = runnable_nats_config(tmp_path, port=port)
     proc = await asyncio.create_subprocess_exec(
         nats_server_binary(), "-c", str(conf), env=env, stdout=asyncio.subprocess.DEVNULL,
@@ -183,3 +184,51 @@ async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -
                 nc = await nats.connect(**attempt, allow_reconnect=False,
                                         max_reconnect_attempts=0, connect_timeout=3)
                 await nc.close()
+
+
+def test_run_takes_its_bus_credentials_from_the_environment_not_the_command_line() -> None:
+    from conveyor.cli import nats_url
+
+    env = {"CONVEYOR_NATS_USER": "renderer", "CONVEYOR_NATS_PASSWORD": "s3cr3t\n"}
+    assert nats_url("nats://nats:4222", env) == "nats://renderer:s3cr3t@nats:4222"
+    assert nats_url("nats://a:4222,nats://b:4222", env) == \
+        "nats://renderer:s3cr3t@a:4222,nats://renderer:s3cr3t@b:4222"
+    assert nats_url("nats://u:p@nats:4222", env) == "nats://u:p@nats:4222"  # its own wins
+    assert nats_url("nats://nats:4222", {"CONVEYOR_NATS_USER": "renderer",
+                                         "CONVEYOR_NATS_PASSWORD": "  "}) == "nats://nats:4222"
+
+
+async def test_the_services_work_as_their_k8s_users_over_tls(repo: Repo, tmp_path: Path) -> None:
+    """Each service a Conveyor of its own, connected as its own user of k8s/base's NATS
+    config: the permissions are enough for the whole pipeline, and a refresh through the api
+    (the control path) deploys the next commit."""
+    import aiohttp
+
+    from conveyor.app import Conveyor
+    from services.api.app import ApiService
+
+    first = repo.commit(demo_files(), "initial")
+    async with k8s_nats(tmp_path / "nats") as (url, _):
+        ca = str(tmp_path / "nats" / "tls" / "ca.crt")
+        started: list[Conveyor] = []
+        try:
+            for name in ("api", "notifier", "applier", "renderer", "git-watcher"):
+                settings = settings_for(repo, _no_server(), tmp_path / name, nats_url=
+                                        nats_auth.with_credentials(url, name, f"pw-{name}"),
+                                        nats_ca=ca)
+                conveyor = Conveyor(settings, names=(name,))
+                await conveyor.start()
+                started.append(conveyor)
+            api_bus = started[0].bus
+            assert api_bus is not None
+            await wait_for_events(api_bus, applied(first), timeout=60)
+            second = repo.commit(demo_files(tag="1.99"), "the next good commit")
+            api = started[0].service("api")
+            assert isinstance(api, ApiService)
+            async with aiohttp.ClientSession() as http, \
+                    http.post(f"{api.url}/api/v1/refresh") as resp:
+                assert resp.status == 202
+            await wait_for_events(api_bus, applied(second), timeout=60)
+        finally:
+            for conveyor in reversed(started):
+                await conveyor.stop()
