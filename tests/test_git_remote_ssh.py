@@ -5,18 +5,29 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pygit2
 import pytest
 
 from orchestrator.adapters.git_remote import GitMirror
 from orchestrator.errors import PermanentError
+from orchestrator.secrets import SecretPolicy
 from tests.support.gitservers import SshServer, Upstream, ssh_keygen, sshd_available
 
 pytestmark = pytest.mark.skipif(sshd_available() is not None,
                                 reason=sshd_available() or "sshd available")
 
 PASSPHRASE = "correct-horse-Battery-staple"
+
+
+def mirror_in(tmp: Path, url: str, cache: Path, **kwargs: Any) -> GitMirror:
+    """A mirror whose key files live under the test's dir (the operator's --secrets-dir) and
+    whose ``environ`` names are the ones the operator allows (--env-allow)."""
+    environ = kwargs.pop("environ", {})
+    policy = SecretPolicy(env_allow=tuple(environ), secrets_dirs=(str(tmp),))
+    return GitMirror(url, cache, scope=policy.scope(environ), **kwargs)
+
 
 
 @pytest.fixture
@@ -46,7 +57,7 @@ async def test_ssh_key_with_strict_known_hosts(sshd: SshServer, upstream: Upstre
                                                keys: dict[str, Path], tmp_path: Path) -> None:
     known = tmp_path / "known_hosts"
     known.write_text(sshd.known_hosts_line + "\n")
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKeyFile": str(keys["plain"]), "knownHostsFile": str(known)})
     first = await mirror.fetch("main")
     second = upstream.push({"a": "1"})
@@ -57,7 +68,7 @@ async def test_ssh_key_with_strict_known_hosts(sshd: SshServer, upstream: Upstre
 
 async def test_ssh_key_from_env_with_passphrase(sshd: SshServer, upstream: Upstream,
                                                 keys: dict[str, Path], tmp_path: Path) -> None:
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKey": "${SSH_KEY}", "sshPassphrase": "${SSH_PASSPHRASE}",
         "knownHosts": sshd.known_hosts_line,
     }, environ={"SSH_KEY": keys["protected"].read_text(), "SSH_PASSPHRASE": PASSPHRASE})
@@ -67,7 +78,7 @@ async def test_ssh_key_from_env_with_passphrase(sshd: SshServer, upstream: Upstr
 async def test_ssh_key_file_with_passphrase_file(sshd: SshServer, upstream: Upstream,
                                                  keys: dict[str, Path], tmp_path: Path) -> None:
     (tmp_path / "passphrase").write_text(PASSPHRASE + "\n")
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKeyFile": str(keys["protected"]),
         "sshPassphraseFile": str(tmp_path / "passphrase"),
         "knownHosts": sshd.known_hosts_line,
@@ -78,7 +89,7 @@ async def test_ssh_key_file_with_passphrase_file(sshd: SshServer, upstream: Upst
 async def test_ssh_wrong_passphrase_is_authentication_failed(
         sshd: SshServer, upstream: Upstream, keys: dict[str, Path], tmp_path: Path) -> None:
     wrong = "not-the-Passphrase-42"
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKeyFile": str(keys["protected"]), "sshPassphrase": "${P}",
         "knownHosts": sshd.known_hosts_line}, environ={"P": wrong})
     with pytest.raises(PermanentError) as info:
@@ -89,7 +100,7 @@ async def test_ssh_wrong_passphrase_is_authentication_failed(
 
 async def test_ssh_unauthorised_key_is_authentication_failed(
         sshd: SshServer, upstream: Upstream, keys: dict[str, Path], tmp_path: Path) -> None:
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKey": "${K}", "knownHosts": sshd.known_hosts_line},
         environ={"K": keys["stranger"].read_text()})
     with pytest.raises(PermanentError) as info:
@@ -103,7 +114,7 @@ async def test_ssh_unknown_host_key_is_refused_before_authenticating(
     """known_hosts trusts another key for this host: the connection must not go on."""
     impostor = ssh_keygen(tmp_path / "impostor_host_key").with_suffix(".pub").read_text()
     kind, key = impostor.split()[:2]
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKeyFile": str(keys["plain"]),
         "knownHosts": f"[127.0.0.1]:{sshd.port} {kind} {key}\n"})
     with pytest.raises(PermanentError) as info:
@@ -114,7 +125,7 @@ async def test_ssh_unknown_host_key_is_refused_before_authenticating(
 
 async def test_ssh_host_missing_from_known_hosts_is_refused(
         sshd: SshServer, upstream: Upstream, keys: dict[str, Path], tmp_path: Path) -> None:
-    mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache", credentials={
         "sshKeyFile": str(keys["plain"]),
         "knownHosts": "[example.invalid]:22 " + sshd.host_public_key})
     with pytest.raises(PermanentError) as info:
@@ -131,7 +142,7 @@ async def test_ssh_without_known_hosts_uses_process_home_strictly(
     before = pygit2.settings.homedir or str(Path.home())
     pygit2.settings.homedir = str(empty_home)
     try:
-        mirror = GitMirror(sshd.url(upstream.bare), tmp_path / "cache",
+        mirror = mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / "cache",
                            credentials={"sshKeyFile": str(keys["plain"])})
         with pytest.raises(PermanentError) as info:
             await mirror.fetch("main")
@@ -147,7 +158,7 @@ async def test_ssh_user_from_credentials(sshd: SshServer, upstream: Upstream, ke
                             tmp_path: Path) -> None:
     """The URL names no user: ``credentials.username`` is the SSH login."""
     url = sshd.url(upstream.bare).replace(f"{sshd.user}@", "")
-    mirror = GitMirror(url, tmp_path / "cache", credentials={
+    mirror = mirror_in(tmp_path, url, tmp_path / "cache", credentials={
         "username": sshd.user, "sshKeyFile": str(keys["plain"]),
         "knownHosts": sshd.known_hosts_line})
     assert (await mirror.fetch("main")).head is not None
@@ -156,11 +167,11 @@ async def test_ssh_user_from_credentials(sshd: SshServer, upstream: Upstream, ke
 async def test_concurrent_ssh_fetches_keep_their_own_known_hosts(
         sshd: SshServer, upstream: Upstream, keys: dict[str, Path], tmp_path: Path) -> None:
     """libgit2's home is process-wide: fetches running together must not see each other's."""
-    trusting = [GitMirror(sshd.url(upstream.bare), tmp_path / f"ok{i}", credentials={
+    trusting = [mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / f"ok{i}", credentials={
         "sshKeyFile": str(keys["plain"]), "knownHosts": sshd.known_hosts_line})
         for i in range(3)]
     impostor = ssh_keygen(tmp_path / "impostor").with_suffix(".pub").read_text().split()
-    distrusting = [GitMirror(sshd.url(upstream.bare), tmp_path / f"no{i}", credentials={
+    distrusting = [mirror_in(tmp_path, sshd.url(upstream.bare), tmp_path / f"no{i}", credentials={
         "sshKeyFile": str(keys["plain"]),
         "knownHosts": f"[127.0.0.1]:{sshd.port} {impostor[0]} {impostor[1]}"})
         for i in range(3)]

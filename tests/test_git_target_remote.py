@@ -210,13 +210,14 @@ async def test_ssh_push_with_strict_known_hosts(upstream: Upstream, tmp_path: Pa
         known = tmp_path / "known_hosts"
         known.write_text(sshd.known_hosts_line + "\n")
         creds = {"sshKeyFile": str(key), "knownHostsFile": str(known)}
+        scope = SecretPolicy(secrets_dirs=(str(tmp_path),)).scope()  # the operator's dir
         result = await target(sshd.url(upstream.bare), tmp_path / "data",
-                              credentials=creds).apply(request("one"))
+                              credentials=creds, scope=scope).apply(request("one"))
         assert result.changed
         known.write_text("")  # an unknown host key is refused, before any push
         with pytest.raises(PermanentError) as info:
             await target(sshd.url(upstream.bare), tmp_path / "data",
-                         credentials=creds).apply(request("two"))
+                         credentials=creds, scope=scope).apply(request("two"))
     assert info.value.reason == "HostKeyUnknown"
     assert remote_log(upstream.bare) == [result.details["commit"]]  # a root commit
 

@@ -55,7 +55,8 @@ async def watching(bus: EventBus, nats: EmbeddedNats, repo: str,
                    data: Path) -> AsyncIterator[GitWatcher]:
     watcher = GitWatcher(Resources.around(bus, Settings(
         nats_url=nats.url, data_dir=data, repo=repo, branch="main", interval=3600.0,
-        secrets=SecretPolicy(env_allow=("INFRA_*",)))))
+        # key files a test's conveyor.yaml names live in its tmp dir: the operator's --secrets-dir
+        secrets=SecretPolicy(env_allow=("INFRA_*",), secrets_dirs=(str(data.parent),)))))
     await watcher.start()
     try:
         yield watcher
