@@ -1,7 +1,9 @@
-"""Pull-request previews on a running Conveyor: a signed GitHub ``pull_request`` delivery, the
-PR head fetched from the real git server (``refs/pull/N/head``, as GitHub serves it), each
-affected environment rendered and diffed against what it runs, one comment kept up to date
-and a status per environment on the contract GitHub server; nothing applied."""
+"""Pull-request previews on a running Conveyor: a signed ``pull_request`` delivery (GitHub,
+GitLab, Gitea, Forgejo, Bitbucket Cloud), the PR head fetched from the real git server
+(``refs/pull/N/head`` as GitHub serves it, ``refs/merge-requests/N/head`` on GitLab, the source
+branch on Bitbucket), each affected environment rendered and diffed against what it runs, one
+comment kept up to date and a status per environment on the forge's contract server; nothing
+applied."""
 
 from __future__ import annotations
 
@@ -59,12 +61,40 @@ async def running(settings: Settings) -> AsyncIterator[Conveyor]:
 EVENT_HEADER = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event",
                 "forgejo": "X-Forgejo-Event"}
 SYNC = {"github": "synchronize", "gitea": "synchronized", "forgejo": "synchronized",
-        "gitlab": "update"}
-FAILED = {"github": "failure", "gitea": "failure", "forgejo": "failure", "gitlab": "failed"}
+        "gitlab": "update", "bitbucket": "updated"}
+FAILED = {"github": "failure", "gitea": "failure", "forgejo": "failure", "gitlab": "failed",
+          "bitbucket": "FAILED"}
+SUCCESS = {"bitbucket": "SUCCESSFUL"}
+BITBUCKET_EVENT = {"opened": "pullrequest:created", "updated": "pullrequest:updated",
+                   "closed": "pullrequest:fulfilled"}
+
+
+def bitbucket(action: str, number: int, head: str,
+              source_repo: str = "team/config") -> tuple[bytes, dict[str, str]]:
+    """A Bitbucket Cloud pull request event (support.atlassian.com/bitbucket-cloud/docs/
+    event-payloads/): the Pull Request entity with source/destination branch, commit (12 hex
+    digits) and repository; the event in ``X-Event-Key``, signed in ``X-Hub-Signature``."""
+    repo = {"type": "repository", "full_name": "team/config", "name": "config",
+            "links": {"html": {"href": "https://bitbucket.org/team/config"}}}
+    pr = {"type": "pullrequest", "id": number, "title": "scale dev",
+          "state": "MERGED" if action == "closed" else "OPEN",
+          "source": {"branch": {"name": "feature"}, "commit": {"hash": head[:12]},
+                     "repository": {**repo, "full_name": source_repo}},
+          "destination": {"branch": {"name": "main"}, "commit": {"hash": "0" * 12},
+                          "repository": repo},
+          "links": {"html": {"href": f"https://bitbucket.org/team/config/pull-requests/"
+                                     f"{number}"}}}
+    body = json.dumps({"pullrequest": pr, "repository": repo,
+                       "actor": {"type": "user", "display_name": "A Committer"}}).encode()
+    return body, {**sign("bitbucket", body, SECRET), "X-Event-Key": BITBUCKET_EVENT[action],
+                  "X-Request-UUID": f"req-{number}-{head[:8]}-{action}",
+                  "Content-Type": "application/json"}
 
 
 def delivery(provider: str, action: str, number: int,
              head: str) -> tuple[bytes, dict[str, str]]:
+    if provider == "bitbucket":
+        return bitbucket(action, number, head)
     if provider == "gitlab":  # a "Merge Request Hook" (docs.gitlab.com/user/project/
         # integrations/webhook_events/#merge-request-events); the secret comes as a token
         attributes = {"iid": number, "action": {"opened": "open"}.get(action, action),
@@ -89,12 +119,13 @@ def posted(head: str) -> Callable[[list[Event]], bool]:
                           and e.correlationid == head for e in es)
 
 
-@pytest.mark.parametrize("provider", ["github", "gitlab", "gitea", "forgejo"])
+@pytest.mark.parametrize("provider", ["github", "gitlab", "gitea", "forgejo", "bitbucket"])
 async def test_pull_request_preview_comment_and_statuses(
         provider: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     kind = "gitea" if provider == "forgejo" else provider
-    ref = "refs/merge-requests/7/head" if provider == "gitlab" else "refs/pull/7/head"
+    ref = {"gitlab": "refs/merge-requests/7/head",  # Bitbucket: the source branch itself
+           "bitbucket": "refs/heads/feature"}.get(provider, "refs/pull/7/head")
     up = Upstream(tmp_path / "srv", "config")
     first = up.push(files(), "initial")
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
@@ -143,7 +174,7 @@ async def test_pull_request_preview_comment_and_statuses(
             assert "+  password: <redacted, changed>" in comment.body
             assert "replicas: 4" in comment.body
             assert PASSWORD_NEW not in comment.body and PASSWORD_OLD not in comment.body
-            assert forge.statuses == [{"sha": head, "state": "success",
+            assert forge.statuses == [{"sha": head, "state": SUCCESS.get(provider, "success"),
                                        "context": "conveyor/dev",
                                        "description": forge.statuses[0]["description"]}]
 
@@ -177,6 +208,11 @@ async def test_pull_request_preview_comment_and_statuses(
             body, headers = delivery(provider, "closed", 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and "ignored" in await resp.json()
+            if provider == "bitbucket":  # a fork's head is not in the repository: not fetched
+                body, headers = bitbucket("opened", 9, head, source_repo="stranger/config")
+                async with http.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == 200
+                    assert "fork" in (await resp.json())["ignored"]
             every = [s.event async for s in bus.read()]
     assert server.remote_users and set(server.remote_users) == {"conveyor"}
     # nothing of the pull request was applied anywhere

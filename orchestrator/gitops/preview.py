@@ -3,7 +3,8 @@
 For an opened or updated pull request (``orchestrator.domain.preview.PullRequestEvent``):
 
 1. fetch the base branch and the pull request's head (``refs/pull/<n>/head`` as GitHub and
-   Gitea serve it, ``refs/merge-requests/<iid>/head`` on GitLab) into a private mirror
+   Gitea serve it, ``refs/merge-requests/<iid>/head`` on GitLab, the source branch itself on
+   Bitbucket Cloud, which serves no pull request refs) into a private mirror
    ``<data-dir>/previews/<hash>.git``;
 2. take the environments and their render settings from conveyor.yaml *of the base branch*:
    a pull request is untrusted, so its own conveyor.yaml chooses nothing here (its edits to
@@ -95,7 +96,7 @@ class Previewer:
         repo = git_local.open_repo(path)
         base = str(repo.references[f"refs/heads/{event.base_ref}"].resolve().target)
         head = str(repo.references[head_ref].resolve().target)
-        if head != event.head_sha:
+        if not head.startswith(event.head_sha):  # Bitbucket gives 12 hex digits
             log.info("preview.head_moved", number=event.number, expected=event.head_sha,
                      found=head)
         return path, base, head
@@ -160,7 +161,8 @@ class Previewer:
             event.number, pv.comment(event, previews), pv.MARKER)
         for preview in previews:
             state, description = pv.status(preview)
-            await forge.set_status(head, f"conveyor/{preview.env}", state, description)
+            await forge.set_status(head, f"conveyor/{preview.env}", state, description,
+                                   url=event.url)
         await self.bus.publish(new_event(
             ev.PREVIEW_POSTED, env=ev.NO_ENV, correlation=head, source=SOURCE,
             key=f"preview:{event.repo}:{event.number}:{event.action}",
