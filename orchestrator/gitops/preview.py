@@ -34,7 +34,7 @@ from pathlib import Path
 import structlog
 
 from orchestrator.adapters import git_local, git_remote, git_tree
-from orchestrator.adapters.git_source import credentials_from_env
+from orchestrator.adapters.git_source import push_credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
@@ -83,8 +83,9 @@ class Previewer:
         path = self._mirror()
         url = parse(self.settings.repo)
         head_ref = f"refs/conveyor/pull/{event.number}"
-        # the operator's own credentials (CONVEYOR_GIT_*), as the watcher fetches with them
-        creds = git_remote.load_credentials(credentials_from_env(), source="preview",
+        # the operator's own credentials of this process, as its releases fetch with them
+        # (CONVEYOR_GIT_PUSH_* when set: the api holds no others in k8s/base)
+        creds = git_remote.load_credentials(push_credentials_from_env(), source="preview",
                                             scope=SecretScope.operator())
         with self.resources.git_locks.lock_for(path):
             git_remote.fetch_refs(
@@ -92,7 +93,7 @@ class Previewer:
                 [f"+refs/heads/{event.base_ref}:refs/heads/{event.base_ref}",
                  f"+{event.fetch_ref}:{head_ref}"], creds,
                 where=f"pull request #{event.number} of {url.display()}",
-                check="the source's credentials (CONVEYOR_GIT_*)")
+                check="the source's credentials (CONVEYOR_GIT_PUSH_* or CONVEYOR_GIT_*)")
         repo = git_local.open_repo(path)
         base = str(repo.references[f"refs/heads/{event.base_ref}"].resolve().target)
         head = str(repo.references[head_ref].resolve().target)
