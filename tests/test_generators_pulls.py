@@ -19,7 +19,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event
 from orchestrator.domain.generators import PullRequest, wanted_pulls
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, TransientError
 from orchestrator.gitops.forge import ForgeSettings, PullLister
 from tests.support.forges import ForgeServer, Opened
 from tests.support.repos import Repo
@@ -96,6 +96,12 @@ async def test_the_lister_pages_through_open_pull_requests_and_leaves_forks_out(
             assert forge.requests == 3  # 129 open ones (the fork left out after), 50 a page
         else:
             assert found[0].labels == ("preview",) and found[0].head_sha == f"{1:040x}"
+        forge.rate_limited = 1  # each forge's own rate-limit answer: retried later
+        with pytest.raises(TransientError) as limited:
+            await lister.open_pulls()
+        assert limited.value.reason == "RateLimited" and (limited.value.delay or 0) > 0
+        if kind == "bitbucket":  # a 429 naming no delay: its limits are per rolling hour
+            assert limited.value.delay == 60.0
         bad = PullLister(ForgeSettings(kind, forge.api_url, "team/app", "wrong"),
                          "https://example.invalid/team/app.git")
         with pytest.raises(Exception, match="refused the token") as caught:

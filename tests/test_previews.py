@@ -190,6 +190,8 @@ async def test_pull_request_preview_comment_and_statuses(
             assert "render failed" in forge.comments[0].body
             assert forge.statuses[-1]["sha"] == broken
             assert forge.statuses[-1]["state"] == FAILED[provider]
+            if provider == "bitbucket":  # shown on the pull request: its source branch
+                assert forge.status_refnames == ["feature", "feature"]
 
             # two deliveries at once for a new pull request: still one comment
             git(up.bare, "update-ref", ref.replace("/7/", "/8/"), head)

@@ -313,10 +313,11 @@ class Forge:
         return int(data["id"]), True
 
     async def set_status(self, sha: str, context: str, state: str, description: str,
-                         url: str = "") -> None:
+                         url: str = "", ref: str = "") -> None:
         """A commit status; ``state`` is GitHub's (success, failure, error, pending), named
         as each forge names it. ``url`` links the status to the pull request (Bitbucket
-        requires one)."""
+        requires one); ``ref``, the pull request's source branch, is Bitbucket's
+        ``refname``, without which the status is not shown on the pull request."""
         api, headers = self.settings.api_url, self.settings.auth()
         kind = self.settings.kind
         if kind == "gitlab":
@@ -329,6 +330,8 @@ class Forge:
             payload = {"key": context, "name": context, "description": description,
                        "state": BITBUCKET_STATES.get(state, state.upper()),
                        "url": url or f"https://bitbucket.org/{self.repo}/commits/{sha}"}
+            if ref:
+                payload["refname"] = ref
         else:
             target = f"{api}/repos/{self.repo}/statuses/{sha}"
             payload = {"state": state, "context": context, "description": description}

@@ -163,7 +163,7 @@ class Previewer:
         for preview in previews:
             state, description = pv.status(preview)
             await forge.set_status(head, f"conveyor/{preview.env}", state, description,
-                                   url=event.url)
+                                   url=event.url, ref=event.head_ref)
         await self.bus.publish(new_event(
             ev.PREVIEW_POSTED, env=ev.NO_ENV, correlation=head, source=SOURCE,
             key=f"preview:{event.repo}:{event.number}:{event.action}",

@@ -33,7 +33,8 @@ it, and checks what the forge checks, so a client that only works against itself
   ``GET|POST .../pullrequests/{id}/comments`` (``content.raw``; pagelen at most 100) and
   ``PUT .../comments/{comment_id}``; ``POST .../commit/{node}/statuses/build`` with ``key``,
   ``state`` (SUCCESSFUL, FAILED, INPROGRESS, STOPPED) and ``url`` required, one status per key
-  (posted again: overwritten). Errors ``{"type": "error", "error": {"message": ...}}``;
+  (posted again: overwritten; ``refname``, the source branch, ties it to the pull request).
+  Errors ``{"type": "error", "error": {"message": ...}}``;
   credentials ``Authorization: Basic user:app-password`` or ``Bearer <access token>``, 401
   otherwise; rate limits as 429 "Rate limit for this resource has been exceeded" with the
   ``X-RateLimit-*`` headers and no ``Retry-After`` (the limit is per rolling hour).
@@ -98,6 +99,7 @@ class ForgeServer:
     statuses: list[dict[str, str]] = field(default_factory=list)  # with "sha"
     requests: int = 0
     username: str = "conveyor-bot"  # Bitbucket: the account of an app password
+    status_refnames: list[str] = field(default_factory=list)  # Bitbucket: the PR's branch
     _runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -685,5 +687,7 @@ class ForgeServer:
         self.statuses[:] = [s for s in self.statuses
                             if (s["sha"], s["context"]) != (sha, entry["context"])]
         self.statuses.append(entry)
+        # only a status whose refname is the source branch shows on the pull request
+        self.status_refnames.append(str(body.get("refname") or ""))
         return web.json_response({"type": "commitstatus", **entry, "key": entry["context"],
                                   "url": str(body["url"])}, status=201)
