@@ -296,3 +296,17 @@ def test_bitbucket_pull_request_deliveries() -> None:
         pv.parse_pull_request(created, body(commit="HEAD~1"), "bitbucket")
     with pytest.raises(ValueError, match="without id"):
         pv.parse_pull_request(created, b'{"pullrequest": {"id": 5}}', "bitbucket")
+
+
+def test_a_next_page_on_another_host_is_not_followed_with_the_token() -> None:
+    from orchestrator.gitops.forge import Forge
+
+    forge = Forge(ForgeSettings("bitbucket", "https://api.bitbucket.org/2.0", "ws/web", TOKEN),
+                  "")
+    same = "https://api.bitbucket.org/2.0/repositories/ws/web/pullrequests?page=2"
+    assert forge.follow(same) == same
+    for elsewhere in ("https://evil.example/2.0/x?page=2", "http://api.bitbucket.org/2.0/x",
+                      "https://api.bitbucket.org:8443/2.0/x"):
+        with pytest.raises(PermanentError, match="another host") as refused:
+            forge.follow(elsewhere)
+        assert TOKEN not in str(refused.value)

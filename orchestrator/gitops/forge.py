@@ -50,7 +50,8 @@ A rate-limited answer (429, or 403 with ``x-ratelimit-remaining: 0``) is
 ``TransientError(reason="RateLimited", delay=Retry-After or the reset time, else 60 s)``
 (Bitbucket's 429 names neither: its limits are per rolling hour); refused
 credentials are ``PermanentError("AuthenticationFailed")``; other refusals name the forge's
-message. The token never appears in an error or a log.
+message. The token never appears in an error or a log, and goes only to the API's own scheme,
+host and port: a next page (``Link`` or Bitbucket's ``next``) elsewhere is refused.
 """
 
 from __future__ import annotations
@@ -227,6 +228,16 @@ class Forge:
                                  reason="AuthenticationFailed")
         return status, data, answer_headers
 
+    def follow(self, url: str) -> str:
+        """A next-page URL the forge answered, refused unless it is on the API's own scheme,
+        host and port: the token goes only where the operator pointed it."""
+        want, got = urllib.parse.urlsplit(self.settings.api_url), urllib.parse.urlsplit(url)
+        if (got.scheme, got.netloc) != (want.scheme, want.netloc):
+            raise PermanentError(f"{self.settings.kind} {self.repo}: the forge's next page is "
+                                 f"on another host ({got.scheme}://{got.hostname}); not "
+                                 "followed with the token", reason="PullRequestListFailed")
+        return url
+
     def _failed(self, what: str, status: int, data: Any) -> PermanentError:
         message = data.get("message") if isinstance(data, Mapping) else ""
         error = data.get("error") if isinstance(data, Mapping) else None
@@ -298,8 +309,9 @@ class Forge:
                 raise self._failed("listing the comments", status, data)
             found = next((int(c["id"]) for c in values if isinstance(c, Mapping)
                           and marker in self._text(c)), None)
-            url = (str(data.get("next") or "") or None) if isinstance(data, Mapping) \
-                else _next_link(answer.get("link", ""))
+            nxt = str(data.get("next") or "") if isinstance(data, Mapping) else \
+                _next_link(answer.get("link", ""))
+            url = self.follow(nxt) if nxt else None
         if found is not None:
             status, data, _ = await self._call(edit, edit_url.format(id=found), headers=headers,
                                                payload=self._comment_body(body))
@@ -455,6 +467,6 @@ class PullLister:
             nxt = self._next(url, headers, len(values), data)
             if nxt is None:
                 return sorted(out, key=lambda p: p.number)
-            url = nxt
+            url = self.forge.follow(nxt)
         raise PermanentError(f"{where}: more than {MAX_PAGES} pages of pull requests",
                              reason="PullRequestListFailed")
