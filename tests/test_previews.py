@@ -221,3 +221,62 @@ async def test_pull_request_preview_comment_and_statuses(
     assert git(up.bare, "rev-parse", "deploy/dev") == deployed
     assert not [e for e in every if e.correlationid in (head, broken)
                 and e.stage in ("commit", "render", "apply")]
+
+
+async def test_a_pull_request_cannot_read_the_apis_push_token(
+        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The api renders previews and holds the push token (k8s/base: conveyor-gitops mounted as
+    files). A pull request that symlinks that file into its render gets a failed preview
+    naming the escape, and the token's value appears in no comment, status or event; the
+    preview fetched with the push credentials (CONVEYOR_GIT_PUSH_*)."""
+    up = Upstream(tmp_path / "srv", "config")
+    up.push(files(), "initial")
+    token_file = tmp_path / "gitops" / "git-token"
+    token_file.parent.mkdir()
+    token_file.write_text(GIT_PASSWORD + "\n")
+    monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("CONVEYOR_GIT_USERNAME", "conveyor")  # the watcher's
+    monkeypatch.setenv("CONVEYOR_GIT_PASSWORD", GIT_PASSWORD)
+    monkeypatch.setenv("CONVEYOR_GIT_PUSH_USERNAME", "pusher")  # the api's
+    monkeypatch.setenv("CONVEYOR_GIT_PUSH_TOKEN_FILE", str(token_file))
+    async with GitHttpServer(up.root, users={"conveyor": GIT_PASSWORD,
+                                             "pusher": GIT_PASSWORD}) as server, \
+            ForgeServer("github", up.root, TOKEN) as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+        monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
+        monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", TOKEN)
+        settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                            repo=server.url("config.git"), branch="main",
+                            listen="127.0.0.1:0", interval=3600.0)
+        async with running(settings) as conveyor, aiohttp.ClientSession() as http:
+            await wait_for_events(bus, lambda es: any(
+                e.type == ev.APPLY_SUCCEEDED and e.subject == "dev" for e in es))
+            api = conveyor.service("api")
+            assert isinstance(api, ApiService)
+            git(up.work, "checkout", "-q", "-B", "feature")
+            (up.work / "envs" / "dev" / "token.yaml").symlink_to(token_file)
+            kustomization = up.work / "envs" / "dev" / "kustomization.yaml"
+            kustomization.write_text(kustomization.read_text().replace(
+                "  - secret.yaml\n", "  - secret.yaml\n  - token.yaml\n"))
+            git(up.work, "add", "-A")
+            git(up.work, "commit", "-q", "-m", "read the token")
+            git(up.work, "push", "-q", "--force", str(up.bare), "HEAD:refs/heads/feature")
+            head = git(up.work, "rev-parse", "HEAD")
+            git(up.bare, "update-ref", "refs/pull/3/head", head)
+            before = len(server.remote_users)
+            body, headers = delivery("github", "opened", 3, head)
+            async with http.post(f"{api.url}/api/v1/previews/github", data=body,
+                                 headers=headers) as resp:
+                assert resp.status == 202
+            events = await wait_for_events(bus, posted(head))
+            every = [s.event async for s in bus.read()]
+    [rendered] = [e for e in events if e.type == ev.PREVIEW_RENDERED]
+    assert not rendered.data["ok"] and "outside the repository" in rendered.data["error"]
+    [comment] = forge.comments
+    assert "render failed" in comment.body
+    assert forge.statuses[-1]["state"] == "failure"
+    for text in (comment.body, *(s["description"] for s in forge.statuses),
+                 json.dumps([e.to_dict() for e in every])):
+        assert GIT_PASSWORD not in text
+    assert set(server.remote_users[before:]) == {"pusher"}  # the preview's fetch
