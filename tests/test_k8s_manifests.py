@@ -197,9 +197,12 @@ def test_conveyor_containers_use_the_published_image_and_the_cli_contract(name: 
         assert args.listen == "0.0.0.0:8080"
         host, _, port = args.nats.removeprefix("nats://").partition(":")
         assert host == nats_service["metadata"]["name"] and port == "4222"
-        if args.service in ("git-watcher", "renderer", "applier"):
+        if args.service in ("git-watcher", "renderer", "applier", "api"):  # api: GitOps
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             assert args.data_dir in mounts, f"{args.service}: --data-dir must be a volume"
+            volumes = {v["name"]: v for v in pod_spec(w)["volumes"]}
+            data = next(m for m in c["volumeMounts"] if m["mountPath"] == args.data_dir)
+            assert "emptyDir" in volumes[data["name"]] and not data.get("readOnly")
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
