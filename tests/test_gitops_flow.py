@@ -196,8 +196,9 @@ async def test_auto_promotion_fires_once_per_revision(nats_server: EmbeddedNats,
     assert len([e for e in every if e.type == ev.PROMOTION_COMMITTED]) == 1
 
 
+@pytest.mark.parametrize("kind", ["github", "bitbucket"])
 async def test_journey_release_auto_promotion_pull_request_merge_rollback(
-        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        kind: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's journey: release to dev, dev deployed, the automatic promotion opens a
     pull request to prod, it is merged, prod deploys, prod is rolled back and runs the
@@ -207,8 +208,8 @@ async def test_journey_release_auto_promotion_pull_request_merge_rollback(
     files["conveyor.yaml"] += "promotion:\n  prod: {from: dev, auto: true, via: pull-request}\n"
     first = up.push(files, "initial")
     async with GitDaemon(up.root, receive_pack=True) as daemon, \
-            ForgeServer("github", up.root, "journey-token") as forge:
-        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+            ForgeServer(kind, up.root, "journey-token") as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", kind)
         monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
         monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", "journey-token")
         monkeypatch.setenv("CONVEYOR_FORGE_REPO", "team/config")
