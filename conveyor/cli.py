@@ -21,7 +21,7 @@ import pygit2
 from conveyor.app import SERVICES, Conveyor, run_until_signal
 from conveyor.demo import run_demo
 from orchestrator import logging as clog
-from orchestrator.adapters.nats_auth import with_credentials
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.nats_schema import Retention
 from orchestrator.commands import client as client_commands
 from orchestrator.commands import gitops as gitops_commands
@@ -43,7 +43,7 @@ from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
 from orchestrator.rendering.model import RenderTools
 from orchestrator.secrets import SecretPolicy
-from orchestrator.settings import Settings, token_from
+from orchestrator.settings import Settings
 
 DEFAULT_API = "http://127.0.0.1:8080"
 
@@ -136,17 +136,11 @@ def _settings(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> Settings:
     )
 
 
-def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
-    """``--nats URL`` with this service's bus credentials (``CONVEYOR_NATS_USER`` and
-    ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them) unless the URL carries its own."""
-    env = os.environ if environ is None else environ
-    user = env.get("CONVEYOR_NATS_USER", "").strip()
-    password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
-    if not url or not user or not password:
-        return url
-    servers = [u.strip() for u in url.split(",") if u.strip()]  # one cluster's servers
-    return ",".join(u if "@" in u.partition("://")[2].partition("/")[0]
-                    else with_credentials(u, user, password) for u in servers)
+def nats_url(url: str, environ: Mapping[str, str] | None = None, *,
+             data_dir: Path | None = None) -> str:
+    """``--nats URL`` with its bus credentials (``nats_auth.resolve``)."""
+    return nats_auth.resolve(url, os.environ if environ is None else environ,
+                             data_dir=data_dir)
 
 
 def _hosts(text: str) -> tuple[str, ...]:
@@ -243,7 +237,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
+    nats = nats_url(args.nats, data_dir=Path(args.data_dir))
+    return asyncio.run(diff_command(args.env, nats=nats, api=args.api, output=args.output,
                                     token=Settings.api_token_from_env()
                                     or Settings.read_token_from_env()))
 
@@ -347,6 +342,15 @@ def _api_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allowed-hosts", default=os.environ.get("CONVEYOR_ALLOWED_HOSTS", ""),
                         help="comma-separated Host names the api answers to besides loopback "
                              "and the --listen address (.example.com: any subdomain; *: any)")
+
+
+def _creds_args(parser: argparse.ArgumentParser) -> None:
+    """Where a command given ``--nats`` finds the bus credentials (docs/security.md, The bus)."""
+    parser.add_argument("--data-dir", default=os.environ.get("CONVEYOR_DATA_DIR", ".conveyor"),
+                        help="with --nats: the data dir of the `conveyor up` that runs the "
+                             "server, whose generated credentials (nats/credentials.json) are "
+                             "used (CONVEYOR_NATS_USER / CONVEYOR_NATS_PASSWORD, or a URL "
+                             "with user:password@, take precedence)")
 
 
 def _retention_args(parser: argparse.ArgumentParser) -> None:
@@ -458,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("env")
     diff.add_argument("--nats", default=os.environ.get("CONVEYOR_NATS", ""))
     diff.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
+    _creds_args(diff)
     diff.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diff.set_defaults(func=cmd_diff)
 
@@ -499,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
                 replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    _creds_args(replay)
     gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
@@ -108,7 +109,7 @@ class Resources:
         health = operator_health(settings)  # a bad rule tree stops the start, before any I/O
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
-            embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
+            embedded = EmbeddedNats(settings.data_dir / nats_auth.EMBEDDED_DIR, sync=settings.sync)
             settings = replace(settings, nats_url=await embedded.start())
         metrics = Metrics()
         try:

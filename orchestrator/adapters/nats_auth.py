@@ -21,11 +21,13 @@ import json
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
+EMBEDDED_DIR: Final = "nats"  # the embedded server's directory under the data dir
 CREDENTIALS_FILE: Final = "credentials.json"
 SERVER_CONFIG_FILE: Final = "nats-server.conf"
 USER: Final = "conveyor"
@@ -51,6 +53,47 @@ def write_private(path: Path, text: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+def load(directory: Path) -> BusCredentials | None:
+    """The credentials kept in ``directory``, or None when there are none (never creates)."""
+    try:
+        data = json.loads((directory / CREDENTIALS_FILE).read_text())
+        return BusCredentials(str(data["user"]), str(data["password"]))
+    except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
+        return None
+
+
+def has_credentials(url: str) -> bool:
+    """Whether every server of ``url`` (comma-separated) carries ``user:password@``."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    return bool(servers) and all("@" in urlsplit(u if "://" in u else f"nats://{u}").netloc
+                                 for u in servers)
+
+
+def with_credentials_all(url: str, user: str, password: str) -> str:
+    """Every server of ``url`` (comma-separated) with these credentials, unless it has its own."""
+    servers = [u.strip() for u in url.split(",") if u.strip()]
+    return ",".join(u if has_credentials(u) else with_credentials(u, user, password)
+                    for u in servers)
+
+
+def resolve(url: str, environ: Mapping[str, str], *, data_dir: Path | None = None) -> str:
+    """``--nats URL`` with bus credentials, unless every server carries its own: this
+    service's (``CONVEYOR_NATS_USER`` and ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them),
+    else, for the operator's commands (``replay``, ``diff``, ``release --repo``...) given
+    ``data_dir``, the operator user that ``conveyor up --data-dir DIR`` generated
+    (``DIR/nats/credentials.json``)."""
+    if not url or has_credentials(url):
+        return url
+    user = environ.get("CONVEYOR_NATS_USER", "").strip()
+    password = environ.get("CONVEYOR_NATS_PASSWORD", "").strip()  # a Secret's newline too
+    if user and password:
+        return with_credentials_all(url, user, password)
+    creds = load(data_dir / EMBEDDED_DIR) if data_dir is not None else None
+    if creds is not None:
+        return with_credentials_all(url, creds.user, creds.password)
+    return url
 
 
 def load_or_create(directory: Path) -> BusCredentials:

@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import structlog
@@ -79,6 +79,26 @@ def redact(url: str) -> str:
                                      + (f":{parts.port}" if parts.port else "")))
 
 
+def is_auth_error(exc: BaseException) -> bool:
+    """The server refused the credentials (nats-server's ``-ERR 'Authorization Violation'``,
+    or an expired/unknown user): retrying the same ones cannot help."""
+    text = str(exc).lower()
+    return isinstance(exc, nats.errors.AuthorizationError) or \
+        "authorization violation" in text or "authentication" in text
+
+
+def unauthorized(servers: Sequence[str]) -> PermanentError:
+    """The error for refused credentials: the servers and the user, never the password."""
+    users = sorted({unquote(urlsplit(s).username or "") for s in servers})
+    who = (f"user {', '.join(repr(u) for u in users)}" if any(users)
+           else "a connection without credentials")
+    shown = ", ".join(redact(s) for s in servers)
+    return PermanentError(
+        f"NATS at {shown} refused {who} (authorization violation): check the user and "
+        "password (CONVEYOR_NATS_USER / CONVEYOR_NATS_PASSWORD, or the data dir's "
+        "nats/credentials.json for the embedded server)", reason="NatsUnauthorized")
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     seq: int
@@ -119,12 +139,17 @@ class EventBus:
 
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
+        A server that refuses the user or password is not retried: that is a permanent
+        ``PermanentError`` (reason ``NatsUnauthorized``) naming the server and the user.
         """
         connecting: list[str] = [""]  # while connecting: the last server's error
+        refused: list[str] = []  # this attempt's authorization errors
 
         async def on_error(exc: Exception) -> None:
             if connecting:  # each attempt's one line says what failed
                 connecting[0] = str(exc) or type(exc).__name__
+                if is_auth_error(exc):
+                    refused.append(str(exc))
             else:
                 log.warning("nats.error", error=str(exc))
 
@@ -141,6 +166,7 @@ class EventBus:
         shown = ", ".join(redact(s) for s in servers)
         started = time.monotonic()
         for attempt in itertools.count(1):
+            refused.clear()
             try:
                 # one attempt = every server tried (nats-py retries the initial connect for
                 # ever with -1, unlogged and deaf to our backoff); once connected, reconnect
@@ -156,6 +182,8 @@ class EventBus:
                 connecting.clear()
                 break
             except Exception as exc:
+                if refused or is_auth_error(exc):  # a wrong password stays wrong: fail fast
+                    raise unauthorized(servers) from None
                 delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (attempt - 1))
                 waited = time.monotonic() - started
                 if retry_for is not None and waited + delay > retry_for:
