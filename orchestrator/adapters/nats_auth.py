@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Final
 from urllib.parse import quote, urlsplit, urlunsplit
 
+from orchestrator.adapters import nats_permissions
+
 EMBEDDED_DIR: Final = "nats"  # the embedded server's directory under the data dir
 CREDENTIALS_FILE: Final = "credentials.json"
 SERVER_CONFIG_FILE: Final = "nats-server.conf"
@@ -38,6 +40,12 @@ PRIVATE: Final = 0o600
 class BusCredentials:
     user: str
     password: str = field(repr=False)
+    # the embedded server's: a password per service user (nats_permissions.GRANTS)
+    services: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def of(self, service: str) -> BusCredentials:
+        """The credentials of one service's user."""
+        return BusCredentials(service, self.services[service])
 
 
 def write_private(path: Path, text: str) -> None:
@@ -97,26 +105,37 @@ def resolve(url: str, environ: Mapping[str, str], *, data_dir: Path | None = Non
 
 
 def load_or_create(directory: Path) -> BusCredentials:
-    """The credentials kept in ``directory``, generated there on first use."""
+    """The credentials kept in ``directory``, generated there on first use: the operator's
+    user and one per service. A file from before per-service users keeps its operator
+    password and gains the services'."""
     path = directory / CREDENTIALS_FILE
     try:
         data = json.loads(path.read_text())
         if stat.S_IMODE(path.stat().st_mode) != PRIVATE:
             path.chmod(PRIVATE)  # someone widened it: narrow it again before using it
-        return BusCredentials(str(data["user"]), str(data["password"]))
+        creds = BusCredentials(str(data["user"]), str(data["password"]),
+                               {str(k): str(v) for k, v in dict(data.get("services")
+                                                                 or {}).items()})
     except (FileNotFoundError, ValueError, KeyError, TypeError):
         creds = BusCredentials(USER, secrets.token_urlsafe(32))
-        write_private(path, json.dumps({"user": creds.user, "password": creds.password}))
-        return creds
+    missing = [u for u in nats_permissions.SERVICES if u not in creds.services]
+    if missing:
+        creds = BusCredentials(creds.user, creds.password, {
+            **creds.services, **{u: secrets.token_urlsafe(32) for u in missing}})
+        write_private(path, json.dumps({"user": creds.user, "password": creds.password,
+                                        "services": dict(creds.services)}))
+    return creds
 
 
 def authorization_block(creds: BusCredentials) -> str:
-    """nats-server's config block that requires this user and password."""
+    """nats-server's config block: the operator's user with every permission, and each
+    service's user with only its own (``nats_permissions``)."""
     # token_urlsafe's alphabet needs no escaping inside a quoted string
-    return ("authorization {\n"
-            f"  user: {json.dumps(creds.user)}\n"
-            f"  password: {json.dumps(creds.password)}\n"
-            "}\n")
+    passwords = {u: json.dumps(p) for u, p in creds.services.items()}
+    users = nats_permissions.users_block(passwords, json.dumps(creds.password), indent="  ")
+    users = users.replace(f"{{user: {nats_permissions.OPERATOR},",
+                          f"{{user: {json.dumps(creds.user)},", 1)
+    return "authorization {\n" + "\n".join("  " + line for line in users.splitlines()) + "\n}\n"
 
 
 def with_credentials(url: str, user: str, password: str) -> str:

@@ -39,6 +39,7 @@ from tenacity import (
 )
 
 from orchestrator import subjects
+from orchestrator.adapters import nats_permissions
 from orchestrator.adapters.nats_schema import (
     KV_BUCKETS,
     Reconciled,
@@ -131,7 +132,7 @@ class EventBus:
                       replicas: int | None = None,
                       retry_for: float | None = 0.0,
                       on_published: PublishObserver | None = None,
-                      tls_ca: str = "") -> EventBus:
+                      tls_ca: str = "", manage_schema: bool | None = None) -> EventBus:
         """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
 
         Servers may carry ``user:password@`` (the embedded server's generated credentials,
@@ -141,6 +142,10 @@ class EventBus:
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
         A server that refuses the user or password is not retried: that is a permanent
         ``PermanentError`` (reason ``NatsUnauthorized``) naming the server and the user.
+
+        A service's bus user (``nats_permissions``) gets replies under its own inbox prefix
+        and, unless it manages the schema (``manage_schema``; by default the api's user and
+        users the table does not know do), waits for the streams instead of creating them.
         """
         connecting: list[str] = [""]  # while connecting: the last server's error
         refused: list[str] = []  # this attempt's authorization errors
@@ -164,6 +169,9 @@ class EventBus:
 
         servers = server_list(url)
         shown = ", ".join(redact(s) for s in servers)
+        user = unquote(urlsplit(servers[0]).username or "")
+        manage = nats_permissions.manages_schema(user) if manage_schema is None \
+            else manage_schema
         started = time.monotonic()
         for attempt in itertools.count(1):
             refused.clear()
@@ -176,6 +184,7 @@ class EventBus:
                     reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    inbox_prefix=nats_permissions.inbox_prefix(user),
                     **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
                 )
                 nc.options["max_reconnect_attempts"] = -1
@@ -197,15 +206,28 @@ class EventBus:
         bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
         bus._closing = closing
         try:
-            await bus.ensure_schema(Schema(replicas=replicas, retention=retention))
+            for waiting in itertools.count(1):
+                try:
+                    await bus.ensure_schema(Schema(replicas=replicas, retention=retention),
+                                            manage=manage)
+                    break
+                except TransientError as exc:
+                    delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (waiting - 1))
+                    if exc.reason != "SchemaMissing" or (
+                            retry_for is not None
+                            and time.monotonic() - started + delay > retry_for):
+                        raise
+                    log.warning("nats.schema_missing", servers=shown, error=str(exc),
+                                retry_in=delay)
+                    await asyncio.sleep(delay)  # the api creates it (cancellable)
         except BaseException:
             await bus.close()  # or the client reconnects for ever behind the error
             raise
         return bus
 
-    async def ensure_schema(self, schema: Schema) -> Reconciled:
+    async def ensure_schema(self, schema: Schema, *, manage: bool = True) -> Reconciled:
         """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
-        self.schema = await reconcile(self.js, schema)
+        self.schema = await reconcile(self.js, schema, manage=manage)
         for bucket in KV_BUCKETS:
             self._kv[bucket] = await self.js.key_value(bucket)
         self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)

@@ -30,7 +30,7 @@ from orchestrator.rendering import render
 from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from services.renderer.cache import render_key
+from services.renderer.cache import cache_entry, render_key
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
@@ -136,7 +136,7 @@ class Renderer:
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
             if key is not None:
-                await self.bus.kv_put(subjects.STATE_BUCKET, key, {
+                await self.bus.kv_put(subjects.STATE_BUCKET, cache_entry(key), {
                     "digest": digest, "objects": len(result.manifests),
                     "renderer": result.renderer, "tool_version": result.tool_version})
         except ManifestError as exc:
@@ -188,7 +188,7 @@ class Renderer:
     async def _cached(self, key: str | None) -> dict[str, Any] | None:
         if key is None:
             return None
-        found = await self.bus.kv_get(subjects.STATE_BUCKET, key)
+        found = await self.bus.kv_get(subjects.STATE_BUCKET, cache_entry(key))
         if found is None or not await self.bus.has_bundle(str(found[0].get("digest"))):
             return None
         return {k: found[0][k] for k in ("digest", "objects", "renderer", "tool_version")
