@@ -62,12 +62,6 @@ def _read_stream(stream: str) -> list[str]:
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>"]
 
 
-def _kv(bucket: str, *prefixes: str) -> list[str]:
-    """Read a bucket, and write its keys under ``prefixes`` (``>``: every key)."""
-    return [*_read_stream(f"KV_{bucket}"),
-            *(f"$KV.{bucket}.{p}" if p == ">" else f"$KV.{bucket}.{p}.>" for p in prefixes)]
-
-
 _COMMON = [  # every service: look at the five streams (readiness), read the event log
     *(f"$JS.API.STREAM.INFO.{s}" for s in STREAMS),
     f"$JS.API.CONSUMER.LIST.{subjects.STREAM}", f"$JS.API.CONSUMER.NAMES.{subjects.STREAM}",
@@ -76,60 +70,74 @@ _COMMON = [  # every service: look at the five streams (readiness), read the eve
 ]
 _SCHEMA = [*(f"$JS.API.STREAM.CREATE.{s}" for s in STREAMS),
            *(f"$JS.API.STREAM.UPDATE.{s}" for s in STREAMS)]
-_READ_BUNDLES = _read_stream(f"OBJ_{BUNDLES}")
 
 
 @dataclass(frozen=True, slots=True)
 class Grant:
     """One principal's permissions, and what they are for (the docs table)."""
 
-    publish: tuple[str, ...]  # beyond _COMMON
+    events: tuple[str, ...]  # the stages whose events it publishes (">": any)
+    reads: tuple[str, ...]  # streams it reads besides the event log (KV_…, OBJ_…)
+    writes: tuple[str, ...]  # KV keys / object-store subjects it writes
     may: str  # in words, for docs/security.md
     may_not: str
-    subscribe: tuple[str, ...] = ()  # beyond its own inbox
+    schema: bool = False  # creates and updates Conveyor's streams
+    extra: tuple[str, ...] = ()  # other publish subjects, each with its reason in the source
     deny: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()  # beyond its own inbox
+
+    def publish(self) -> list[str]:
+        events = [f"{subjects.PREFIX}.>"] if self.events == (">",) else _events(*self.events)
+        return [*events, *(s for r in self.reads for s in _read_stream(r)), *self.writes,
+                *(_SCHEMA if self.schema else []), *self.extra]
+
+
+def _kv_keys(bucket: str, prefix: str = ">") -> str:
+    return f"$KV.{bucket}.>" if prefix == ">" else f"$KV.{bucket}.{prefix}.>"
 
 
 GRANTS: Final[Mapping[str, Grant]] = {
     "git-watcher": Grant(
-        (*_events("commit", "config", "source", "release", "rollback", "promotion"),
-         *_kv(KV_STATE, "watcher")),
+        events=("commit", "config", "source", "release", "rollback", "promotion"),
+        reads=(f"KV_{KV_STATE}",), writes=(_kv_keys(KV_STATE, "watcher"),),
         may="publish commit, config and source events, and (the auto-promoter, which holds "
-            "the push credentials) release, rollback and promotion events; write its cursors "
-            "(`watcher.*` in conveyor-state)",
+            "the push credentials) release, rollback and promotion events; keep its cursors",
         may_not="publish render, apply, notify or control events; read bundles, deliveries "
                 "or leases; create, update or delete streams"),
     "renderer": Grant(
-        (*_events("render"), *_kv(KV_STATE, "render"), *_READ_BUNDLES,
-         f"$O.{BUNDLES}.>"),
-        may="publish render events; write bundles; write its render cache (`render.*` in "
-            "conveyor-state)",
+        events=("render",), reads=(f"KV_{KV_STATE}", f"OBJ_{BUNDLES}"),
+        writes=(_kv_keys(KV_STATE, "render"), f"$O.{BUNDLES}.>"),
+        may="publish render events; write bundles; keep its render cache",
         may_not="publish apply, commit, notify or control events; read deliveries or "
-                "leases; create, update or delete streams"),
+                "leases; write the projection; create, update or delete streams"),
     "applier": Grant(
-        (*_events("apply", "health", "drift", "log"), *_READ_BUNDLES, *_kv(KV_LEASES, ">")),
+        events=("apply", "health", "drift", "log"), reads=(f"OBJ_{BUNDLES}", f"KV_{KV_LEASES}"),
+        writes=(_kv_keys(KV_LEASES),),
         may="publish apply, health, drift and log events; read bundles; hold the "
-            "per-environment leases (conveyor-leases)",
+            "per-environment leases",
         may_not="publish render, commit, notify or control events; write bundles or "
                 "conveyor-state; read deliveries; create, update or delete streams"),
     "notifier": Grant(
-        (*_events("notify"), *_kv(KV_DELIVERIES, ">")),
-        may="publish notify events; read and write its delivery records (conveyor-deliveries)",
+        events=("notify",), reads=(f"KV_{KV_DELIVERIES}",),
+        writes=(_kv_keys(KV_DELIVERIES),),
+        may="publish notify events; keep its delivery records",
         may_not="publish any other event; read bundles, conveyor-state or leases; create, "
                 "update or delete streams"),
     "api": Grant(
-        (f"{subjects.PREFIX}.>", *_kv(KV_STATE, ">"), *_READ_BUNDLES, *_SCHEMA,
-         # replay folds into a scratch bucket (conveyor-replay-<ms>-<rand>), reads it back
-         # and deletes it: a stream whose name no pattern can single out
-         "$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.DELETE.*",
-         "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>",
-         "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$KV.>"),
+        events=(">",), reads=(f"KV_{KV_STATE}", f"OBJ_{BUNDLES}"),
+        writes=(_kv_keys(KV_STATE),), schema=True,
+        # replay folds into a scratch bucket (conveyor-replay-<ms>-<rand>), reads it back
+        # and deletes it: a stream whose name no pattern can single out
+        extra=("$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.DELETE.*",
+               "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>",
+               "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$KV.>"),
         deny=(*(f"$JS.API.STREAM.DELETE.{s}" for s in STREAMS),
-              *(s for b in (KV_DELIVERIES, KV_LEASES) for s in _kv(b, ">"))),
+              *(s for b in (KV_DELIVERIES, KV_LEASES)
+                for s in (*_read_stream(f"KV_{b}"), _kv_keys(b)))),
         may="publish control events (refresh; sync and retry re-publish a stage's event; "
-            "release, rollback and promotion through the api); write the projection "
-            "(conveyor-state); read bundles (served masked); create and update the schema; "
-            "replay into a scratch bucket it deletes afterwards",
+            "release, rollback and promotion through the api); write the projection; read "
+            "bundles (served masked); create and update the schema; replay into a scratch "
+            "bucket it deletes afterwards",
         may_not="delete a Conveyor stream; read or write deliveries or leases; write bundles"),
 }
 
@@ -147,8 +155,7 @@ def manages_schema(user: str) -> bool:
 
 
 def publish_allow(user: str) -> list[str]:
-    grant = GRANTS[user]
-    return list(dict.fromkeys([*_COMMON, *grant.publish]))
+    return list(dict.fromkeys([*_COMMON, *GRANTS[user].publish()]))
 
 
 def subscribe_allow(user: str) -> list[str]:
@@ -208,18 +215,23 @@ def k8s_users_block() -> str:
 
 def docs_table() -> str:
     """docs/security.md's NATS permission table."""
-    rows = ["| user | may | may not | publish (beyond every service's: stream info, "
-            "reading the event log, its consumers) |", "|---|---|---|---|"]
-    common = set(_COMMON)
+    def code(items: tuple[str, ...] | list[str]) -> str:
+        return " ".join(f"`{i}`" for i in items) or "—"
+
+    rows = ["| user | may | events it publishes | reads, besides the event log | writes | "
+            "may not |", "|---|---|---|---|---|---|"]
     for user in SERVICES:
-        grant = GRANTS[user]
-        own = [s for s in publish_allow(user) if s not in common]
-        extra = " ".join(f"`{s}`" for s in own)
-        if grant.deny:
-            extra += "; denied " + " ".join(f"`{s}`" for s in grant.deny)
-        rows.append(f"| {user} | {grant.may} | {grant.may_not} | {extra} |")
-    rows.append(f"| {OPERATOR} (embedded only) | everything: `conveyor up`'s bootstrap "
-                "connection creates the schema; `replay`/`diff`/`release --nats` | — | `>` |")
+        g = GRANTS[user]
+        events = ["conveyor.events.>"] if g.events == (">",) else _events(*g.events)
+        writes = [*g.writes, *(["schema: create/update " + ", ".join(STREAMS)]
+                               if g.schema else [])]
+        extra = f"; also {code(list(g.extra))}, except {code(list(g.deny))}" if g.extra else ""
+        rows.append(f"| {user} | {g.may} | {code(events)} | {code(g.reads)} | "
+                    f"{code(writes)}{extra} | {g.may_not} |")
+    rows.append(f"| {OPERATOR} (embedded server only) | everything: the bootstrap connection "
+                "of `conveyor up` (creates the schema before the services connect) and the "
+                "operator's `replay`/`diff`/`release --repo` with `--nats` | `>` | `>` | `>` "
+                "| — |")
     return "\n".join(rows)
 
 
