@@ -51,7 +51,9 @@ STREAMS: Final = (subjects.STREAM, f"KV_{KV_STATE}", f"KV_{KV_DELIVERIES}", f"KV
 
 
 def _events(*stages: str) -> list[str]:
-    return [f"{subjects.PREFIX}.*.{stage}.>" for stage in stages]
+    """Every environment's events of these stages (``stage``: any outcome, ``stage.outcome``:
+    that one)."""
+    return [f"{subjects.PREFIX}.*.{stage}" + ("" if "." in stage else ".>") for stage in stages]
 
 
 def _read_stream(stream: str) -> list[str]:
@@ -98,10 +100,12 @@ def _kv_keys(bucket: str, prefix: str = ">") -> str:
 
 GRANTS: Final[Mapping[str, Grant]] = {
     "git-watcher": Grant(
-        events=("commit", "config", "source", "release", "rollback", "promotion"),
+        events=("commit", "config", "source", "release", "rollback", "promotion",
+                "environment.removed"),
         reads=(f"KV_{KV_STATE}",), writes=(_kv_keys(KV_STATE, "watcher"),),
-        may="publish commit, config and source events, and (the auto-promoter, which holds "
-            "the push credentials) release, rollback and promotion events; keep its cursors",
+        may="publish commit, config, source and environment-removed events, and (the "
+            "auto-promoter, which holds the push credentials) release, rollback and promotion "
+            "events; keep its cursors",
         may_not="publish render, apply, notify or control events; read bundles, deliveries "
                 "or leases; create, update or delete streams"),
     "renderer": Grant(
@@ -111,10 +115,10 @@ GRANTS: Final[Mapping[str, Grant]] = {
         may_not="publish apply, commit, notify or control events; read deliveries or "
                 "leases; write the projection; create, update or delete streams"),
     "applier": Grant(
-        events=("apply", "health", "drift", "log"), reads=(f"OBJ_{BUNDLES}", f"KV_{KV_LEASES}"),
-        writes=(_kv_keys(KV_LEASES),),
-        may="publish apply, health, drift and log events; read bundles; hold the "
-            "per-environment leases",
+        events=("apply", "health", "drift", "log", "environment.pruned"),
+        reads=(f"OBJ_{BUNDLES}", f"KV_{KV_LEASES}"), writes=(_kv_keys(KV_LEASES),),
+        may="publish apply, health, drift, log and environment-pruned events; read bundles; "
+            "hold the per-environment leases",
         may_not="publish render, commit, notify or control events; write bundles or "
                 "conveyor-state; read deliveries; create, update or delete streams"),
     "notifier": Grant(

@@ -148,6 +148,10 @@ async def test_each_user_is_refused_what_its_grant_does_not_say(
         ("applier", "$O.conveyor-bundles.C.x", False),  # only the renderer writes bundles
         ("applier", "$KV.conveyor-leases.applier.x", True),
         ("applier", "conveyor.events.dev.render.succeeded", False),
+        ("applier", "conveyor.events.dev.environment.pruned", True),
+        ("applier", "conveyor.events.dev.environment.removed", False),
+        ("git-watcher", "conveyor.events.dev.environment.removed", True),
+        ("git-watcher", "conveyor.events.dev.environment.pruned", False),
         ("notifier", "$JS.API.CONSUMER.CREATE.OBJ_conveyor-bundles", False),  # Secrets
         ("notifier", "$JS.API.STREAM.MSG.GET.OBJ_conveyor-bundles", False),
         ("notifier", "$KV.conveyor-deliveries.d.x", True),
@@ -244,6 +248,14 @@ async def test_up_connects_each_service_as_its_own_user(tmp_path: Path,
         second = repo.commit(files(1), "the next commit")
         await wait_for_events(conveyor.bus, deployed_and_notified(second), timeout=60)
         assert len(receiver.posts) >= 2 * len(ENVS)
+        # an environment removed: the watcher announces it (a static environment is orphaned;
+        # the applier's environment.pruned, for generated ones, is in the table test above)
+        only_a = {**files(2), "conveyor.yaml": CONFIG.replace(
+            "  b:\n    path: envs/b\n    target:\n      git:\n        branch: deploy/b\n", "")}
+        assert "  b:" not in only_a["conveyor.yaml"]
+        repo.commit(only_a, "remove b")
+        await wait_for_events(conveyor.bus, lambda es: any(
+            e.type == ev.ENV_REMOVED and e.subject == "b" for e in es), timeout=60)
     finally:
         await conveyor.stop()
         await receiver.stop()
