@@ -41,7 +41,7 @@ from orchestrator.health_rules.engine import (
 )
 from orchestrator.health_rules.sources import HealthRuleError
 from orchestrator.rendering.command import render_command
-from orchestrator.rendering.model import RenderTools
+from orchestrator.rendering.model import MAX_FILE_BYTES, RenderTools
 from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 
@@ -293,7 +293,8 @@ def _render_tools(args: argparse.Namespace) -> RenderTools:
         kustomize_binary=getattr(args, "kustomize_binary", None) or None,
         helm_binary=getattr(args, "helm_binary", None) or None,
         remote_base_hosts=_words(getattr(args, "allow_remote_bases", None),
-                                 "CONVEYOR_ALLOW_REMOTE_BASES"))
+                                 "CONVEYOR_ALLOW_REMOTE_BASES"),
+        max_file_bytes=getattr(args, "max_file_bytes", None) or MAX_FILE_BYTES)
 
 
 def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
@@ -315,6 +316,10 @@ def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--max-file-bytes", type=_positive,
+                        default=os.environ.get("CONVEYOR_MAX_FILE_BYTES") or MAX_FILE_BYTES,
+                        help="the largest file a commit's snapshot may hold; a bigger one "
+                             f"fails the render, naming it (default {MAX_FILE_BYTES})")
     parser.add_argument("--env-allow", action="append", metavar="GLOBS",
                         help="environment variables conveyor.yaml's ${VAR} may expand "
                              "(globs, comma-separated, repeatable; default none; CONVEYOR_* "

@@ -12,6 +12,7 @@ import shutil
 import time
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +44,9 @@ ACK_WAIT = 5.0
 class Snapshots:
     """Commit trees exported to disk, shared by every environment rendering that commit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_file_bytes: int | None = None) -> None:
         self.root = root
+        self.max_file_bytes = max_file_bytes
         self._ready: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
@@ -59,7 +61,8 @@ class Snapshots:
                 return self._ready[sha]
             dest = self.root / sha
             shutil.rmtree(dest, ignore_errors=True)
-            await asyncio.to_thread(git_tree.export_tree, repo_path, sha, dest)
+            await asyncio.to_thread(partial(git_tree.export_tree, repo_path, sha, dest,
+                                            max_file_bytes=self.max_file_bytes))
             self._ready[sha] = dest
             while len(self._ready) > SNAPSHOTS_KEPT:
                 old_sha, old = self._ready.popitem(last=False)
@@ -73,7 +76,8 @@ class Renderer:
         self.resources = resources
         self.bus = resources.bus
         self.settings = settings = resources.settings
-        self.snapshots = Snapshots(settings.data_dir / "snapshots")
+        self.snapshots = Snapshots(settings.data_dir / "snapshots",
+                                   settings.render_tools.max_file_bytes)
         self._consumer: Consumer | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
