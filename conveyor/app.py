@@ -118,11 +118,7 @@ class Conveyor:
             return "connecting to NATS"
         if not self._started:
             return "starting services"
-        for bus in (self.resources.bus, *self.resources.buses.values()):
-            why = await bus.not_ready()
-            if why is not None:
-                return why
-        return None
+        return await self.resources.not_ready()
 
     def service(self, name: str) -> Service:
         return next(s for n, s in self.services if n == name)

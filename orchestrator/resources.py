@@ -2,7 +2,8 @@
 
 ``conveyor/app.py`` (``Conveyor.start``) opens one ``Resources`` and hands it to every service
 it runs; nothing below reaches for a module global. Two Conveyors in one process (a test, a
-program embedding it) therefore share nothing: each has its own NATS connection (and embedded
+program embedding it) therefore share nothing: each has its own NATS connection (with the
+embedded server, one per service as its own bus user: ``for_service``) (and embedded
 nats-server), its own mirrors and fetch locks, its own kubernetes clients and environment
 locks, its own Prometheus registry and its own background tasks.
 
@@ -111,7 +112,16 @@ class Resources:
         """What ``service`` is given: these resources, with its own bus when it has one."""
         if service not in self.buses:
             return self
-        return replace(self, bus=self.buses[service], owns_bus=False, buses={})
+        # the other connections stay visible for readiness (one process: no boundary)
+        return replace(self, bus=self.buses[service], owns_bus=False)
+
+    async def not_ready(self) -> str | None:
+        """Why this process cannot work now (None: it can), over every connection it has."""
+        for bus in dict.fromkeys([self.bus, *self.buses.values()]):
+            why = await bus.not_ready()
+            if why is not None:
+                return why
+        return None
 
     @classmethod
     async def open(cls, settings: Settings, *, name: str = "conveyor",
@@ -162,7 +172,7 @@ class Resources:
     async def close(self) -> None:
         await self.background.close()
         await self.kube.close()
-        for service_bus in self.buses.values():
+        for service_bus in self.buses.values() if self.owns_bus else ():
             with contextlib.suppress(Exception):
                 await service_bus.close()
         if self.owns_bus:

@@ -245,6 +245,10 @@ async def test_up_connects_each_service_as_its_own_user(tmp_path: Path,
             assert service_bus.nc._inbox_prefix.decode() == f"_INBOX_{name}"
         assert conveyor.bus is not None
         await wait_for_events(conveyor.bus, deployed_and_notified(first), timeout=60)
+        # readiness (the api's /readyz too) looks at every service's connection and consumer
+        durables = set().union(*(b.durables for b in resources.buses.values()))
+        assert {"renderer", "applier", "notifier", "git-watcher"} <= durables
+        assert await resources.for_service("api").not_ready() is None
         second = repo.commit(files(1), "the next commit")
         await wait_for_events(conveyor.bus, deployed_and_notified(second), timeout=60)
         assert len(receiver.posts) >= 2 * len(ENVS)
