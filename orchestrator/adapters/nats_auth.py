@@ -3,15 +3,17 @@
 Without them any local process could connect to the loopback port and publish a forged
 ``render.succeeded`` that the applier would deploy. ``conveyor up`` therefore starts its
 nats-server with an ``authorization`` block read from a config file (never on the command line:
-``/proc/PID/cmdline`` is readable by every local user) and connects with the same user and
-password. The password is generated with ``secrets`` on first start and reused afterwards, so a
-server restarted on the same data dir (a crash, ``conveyor up`` again) accepts the clients that
-are reconnecting to it.
+``/proc/PID/cmdline`` is readable by every local user): the operator's user (``conveyor``,
+every permission: ``up``'s bootstrap connection and the operator's commands) and one user per
+service with only its own subjects (``nats_permissions``). The passwords are generated with
+``secrets`` on first start and reused afterwards, so a server restarted on the same data dir
+(a crash, ``conveyor up`` again) accepts the clients that are reconnecting to it.
 
-Clients get the credentials inside the URL (``nats://conveyor:PASSWORD@127.0.0.1:PORT``), the
+Clients get the credentials inside the URL (``nats://renderer:PASSWORD@127.0.0.1:PORT``), the
 form nats-py reads; logs strip ``user:password@`` from URLs (orchestrator.logging) and
 ``redacted`` does the same for error messages. Another process of the operator reads them
-from ``<data dir>/nats/credentials.json`` (e.g. for ``conveyor replay --nats``).
+from ``<data dir>/nats/credentials.json`` (``resolve``: ``conveyor replay --nats URL
+--data-dir DIR``).
 """
 
 from __future__ import annotations
