@@ -84,8 +84,10 @@ def is_auth_error(exc: BaseException) -> bool:
     """The server refused the credentials (nats-server's ``-ERR 'Authorization Violation'``,
     or an expired/unknown user): retrying the same ones cannot help."""
     text = str(exc).lower()
+    # not "Authentication Timeout": a slow client on a loaded host, worth another attempt
     return isinstance(exc, nats.errors.AuthorizationError) or \
-        "authorization violation" in text or "authentication" in text
+        "authorization violation" in text or "authentication expired" in text \
+        or "authentication revoked" in text
 
 
 def unauthorized(servers: Sequence[str]) -> PermanentError:

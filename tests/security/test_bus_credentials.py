@@ -126,3 +126,13 @@ async def test_replay_and_diff_read_the_credentials_of_up(tmp_path: Path) -> Non
         assert creds.password not in (up.log_path.read_text() + err)
     finally:
         assert await up.terminate(timeout=30) == 0
+
+
+def test_only_a_refusal_of_the_credentials_is_permanent() -> None:
+    from orchestrator.adapters.nats_bus import is_auth_error
+
+    assert is_auth_error(Exception("nats: 'Authorization Violation'"))
+    assert is_auth_error(Exception("nats: 'User Authentication Expired'"))
+    # a slow CONNECT on a loaded host, or a server going away, is worth another attempt
+    assert not is_auth_error(Exception("nats: 'Authentication Timeout'"))
+    assert not is_auth_error(ConnectionResetError(104, "Connection reset by peer"))
