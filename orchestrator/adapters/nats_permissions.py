@@ -146,6 +146,29 @@ GRANTS: Final[Mapping[str, Grant]] = {
 }
 
 
+DURABLES: Final[Mapping[str, str]] = {  # each service's consumer of the event log, all envs
+    "git-watcher": "git-watcher", "renderer": "renderer", "applier": "applier",
+    "notifier": "notifier", "api": "projector"}
+
+
+def _consumer(durable: str) -> list[str]:
+    """Taking over a durable consumer of the event log: reconfiguring it, pulling from it,
+    acking its messages."""
+    stream = subjects.STREAM
+    return [f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.{durable}.>",
+            f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{durable}",
+            f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}", f"$JS.ACK.{stream}.{durable}.>"]
+
+
+def publish_deny(user: str) -> list[str]:
+    """What ``user`` may not publish even where a pattern allows it: its grant's denials, and
+    the other services' consumers (their all-environment durables; see docs/security.md for
+    the environment-scoped ones)."""
+    others = [s for u, d in DURABLES.items() if u != user for s in _consumer(d)]
+    return list(dict.fromkeys([*GRANTS[user].deny, *others]))
+
+
 def inbox_prefix(user: str) -> str:
     """The inbox prefix a user's connection must use (its replies arrive only there)."""
     return f"_INBOX_{user}" if user in GRANTS else "_INBOX"
@@ -181,9 +204,8 @@ def may_publish(user: str, subject: str) -> bool:
     """What the server decides for ``user`` publishing to ``subject`` (deny wins)."""
     if user not in GRANTS:
         return True  # the operator
-    grant = GRANTS[user]
     return any(matches(p, subject) for p in publish_allow(user)) and \
-        not any(matches(p, subject) for p in grant.deny)
+        not any(matches(p, subject) for p in publish_deny(user))
 
 
 def _quoted(items: list[str] | tuple[str, ...]) -> str:
@@ -193,8 +215,7 @@ def _quoted(items: list[str] | tuple[str, ...]) -> str:
 def user_entry(user: str, password: str) -> str:
     """One ``users`` entry of nats.conf (``password`` as given: a quoted string, or a
     ``$VARIABLE`` the server reads from its environment)."""
-    grant = GRANTS[user]
-    deny = f", deny: {_quoted(grant.deny)}" if grant.deny else ""
+    deny = f", deny: {_quoted(publish_deny(user))}"
     return (f"{{user: {user}, password: {password}, permissions: {{\n"
             f"  publish: {{allow: {_quoted(publish_allow(user))}{deny}}}\n"
             f"  subscribe: {{allow: {_quoted(subscribe_allow(user))}}}}}}}")

@@ -163,6 +163,16 @@ async def test_each_user_is_refused_what_its_grant_does_not_say(
         ("api", "$JS.API.STREAM.DELETE.KV_conveyor-replay-1-ab", True),  # its scratch bucket
         ("api", "$KV.conveyor-deliveries.d.x", False),
         ("api", "conveyor.events._.refresh.requested", True),
+        # its own consumer, never another service's (reconfigure, pull, ack)
+        ("renderer", "$JS.API.CONSUMER.CREATE.CONVEYOR.renderer.conveyor.events.*.commit.>",
+         True),
+        ("renderer", "$JS.API.CONSUMER.MSG.NEXT.CONVEYOR.renderer", True),
+        ("renderer", "$JS.API.CONSUMER.CREATE.CONVEYOR.applier.conveyor.events.*.render.>",
+         False),
+        ("renderer", "$JS.API.CONSUMER.MSG.NEXT.CONVEYOR.applier", False),
+        ("renderer", "$JS.ACK.CONVEYOR.applier.1.5.5.1700000000000000000.0", False),
+        ("notifier", "$JS.API.CONSUMER.MSG.NEXT.CONVEYOR.projector", False),
+        ("api", "$JS.API.CONSUMER.MSG.NEXT.CONVEYOR.notifier", False),
     ]
     for user in {u for u, _, _ in cases}:
         async with connected(nats_server, user) as (nc, errors):
