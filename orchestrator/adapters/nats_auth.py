@@ -69,7 +69,9 @@ def load(directory: Path) -> BusCredentials | None:
     """The credentials kept in ``directory``, or None when there are none (never creates)."""
     try:
         data = json.loads((directory / CREDENTIALS_FILE).read_text())
-        return BusCredentials(str(data["user"]), str(data["password"]))
+        return BusCredentials(str(data["user"]), str(data["password"]),
+                              {str(k): str(v) for k, v in dict(data.get("services")
+                                                                or {}).items()})
     except (FileNotFoundError, NotADirectoryError, ValueError, KeyError, TypeError):
         return None
 
@@ -111,15 +113,11 @@ def load_or_create(directory: Path) -> BusCredentials:
     user and one per service. A file from before per-service users keeps its operator
     password and gains the services'."""
     path = directory / CREDENTIALS_FILE
-    try:
-        data = json.loads(path.read_text())
-        if stat.S_IMODE(path.stat().st_mode) != PRIVATE:
-            path.chmod(PRIVATE)  # someone widened it: narrow it again before using it
-        creds = BusCredentials(str(data["user"]), str(data["password"]),
-                               {str(k): str(v) for k, v in dict(data.get("services")
-                                                                 or {}).items()})
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
+    creds = load(directory)
+    if creds is None:
         creds = BusCredentials(USER, secrets.token_urlsafe(32))
+    elif stat.S_IMODE(path.stat().st_mode) != PRIVATE:
+        path.chmod(PRIVATE)  # someone widened it: narrow it again before using it
     missing = [u for u in nats_permissions.SERVICES if u not in creds.services]
     if missing:
         creds = BusCredentials(creds.user, creds.password, {

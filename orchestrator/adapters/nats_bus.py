@@ -90,6 +90,16 @@ def is_auth_error(exc: BaseException) -> bool:
         or "authentication revoked" in text
 
 
+def url_user(url: str) -> str:
+    """The user a (comma-separated) server URL connects as ("" without one)."""
+    return unquote(urlsplit(server_list(url)[0]).username or "")
+
+
+def inbox_of(url: str) -> str:
+    """The inbox prefix a connection with ``url``'s user must use (``nats_permissions``)."""
+    return nats_permissions.inbox_prefix(url_user(url))
+
+
 def unauthorized(servers: Sequence[str]) -> PermanentError:
     """The error for refused credentials: the servers and the user, never the password."""
     users = sorted({unquote(urlsplit(s).username or "") for s in servers})

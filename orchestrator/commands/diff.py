@@ -29,6 +29,7 @@ from nats.js.errors import NotFoundError, ObjectNotFoundError
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import (
     EventBus,
+    inbox_of,
     is_auth_error,
     redact,
     server_list,
@@ -64,7 +65,8 @@ async def from_nats(url: str, env: str) -> Desired:
 
     try:
         nc = await nats.connect(servers=server_list(url), name="conveyor-diff",
-                                connect_timeout=5, max_reconnect_attempts=3, error_cb=on_error)
+                                connect_timeout=5, max_reconnect_attempts=3, error_cb=on_error,
+                                inbox_prefix=inbox_of(url))
     except Exception as exc:
         if refused or is_auth_error(exc):
             raise unauthorized(server_list(url)) from None

@@ -41,6 +41,7 @@ from orchestrator import subjects
 from orchestrator.adapters import nats_auth
 from orchestrator.adapters.nats_bus import (
     EventBus,
+    inbox_of,
     is_auth_error,
     redact,
     server_list,
@@ -287,7 +288,8 @@ async def _direct(url: str) -> dict[str, Any]:
 
     try:
         nc = await nats.connect(servers=server_list(url), name="conveyor-replay",
-                                connect_timeout=5, allow_reconnect=False, error_cb=quiet)
+                                connect_timeout=5, allow_reconnect=False, error_cb=quiet,
+                                inbox_prefix=inbox_of(url))
     except Exception as exc:
         if refused or is_auth_error(exc):
             raise unauthorized(server_list(url)) from None

@@ -116,6 +116,13 @@ async def test_replay_and_diff_read_the_credentials_of_up(tmp_path: Path) -> Non
         # target, which diff (a kubernetes comparison) then refuses by name
         code, _, err = await run_cli("diff", "dev", "--nats", url, "--data-dir", str(data))
         assert code == 2 and "does not have a kubernetes target" in err, err
+        # as in k8s (no operator user there): the api's user, from the environment, may replay
+        # (into its scratch bucket) and diff (it reads bundles), on its own inbox prefix
+        as_api = {"CONVEYOR_NATS_USER": "api", "CONVEYOR_NATS_PASSWORD": creds.services["api"]}
+        code, out, err = await run_cli("replay", "--nats", url, env=as_api)
+        assert code == 0 and "matches the log" in out, err
+        code, _, err = await run_cli("diff", "dev", "--nats", url, env=as_api)
+        assert code == 2 and "does not have a kubernetes target" in err, err
         # without the credentials: a clear refusal, exit 2, no password shown
         code, _, err = await run_cli("replay", "--nats", url, "--data-dir",
                                      str(tmp_path / "elsewhere"))
