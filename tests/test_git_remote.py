@@ -8,7 +8,9 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from orchestrator.adapters.git_remote import GitMirror, load_credentials
+from orchestrator.adapters.git_callbacks import set_timeouts
+from orchestrator.adapters.git_credentials import load_credentials
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.domain.config import SourceConfig
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.secrets import SecretPolicy
@@ -267,7 +269,8 @@ async def test_closed_port_is_transient_unreachable(scheme: str, tmp_path: Path)
 
 
 async def test_silent_server_times_out_as_unreachable(tmp_path: Path) -> None:
-    """A server that accepts and never answers: the fetch ends by the configured timeout."""
+    """A server that accepts and never answers: the fetch ends by the configured timeout
+    (libgit2's, one per process: set here as the composition root sets it, then restored)."""
     accepted = asyncio.Event()
     writers = []
 
@@ -278,13 +281,14 @@ async def test_silent_server_times_out_as_unreachable(tmp_path: Path) -> None:
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        mirror = GitMirror(f"http://127.0.0.1:{port}/repo.git", tmp_path / "cache",
-                           connect_timeout=1.0, timeout=1.0)
+        set_timeouts(connect_timeout=1.0, timeout=1.0)
+        mirror = GitMirror(f"http://127.0.0.1:{port}/repo.git", tmp_path / "cache")
         with pytest.raises(TransientError) as info:
             await asyncio.wait_for(mirror.fetch("main"), 30)
         assert accepted.is_set()
         assert info.value.reason == "Unreachable"
     finally:
+        set_timeouts()
         for writer in writers:
             writer.close()
         server.close()

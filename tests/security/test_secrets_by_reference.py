@@ -17,7 +17,7 @@ import pygit2
 import pytest
 
 from orchestrator.adapters.embedded_nats import EmbeddedNats
-from orchestrator.adapters.git_remote import GitMirror
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import parse_config
