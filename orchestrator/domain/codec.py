@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
 
-__all__ = ["decode", "decode_data", "encode", "schema_for", "upcast", "version_of"]
+__all__ = ["carry", "decode", "decode_as", "decode_data", "encode", "schema_for", "upcast",
+           "version_of"]
 from orchestrator.domain.payloads import BY_TYPE, CLASSES, CURRENT_VERSION, Payload, Unknown
 
 Data = dict[str, Any]
+P = TypeVar("P", bound=Payload)
 Upcaster = Callable[[str, Data], Data]
 
 
@@ -106,7 +108,11 @@ def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT
                 ) -> Payload:
     cls = BY_TYPE.get(event_type, Unknown)
     raw = data if version >= CURRENT_VERSION else upcast(event_type, version, data)
-    plan = PLANS[cls]
+    return _read(cls, raw)
+
+
+def _read(cls: type[P], raw: Mapping[str, Any]) -> P:
+    plan = PLANS.get(cls) or _plan(cls)
     values: Data = {}
     extra: Data = {}
     for k, v in raw.items():
@@ -121,6 +127,25 @@ def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT
 def decode(event: Event) -> Payload:
     """The typed payload of ``event``, upcast from the version that wrote it."""
     return decode_data(event.type, event.data, version_of(event))
+
+
+def decode_as(event: Event, cls: type[P]) -> P:
+    """``decode(event)`` as ``cls``: the class of the event's type or one of its bases (as
+    when reading the last event of a known type). An event of another type is read by
+    ``cls``'s fields, its other keys in ``extra``."""
+    found = decode(event)
+    if isinstance(found, cls):
+        return found
+    version = version_of(event)
+    return _read(cls, event.data if version >= CURRENT_VERSION
+                 else upcast(event.type, version, event.data))
+
+
+def carry(event: Event, keys: tuple[str, ...]) -> Data:
+    """The data ``keys`` of ``event`` exactly as written (the keys it has, only), for an
+    outcome that passes its input's fields on unchanged: what the input carried, byte for
+    byte (none of the types passed on has an upcaster)."""
+    return {k: event.data[k] for k in keys if k in event.data}
 
 
 def encode(payload: Payload) -> Data:

@@ -99,6 +99,8 @@ class ConfigLoaded(CommitFields):
     TYPE: ClassVar[str] = ev.CONFIG_LOADED
     text: str = ""  # conveyor.yaml as committed
     environments: tuple[str, ...] = ()  # the environments it declares
+    dirs: tuple[str, ...] | None = None  # the directories its generators listed (when any)
+    pulls: tuple[Json, ...] | None = None  # the open pull requests its generators expanded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

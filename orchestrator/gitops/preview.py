@@ -38,10 +38,12 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
 from orchestrator.domain.bundle import decode_bundle, encode_bundle
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import EnvironmentConfig
 from orchestrator.domain.diff import diff
 from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import parse
+from orchestrator.domain.payloads import ApplySucceeded
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings
@@ -126,7 +128,7 @@ class Previewer:
         if not found:
             return "", []
         last = max(found, key=lambda s: s.seq).event
-        payload = await self.bus.get_bundle(str(last.data.get("digest") or ""))
+        payload = await self.bus.get_bundle(decode_as(last, ApplySucceeded).digest)
         return last.correlationid, (decode_bundle(payload) if payload is not None else [])
 
     async def run(self, event: pv.PullRequestEvent) -> PreviewResult:

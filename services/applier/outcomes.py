@@ -15,6 +15,7 @@ from dataclasses import replace
 from typing import Any, Final
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import carry
 from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.ports import ApplyResult, Target
 from orchestrator.targets.kube.health import health_event
@@ -26,7 +27,7 @@ OUTCOMES: Final = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAIL
 
 
 def pass_on(event: Event) -> dict[str, Any]:
-    return {k: event.data[k] for k in PASS_ON if k in event.data}
+    return carry(event, PASS_ON)
 
 
 def elapsed_ms(started: float) -> float:

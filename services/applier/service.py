@@ -27,8 +27,10 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_lease import Lease
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.payloads import LogReset, StageInput
 from orchestrator.errors import ConfigError, FencedError, PermanentError, TransientError
 from orchestrator.health_rules.engine import HealthEngine, engine_for_render
 from orchestrator.health_rules.sources import HealthRuleError
@@ -64,7 +66,7 @@ class Applier:
             filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
                      *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=ACK_WAIT,
-            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
+            concurrency=16, order=lambda d: decode_as(d.event, StageInput).origin_seq or d.seq,
             one_outcome=True)
 
     async def start(self) -> None:
@@ -155,7 +157,7 @@ class Applier:
 
     async def _applied_before(self, event: Event) -> bool:
         try:
-            target = self.target_for(event.data["env"], event.data)
+            target = self.target_for(dict(decode_as(event, StageInput).env or {}), event.data)
             return await target.has_applied(self._request(event))
         except Exception as exc:  # unknown: superseded is what it would have been
             log.warning("apply.recognise_failed", env=event.subject, error=str(exc))
@@ -246,7 +248,7 @@ class Applier:
     async def _log_reset(self, event: Event, target: Target, held: TargetState) -> list[Event]:
         """One ``log.reset`` per environment and foreign epoch (none if this log has it)."""
         known = await self.bus.last_event(event.subject, ev.LOG_RESET)
-        if known is not None and known.event.data.get("target_epoch") == held.epoch:
+        if known is not None and decode_as(known.event, LogReset).target_epoch == held.epoch:
             return []
         log.warning("apply.log_reset", env=event.subject, target_epoch=held.epoch,
                     log_epoch=self.bus.epoch, target_revision=(held.revision or "")[:12])

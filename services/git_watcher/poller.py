@@ -36,6 +36,7 @@ from orchestrator.adapters import git_local, git_tree
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import (
     CONFIG_FILE,
     Config,
@@ -45,6 +46,7 @@ from orchestrator.domain.config import (
 )
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.generators import PullRequest, wanted_pulls
+from orchestrator.domain.payloads import CommitRejected, ConfigInvalid
 from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import PullLister
 from orchestrator.metrics import Metrics
@@ -383,10 +385,12 @@ class SourcePoller:
         for e in events:  # what a person must fix also goes to the log, not only the events
             if e.type == ev.CONFIG_INVALID:
                 log.error("watcher.config_invalid", source=self.name,
-                          revision=e.correlationid[:12], error=e.data.get("error"))
+                          revision=e.correlationid[:12],
+                          error=decode_as(e, ConfigInvalid).error)
             elif e.type == ev.COMMIT_REJECTED:
                 log.error("watcher.commit_rejected", source=self.name, env=e.subject,
-                          revision=e.correlationid[:12], reason=e.data.get("reason"))
+                          revision=e.correlationid[:12],
+                          reason=decode_as(e, CommitRejected).reason)
         # Events first, cursor second: the cursor never passes a commit whose events are not
         # all in the log. Killed between the two (or half-way through the events), the next
         # poll starts from the old cursor and announces the same commits again with the same
