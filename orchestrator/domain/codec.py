@@ -21,8 +21,8 @@ from typing import Any, Final, TypeVar
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
 
-__all__ = ["carry", "decode", "decode_as", "decode_data", "encode", "schema_for", "upcast",
-           "version_of"]
+__all__ = ["build", "carry", "decode", "decode_as", "decode_data", "encode", "schema_for",
+           "upcast", "version_of"]
 from orchestrator.domain.payloads import BY_TYPE, CLASSES, CURRENT_VERSION, Payload, Unknown
 
 Data = dict[str, Any]
@@ -146,6 +146,19 @@ def carry(event: Event, keys: tuple[str, ...]) -> Data:
     outcome that passes its input's fields on unchanged: what the input carried, byte for
     byte (none of the types passed on has an upcaster)."""
     return {k: event.data[k] for k in keys if k in event.data}
+
+
+def build(cls: type[Payload], /, *, extra: Mapping[str, Any] | None = None,
+          **given: Any) -> Data:
+    """The ``data`` of a new ``cls`` event carrying exactly the fields ``given`` (by field
+    name), then ``extra``'s keys. A name that is not a field of ``cls`` is a ``TypeError``
+    here rather than a stray key in the log. Unlike ``encode``, fields not given are left out
+    and a None given is written (null): what a writer that names its keys one by one wrote
+    before payloads were typed, byte for byte."""
+    payload = cls(**given)
+    keys = {f.name: data_key(f) for f in payload_fields(cls)}
+    out = {keys[name]: _write(getattr(payload, name)) for name in given}
+    return {**out, **{k: v for k, v in (extra or {}).items() if k not in out}}
 
 
 def encode(payload: Payload) -> Data:

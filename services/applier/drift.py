@@ -41,10 +41,10 @@ import structlog
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
-from orchestrator.domain.codec import decode_as
+from orchestrator.domain.codec import build, decode_as
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
-from orchestrator.domain.payloads import ConfigLoaded, RenderSucceeded
+from orchestrator.domain.payloads import ConfigLoaded, DriftDetected, RenderSucceeded
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.health_rules.engine import HealthEngine, engine_for_render
 from orchestrator.health_rules.sources import HealthRuleError
@@ -159,10 +159,10 @@ class DriftLoop:
         detected = new_event(
             ev.DRIFT_DETECTED, env=env, correlation=held.revision, source=SOURCE,
             key=f"drift:{fingerprint}",
-            data={"revision": held.revision, "digest": held.digest,
-                  "origin_seq": held.origin_seq, "summary": summarise(diffs),
-                  "count": len(diffs), "objects": [_object(d) for d in diffs[:LISTED]],
-                  "self_heal": target.settings.self_heal, "target": target.description})
+            data=build(DriftDetected, revision=held.revision, digest=held.digest,
+                       origin_seq=held.origin_seq, summary=summarise(diffs),
+                       count=len(diffs), objects=[_object(d) for d in diffs[:LISTED]],
+                       self_heal=target.settings.self_heal, target=target.description))
         await self.bus.publish(detected)
         log.info("drift.detected", env=env, objects=len(diffs), revision=held.revision[:12])
         events = [detected]

@@ -15,8 +15,9 @@ from dataclasses import replace
 from typing import Any, Final
 
 from orchestrator.domain import events as ev
-from orchestrator.domain.codec import carry
+from orchestrator.domain.codec import build, carry
 from orchestrator.domain.events import Event, new_event, outcome_id
+from orchestrator.domain.payloads import BY_TYPE
 from orchestrator.ports import ApplyResult, Target
 from orchestrator.targets.kube.health import health_event
 
@@ -48,7 +49,8 @@ def outcome(kind: str, cause: Event, *, source: str, started: float,
     body = {**base, **(data or {}), "duration_ms": elapsed_ms(started)}
     if target is not None:
         body["target"] = target.description
-    made = new_event(kind, env=cause.subject, cause=cause, source=source, data=body)
+    made = new_event(kind, env=cause.subject, cause=cause, source=source,
+                     data=build(BY_TYPE[kind], **body))
     # retrying and health events are not outcomes; every terminal outcome shares one id
     return one_per_cause(made) if kind in OUTCOMES else made
 
