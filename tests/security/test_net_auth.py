@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conveyor.cli import check_listen
 from conveyor.demo import demo_files
+from conveyor.options import check_listen
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.settings import Settings

@@ -187,7 +187,7 @@ async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -
 
 
 def test_run_takes_its_bus_credentials_from_the_environment_not_the_command_line() -> None:
-    from conveyor.cli import nats_url
+    from conveyor.options import nats_url
 
     env = {"CONVEYOR_NATS_USER": "renderer", "CONVEYOR_NATS_PASSWORD": "s3cr3t\n"}
     assert nats_url("nats://nats:4222", env) == "nats://renderer:s3cr3t@nats:4222"

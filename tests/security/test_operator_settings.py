@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.cli import _settings, build_parser
+from conveyor.cli import build_parser
+from conveyor.options import settings_from_args
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -61,10 +62,10 @@ def test_the_operator_chooses_them_with_flags() -> None:
         "up", "--repo", "https://git.example/r.git", "--kustomize-binary", "/opt/kustomize",
         "--helm-binary", "/opt/helm", "--allow-remote-bases", "github.com,gitlab.com",
         "--allow-remote-bases", "git.example"])
-    assert _settings(args).render_tools == RenderTools(
+    assert settings_from_args(args).render_tools == RenderTools(
         kustomize_binary="/opt/kustomize", helm_binary="/opt/helm",
         remote_base_hosts=("github.com", "gitlab.com", "git.example"))
-    default = _settings(build_parser().parse_args(["up", "--repo", "https://git.example/r"]))
+    default = settings_from_args(build_parser().parse_args(["up", "--repo", "https://git.example/r"]))
     assert default.render_tools == RenderTools()
 
 
