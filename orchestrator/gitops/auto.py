@@ -25,7 +25,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain import promotion
 from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import PromotionConfig, parse_config
-from orchestrator.domain.generators import PullRequest
+from orchestrator.domain.generator_pulls import PullRequest
 from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.domain.trace import parse_time
 from orchestrator.errors import ConfigError, ConveyorError

@@ -45,7 +45,8 @@ from orchestrator.domain.config import (
     parse_config,
 )
 from orchestrator.domain.events import Event, new_event
-from orchestrator.domain.generators import PullRequest, wanted_pulls
+from orchestrator.domain.generator_pulls import PullRequest
+from orchestrator.domain.generators import wanted_pulls
 from orchestrator.domain.payloads import CommitRejected, ConfigInvalid
 from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import PullLister
