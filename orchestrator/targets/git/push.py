@@ -39,7 +39,7 @@ from typing import Any
 import pygit2
 import structlog
 
-from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer
+from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer, git_write
 from orchestrator.adapters.git_source import credentials_from_env, repo_key
 from orchestrator.domain.config import DEFAULT_SOURCE
 from orchestrator.domain.giturls import GitUrl, parse
@@ -184,15 +184,15 @@ class PushMirror:
 
     # ----------------------------------------------------------------- blocking API
 
-    def fetch_state(self) -> git_local.BranchState:
+    def fetch_state(self) -> git_write.BranchState:
         """The remote branch as it is now (fetched): head, tree and Conveyor trailers."""
         with self._lock:
             self._fetch()
-            return git_local.branch_state(self.path, self.branch)
+            return git_write.branch_state(self.path, self.branch)
 
     def publish(self, files: Mapping[str, bytes], message: str, *,
                 fetched: bool = False,
-                check: Callable[[git_local.BranchState], None] | None = None) -> Published:
+                check: Callable[[git_write.BranchState], None] | None = None) -> Published:
         """Make the remote branch hold ``files``: commit on the remote head and push.
 
         ``fetched`` True builds on the last ``fetch_state`` instead of fetching again;
@@ -203,10 +203,10 @@ class PushMirror:
                 self._fetch()
             last: ConflictError | None = None
             for attempt in range(1, self.max_attempts + 1):
-                state = git_local.branch_state(self.path, self.branch)
+                state = git_write.branch_state(self.path, self.branch)
                 if check is not None:
                     check(state)
-                tree = git_local.build_tree(self.path, files)
+                tree = git_write.build_tree(self.path, files)
                 if tree == state.tree:
                     return Published(False, state.head, state.head, attempt)
                 commit = self._commit(tree, message, state.head)
