@@ -32,13 +32,14 @@ from orchestrator.gitops.forge import ForgeSettings, PullLister
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 from services.git_watcher import decide
+from services.git_watcher.cursor import Cursor, cursor_key
 from services.git_watcher.decide import (
     DEFAULT_LOCAL_INTERVAL,
     DEFAULT_REMOTE_INTERVAL,
     SourceRef,
     WatchedSource,
 )
-from services.git_watcher.poller import Cursor, SourcePoller, cursor_key
+from services.git_watcher.poller import SourcePoller
 
 log = structlog.get_logger(__name__)
 
