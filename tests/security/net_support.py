@@ -3,9 +3,7 @@ attack it still deploys the next good commit."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -30,16 +28,6 @@ def settings_for(repo: Repo, nats: EmbeddedNats, data: Path, **extra: Any) -> Se
     base = Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
                     listen="127.0.0.1:0", interval=3600.0)  # polls only when triggered
     return replace(base, **extra)
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 def api_url(conveyor: Conveyor) -> str:

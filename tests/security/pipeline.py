@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,16 +36,6 @@ def settings_for(repo: Repo, nats: EmbeddedNats, data: Path, **extra: Any) -> Se
     base = Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
                     listen="127.0.0.1:0", interval=3600.0)
     return replace(base, **extra)
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 async def poll(conveyor: Conveyor) -> None:

@@ -17,9 +17,9 @@ from tests.security.net_support import (
     api_url,
     applied,
     deploys_next_commit,
-    running,
     settings_for,
 )
+from tests.support.conveyors import running
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, WAIT_MS

@@ -31,9 +31,9 @@ from tests.security.pipeline import (
     good_files,
     next_good_commit_deploys,
     poll,
-    running,
     settings_for,
 )
+from tests.support.conveyors import running
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
