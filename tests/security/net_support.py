@@ -4,17 +4,12 @@ attack it still deploys the next good commit."""
 from __future__ import annotations
 
 import uuid
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from conveyor.app import Conveyor
 from conveyor.demo import demo_files
-from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
-from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
@@ -22,12 +17,6 @@ from tests.support.waits import wait_for_events
 
 OPERATOR = "operator-token-7f3a"
 READER = "read-only-token-91c2"
-
-
-def settings_for(repo: Repo, nats: EmbeddedNats, data: Path, **extra: Any) -> Settings:
-    base = Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
-                    listen="127.0.0.1:0", interval=3600.0)  # polls only when triggered
-    return replace(base, **extra)
 
 
 def api_url(conveyor: Conveyor) -> str:

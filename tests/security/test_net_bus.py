@@ -20,8 +20,8 @@ from orchestrator import subjects
 from orchestrator.adapters import nats_auth
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
-from tests.security.net_support import applied, deploys_next_commit, settings_for
-from tests.support.conveyors import running
+from tests.security.net_support import applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

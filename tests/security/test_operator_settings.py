@@ -22,16 +22,8 @@ from orchestrator.domain.config import parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.rendering import RenderTools
 from services.git_watcher.config_check import check_config
-from tests.security.pipeline import (
-    CONFIG,
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    of,
-    poll,
-    settings_for,
-)
-from tests.support.conveyors import running
+from tests.security.pipeline import CONFIG, finished, good_files, next_good_commit_deploys, of, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

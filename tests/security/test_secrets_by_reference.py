@@ -25,15 +25,8 @@ from orchestrator.domain.events import Event
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.secrets import SecretPolicy
 from tests.security.listener import recording
-from tests.security.pipeline import (
-    CONFIG,
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    poll,
-    settings_for,
-)
-from tests.support.conveyors import running
+from tests.security.pipeline import CONFIG, finished, good_files, next_good_commit_deploys, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
