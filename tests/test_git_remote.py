@@ -14,6 +14,7 @@ from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.domain.config import SourceConfig
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.secrets import SecretPolicy
+from orchestrator.targets.git.push import PushMirror
 from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
@@ -330,3 +331,15 @@ def test_unset_variable_names_the_variable(tmp_path: Path) -> None:
 def test_unknown_credentials_key_is_refused() -> None:
     with pytest.raises(PermanentError, match="unknown credentials key"):
         load_credentials({"pasword": "${X}"})
+
+
+def test_a_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError) as info:
+        GitMirror(f"https://deploy:{PASSWORD}@git.example/apps.git", tmp_path / "cache",
+                  source="apps")
+    assert info.value.reason == "InvalidSource" and PASSWORD not in str(info.value)
+    assert "move it to credentials.password or credentials.token" in str(info.value)
+    with pytest.raises(PermanentError) as target:
+        PushMirror(f"https://deploy:{PASSWORD}@git.example/deploy.git", "deploy/dev", tmp_path)
+    assert target.value.reason == "InvalidTarget" and PASSWORD not in str(target.value)
+    assert "move it to target.git.credentials" in str(target.value)

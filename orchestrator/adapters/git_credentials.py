@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.domain.giturls import GitUrl, parse
 from orchestrator.errors import PermanentError
 from orchestrator.secrets import SecretScope
 
@@ -105,6 +106,20 @@ def _read_file(path: Any, key: str, scope: SecretScope, source: str) -> str:
     except OSError as exc:
         raise PermanentError(f"source {source!r}: cannot read credentials.{key} "
                              f"{resolved}: {exc.strerror}", reason="InvalidCredentials") from None
+
+
+def credential_free_url(url: str, *, where: str, reason: str, move_to: str) -> GitUrl:
+    """``url`` parsed, refused when it is not one or embeds a password (secrets go in
+    credentials, never in a URL that events and logs show): errors name ``where``, with
+    ``reason``, and say to move the password to ``move_to``."""
+    try:
+        parsed = parse(url)
+    except ValueError as exc:
+        raise PermanentError(f"{where}: {exc}", reason=reason) from None
+    if parsed.password is not None:
+        raise PermanentError(f"{where}: the URL {parsed.display()} embeds a password; move it "
+                             f"to {move_to}", reason=reason)
+    return parsed
 
 
 def scope_for(environ: Mapping[str, str] | None,

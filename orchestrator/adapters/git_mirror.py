@@ -31,11 +31,14 @@ import pygit2
 import structlog
 
 from orchestrator.adapters.git_callbacks import Callbacks, connection
-from orchestrator.adapters.git_credentials import load_credentials, scope_for
+from orchestrator.adapters.git_credentials import (
+    credential_free_url,
+    load_credentials,
+    scope_for,
+)
 from orchestrator.adapters.git_errors import Refused, translate
 from orchestrator.adapters.git_transfer import no_redirects, remote_url
 from orchestrator.domain.config import SourceConfig
-from orchestrator.domain.giturls import parse
 from orchestrator.errors import PermanentError
 from orchestrator.secrets import SecretScope
 
@@ -114,14 +117,8 @@ class GitMirror:
                  credentials: Mapping[str, Any] | None = None,
                  environ: Mapping[str, str] | None = None, scope: SecretScope | None = None,
                  check_now: bool = True) -> None:
-        try:
-            self.url = parse(url)
-        except ValueError as exc:
-            raise PermanentError(f"source {source!r}: {exc}", reason="InvalidSource") from None
-        if self.url.password is not None:
-            raise PermanentError(
-                f"source {source!r}: the URL {self.url.display()} embeds a password; move it "
-                "to credentials.password or credentials.token", reason="InvalidSource")
+        self.url = credential_free_url(url, where=f"source {source!r}", reason="InvalidSource",
+                                       move_to="credentials.password or credentials.token")
         self.source = source
         self._credentials_raw = dict(credentials or {})
         self._scope = scope_for(environ, scope)

@@ -42,7 +42,7 @@ import structlog
 from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer, git_write
 from orchestrator.adapters.git_source import credentials_from_env, repo_key
 from orchestrator.domain.config import DEFAULT_SOURCE
-from orchestrator.domain.giturls import GitUrl, parse
+from orchestrator.domain.giturls import GitUrl
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 from orchestrator.secrets import SecretScope
 
@@ -153,14 +153,8 @@ class PushMirror:
                  kind: str = "git target", folder: str = "targets",
                  credentials_hint: str | None = None) -> None:
         self.where = f"{kind} {branch}"
-        try:
-            self.url: GitUrl = parse(url)
-        except ValueError as exc:
-            raise PermanentError(f"{self.where}: {exc}", reason="InvalidTarget") from None
-        if self.url.password is not None:
-            raise PermanentError(
-                f"{self.where}: the URL {self.url.display()} embeds a password; move it to "
-                "target.git.credentials", reason="InvalidTarget")
+        self.url: GitUrl = git_credentials.credential_free_url(
+            url, where=self.where, reason="InvalidTarget", move_to="target.git.credentials")
         if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise PermanentError(f"{self.where}: not a valid branch name",
                                  reason="InvalidTarget")
