@@ -14,8 +14,9 @@ container's first process is refused), and ``buildah run`` has no read-only root
 enforcing the same guarantees a pod's ``securityContext`` asks for: in a new mount namespace
 (and new IPC/UTS namespaces; the network namespace is the host's, as with ``--network host``),
 the image's own file system (``podman image mount``: its layers, with no writable layer) is
-bind-mounted read-only, with ``nosuid,nodev``; on it only ``/tmp`` and ``$HOME`` (tmpfs) and
-the data dir (``WorkingDir``, a host directory) are writable; ``/proc`` is mounted and ``/dev``
+bind-mounted read-only, with ``nosuid,nodev``; on it only ``/tmp`` (tmpfs) and, where the
+caller asks, ``$HOME`` (tmpfs) and the data dir (``WorkingDir``, a host directory) are writable,
+as the pod's ``emptyDir`` volumes in ``k8s/`` are; ``/proc`` is mounted and ``/dev``
 holds only null, zero, full, random, urandom and tty. ``setpriv`` (from the image) then
 switches to the image's ``USER`` with no supplementary groups, an empty capability bounding set
 and ``no_new_privs``, and ``env -i`` gives the command exactly the image's ``Env``. The process
@@ -44,6 +45,7 @@ BASE_PACKAGES = ("python3", "python3-venv", "openssh-client", "gnupg", "ca-certi
 MMDEBSTRAP = ["mmdebstrap", "--variant=apt", f"--include={','.join(BASE_PACKAGES)}",
               "--dpkgopt=path-exclude=/usr/share/man/*",
               "--dpkgopt=path-exclude=/usr/share/locale/*", SUITE]
+BUILD = ("podman", "build", "--isolation", "chroot", "--layers=false")
 BASE_REPO = "localhost/conveyor-test-base"
 IMAGE_REPO = "localhost/conveyor-test"
 CONTEXT = ("pyproject.toml", "README.md", "conveyor", "orchestrator", "services")
@@ -188,8 +190,7 @@ def ensure_image(root: Path, work: Path) -> Image:
     for leftover in ("build", "conveyor.egg-info"):
         shutil.rmtree(context / leftover, ignore_errors=True)
     timings["podman build"] = _run(
-        ["podman", "build", "--isolation", "chroot", "--layers=false",
-         "--build-arg", f"BASE={base_tag}", "-f", str(root / "Containerfile"), "-t", tag,
+        [*BUILD, "--build-arg", f"BASE={base_tag}", "-f", str(root / "Containerfile"), "-t", tag,
          str(context)], log)
     shutil.rmtree(context)
     _remove_other_tags(IMAGE_REPO, tag)
@@ -207,8 +208,9 @@ def mounted(tag: str) -> Iterator[Path]:
         subprocess.run(["podman", "image", "unmount", tag], capture_output=True, check=False)
 
 
-# $1 image rootfs, $2 an empty staging dir, $3 the host's data dir, $4 uid, $5 gid, $6 $HOME,
-# $7 the data dir in the image (WorkingDir); the rest: env -i's NAME=VALUE... then the command.
+# $1 image rootfs, $2 an empty staging dir, $3 the host's data dir (- for none: it stays the
+# image's, read-only), $4 uid, $5 gid, $6 $HOME (a tmpfs; - for none), $7 the data dir in the
+# image (WorkingDir); the rest: env -i's NAME=VALUE... then the command.
 SANDBOX = r"""
 set -eu
 rootfs=$1 stage=$2 data=$3 uid=$4 gid=$5 home=$6 workdir=$7
@@ -225,25 +227,33 @@ ln -s /proc/self/fd "$stage/dev/fd"
 ln -s fd/0 "$stage/dev/stdin"; ln -s fd/1 "$stage/dev/stdout"; ln -s fd/2 "$stage/dev/stderr"
 mount -o remount,bind,ro,nosuid,noexec "$stage/dev"
 mount -t tmpfs -o nosuid,nodev,mode=1777,size=256m tmp "$stage/tmp"
-mount -t tmpfs -o "nosuid,nodev,mode=0700,uid=$uid,gid=$gid,size=64m" home "$stage$home"
-mount --bind "$data" "$stage$workdir"
-mount -o remount,bind,nosuid,nodev "$stage$workdir"
+if [ "$home" != - ]; then
+  mount -t tmpfs -o "nosuid,nodev,mode=0700,uid=$uid,gid=$gid,size=64m" home "$stage$home"
+fi
+if [ "$data" != - ]; then
+  mount --bind "$data" "$stage$workdir"
+  mount -o remount,bind,nosuid,nodev "$stage$workdir"
+fi
 exec chroot "$stage" /usr/bin/setpriv --reuid="$uid" --regid="$gid" --clear-groups \
   --no-new-privs --inh-caps=-all --bounding-set=-all -- /usr/bin/env -i -C "$workdir" "$@"
 """
 
 
-def sandbox_argv(image: Image, rootfs: Path, stage: Path, data: Path, argv: Sequence[str],
-                 env: Mapping[str, str] | None = None) -> list[str]:
+def sandbox_argv(image: Image, rootfs: Path, stage: Path, data: Path | None,
+                 argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+                 home: bool = True) -> list[str]:
     """The command line that runs ``argv`` from the mounted image (see the module docstring).
 
     ``stage`` is an empty directory (the root's mount point), ``data`` the host directory
-    mounted on the image's ``WorkingDir``; it is made the image user's, mode 0700."""
+    mounted on the image's ``WorkingDir`` (made the image user's, mode 0700), or None to leave
+    it read-only, as ``/tmp`` alone is writable then; ``home``: a writable ``$HOME``."""
     stage.mkdir(parents=True, exist_ok=True)
-    data.mkdir(parents=True, exist_ok=True)
-    os.chown(data, image.uid, image.gid)
-    data.chmod(0o700)
+    if data is not None:
+        data.mkdir(parents=True, exist_ok=True)
+        os.chown(data, image.uid, image.gid)
+        data.chmod(0o700)
     assignments = [*image.env, *(f"{k}={v}" for k, v in (env or {}).items())]
     return ["unshare", "--mount", "--ipc", "--uts", "--propagation", "private", "--",
-            "/bin/sh", "-c", SANDBOX, "sandbox", str(rootfs), str(stage), str(data),
-            str(image.uid), str(image.gid), image.home, image.workdir, *assignments, *argv]
+            "/bin/sh", "-c", SANDBOX, "sandbox", str(rootfs), str(stage),
+            str(data) if data is not None else "-", str(image.uid), str(image.gid),
+            image.home if home else "-", image.workdir, *assignments, *argv]
