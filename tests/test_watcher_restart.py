@@ -24,7 +24,7 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
 from orchestrator.settings import Settings
-from services.git_watcher.poller import cursor_key
+from services.git_watcher.cursor import cursor_key
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
