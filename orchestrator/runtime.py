@@ -22,7 +22,9 @@ everything it caused is in the log, and everything it caused has an id derived f
 
 - watcher: events published, *then* the cursor (``services/git_watcher/poller.py``). Killed in
   between: the next poll re-announces from the old cursor with the same ids, dropped as
-  duplicates; the cursor never passes a commit whose events are not in the log.
+  duplicates (inside the stream's duplicate window; beyond it the first batch after a start
+  is checked against the last message of each subject and only the rest is published); the
+  cursor never passes a commit whose events are not in the log.
 - renderer / applier: the outcome is published, *then* the input is acked (``_finish`` below).
   Killed in between, or before publishing: the input is still pending on the server and is
   redelivered after ``ack_wait``; its outcome is re-emitted with the same id. Killed after the

@@ -12,6 +12,15 @@ adapter and reuse the same id, which is what makes them safe.
 Connection settings follow the field notes: reconnect forever (a service outlives a server
 restart), unsubscribe before drain on shutdown, and reconcile consumer config with
 ``add_consumer`` at start-up because binding an existing durable ignores the config given.
+
+Failover: when a stream's leader dies, a request in flight to it is never answered, and one
+sent before the new leader is elected gets "no responders". Publishes, reads of the stream and
+the KV/object-store operations therefore wait at most ``REQUEST_TIMEOUT`` per attempt (not the
+10 s of admin requests) and are retried here, quickly (``RETRY_WAIT_MAX``), for up to
+``PUBLISH_RETRY_FOR``: publishes keep their ``Nats-Msg-Id`` and the others are reads or
+idempotent puts, so a retry is safe. A compare-and-set is retried only when it surely did not
+happen (no responders), never after a timeout. Measured with ``python -m benchmarks.failover``:
+a handler's read caught by the kill used to wait 10 s, then its message's 2 s backoff.
 """
 
 from __future__ import annotations
@@ -22,9 +31,9 @@ import itertools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
@@ -55,8 +64,18 @@ from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PUBLISH_RETRY_FOR = 30.0
+REQUEST_TIMEOUT = 2.0  # one attempt of a publish, read or KV/object operation (module doc)
+ADMIN_TIMEOUT = 10.0  # stream and consumer management
+RETRY_WAIT_MAX = 0.5  # between attempts while a stream elects a leader (a few seconds)
+UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
+              nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+              nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+              asyncio.TimeoutError)
+NOT_DONE = (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError)  # surely not applied: a CAS may retry
 PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
@@ -132,9 +151,12 @@ class EventBus:
     """A connection to NATS with Conveyor's stream, buckets and store ensured."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *,
-                 on_published: PublishObserver | None = None) -> None:
+                 on_published: PublishObserver | None = None,
+                 data: JetStreamContext | None = None) -> None:
         self.nc = nc
         self.js = js
+        # publishes, reads, KV and objects: short attempts, retried (module doc)
+        self.data = data if data is not None else js
         self.on_published = on_published
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
@@ -219,7 +241,8 @@ class EventBus:
                 await asyncio.sleep(delay)  # backoff between attempts (cancellable)
         if attempt > 1:
             log.info("nats.connected", servers=shown, attempts=attempt)
-        bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
+        bus = cls(nc, nc.jetstream(timeout=ADMIN_TIMEOUT), on_published=on_published,
+                  data=nc.jetstream(timeout=REQUEST_TIMEOUT))
         bus._closing = closing
         try:
             for waiting in itertools.count(1):
@@ -245,8 +268,8 @@ class EventBus:
         """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
         self.schema = await reconcile(self.js, schema, manage=manage)
         for bucket in KV_BUCKETS:
-            self._kv[bucket] = await self.js.key_value(bucket)
-        self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)
+            self._kv[bucket] = await self.data.key_value(bucket)
+        self._obj = await self.data.object_store(subjects.BUNDLE_BUCKET)
         return self.schema
 
     @property
@@ -285,20 +308,23 @@ class EventBus:
         event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
         payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((nats.errors.TimeoutError,
-                                           nats.js.errors.NoStreamResponseError,
-                                           nats.errors.ConnectionClosedError,
-                                           nats.errors.OutboundBufferLimitError)),
-            wait=wait_exponential(multiplier=0.1, max=2), stop=stop_after_delay(PUBLISH_RETRY_FOR),
-            reraise=True,
-        ):
-            with attempt:
-                ack = await self.js.publish(subject, payload, headers=headers,
-                                            stream=subjects.STREAM)
+        ack = await self._retrying(lambda: self.data.publish(
+            subject, payload, headers=headers, stream=subjects.STREAM))
         if self.on_published is not None:
             self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]],
+                        unanswered: tuple[type[BaseException], ...] = UNANSWERED) -> T:
+        """``call()``, again while the servers do not answer (module doc), then its error."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(unanswered),
+            wait=wait_exponential(multiplier=0.1, max=RETRY_WAIT_MAX),
+            stop=stop_after_delay(PUBLISH_RETRY_FOR), reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: AsyncRetrying re-raises the last error")
 
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
         return [await self.publish(e) for e in events]
@@ -306,7 +332,8 @@ class EventBus:
     async def last_event(self, env: str, event_type: str) -> StoredEvent | None:
         subject = subjects.event_subject(env, event_type)
         try:
-            raw = await self.js.get_last_msg(subjects.STREAM, subject, direct=True)
+            raw = await self._retrying(lambda: self.data.get_last_msg(
+                subjects.STREAM, subject, direct=True))
         except NotFoundError:
             return None
         assert raw.data is not None and raw.seq is not None
@@ -314,7 +341,7 @@ class EventBus:
 
     async def get_event(self, seq: int) -> StoredEvent | None:
         try:
-            raw = await self.js.get_msg(subjects.STREAM, seq=seq)
+            raw = await self._retrying(lambda: self.data.get_msg(subjects.STREAM, seq=seq))
         except NotFoundError:
             return None
         assert raw.data is not None
@@ -380,7 +407,7 @@ class EventBus:
 
     async def kv_get(self, bucket: str, key: str) -> tuple[Any, int] | None:
         try:
-            entry = await self._kv[bucket].get(key)
+            entry = await self._retrying(lambda: self._kv[bucket].get(key))
         except (KeyNotFoundError, NotFoundError):
             return None
         if entry.value is None:
@@ -394,10 +421,11 @@ class EventBus:
         store = self._kv[bucket]
         try:
             if expect_revision is None:
-                return int(await store.put(key, data))
+                return int(await self._retrying(lambda: store.put(key, data)))
             if expect_revision == 0:
-                return int(await store.create(key, data))
-            return int(await store.update(key, data, last=expect_revision))
+                return int(await self._retrying(lambda: store.create(key, data), NOT_DONE))
+            return int(await self._retrying(
+                lambda: store.update(key, data, last=expect_revision), NOT_DONE))
         except (nats.js.errors.KeyWrongLastSequenceError, BadRequestError) as exc:
             raise ConflictError(f"{bucket}/{key} changed concurrently") from exc
 
@@ -443,16 +471,18 @@ class EventBus:
     async def put_bundle(self, digest: str, payload: bytes) -> None:
         assert self._obj is not None
         name = digest.replace(":", "-")
+        store = self._obj
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
-            info = await self._obj.get_info(name)
+            info = await self._retrying(lambda: store.get_info(name))
             if info is not None and not info.deleted:
                 return  # stored once per digest
-        await self._obj.put(name, payload)
+        await self._retrying(lambda: store.put(name, payload))  # same name, same bytes
 
     async def get_bundle(self, digest: str) -> bytes | None:
         assert self._obj is not None
         try:
-            result = await self._obj.get(digest.replace(":", "-"))
+            store = self._obj
+            result = await self._retrying(lambda: store.get(digest.replace(":", "-")))
         except (ObjectNotFoundError, NotFoundError):
             return None
         return bytes(result.data or b"")
@@ -460,7 +490,8 @@ class EventBus:
     async def has_bundle(self, digest: str) -> bool:
         assert self._obj is not None
         try:
-            info = await self._obj.get_info(digest.replace(":", "-"))
+            store = self._obj
+            info = await self._retrying(lambda: store.get_info(digest.replace(":", "-")))
         except (ObjectNotFoundError, NotFoundError):
             return False
         return info is not None and not info.deleted
