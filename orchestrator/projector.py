@@ -48,7 +48,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, loads
 from orchestrator.domain.history import EnvHistory
 from orchestrator.domain.state import EnvState, Projection, Records, fold_records
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
@@ -105,7 +105,7 @@ def records(projection: Projection) -> Stored:
 async def dump_bucket(bus: EventBus, bucket: str) -> Stored:
     """The projection keys of a bucket and their values (one ordered read of the bucket)."""
     raw = await bus.kv_snapshot(bucket)
-    return {key: json.loads(value) for key, value in raw.items()
+    return {key: loads(value) for key, value in raw.items()
             if value and is_projection_key(key)}
 
 
