@@ -30,6 +30,10 @@ exact on a running system (it compares the records with a fold of ``1..position`
   from the stream at ``position + 1``, before anything can read the projection; the
   redelivery then finds it at or below ``position`` and only acks it.
 
+A restart folds from where the stored projection is: ``position`` N and the records are the
+snapshot, loaded at start; the durable consumer resumes at its ack floor, and one made anew
+starts at N + 1 (``tests/test_projector_restart.py`` counts the events a restart folds).
+
 The projector consumes in stream order on one lane. A failed KV write is retried inside the
 handler rather than nak'ed: a nak would let later events overtake this one, and the
 per-record rule would then drop it. Blocking the lane is the correct back-pressure here.
@@ -187,6 +191,9 @@ class Projector:
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=self.durable, stage="project", filters=[subjects.ALL_EVENTS],
             handler=self.handle, max_deliver=100, concurrency=1, key=lambda e: "all",
+            # the projection in the bucket is the snapshot: a durable made anew (first start,
+            # or removed meanwhile) starts after it instead of re-reading the log from 1
+            start_seq=self.position + 1,
             # the dead process's unacked event blocks the lane until it is redelivered: after a
             # crash the projection resumes this soon (a live handler keeps it with in_progress)
             ack_wait=ACK_WAIT,
