@@ -153,15 +153,30 @@ class Projector:
             stored = {}
         if folded_from is None or folded_from[0] != self.bus.epoch:
             await self._put(EPOCH_KEY, self.bus.epoch)
+        states = [EnvState.from_dict(v) for k, v in stored.items() if k.startswith(ENV_PREFIX)]
+        for state in sorted(states, key=lambda s: s.last_seq):  # see ``changed_since``
+            self.envs[state.name] = state
         for key, value in stored.items():
-            if key.startswith(ENV_PREFIX):
-                self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(value)
-            elif key.startswith(HISTORY_PREFIX):
+            if key.startswith(HISTORY_PREFIX):
                 self.history[key.removeprefix(HISTORY_PREFIX)] = EnvHistory.from_dict(value)
             elif key == POSITION_KEY:
                 self.position = int(value.get("seq") or 0)
         self._ahead = max((record_seq(v) for k, v in stored.items() if k != POSITION_KEY),
                           default=0)
+
+    def changed_since(self, seq: int) -> list[EnvState]:
+        """The environments whose state changed after sequence ``seq``, newest change first.
+
+        ``envs`` is kept in the order of the states' ``last_seq`` (loaded sorted, and a state
+        that changes moves to the end), so this reads only the changed ones: a dashboard's
+        stream asks it after every event folded, at any fleet size."""
+        out: list[EnvState] = []
+        for name in reversed(self.envs):
+            state = self.envs[name]
+            if state.last_seq <= seq:
+                break
+            out.append(state)
+        return out
 
     async def complete_cut_short(self) -> int:
         """Fold again the events a crash left half-written (records past ``position``).
@@ -241,6 +256,7 @@ class Projector:
                 if key.startswith(HISTORY_PREFIX):
                     self.history[event.subject] = after.history
                 elif key.startswith(ENV_PREFIX):
+                    self.envs.pop(event.subject, None)  # to the end: see ``changed_since``
                     self.envs[event.subject] = after.state
         await self._put(POSITION_KEY, {"seq": seq})
         self.position = seq

@@ -104,13 +104,16 @@ __all__ = ["ApiService", "build_app", "control", "event_json"]
 async def environments(request: web.Request) -> web.Response:
     """A page of environments (``limit``, ``continue``) the filters select, with counts."""
     q = request.query
+    projector = request.app[PROJECTOR]
     try:
         flt = EnvFilter.from_query(q)
-        found = page(request.app[PROJECTOR].envs.values(), flt, parse_limit(q.get("limit")),
+        found = page(projector.envs.values(), flt, parse_limit(q.get("limit")),
                      q.get("continue") or None)
     except ListingError as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    return web.json_response(found.to_dict())
+    # ``position``: the projection's sequence these states are at (a follower of the
+    # dashboard stream asks for the changes after it)
+    return web.json_response({**found.to_dict(), "position": projector.position})
 
 
 async def environment(request: web.Request) -> web.Response:
