@@ -17,7 +17,7 @@ the missing records without counting anything twice.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Final, NamedTuple
 
 from orchestrator.domain import events as ev
@@ -65,7 +65,9 @@ class EnvState:
     generator: str = ""  # the conveyor.yaml generator that made it ("" when written by hand)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # every field is a string or a number: no deep copy (``asdict``) needed, and the api
+        # lists a thousand of these per page
+        return {name: getattr(self, name) for name in self.__slots__}
 
     @staticmethod
     def from_dict(raw: dict[str, Any]) -> EnvState:

@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -51,6 +52,12 @@ log = structlog.get_logger(__name__)
 MAX_EVENTS = 10_000
 DEFAULT_EVENTS = 100
 HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's head
+
+
+def _dumps(value: object) -> str:
+    """JSON for the large answers (a page of a thousand environments): orjson, five times the
+    standard library's speed."""
+    return orjson.dumps(value).decode()
 
 
 class BadQuery(ValueError):
@@ -113,7 +120,8 @@ async def environments(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=400)
     # ``position``: the projection's sequence these states are at (a follower of the
     # dashboard stream asks for the changes after it)
-    return web.json_response({**found.to_dict(), "position": projector.position})
+    return web.json_response({**found.to_dict(), "position": projector.position},
+                             dumps=_dumps)
 
 
 async def environment(request: web.Request) -> web.Response:
