@@ -22,7 +22,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
 
 __all__ = ["decode", "decode_data", "encode", "schema_for", "upcast", "version_of"]
-from orchestrator.domain.payloads import CLASSES, CURRENT_VERSION, Payload, Unknown
+from orchestrator.domain.payloads import BY_TYPE, CLASSES, CURRENT_VERSION, Payload, Unknown
 
 Data = dict[str, Any]
 Upcaster = Callable[[str, Data], Data]
@@ -133,16 +133,15 @@ class _Reader:
         return new
 
 
-READERS: Final[Mapping[str, _Reader]] = MappingProxyType(
-    {cls.TYPE: _Reader(cls) for cls in CLASSES})
-"""Each event type's reader; any other type reads as ``Unknown``."""
-UNKNOWN: Final = _Reader(Unknown)
+READERS: Final[Mapping[type[Payload], _Reader]] = MappingProxyType(
+    {cls: _Reader(cls) for cls in (*CLASSES, Unknown)})
+"""Each payload class's reader (an event type no class names reads as ``Unknown``)."""
 
 
 def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT_VERSION,
                 ) -> Payload:
     raw = data if version >= CURRENT_VERSION else upcast(event_type, version, data)
-    return READERS.get(event_type, UNKNOWN).read(raw)
+    return READERS[BY_TYPE.get(event_type, Unknown)].read(raw)
 
 
 def decode(event: Event) -> Payload:
