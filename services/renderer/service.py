@@ -12,6 +12,7 @@ import shutil
 import time
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,9 @@ from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.codec import build
 from orchestrator.domain.events import Event, new_event, outcome_id
+from orchestrator.domain.payloads import RenderFailed, RenderSucceeded
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
@@ -30,7 +33,7 @@ from orchestrator.rendering import render
 from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
-from services.renderer.cache import render_key
+from services.renderer.cache import cache_entry, render_key
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
@@ -43,8 +46,9 @@ ACK_WAIT = 5.0
 class Snapshots:
     """Commit trees exported to disk, shared by every environment rendering that commit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_file_bytes: int | None = None) -> None:
         self.root = root
+        self.max_file_bytes = max_file_bytes
         self._ready: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
@@ -59,7 +63,8 @@ class Snapshots:
                 return self._ready[sha]
             dest = self.root / sha
             shutil.rmtree(dest, ignore_errors=True)
-            await asyncio.to_thread(git_tree.export_tree, repo_path, sha, dest)
+            await asyncio.to_thread(partial(git_tree.export_tree, repo_path, sha, dest,
+                                            max_file_bytes=self.max_file_bytes))
             self._ready[sha] = dest
             while len(self._ready) > SNAPSHOTS_KEPT:
                 old_sha, old = self._ready.popitem(last=False)
@@ -73,7 +78,8 @@ class Renderer:
         self.resources = resources
         self.bus = resources.bus
         self.settings = settings = resources.settings
-        self.snapshots = Snapshots(settings.data_dir / "snapshots")
+        self.snapshots = Snapshots(settings.data_dir / "snapshots",
+                                   settings.render_tools.max_file_bytes)
         self._consumer: Consumer | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
@@ -126,9 +132,9 @@ class Renderer:
             if hit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
-                                      source=SOURCE, data={**common, **hit, "cache": "hit",
-                                                           "render_key": key,
-                                                           "duration_ms": ms})])
+                                      source=SOURCE,
+                                      data=build(RenderSucceeded, **common, **hit, cache="hit",
+                                                 render_key=key, duration_ms=ms))])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
             result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
                                              tools=self.settings.render_tools)
@@ -136,7 +142,7 @@ class Renderer:
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
             if key is not None:
-                await self.bus.kv_put(subjects.STATE_BUCKET, key, {
+                await self.bus.kv_put(subjects.STATE_BUCKET, cache_entry(key), {
                     "digest": digest, "objects": len(result.manifests),
                     "renderer": result.renderer, "tool_version": result.tool_version})
         except ManifestError as exc:
@@ -154,9 +160,9 @@ class Renderer:
                  objects=len(result.manifests), digest=digest[:19], ms=ms)
         return Ack([new_event(
             ev.RENDER_SUCCEEDED, env=event.subject, cause=event, source=SOURCE,
-            data={**common, "digest": digest, "objects": len(result.manifests),
-                  "renderer": result.renderer, "tool_version": result.tool_version,
-                  "cache": "miss", "render_key": key, "duration_ms": ms},
+            data=build(RenderSucceeded, **common, digest=digest, objects=len(result.manifests),
+                       renderer=result.renderer, tool_version=result.tool_version,
+                       cache="miss", render_key=key, duration_ms=ms),
         )])
 
     async def _health_files(self, env: dict[str, Any], repo_path: str,
@@ -188,7 +194,7 @@ class Renderer:
     async def _cached(self, key: str | None) -> dict[str, Any] | None:
         if key is None:
             return None
-        found = await self.bus.kv_get(subjects.STATE_BUCKET, key)
+        found = await self.bus.kv_get(subjects.STATE_BUCKET, cache_entry(key))
         if found is None or not await self.bus.has_bundle(str(found[0].get("digest"))):
             return None
         return {k: found[0][k] for k in ("digest", "objects", "renderer", "tool_version")
@@ -200,8 +206,9 @@ class Renderer:
         log.warning("render.failed", env=delivery.event.subject, errors=errors[:5])
         return new_event(ev.RENDER_FAILED, env=delivery.event.subject, cause=delivery.event,
                          source=SOURCE,
-                         data={**common, "errors": errors, "error": "; ".join(errors[:20]),
-                               "reason": reason, "duration_ms": ms})
+                         data=build(RenderFailed, **common, errors=errors,
+                                    error="; ".join(errors[:20]), reason=reason,
+                                    duration_ms=ms))
 
 
 def _one_outcome(event: Event) -> Event:
