@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import nats
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
@@ -92,6 +93,19 @@ def server_list(url: str) -> list[str]:
         raise PermanentError("no NATS server given (--nats / CONVEYOR_NATS)",
                              reason="InvalidSetting")
     return [s if "://" in s else f"nats://{s}" for s in servers]
+
+
+def delivered_at(msg: Msg) -> tuple[int, int]:
+    """A JetStream delivery's stream sequence and how many messages are pending after it.
+
+    Read straight from the reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.
+    <cseq>.<time>.<pending>``) for the common form, without building nats-py's ``Metadata``
+    (a datetime per message: a tenth of a replay's read); any other form through it."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[8])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_pending
 
 
 def redact(url: str) -> str:

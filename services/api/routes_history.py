@@ -3,7 +3,7 @@
 - ``GET /api/v1/environments/{name}/history[?limit=N]``: every attempt, newest first, folded
   from the environment's events in the stream (no cap but the stream's retention).
 - ``GET /api/v1/metrics/dora[?window=30d&env=NAME]``: the four keys per environment.
-- ``POST /api/v1/replay`` (control): rebuild the projection from the log into a fresh bucket
+- ``POST /api/v1/replay`` (control): rebuild the projection from the log in memory
   and compare it with the live one at the same sequence.
 - ``POST /api/v1/events/{id}/retry`` (control): hand a dead letter's original event (or a
   failure's cause) back to its stage as a new event.
