@@ -26,10 +26,10 @@ from orchestrator.domain.events import Event, new_event, outcome_id
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
-from orchestrator.rendering import render
 from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
+from services.renderer.batch import RenderBatcher
 from services.renderer.cache import render_key
 
 log = structlog.get_logger(__name__)
@@ -38,6 +38,10 @@ SNAPSHOTS_KEPT = 8
 # A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
 # process held comes back this soon, so an older commit does not wait long for its outcome.
 ACK_WAIT = 5.0
+# Renders sent to the tool together (``batch``), and lanes per tool slot: enough waiting renders
+# to fill the slots' batches while the previous ones run.
+MAX_BATCH = 32
+LANES_PER_SLOT = 32
 
 
 class Snapshots:
@@ -75,6 +79,7 @@ class Renderer:
         self.settings = settings = resources.settings
         self.snapshots = Snapshots(settings.data_dir / "snapshots")
         self._consumer: Consumer | None = None
+        self.batcher: RenderBatcher | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
@@ -88,16 +93,21 @@ class Renderer:
                         "user namespaces: render tools run with the process's network; remote "
                         "references are still refused before a tool runs")
         envs = self.settings.envs
+        slots = self.settings.render_concurrency
+        self.batcher = RenderBatcher(self.settings.render_tools, slots=slots,
+                                     max_batch=MAX_BATCH)
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
             handler=self.handle, max_deliver=8, ack_wait=ACK_WAIT,
-            concurrency=self.settings.render_concurrency, one_outcome=True))
+            concurrency=slots * LANES_PER_SLOT, one_outcome=True))
         await self._consumer.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        if self.batcher is not None:
+            await self.batcher.close()
 
     async def handle(self, delivery: Delivery) -> Outcome:
         outcome = await self._render(delivery)
@@ -130,8 +140,8 @@ class Renderer:
                                                            "render_key": key,
                                                            "duration_ms": ms})])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
-                                             tools=self.settings.render_tools)
+            assert self.batcher is not None
+            result = await self.batcher.render(snapshot, str(env["path"]), settings)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
