@@ -97,6 +97,13 @@ def _load_kustomization(root: Path, file: str, limits: RenderLimits
         data = read_bytes(root, file, limits)
     except PermanentError as exc:
         return [str(exc)], None
+    return _parse_kustomization(data, file)
+
+
+@functools.lru_cache(maxsize=4096)  # a fact about bytes, not a resource: safe to share
+def _parse_kustomization(data: bytes, file: str) -> tuple[list[str], Document | None]:
+    """Parsed with positions (read only: callers never change it). A fleet's overlays are
+    unchanged from one commit to the next: each is parsed once, not at every render."""
     text, problems = decode(data, file)
     if text is None:
         return problems, None
