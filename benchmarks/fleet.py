@@ -147,9 +147,12 @@ async def run(n: int, profile: str | None, dashboard: bool) -> None:
         t0 = time.perf_counter()
         if profiler is not None:
             profiler.enable()
+        renderer = conveyor.service("renderer")
+        batches_before = renderer.batcher.batches  # type: ignore[attr-defined]
         await watcher.poll()
         await all_applied(sha)
         t_base = time.perf_counter() - t0
+        base_batches = renderer.batcher.batches - batches_before  # type: ignore[attr-defined]
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
@@ -173,6 +176,7 @@ async def run(n: int, profile: str | None, dashboard: bool) -> None:
     print(f"cold start, all applied:                           {cold:7.2f} s")
     print(f"one commit to the shared base, all applied:        {t_base:7.2f} s"
           f"  ({t_base / floor:.2f}x the floor)")
+    print(f"  renders of that commit sent to the tool in:      {base_batches} batches")
     print(f"README-only commit, environments announced:        {unrelated}")
     print(f"peak RSS: conveyor {rss_self / 1024:.0f} MB + nats-server {rss_nats / 1024:.0f} MB"
           f" = {(rss_self + rss_nats) / 1024:.0f} MB")
