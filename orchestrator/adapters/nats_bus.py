@@ -54,6 +54,9 @@ log = structlog.get_logger(__name__)
 
 PUBLISH_RETRY_FOR = 30.0
 PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
+# what a publish retries (same Nats-Msg-Id, so a retried publish is never duplicated)
+_PUBLISH_RETRIED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
+                    nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError)
 LAST_EVENTS_KEPT = 256  # subjects whose newest event stays decoded (last_event)
 BUNDLES_KEPT_BYTES = 16 << 20  # bundles kept in memory per connection (get_bundle)
 CONNECT_BACKOFF_MAX = 10.0
@@ -227,20 +230,24 @@ class EventBus:
         subject = subjects.event_subject(event.subject, event.type)
         # what the server accepts (1 MiB by default), less room for the subject and headers:
         # an oversized event is cut to fit rather than stall its stage forever
-        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
+        limit = max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM)
         payload = event.to_json()
+        if len(payload) > limit:
+            event = fit(event, limit)
+            payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((nats.errors.TimeoutError,
-                                           nats.js.errors.NoStreamResponseError,
-                                           nats.errors.ConnectionClosedError,
-                                           nats.errors.OutboundBufferLimitError)),
-            wait=wait_exponential(multiplier=0.1, max=2), stop=stop_after_delay(PUBLISH_RETRY_FOR),
-            reraise=True,
-        ):
-            with attempt:
-                ack = await self.js.publish(subject, payload, headers=headers,
-                                            stream=subjects.STREAM)
+        try:  # the common case without a retry loop's set-up (a fleet publishes thousands)
+            ack = await self.js.publish(subject, payload, headers=headers,
+                                        stream=subjects.STREAM)
+        except _PUBLISH_RETRIED:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception_type(_PUBLISH_RETRIED),
+                wait=wait_exponential(multiplier=0.1, max=2),
+                stop=stop_after_delay(PUBLISH_RETRY_FOR), reraise=True,
+            ):
+                with attempt:
+                    ack = await self.js.publish(subject, payload, headers=headers,
+                                                stream=subjects.STREAM)
         if self.on_published is not None:
             self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
