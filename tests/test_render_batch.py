@@ -25,7 +25,14 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.errors import PermanentError
-from orchestrator.rendering import RenderRequest, RenderResult, RenderTools, render, render_many
+from orchestrator.rendering import (
+    RenderLimits,
+    RenderRequest,
+    RenderResult,
+    RenderTools,
+    render,
+    render_many,
+)
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from services.renderer.service import Renderer
@@ -215,3 +222,21 @@ async def test_renderer_batches_a_commit_and_fails_only_the_broken_overlay(
     ok = {e.subject for e in events if e.type == ev.RENDER_SUCCEEDED}
     assert ok == {f"team-{i:04d}" for i in range(n)} - {"team-0005"}
     assert batches < n and runs(calls) < n  # the good overlays shared tool runs
+
+
+def test_a_batch_that_times_out_renders_each_alone_without_halving(tmp_path: Path) -> None:
+    calls = tmp_path / "calls"
+    slow = tmp_path / "kubectl-slow"  # a batch (a path under .conveyor-batch-) never answers
+    slow.write_text(f"#!/bin/sh\n[ \"$1\" = kustomize ] && echo run >> {calls}\n"
+                    "case \"$*\" in *.conveyor-batch-*) exec sleep 30;; esac\n"
+                    f"exec {Path(sys.executable).parent}/kubectl \"$@\"\n")
+    slow.chmod(slow.stat().st_mode | stat.S_IXUSR)
+    tools = RenderTools(kustomize_binary=str(slow))
+    root = tmp_path / "repo"
+    envs = fleet(root, 8)
+    limits = RenderLimits(timeout=1.0)
+    solo = [render(root, e, tools=tools, limits=limits) for e in envs]
+    before = runs(calls)
+    assert render_many(root, [RenderRequest(e) for e in envs], tools=tools,
+                       limits=limits) == solo
+    assert runs(calls) - before == 1 + 8  # no halves: they would time out as well

@@ -116,6 +116,8 @@ def _render_batch(root: Path, batch: list[tuple[int, str, str, RenderSettings]],
         group = pending.pop()
         parts = render_batch(root, [b[1] for b in group], [b[2] for b in group], argv,
                              version, limits)
+        if parts is None:  # timed out: each alone, each with its own time limit
+            continue
         if parts and parts[0] is None:
             # one broken overlay (or a conflict) fails the whole run: halves of a big batch
             # try again, so it costs a few runs, not one per overlay; small ones go alone

@@ -77,8 +77,11 @@ def _marker(token: str, i: int) -> str:
 
 
 def render_batch(root: Path, env_rels: Sequence[str], namespaces: Sequence[str],
-                 argv: Sequence[str], version: str, limits: RenderLimits) -> list[Part]:
-    """Each overlay's objects from one tool run, or None for all when the batch cannot say.
+                 argv: Sequence[str], version: str, limits: RenderLimits
+                 ) -> list[Part] | None:
+    """Each overlay's objects from one tool run, or None for each when the batch cannot say;
+    None instead of the list when the run timed out (then smaller batches would too: render
+    each alone, with a time limit of its own).
 
     ``env_rels`` are overlays that passed ``precheck`` and ``batchable`` (``namespaces`` their
     namespaces, all different); ``argv`` the tool prefix of ``find_binary``. Blocking.
@@ -101,8 +104,8 @@ def render_batch(root: Path, env_rels: Sequence[str], namespaces: Sequence[str],
         try:
             out = run_tool([*argv, "--load-restrictor=LoadRestrictionsRootOnly", str(where)],
                            cwd=where, limits=limits, what=f"kustomize batch of {n}")
-        except PermanentError:
-            return [None] * n
+        except PermanentError as exc:
+            return None if exc.reason == "RenderTimeout" else [None] * n
     finally:
         shutil.rmtree(where, ignore_errors=True)
     items, problems = parse_tool_output(out.stdout.decode(errors="replace"), "kustomize batch")
