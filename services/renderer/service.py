@@ -8,6 +8,7 @@ per digest, and the event carries the digest, so the applier never re-renders.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections import OrderedDict
@@ -94,7 +95,10 @@ class Renderer:
                         "references are still refused before a tool runs")
         envs = self.settings.envs
         slots = self.settings.render_concurrency
-        self.batcher = RenderBatcher(self.settings.render_tools, slots=slots,
+        # no more tool runs at once than cores: more only split the renders waiting into
+        # smaller batches, each paying the tool's start again, on the same CPUs
+        self.batcher = RenderBatcher(self.settings.render_tools,
+                                     slots=max(1, min(slots, os.cpu_count() or 1)),
                                      max_batch=MAX_BATCH)
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
