@@ -2,8 +2,9 @@
 
 A commit to a shared base makes every environment render at once. Each lane of the renderer's
 consumer hands its render to ``RenderBatcher.render`` and waits; requests for the same snapshot
-that arrive within ``window`` seconds, or while every tool slot is busy, leave together (at
-most ``max_batch``) for one ``render_many`` in a worker thread, which runs the Kustomize
+that arrive in the same turn of the event loop (or within ``window`` seconds, 0 by default: a
+lone render waits for nothing), or while every tool slot is busy, leave together (at most
+``max_batch``) for one ``render_many`` in a worker thread, which runs the Kustomize
 overlays among them in as few tool runs as it faithfully can. Each request still gets its own
 result or error, so a lane's ordering, its render cache entry and its outcome event are what
 they were; only the tool runs are shared. ``slots`` bounds the batches (tool processes) at
@@ -31,7 +32,7 @@ class _Waiting:
 
 class RenderBatcher:
     def __init__(self, tools: RenderTools, *, slots: int, max_batch: int = 32,
-                 window: float = 0.01) -> None:
+                 window: float = 0.0) -> None:
         self.tools = tools
         self.max_batch = max_batch
         self.window = window
@@ -58,8 +59,7 @@ class RenderBatcher:
         task.add_done_callback(self._tasks.discard)
 
     async def _flush(self, root: Path, delay: float) -> None:
-        if delay:
-            await asyncio.sleep(delay)
+        await asyncio.sleep(delay)  # 0: what arrives in this turn of the loop comes along
         async with self._slots:
             queue = self._pending.pop(root, [])
             batch, rest = queue[:self.max_batch], queue[self.max_batch:]
