@@ -1,8 +1,10 @@
 """renderer: commit.detected -> render the environment at that commit -> render.succeeded|failed.
 
 The repository is exported at the commit into a snapshot directory (shared by the environments
-of one commit) and rendered there in a worker thread; the bundle goes to the object store once
-per digest, and the event carries the digest, so the applier never re-renders.
+of one commit) and rendered there in a worker thread, together with the renders of that commit
+that arrive alongside (``batch.RenderBatcher``: the Kustomize overlays among them share tool
+runs); the bundle goes to the object store once per digest, and the event carries the digest,
+so the applier never re-renders.
 """
 
 from __future__ import annotations
