@@ -11,13 +11,16 @@ Run from the tree root: ``python -m benchmarks.arch_metrics [--list]``
   those with a comment saying ``optional`` on the line or the three above (an optional
   dependency, which is the one accepted reason);
 - module-level mutable names: module-level assignments whose value is a list, dict or set
-  (display or comprehension) or a call that does not build a known frozen value;
+  (display or comprehension) or a call that does not build a known frozen value (the calls
+  below, and the product's own frozen dataclasses, NamedTuples and Enums);
 - of which state: those the module changes (item assignment, ``global``, a mutating method)
   or that hold a lock, a thread-local, a metric or a registry: what two instances in one
   process would share;
 - module-level caches: functions under ``functools.cache``/``lru_cache`` (a cache that holds
   a resource outlives the instance that made it);
-- contracts: ``[[tool.importlinter.contracts]]`` entries in pyproject.toml.
+- contracts: ``[[tool.importlinter.contracts]]`` entries in pyproject.toml;
+- modules over 400 lines: the size above which a module is usually two (each should say at
+  its top why it is one).
 
 ``--list`` prints each function-local import and mutable name with its place, to check the
 counts by eye.
@@ -77,17 +80,37 @@ def _call_name(node: ast.Call) -> str:
     return ""
 
 
-def _is_mutable(value: ast.expr | None) -> bool:
+def frozen_classes(trees: list[ast.Module]) -> frozenset[str]:
+    """Names of the product's classes whose instances cannot change: ``@dataclass(frozen=True)``,
+    ``NamedTuple`` and ``Enum`` subclasses."""
+    found: set[str] = set()
+    for tree in trees:
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {getattr(b, "id", getattr(b, "attr", "")) for b in node.bases}
+            frozen_deco = any(
+                isinstance(d, ast.Call) and _call_name(d) == "dataclass"
+                and any(k.arg == "frozen" and isinstance(k.value, ast.Constant) and k.value.value
+                        for k in d.keywords)
+                for d in node.decorator_list)
+            if frozen_deco or bases & {"NamedTuple", "Enum", "StrEnum", "IntEnum"}:
+                found.add(node.name)
+    return frozenset(found)
+
+
+def _is_mutable(value: ast.expr | None, frozen: frozenset[str] = frozenset()) -> bool:
     if value is None:
         return False
     if isinstance(value, MUTABLE_NODES):
         return True
     if isinstance(value, ast.Call):
-        return _call_name(value) not in FROZEN_CALLS
+        return _call_name(value) not in FROZEN_CALLS | frozen
     return False
 
 
-def mutable_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
+def mutable_names(tree: ast.Module,
+                  frozen: frozenset[str] = frozenset()) -> Iterator[tuple[int, str]]:
     for node in tree.body:
         targets: list[ast.expr] = []
         value: ast.expr | None = None
@@ -95,7 +118,7 @@ def mutable_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
             targets, value = node.targets, node.value
         elif isinstance(node, ast.AnnAssign):
             targets, value = [node.target], node.value
-        if not _is_mutable(value):
+        if not _is_mutable(value, frozen):
             continue
         for target in targets:
             if isinstance(target, ast.Name) and target.id != "__all__":
@@ -117,7 +140,8 @@ def mutated_names(tree: ast.Module) -> set[str]:
     return found
 
 
-def state_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
+def state_names(tree: ast.Module,
+                frozen: frozenset[str] = frozenset()) -> Iterator[tuple[int, str]]:
     mutated = mutated_names(tree)
     values = {}
     for node in tree.body:
@@ -125,7 +149,7 @@ def state_names(tree: ast.Module) -> Iterator[tuple[int, str]]:
             for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
                 if isinstance(target, ast.Name):
                     values[target.id] = node.value
-    for line, name in mutable_names(tree):
+    for line, name in mutable_names(tree, frozen):
         value = values.get(name)
         stateful_call = isinstance(value, ast.Call) and _call_name(value) in STATEFUL_CALLS
         if name in mutated or stateful_call:
@@ -225,16 +249,18 @@ def main() -> None:
     mutables: list[str] = []
     states: list[str] = []
     cached: list[str] = []
-    for path in files:
-        tree = ast.parse(path.read_text(), str(path))
+    trees = {path: ast.parse(path.read_text(), str(path)) for path in files}
+    frozen = frozen_classes(list(trees.values()))
+    big = [p for p in files if len(p.read_text().splitlines()) > 400]
+    for path, tree in trees.items():
         rel = path.relative_to(ROOT)
         source = path.read_text().splitlines()
         for line, what in local_imports(tree):
             marked = any("optional" in text.lower() for text in source[max(0, line - 4):line])
             optional += marked
             locals_found.append(f"{rel}:{line} {what}" + (" (optional)" if marked else ""))
-        mutables += [f"{rel}:{line} {name}" for line, name in mutable_names(tree)]
-        states += [f"{rel}:{line} {name}" for line, name in state_names(tree)]
+        mutables += [f"{rel}:{line} {name}" for line, name in mutable_names(tree, frozen)]
+        states += [f"{rel}:{line} {name}" for line, name in state_names(tree, frozen)]
         cached += [f"{rel}:{line} {name}" for line, name in caches(tree)]
     cycles = import_cycles()
     rows = [
@@ -248,6 +274,7 @@ def main() -> None:
         ("... of which state (mutated, locks, metrics)", str(len(states))),
         ("module-level caches", str(len(cached))),
         ("import-linter contracts", str(contracts())),
+        ("modules over 400 lines", str(len(big))),
     ]
     for name, value in rows:
         print(f"| {name} | {value} |")
@@ -263,6 +290,9 @@ def main() -> None:
         print("\n".join("  " + x for x in states))
         print("\nmodule-level caches:")
         print("\n".join("  " + x for x in cached))
+        print("\nmodules over 400 lines:")
+        print("\n".join(f"  {p.relative_to(ROOT)} ({len(p.read_text().splitlines())})"
+                        for p in big))
 
 
 if __name__ == "__main__":

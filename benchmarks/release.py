@@ -25,7 +25,7 @@ from pathlib import Path
 import pygit2
 
 from orchestrator import logging as clog
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_write
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.gitops.workflow import GitOps
@@ -42,7 +42,7 @@ def build(bare: Path, files: int) -> None:
                .encode() for i in range(files)}
     content["conveyor.yaml"] = b"environments:\n  dev: {path: envs/dev}\n"
     content["envs/dev/kustomization.yaml"] = KUSTOMIZATION.encode()
-    tree = git_local.build_tree(bare, content)
+    tree = git_write.build_tree(bare, content)
     repo = pygit2.Repository(str(bare))
     sig = pygit2.Signature("bench", "bench@localhost")
     repo.create_commit("refs/heads/main", sig, sig, "initial", pygit2.Oid(hex=tree), [])

@@ -11,8 +11,9 @@ kubernetes clients closed, the bus drained and closed, and an embedded nats-serv
 Services are stopped by their owner before that (they may still publish while stopping).
 
 What stays process-wide, by the libraries' design rather than ours (see docs/architecture.md):
-libgit2's global options (``pygit2.settings``: timeouts and the SSH home that
-``git_remote._ssh_home`` swaps under its lock) and ``git_local``'s per-thread cache of open
+libgit2's global options (``pygit2.settings``: the timeouts ``open`` sets once through
+``git_callbacks.set_timeouts``, the same for every Conveyor, and the SSH home that
+``git_callbacks.ssh_home`` swaps under its lock) and ``git_local``'s per-thread cache of open
 repositories (libgit2 objects must not cross threads; entries are keyed by path, so two
 Conveyors on different data dirs never meet in it).
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from orchestrator.adapters import git_callbacks
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
@@ -106,6 +108,7 @@ class Resources:
     async def open(cls, settings: Settings, *, name: str = "conveyor") -> Resources:
         """Start nats-server when no ``nats_url`` is set, connect, ensure the stream."""
         health = operator_health(settings)  # a bad rule tree stops the start, before any I/O
+        git_callbacks.set_timeouts()  # libgit2's, process-wide by its design
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
             embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
@@ -129,6 +132,7 @@ class Resources:
         connect themselves. Publishes are counted on this ``metrics`` from now on."""
         metrics = Metrics()
         bus.on_published = metrics.event_published
+        git_callbacks.set_timeouts()  # libgit2's, process-wide by its design
         return cls(settings, bus, metrics=metrics, owns_bus=False)
 
     async def close(self) -> None:

@@ -17,8 +17,8 @@ references:
 The operator's own references (``CONVEYOR_GIT_*`` for the primary source, built by
 ``git_source.credentials_from_env``) are expanded with ``SecretScope.operator()``, unrestricted.
 Where a credential may be *sent* is the adapters' business: git offers credentials only to the
-host of the URL they were configured for and follows no redirects (``git_remote``); notifiers
-follow no redirects (``notify.sender``).
+host of the URL they were configured for and follows no redirects (``git_callbacks``,
+``git_transfer``); notifiers follow no redirects (``notify.sender``).
 """
 
 from __future__ import annotations

@@ -122,9 +122,9 @@ async def test_up_stops_cleanly_on_sigterm_and_recovers_after_sigkill(tmp_path: 
 
 
 def test_render_concurrency_is_configurable() -> None:
-    from conveyor import cli
+    from conveyor import cli, options
 
     args = cli.build_parser().parse_args(["up", "--repo", ".", "--render-concurrency", "7"])
-    assert cli._settings(args).render_concurrency == 7
+    assert options.settings_from_args(args).render_concurrency == 7
     args = cli.build_parser().parse_args(["run", "renderer", "--nats", "nats://x:1"])
-    assert cli._settings(args).render_concurrency == 4
+    assert options.settings_from_args(args).render_concurrency == 4

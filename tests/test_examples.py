@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from orchestrator.adapters.git_remote import load_credentials
+from orchestrator.adapters.git_credentials import load_credentials
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import DEFAULT_SOURCE, Config, expand_all, parse_config
 from orchestrator.domain.events import Event

@@ -17,7 +17,8 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event
-from orchestrator.domain.generators import PullRequest, wanted_pulls
+from orchestrator.domain.generator_pulls import PullRequest
+from orchestrator.domain.generators import wanted_pulls
 from orchestrator.errors import ConfigError
 from orchestrator.gitops.forge import ForgeSettings, PullLister
 from tests.support.forges import ForgeServer, Opened

@@ -8,10 +8,13 @@ from pathlib import Path
 import pygit2
 import pytest
 
-from orchestrator.adapters.git_remote import GitMirror, load_credentials
+from orchestrator.adapters.git_callbacks import set_timeouts
+from orchestrator.adapters.git_credentials import load_credentials
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.domain.config import SourceConfig
 from orchestrator.errors import PermanentError, TransientError
 from orchestrator.secrets import SecretPolicy
+from orchestrator.targets.git.push import PushMirror
 from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
@@ -267,7 +270,8 @@ async def test_closed_port_is_transient_unreachable(scheme: str, tmp_path: Path)
 
 
 async def test_silent_server_times_out_as_unreachable(tmp_path: Path) -> None:
-    """A server that accepts and never answers: the fetch ends by the configured timeout."""
+    """A server that accepts and never answers: the fetch ends by the configured timeout
+    (libgit2's, one per process: set here as the composition root sets it, then restored)."""
     accepted = asyncio.Event()
     writers = []
 
@@ -278,13 +282,14 @@ async def test_silent_server_times_out_as_unreachable(tmp_path: Path) -> None:
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        mirror = GitMirror(f"http://127.0.0.1:{port}/repo.git", tmp_path / "cache",
-                           connect_timeout=1.0, timeout=1.0)
+        set_timeouts(connect_timeout=1.0, timeout=1.0)
+        mirror = GitMirror(f"http://127.0.0.1:{port}/repo.git", tmp_path / "cache")
         with pytest.raises(TransientError) as info:
             await asyncio.wait_for(mirror.fetch("main"), 30)
         assert accepted.is_set()
         assert info.value.reason == "Unreachable"
     finally:
+        set_timeouts()
         for writer in writers:
             writer.close()
         server.close()
@@ -326,3 +331,15 @@ def test_unset_variable_names_the_variable(tmp_path: Path) -> None:
 def test_unknown_credentials_key_is_refused() -> None:
     with pytest.raises(PermanentError, match="unknown credentials key"):
         load_credentials({"pasword": "${X}"})
+
+
+def test_a_url_with_a_password_is_refused_without_showing_it(tmp_path: Path) -> None:
+    with pytest.raises(PermanentError) as info:
+        GitMirror(f"https://deploy:{PASSWORD}@git.example/apps.git", tmp_path / "cache",
+                  source="apps")
+    assert info.value.reason == "InvalidSource" and PASSWORD not in str(info.value)
+    assert "move it to credentials.password or credentials.token" in str(info.value)
+    with pytest.raises(PermanentError) as target:
+        PushMirror(f"https://deploy:{PASSWORD}@git.example/deploy.git", "deploy/dev", tmp_path)
+    assert target.value.reason == "InvalidTarget" and PASSWORD not in str(target.value)
+    assert "move it to target.git.credentials" in str(target.value)

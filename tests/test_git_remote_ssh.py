@@ -10,7 +10,7 @@ from typing import Any
 import pygit2
 import pytest
 
-from orchestrator.adapters.git_remote import GitMirror
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.errors import PermanentError
 from orchestrator.secrets import SecretPolicy
 from tests.support.gitservers import SshServer, Upstream, ssh_keygen, sshd_available

@@ -6,8 +6,7 @@ auth); what reached the remote is read from the served bare repository with the 
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from orchestrator.settings import Settings
 from orchestrator.targets.git.push import PushMirror, target_credentials
 from orchestrator.targets.git.target import GitTarget, RemoteGitTarget, git_target_for
 from services.git_watcher.service import GitWatcher
+from tests.support.conveyors import running
 from tests.support.gitservers import (
     GitDaemon,
     GitHttpServer,
@@ -244,16 +244,6 @@ def test_credentials_are_the_sources_unless_the_target_names_its_own(
 
 
 # --------------------------------------------------------------------------- the pipeline
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 def settings_for(repo: str, nats: EmbeddedNats, data: Path) -> Settings:

@@ -9,17 +9,15 @@ polling, and each step awaits its outcome in the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conveyor.app import Conveyor
 from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
@@ -32,6 +30,7 @@ from orchestrator.gitops.workflow import GitOps
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api.app import ApiService
+from tests.support.conveyors import running
 from tests.support.forges import ForgeServer
 from tests.support.gitservers import GitDaemon, Upstream, git
 from tests.support.waits import wait_for_events
@@ -43,16 +42,6 @@ promotion:
     after: {healthyFor: 0s}   # git targets report no health: deployed is healthy
     files: [settings.txt]
 """
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 def deployed(sha: str, env: str) -> Callable[[list[Event]], bool]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conveyor.cli import _settings, build_parser
+from conveyor.cli import build_parser
+from conveyor.options import settings_from_args
 from orchestrator.errors import ConveyorError
 from orchestrator.resources import operator_health
 from orchestrator.settings import Settings
@@ -190,10 +191,10 @@ def test_up_and_run_take_the_operators_trees(tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args(["up", "--repo", str(tmp_path), "--health-customizations",
                                       str(tmp_path / "a"), "--health-customizations", "b"])
-    assert _settings(args).health_customizations == (tmp_path / "a", Path("b").resolve())
+    assert settings_from_args(args).health_customizations == (tmp_path / "a", Path("b").resolve())
     monkeypatch.setenv("CONVEYOR_HEALTH_CUSTOMIZATIONS", str(tmp_path / "env"))
     args = build_parser().parse_args(["run", "applier", "--nats", "nats://x"])
-    assert _settings(args).health_customizations == (tmp_path / "env",)
+    assert settings_from_args(args).health_customizations == (tmp_path / "env",)
 
 
 def test_an_unusable_operator_tree_stops_the_start(tmp_path: Path) -> None:

@@ -588,14 +588,14 @@ def test_nats_has_a_user_per_service_with_only_its_own_subjects_and_tls(name: st
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_the_api_answers_to_its_service_names(name: str) -> None:
-    from conveyor.cli import _hosts
+    from conveyor.options import hosts
     from services.api.browser import HostAllowlist
 
     objs = overlay(name)
     api = next(w for w in workloads(objs) if component(w) == "api")
     (c,) = pod_spec(api)["containers"]
     env = {e["name"]: e.get("value", "") for e in c["env"]}
-    allowlist = HostAllowlist("0.0.0.0:8080", _hosts(env["CONVEYOR_ALLOWED_HOSTS"]))
+    allowlist = HostAllowlist("0.0.0.0:8080", hosts(env["CONVEYOR_ALLOWED_HOSTS"]))
     service = named(objs, "Service", "conveyor-api")["metadata"]
     namespace = service.get("namespace", NAMESPACE)
     for host in (service["name"], f"{service['name']}.{namespace}",

@@ -11,20 +11,33 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
-from orchestrator.domain.codec import decode, decode_data, encode, version_of
+from orchestrator.domain.codec import (
+    build,
+    carry,
+    decode,
+    decode_as,
+    decode_data,
+    encode,
+    version_of,
+)
 from orchestrator.domain.events import Event, new_event, schema_for
 from orchestrator.domain.payload_docs import DOC, rendered
 from orchestrator.domain.payloads import (
     BY_TYPE,
     ApplyFailed,
+    ApplyFields,
+    ApplySucceeded,
     CommitDetected,
     ConfigInvalid,
     DeadLetter,
     HealthProgressing,
     NotifySent,
     RenderFailed,
+    RenderSucceeded,
     Unknown,
 )
 from orchestrator.domain.state import project
@@ -117,3 +130,26 @@ def test_new_events_name_their_payload_version_and_round_trip() -> None:
 def test_the_event_log_doc_is_generated_from_the_payload_classes() -> None:
     text = DOC.read_text()
     assert rendered(text) == text, "run: python -m orchestrator.domain.payload_docs"
+
+
+def test_build_writes_exactly_the_fields_given_and_refuses_unknown_names() -> None:
+    data = build(RenderSucceeded, revision="a" * 40, source_config=None, objects=3,
+                 extra={"later": 1})
+    # a None given is written (null), a field not given is left out, extra comes after
+    assert data == {"revision": "a" * 40, "source_config": None, "objects": 3, "later": 1}
+    assert decode_data(ev.RENDER_SUCCEEDED, data) == RenderSucceeded(
+        revision="a" * 40, objects=3, extra={"later": 1})
+    with pytest.raises(TypeError, match="revison"):  # a misspelt field never reaches the log
+        build(RenderSucceeded, revison="a" * 40)
+
+
+def test_decode_as_reads_a_base_class_and_carry_copies_keys_as_written() -> None:
+    event = new_event(ev.APPLY_SKIPPED, env="dev", correlation="b" * 40,
+                      data={"digest": "sha256:x", "objects": 2, "revision": "b" * 40})
+    assert isinstance(decode_as(event, ApplySucceeded), ApplySucceeded)
+    assert decode_as(event, ApplyFields).digest == "sha256:x"
+    other = decode_as(new_event(ev.CONFIG_LOADED, env=ev.NO_ENV, data={"digest": "d"}),
+                      ApplyFields)  # another type: read by the class's fields
+    assert type(other) is ApplyFields and other.digest == "d"
+    assert carry(event, ("digest", "message", "objects")) == {"digest": "sha256:x",
+                                                               "objects": 2}

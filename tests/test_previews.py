@@ -5,15 +5,13 @@ and a status per environment on the contract GitHub server; nothing applied."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from conveyor.app import Conveyor
 from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
@@ -22,6 +20,7 @@ from orchestrator.domain.events import Event
 from orchestrator.domain.webhooks import sign
 from orchestrator.settings import Settings
 from services.api.app import ApiService
+from tests.support.conveyors import running
 from tests.support.forges import ForgeServer
 from tests.support.gitservers import GitHttpServer, Upstream, git
 from tests.support.waits import wait_for_events
@@ -44,16 +43,6 @@ def files(replicas: int = 1, password: str = PASSWORD_OLD) -> dict[str, str]:
         "  - namespace.yaml\n", "  - namespace.yaml\n  - secret.yaml\n")
     out["envs/dev/secret.yaml"] = secret(password)
     return out
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 EVENT_HEADER = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event",

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -21,9 +20,9 @@ from orchestrator.commands.replay import replay_command
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.projector import Projector, dump_bucket
-from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
@@ -50,18 +49,6 @@ def finished(sha: str, envs: set[str]) -> Callable[[list[Event]], bool]:
         return {e.subject for e in events if e.correlationid == sha and e.type in DONE} >= envs
 
     return check
-
-
-@contextlib.asynccontextmanager
-async def running(repo: Repo, nats: EmbeddedNats, data: Path) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path),
-                                 branch="main", listen="127.0.0.1:0", interval=3600.0,
-                                 api_token=TOKEN))
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 async def caught_up(projector: Projector, bus: EventBus) -> None:
@@ -103,7 +90,8 @@ async def test_replay_after_a_busy_run_matches_and_tampering_is_reported(
         repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API_TOKEN", TOKEN)
-    async with running(repo, nats_server, tmp_path / "data") as conveyor:
+    settings = settings_for(repo, nats_server, tmp_path / "data", api_token=TOKEN)
+    async with running(settings) as conveyor:
         await busy_run(repo, conveyor, bus)
         api = conveyor.service("api")
         assert isinstance(api, ApiService)
@@ -151,7 +139,8 @@ async def test_replay_endpoint_needs_the_token_and_an_empty_log_replays_empty(
         repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     repo.commit({"README.md": "no config yet\n"}, "empty")  # config.invalid: no environments
-    async with running(repo, nats_server, tmp_path / "data") as conveyor:
+    settings = settings_for(repo, nats_server, tmp_path / "data", api_token=TOKEN)
+    async with running(settings) as conveyor:
         api = conveyor.service("api")
         assert isinstance(api, ApiService)
         await wait_for_events(bus, lambda evs: any(e.type == ev.CONFIG_INVALID for e in evs))

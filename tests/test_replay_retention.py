@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conveyor import cli
+from conveyor import cli, options
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus, Retention
@@ -18,14 +18,14 @@ from orchestrator.projector import encode, records
 def test_up_and_run_take_the_retention(monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(
         ["up", "--repo", ".", "--retention-age", "7d", "--retention-bytes", "1000000"])
-    assert cli._settings(args).retention == Retention(7 * 86400.0, 1_000_000)
+    assert options.settings_from_args(args).retention == Retention(7 * 86400.0, 1_000_000)
     monkeypatch.setenv("CONVEYOR_RETENTION_AGE", "12h")
     args = cli.build_parser().parse_args(["run", "renderer", "--nats", "nats://x:4222"])
-    assert cli._settings(args).retention == Retention(43200.0, -1)
+    assert options.settings_from_args(args).retention == Retention(43200.0, -1)
     monkeypatch.delenv("CONVEYOR_RETENTION_AGE")
     args = cli.build_parser().parse_args(["up", "--repo", "."])
     # without flags a process leaves the stream's retention alone (unlimited when it creates it)
-    assert cli._settings(args).retention is None
+    assert options.settings_from_args(args).retention is None
 
 
 async def test_a_process_without_flags_keeps_the_configured_retention(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ import aiohttp
 import pytest
 
 from benchmarks.replay import synthesise
-from conveyor.app import Conveyor
 from orchestrator import subjects
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
@@ -35,9 +33,9 @@ from orchestrator.projector import (
     record_seq,
 )
 from orchestrator.runtime import Delivery
-from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
@@ -54,25 +52,14 @@ def configmap(env: str, n: int) -> str:
             f"data:\n  version: \"{n}\"\n")
 
 
-@contextlib.asynccontextmanager
-async def running(repo: Repo, nats: EmbeddedNats, data: Path) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path),
-                                 branch="main", listen="127.0.0.1:0", interval=3600.0,
-                                 api_token=TOKEN))
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
-
-
 async def test_replay_during_a_steady_commit_stream_never_differs(
         repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CONVEYOR_API_TOKEN", TOKEN)
     first = repo.commit({"conveyor.yaml": CONFIG,
                          **{f"envs/{e}/cm.yaml": configmap(e, 0) for e in ENVS}}, "initial")
-    async with running(repo, nats_server, tmp_path / "data") as conveyor:
+    settings = settings_for(repo, nats_server, tmp_path / "data", api_token=TOKEN)
+    async with running(settings) as conveyor:
         watcher = conveyor.service("git-watcher")
         api = conveyor.service("api")
         assert isinstance(watcher, GitWatcher) and isinstance(api, ApiService)

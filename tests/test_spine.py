@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +18,7 @@ from orchestrator.domain.events import Event
 from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
+from tests.support.conveyors import running
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
@@ -28,16 +27,6 @@ def settings_for(repo: Repo, nats: EmbeddedNats, data: Path) -> Settings:
     return Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
                     listen="127.0.0.1:0", interval=3600.0,  # polls only when triggered
                     secrets=SecretPolicy(env_allow=("OPS_*",)))
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 def finished(sha: str, envs: set[str], types: set[str] | None = None):  # type: ignore[no-untyped-def]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import cli
+from conveyor import cli, options
 from orchestrator.adapters.embedded_nats import EmbeddedNats, jetstream_sync
 from orchestrator.errors import PermanentError
 from tests.support.cluster import NatsCluster
@@ -56,10 +56,10 @@ def test_an_unknown_policy_is_refused() -> None:
 def test_always_is_the_default_and_the_environment_can_choose(
         monkeypatch: pytest.MonkeyPatch) -> None:
     args = cli.build_parser().parse_args(["up", "--repo", "."])
-    assert cli._settings(args).sync == "always"
+    assert options.settings_from_args(args).sync == "always"
     monkeypatch.setenv("CONVEYOR_SYNC", "interval")
     args = cli.build_parser().parse_args(["up", "--repo", "."])
-    assert cli._settings(args).sync == "interval"
+    assert options.settings_from_args(args).sync == "interval"
 
 
 def test_k8s_base_states_its_policy() -> None:

@@ -16,6 +16,7 @@ import pygit2
 
 from conveyor.app import Conveyor
 from conveyor.demo import demo_files
+from orchestrator.adapters import git_callbacks
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
 from orchestrator.resources import Resources
@@ -59,9 +60,15 @@ async def test_two_conveyors_in_one_process_share_nothing(tmp_path: Path) -> Non
                               branch="main", listen="127.0.0.1:0", interval=3600.0))
         b = Conveyor(Settings(nats_url="", data_dir=tmp_path / "data-b", repo=daemon.url(up_b.name),
                               branch="main", listen="127.0.0.1:0", interval=3600.0))
+        pygit2.settings.server_timeout = 0  # libgit2's default: no read timeout
         await asyncio.gather(a.start(), b.start())
         try:
             ra, rb = resources(a), resources(b)
+            # what stays process-wide by libgit2's design is set by the composition root, the
+            # same for both: its timeouts (docs/architecture.md)
+            assert pygit2.settings.server_timeout == int(git_callbacks.TIMEOUT * 1000)
+            assert pygit2.settings.server_connect_timeout == int(
+                git_callbacks.CONNECT_TIMEOUT * 1000)
             # every resource is its own
             assert ra.embedded is not None and rb.embedded is not None
             assert ra.embedded is not rb.embedded and ra.settings.nats_url != rb.settings.nats_url

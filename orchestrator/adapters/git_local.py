@@ -2,20 +2,21 @@
 
 All functions are blocking and take a path, not a Repository: libgit2 objects are not
 thread-safe, so each call opens its own Repository and is meant to run in a worker thread
-(``asyncio.to_thread``). Opening is cheap (~0.1 ms) next to any real work.
+(``asyncio.to_thread``). Opening is cheap (~0.1 ms) next to any real work. What Conveyor
+writes (the git target's commits, tree edits) is ``git_write``.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pygit2
 
-from orchestrator.errors import PermanentError, TransientError
+from orchestrator.errors import PermanentError
 
 MAX_WALK = 1000  # commits announced per chunk; a larger burst is announced in several chunks
 
@@ -67,17 +68,17 @@ def _obj(repo: pygit2.Repository, oid: str | pygit2.Oid) -> pygit2.Object:
     return obj
 
 
-def _commit(repo: pygit2.Repository, sha: str | pygit2.Oid) -> pygit2.Commit:
+def commit_of(repo: pygit2.Repository, sha: str | pygit2.Oid) -> pygit2.Commit:
     return _obj(repo, sha).peel(pygit2.Commit)
 
 
-def _subtree(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
+def subtree_of(repo: pygit2.Repository, oid: pygit2.Oid) -> pygit2.Tree:
     obj = _obj(repo, oid)
     assert isinstance(obj, pygit2.Tree)
     return obj
 
 
-def _tree(path: str | Path, sha: str) -> pygit2.Tree:
+def tree_of(path: str | Path, sha: str) -> pygit2.Tree:
     """The root tree of a commit, memoised per thread (trees are immutable)."""
     trees: dict[tuple[str, str], pygit2.Tree] | None = getattr(_local, "trees", None)
     if trees is None:
@@ -86,7 +87,7 @@ def _tree(path: str | Path, sha: str) -> pygit2.Tree:
     tree = trees.get(key)
     if tree is None:
         repo = open_repo(path)
-        tree = _commit(repo, sha).tree
+        tree = commit_of(repo, sha).tree
         if len(trees) > 64:
             trees.clear()
         trees[key] = tree
@@ -114,7 +115,7 @@ def _info(commit: pygit2.Commit) -> CommitInfo:
 
 def commit_info(path: str | Path, sha: str) -> CommitInfo:
     repo = open_repo(path)
-    return _info(_commit(repo, sha))
+    return _info(commit_of(repo, sha))
 
 
 def has_commit(path: str | Path, sha: str) -> bool:
@@ -145,7 +146,7 @@ def new_commits(path: str | Path, old: str | None, new: str,
     announced in order, in bounded chunks, and no commit is skipped.
     """
     repo = open_repo(path)
-    head = _commit(repo, new)
+    head = commit_of(repo, new)
     if old is None:
         return [_info(head)]
     stop: set[str] = {old}
@@ -164,7 +165,7 @@ def new_commits(path: str | Path, old: str | None, new: str,
 def changed_paths(path: str | Path, sha: str) -> list[str]:
     """Paths changed by a commit against its first parent (all paths for a root commit)."""
     repo = open_repo(path)
-    commit = _commit(repo, sha)
+    commit = commit_of(repo, sha)
     if commit.parent_ids:
         diff = commit.parents[0].tree.diff_to_tree(commit.tree)
     else:
@@ -181,7 +182,7 @@ def read_file(path: str | Path, sha: str, file: str,
     """The blob at ``file`` (None: absent or not a file). With ``max_bytes`` a larger blob is
     refused from its object header, before it is loaded (``PermanentError("FileTooLarge")``)."""
     repo = open_repo(path)
-    tree = _tree(path, sha)
+    tree = tree_of(path, sha)
     try:
         entry = tree[file]
     except KeyError:
@@ -204,14 +205,14 @@ def is_tree(path: str | Path, sha: str, subdir: str) -> bool:
     if not subdir:
         return True
     try:
-        return bool(_tree(path, sha)[subdir].filemode == pygit2.enums.FileMode.TREE)
+        return bool(tree_of(path, sha)[subdir].filemode == pygit2.enums.FileMode.TREE)
     except KeyError:
         return False
 
 
 def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
     """The tree (or blob) id of ``subdir`` at a commit: unchanged when nothing under it changed."""
-    tree = _tree(path, sha)
+    tree = tree_of(path, sha)
     if not subdir:
         return str(tree.id)
     try:
@@ -222,15 +223,15 @@ def tree_id(path: str | Path, sha: str, subdir: str) -> str | None:
 
 def iter_tree(path: str | Path, sha: str, subdir: str) -> Iterator[str]:
     repo = open_repo(path)
-    tree = _commit(repo, sha).tree
+    tree = commit_of(repo, sha).tree
     if subdir:
-        tree = _subtree(repo, tree[subdir].id)
+        tree = subtree_of(repo, tree[subdir].id)
 
     def walk(t: pygit2.Tree, prefix: str) -> Iterator[str]:
         for entry in t:
             name = f"{prefix}{entry.name}"
             if entry.filemode == pygit2.enums.FileMode.TREE:
-                yield from walk(_subtree(repo, entry.id), name + "/")
+                yield from walk(subtree_of(repo, entry.id), name + "/")
             else:
                 yield name
 
@@ -257,179 +258,20 @@ def list_dirs(path: str | Path, sha: str) -> list[str]:
             if entry.filemode == pygit2.enums.FileMode.TREE:
                 name = f"{prefix}{entry.name}"
                 yield name
-                yield from walk(_subtree(repo, entry.id), name + "/")
+                yield from walk(subtree_of(repo, entry.id), name + "/")
 
-    return list(walk(_commit(repo, sha).tree, ""))
-
-
-# -- the git target: rendered manifests committed to a branch ------------------------------------
-@dataclass(frozen=True, slots=True)
-class BranchState:
-    head: str | None
-    tree: str | None
-    trailers: Mapping[str, str]
-
-
-TRAILER_PREFIX = "Conveyor-"
-
-
-def _trailers(message: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for line in message.splitlines():
-        if line.startswith(TRAILER_PREFIX) and ": " in line:
-            key, value = line.split(": ", 1)
-            out[key.removeprefix(TRAILER_PREFIX)] = value.strip()
-    return out
-
-
-def find_trailers(path: str | Path, branch: str, match: Mapping[str, str],
-                  limit: int = 200) -> str | None:
-    """The newest of ``branch``'s last ``limit`` first-parent commits whose ``Conveyor-*``
-    trailers include every pair of ``match`` (keys without the prefix), or None."""
-    repo = open_repo(path)
-    ref = repo.references.get(f"refs/heads/{branch}")
-    commit = _commit(repo, ref.resolve().target) if ref is not None else None
-    for _ in range(limit):
-        if commit is None:
-            return None
-        found = _trailers(commit.message)
-        if all(found.get(k) == v for k, v in match.items()):
-            return str(commit.id)
-        commit = commit.parents[0] if commit.parents else None
-    return None
-
-
-def branch_state(path: str | Path, branch: str) -> BranchState:
-    repo = open_repo(path)
-    ref = repo.references.get(f"refs/heads/{branch}")
-    if ref is None:
-        return BranchState(None, None, {})
-    commit = _commit(repo, ref.resolve().target)
-    return BranchState(str(commit.id), str(commit.tree.id), _trailers(commit.message))
-
-
-def build_tree(path: str | Path, files: Mapping[str, bytes]) -> str:
-    """Write blobs and nested trees for ``files`` (posix paths) and return the root tree id."""
-    repo = open_repo(path)
-
-    def write(entries: Mapping[str, bytes]) -> pygit2.Oid:
-        blobs = {name: data for name, data in entries.items() if "/" not in name}
-        subdirs: dict[str, dict[str, bytes]] = {}
-        for name, data in entries.items():
-            if "/" in name:
-                head, rest = name.split("/", 1)
-                subdirs.setdefault(head, {})[rest] = data
-        builder = repo.TreeBuilder()
-        for name, data in sorted(blobs.items()):
-            builder.insert(name, repo.create_blob(data), pygit2.enums.FileMode.BLOB)
-        for name, sub in sorted(subdirs.items()):
-            builder.insert(name, write(sub), pygit2.enums.FileMode.TREE)
-        return builder.write()
-
-    return str(write(files))
-
-
-def commit_to_branch(path: str | Path, branch: str, tree: str, message: str,
-                     expected_head: str | None) -> str:
-    """Commit ``tree`` on ``branch`` if its head is still ``expected_head`` (compare-and-set)."""
-    repo = open_repo(path)
-    ref_name = f"refs/heads/{branch}"
-    current = repo.references.get(ref_name)
-    current_head = str(current.resolve().target) if current is not None else None
-    if current_head != expected_head:
-        raise TransientError(f"branch {branch} moved from {expected_head} to {current_head}",
-                             reason="TargetMoved", delay=0.0)
-    sig = pygit2.Signature("Conveyor", "conveyor@localhost")
-    parents = [pygit2.Oid(hex=current_head)] if current_head else []
-    oid = repo.create_commit(None, sig, sig, message, pygit2.Oid(hex=tree), parents)
-    try:
-        if current is None:
-            repo.references.create(ref_name, oid)
-        else:
-            current.set_target(oid, f"conveyor: {message.splitlines()[0]}")
-    except pygit2.GitError as exc:  # a concurrent writer holds the ref lock
-        raise TransientError(f"cannot update {ref_name}: {exc}", reason="RefLocked") from None
-    return str(oid)
-
-
-# -- edits on top of a commit: releases, promotions and rollbacks --------------------------------
-Entry = tuple[str, int]  # (object id, file mode) of one tree entry
-
-
-def entry_at(path: str | Path, sha: str, file: str) -> Entry | None:
-    """The tree entry (id and mode) of ``file`` at a commit; None when it is not there."""
-    tree = _tree(path, sha)
-    if not file:
-        return str(tree.id), int(pygit2.enums.FileMode.TREE)
-    try:
-        entry = tree[file]
-    except KeyError:
-        return None
-    return str(entry.id), int(entry.filemode)
-
-
-def write_blob(path: str | Path, data: bytes) -> str:
-    return str(open_repo(path).create_blob(data))
-
-
-def file_mode(path: str | Path, sha: str, file: str) -> int:
-    """The mode to give ``file`` when rewriting it: its own, or a regular file's."""
-    found = entry_at(path, sha, file)
-    return found[1] if found is not None else int(pygit2.enums.FileMode.BLOB)
-
-
-def replace_entries(path: str | Path, base: str | None,
-                    changes: Mapping[str, Entry | None]) -> str:
-    """The commit ``base``'s tree with each path replaced by an entry, or removed (None).
-
-    Everything else keeps its id and mode (executables, symlinks, submodules): an edit of a
-    few files never re-creates the rest of the tree. ``""`` replaces the whole tree.
-    """
-    repo = open_repo(path)
-    if "" in changes:
-        whole = changes[""]
-        return whole[0] if whole is not None else str(repo.TreeBuilder().write())
-    root = _commit(repo, base).tree if base else None
-
-    def rewrite(tree: pygit2.Tree | None, todo: Mapping[str, Entry | None]) -> pygit2.Oid | None:
-        builder = repo.TreeBuilder(tree) if tree is not None else repo.TreeBuilder()
-        nested: dict[str, dict[str, Entry | None]] = {}
-        for name, entry in todo.items():
-            head, sep, rest = name.partition("/")
-            if sep:
-                nested.setdefault(head, {})[rest] = entry
-            elif entry is None:
-                if builder.get(head) is not None:
-                    builder.remove(head)
-            else:
-                builder.insert(head, pygit2.Oid(hex=entry[0]), entry[1])
-        for head, sub in nested.items():
-            current = builder.get(head)
-            subtree = (_subtree(repo, current.id) if current is not None
-                       and current.filemode == pygit2.enums.FileMode.TREE else None)
-            new = rewrite(subtree, sub)
-            if new is None:
-                if current is not None:
-                    builder.remove(head)
-            else:
-                builder.insert(head, new, pygit2.enums.FileMode.TREE)
-        if len(builder) == 0:
-            return None
-        return builder.write()
-
-    new = rewrite(root, changes)
-    return str(new) if new is not None else str(repo.TreeBuilder().write())
+    return list(walk(commit_of(repo, sha).tree, ""))
 
 
 def commit_tree(path: str | Path, sha: str) -> str:
-    return str(_commit(open_repo(path), sha).tree.id)
+    return str(commit_of(open_repo(path), sha).tree.id)
 
 
 def first_parent_chain(path: str | Path, head: str, limit: int = MAX_WALK) -> list[str]:
     """``head`` and its first-parent ancestors, newest first, at most ``limit``."""
     repo = open_repo(path)
     out: list[str] = []
-    commit: pygit2.Commit | None = _commit(repo, head)
+    commit: pygit2.Commit | None = commit_of(repo, head)
     while commit is not None and len(out) < limit:
         out.append(str(commit.id))
         commit = commit.parents[0] if commit.parent_ids else None
@@ -437,7 +279,7 @@ def first_parent_chain(path: str | Path, head: str, limit: int = MAX_WALK) -> li
 
 
 def commit_message(path: str | Path, sha: str) -> str:
-    return str(_commit(open_repo(path), sha).message or "")
+    return str(commit_of(open_repo(path), sha).message or "")
 
 
 def paths_between(path: str | Path, old: str, new: str) -> list[str]:
@@ -445,8 +287,8 @@ def paths_between(path: str | Path, old: str, new: str) -> list[str]:
     pull request from ``new`` into ``old``'s branch changes."""
     repo = open_repo(path)
     base = repo.merge_base(old, new)
-    start = _commit(repo, base).tree if base is not None else None
-    end = _commit(repo, new).tree
+    start = commit_of(repo, base).tree if base is not None else None
+    end = commit_of(repo, new).tree
     diff = start.diff_to_tree(end) if start is not None else end.diff_to_tree(swap=True)
     out: set[str] = set()
     for delta in diff.deltas:

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.adapters import git_local
-from orchestrator.adapters.git_remote import FetchResult, GitMirror
+from orchestrator.adapters.git_mirror import FetchResult, GitMirror
 from orchestrator.domain.giturls import parse
 from orchestrator.secrets import SecretScope
 
@@ -80,8 +80,7 @@ class Checkout:
 
     def __init__(self, repo: str, data_dir: Path, *, source: str = "default",
                  credentials: Mapping[str, Any] | None = None,
-                 scope: SecretScope | None = None,
-                 connect_timeout: float = 10.0, timeout: float = 60.0) -> None:
+                 scope: SecretScope | None = None) -> None:
         self.repo = repo
         self.source = source
         self.explicit = credentials is not None
@@ -91,7 +90,6 @@ class Checkout:
                                 else credentials_from_env(),
                                 scope=(scope or SecretScope({}, ())) if credentials is not None
                                 else SecretScope.operator(),
-                                connect_timeout=connect_timeout, timeout=timeout,
                                 check_now=False)  # the watcher reports it: fetch_failed
 
     @property

@@ -1,5 +1,9 @@
 """The event bus: JetStream stream, KV buckets and object store behind one small class.
 
+(About 400 lines, as one module on purpose: ``EventBus`` is the one object every service is
+handed; its events, key/value and bundle sections share the connection, the schema and the
+publish retry policy, and splitting the class would only scatter them.)
+
 Everything Conveyor says goes through ``publish``: one event, one message on
 ``conveyor.events.<env>.<stage>.<outcome>``, with ``Nats-Msg-Id`` = the event id so a retried
 or re-emitted publish is dropped by the server. Publish retries (tenacity) stay inside this

@@ -16,15 +16,17 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import SCHEMA_PREFIX, Event, schema_for
 
-__all__ = ["decode", "decode_data", "encode", "schema_for", "upcast", "version_of"]
+__all__ = ["build", "carry", "decode", "decode_as", "decode_data", "encode", "schema_for",
+           "upcast", "version_of"]
 from orchestrator.domain.payloads import BY_TYPE, CLASSES, CURRENT_VERSION, Payload, Unknown
 
 Data = dict[str, Any]
+P = TypeVar("P", bound=Payload)
 Upcaster = Callable[[str, Data], Data]
 
 
@@ -106,7 +108,11 @@ def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT
                 ) -> Payload:
     cls = BY_TYPE.get(event_type, Unknown)
     raw = data if version >= CURRENT_VERSION else upcast(event_type, version, data)
-    plan = PLANS[cls]
+    return _read(cls, raw)
+
+
+def _read(cls: type[P], raw: Mapping[str, Any]) -> P:
+    plan = PLANS.get(cls) or _plan(cls)
     values: Data = {}
     extra: Data = {}
     for k, v in raw.items():
@@ -121,6 +127,38 @@ def decode_data(event_type: str, data: Mapping[str, Any], version: int = CURRENT
 def decode(event: Event) -> Payload:
     """The typed payload of ``event``, upcast from the version that wrote it."""
     return decode_data(event.type, event.data, version_of(event))
+
+
+def decode_as(event: Event, cls: type[P]) -> P:
+    """``decode(event)`` as ``cls``: the class of the event's type or one of its bases (as
+    when reading the last event of a known type). An event of another type is read by
+    ``cls``'s fields, its other keys in ``extra``."""
+    found = decode(event)
+    if isinstance(found, cls):
+        return found
+    version = version_of(event)
+    return _read(cls, event.data if version >= CURRENT_VERSION
+                 else upcast(event.type, version, event.data))
+
+
+def carry(event: Event, keys: tuple[str, ...]) -> Data:
+    """The data ``keys`` of ``event`` exactly as written (the keys it has, only), for an
+    outcome that passes its input's fields on unchanged: what the input carried, byte for
+    byte (none of the types passed on has an upcaster)."""
+    return {k: event.data[k] for k in keys if k in event.data}
+
+
+def build(cls: type[Payload], /, *, extra: Mapping[str, Any] | None = None,
+          **given: Any) -> Data:
+    """The ``data`` of a new ``cls`` event carrying exactly the fields ``given`` (by field
+    name), then ``extra``'s keys. A name that is not a field of ``cls`` is a ``TypeError``
+    here rather than a stray key in the log. Unlike ``encode``, fields not given are left out
+    and a None given is written (null): what a writer that names its keys one by one wrote
+    before payloads were typed, byte for byte."""
+    payload = cls(**given)
+    keys = {f.name: data_key(f) for f in payload_fields(cls)}
+    out = {keys[name]: _write(getattr(payload, name)) for name in given}
+    return {**out, **{k: v for k, v in (extra or {}).items() if k not in out}}
 
 
 def encode(payload: Payload) -> Data:

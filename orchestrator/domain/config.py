@@ -18,13 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from orchestrator.domain.generators import (
-    Generator,
-    PullRequest,
-    parse_generators,
-    pr_source,
-    relevant_dirs,
-)
+from orchestrator.domain.generator_pulls import PullRequest, pr_source
+from orchestrator.domain.generators import Generator, parse_generators, relevant_dirs
 from orchestrator.domain.generators import expand as expand_generators
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_one
 from orchestrator.errors import ConfigError

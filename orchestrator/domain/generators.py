@@ -28,16 +28,21 @@ Placeholders are Argo CD's default (fasttemplate) syntax: ``{{path}}``, ``{{path
 list elements. A placeholder with no value is an error naming the template field, never an empty
 string. Pure: the repository's directory listing at the commit comes in as a value, so every reader
 of the same commit generates the same environments.
+
+This module parses ``generators:`` and expands templates; what one kind reads is beside it:
+``generator_dirs.py`` (which directories a ``directories`` rule selects) and
+``generator_pulls.py`` (an open pull request, for ``pullRequests``).
 """
 
 from __future__ import annotations
 
-import fnmatch
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.domain.generator_dirs import DirectoryRule, dir_params, match_directories, matches
+from orchestrator.domain.generator_pulls import PullRequest, pr_params
 from orchestrator.domain.yamlpos import Document
 from orchestrator.errors import ConfigError
 
@@ -48,12 +53,6 @@ _KINDS = ("directories", "list", "matrix", "pullRequests")
 _KEYS = ("name", "template", "onRemove", *_KINDS)
 
 Params = Mapping[str, Any]
-
-
-@dataclass(frozen=True, slots=True)
-class DirectoryRule:
-    path: str  # a glob over repository directories; '*' never crosses '/'
-    exclude: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,25 +229,11 @@ def parse_generators(doc: Document, raw: Any, file: str) -> tuple[Generator, ...
     return parsed
 
 
-def _dir_params(path: str) -> dict[str, Any]:
-    parts = path.split("/")
-    base = parts[-1]
-    return {"path": {"": path, "basename": base,
-                     "basenameNormalized": re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-"),
-                     "segments": parts}}
-
-
-def _hit(pattern: str, path: str) -> bool:
-    want, have = pattern.split("/"), path.split("/")
-    return len(want) == len(have) and all(fnmatch.fnmatchcase(h, w)
-                                          for w, h in zip(want, have, strict=True))
-
-
 def relevant_dirs(generators: Sequence[Generator], dirs: Sequence[str]) -> tuple[str, ...]:
     """The directories any generator's globs match (includes and excludes): all a reader needs
     to expand the generators again, so only these travel with the config."""
     patterns = [p for g in generators for p in g.patterns()]
-    return tuple(sorted(d for d in set(dirs) if any(_hit(p, d) for p in patterns)))
+    return tuple(sorted(d for d in set(dirs) if any(matches(p, d) for p in patterns)))
 
 
 def touches(generators: Sequence[Generator], changed: Sequence[str]) -> bool:
@@ -258,50 +243,9 @@ def touches(generators: Sequence[Generator], changed: Sequence[str]) -> bool:
     for path in changed:
         parts = path.split("/")[:-1]
         for end in range(1, len(parts) + 1):
-            if any(_hit(p, "/".join(parts[:end])) for p in patterns):
+            if any(matches(p, "/".join(parts[:end])) for p in patterns):
                 return True
     return False
-
-
-def match_directories(rules: Sequence[DirectoryRule], dirs: Sequence[str]) -> list[str]:
-    """The directories the rules select, sorted; an exclude wins over any include."""
-    hit = _hit
-    chosen = []
-    for path in sorted(set(dirs)):
-        if any(hit(r.path, path) for r in rules if r.exclude):
-            continue
-        if any(hit(r.path, path) for r in rules if not r.exclude):
-            chosen.append(path)
-    return chosen
-
-
-@dataclass(frozen=True, slots=True)
-class PullRequest:
-    """An open pull request of the primary repository, as a generator sees it (the forge's
-    answer reduced to what templates may use, so every reader expands the same)."""
-
-    number: int
-    branch: str  # the head branch, in the primary repository (forks are never listed)
-    target_branch: str
-    head_sha: str
-    labels: tuple[str, ...] = ()
-    updated_at: float = 0.0  # seconds since the epoch
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"number": self.number, "branch": self.branch,
-                "target_branch": self.target_branch, "head_sha": self.head_sha,
-                "labels": list(self.labels), "updated_at": self.updated_at}
-
-    @staticmethod
-    def from_dict(raw: Mapping[str, Any]) -> PullRequest:
-        return PullRequest(int(raw["number"]), str(raw["branch"]), str(raw["target_branch"]),
-                           str(raw["head_sha"]), tuple(str(x) for x in raw.get("labels") or ()),
-                           float(raw.get("updated_at") or 0.0))
-
-
-def pr_source(number: int) -> str:
-    """The source a pull request's environments follow: its head branch, polled like any."""
-    return f"pr-{number}"
 
 
 def wanted_pulls(generators: Sequence[Generator], pulls: Sequence[PullRequest],
@@ -317,25 +261,18 @@ def wanted_pulls(generators: Sequence[Generator], pulls: Sequence[PullRequest],
                         key=lambda pr: pr.number))
 
 
-def _pr_params(pr: PullRequest) -> dict[str, Any]:
-    slug = re.sub(r"[^a-z0-9-]+", "-", pr.branch.lower()).strip("-")[:50]
-    return {"number": pr.number, "branch": pr.branch, "branch_slug": slug,
-            "target_branch": pr.target_branch, "head_sha": pr.head_sha,
-            "head_short_sha": pr.head_sha[:8], "_source": pr_source(pr.number)}
-
-
 def _params(gen: Generator, dirs: Sequence[str],
             pulls: Sequence[PullRequest]) -> Iterator[dict[str, Any]]:
     if gen.kind == "directories":
         for path in match_directories(gen.directories, dirs):
-            yield _dir_params(path)
+            yield dir_params(path)
     elif gen.kind == "list":
         for element in gen.elements:
             yield dict(element)
     elif gen.kind == "pullRequests":
         for pr in pulls:
             if set(gen.labels) <= set(pr.labels):
-                yield _pr_params(pr)
+                yield pr_params(pr)
     else:
         first, second = gen.children
         for a in _params(first, dirs, pulls):

@@ -99,6 +99,8 @@ class ConfigLoaded(CommitFields):
     TYPE: ClassVar[str] = ev.CONFIG_LOADED
     text: str = ""  # conveyor.yaml as committed
     environments: tuple[str, ...] = ()  # the environments it declares
+    dirs: tuple[str, ...] | None = None  # the directories its generators listed (when any)
+    pulls: tuple[Json, ...] | None = None  # the open pull requests its generators expanded
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -175,6 +177,7 @@ class StageInput(CommitFields):
     origin_seq: int = 0  # stream sequence of the commit event: orders applies
     cause: str = ""  # commit, sync (a manual re-apply) or drift (a self-heal)
     requested_by: str = ""  # who asked for a sync
+    health_rules: Json | None = None  # the health rule files conveyor.yaml names, at the commit
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -25,8 +23,10 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import promotion
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import PromotionConfig, parse_config
-from orchestrator.domain.generators import PullRequest
+from orchestrator.domain.generator_pulls import PullRequest
+from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.domain.trace import parse_time
 from orchestrator.errors import ConfigError, ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
@@ -98,7 +98,7 @@ class AutoPromoter:
         if loaded is None:
             return IDLE_CHECK
         if loaded.seq != self._rules[0]:
-            self._rules = (loaded.seq, self._auto_rules(loaded.event.data))
+            self._rules = (loaded.seq, self._auto_rules(decode_as(loaded.event, ConfigLoaded)))
         rules = self._rules[1]
         if not rules:
             return IDLE_CHECK
@@ -126,15 +126,15 @@ class AutoPromoter:
         return wait
 
     @staticmethod
-    def _auto_rules(data: Mapping[str, Any]) -> list[PromotionConfig]:
+    def _auto_rules(loaded: ConfigLoaded) -> list[PromotionConfig]:
         """The automatic rules of a ``config.loaded``: the config in force, as the watcher
         loaded it (its generators' directories and pull requests included), no fetch."""
-        dirs, pulls = data.get("dirs"), data.get("pulls")
+        dirs, pulls = loaded.dirs, loaded.pulls
         try:
             config = parse_config(
-                str(data.get("text") or ""),
-                dirs=[str(d) for d in dirs] if isinstance(dirs, list) else None,
-                pulls=[PullRequest.from_dict(p) for p in pulls] if isinstance(pulls, list)
+                loaded.text,
+                dirs=[str(d) for d in dirs] if dirs is not None else None,
+                pulls=[PullRequest.from_dict(p) for p in pulls] if pulls is not None
                 else None)
         except (ConfigError, KeyError, TypeError, ValueError):
             return []

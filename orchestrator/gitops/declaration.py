@@ -1,7 +1,7 @@
 """An environment's declaration at one commit of a mirror: its format, its files, its edits.
 
 Blocking (pygit2 reads): run in a worker thread. Every function takes the mirror's path and a
-commit, reads through ``git_local`` and returns new tree ids (``git_local.replace_entries``),
+commit, reads through ``git_local`` and returns new tree ids (``git_write.replace_entries``),
 so nothing is ever checked out and the rest of the tree keeps its ids and modes.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_local, git_write
 from orchestrator.domain import release as rel
 from orchestrator.domain.config import CONFIG_FILE, Config, EnvironmentConfig, parse_config
 from orchestrator.errors import PermanentError
@@ -153,11 +153,11 @@ def images_of(path: Path, sha: str, env: EnvironmentConfig) -> list[rel.ImageSpe
 
 def write_files(path: Path, base: str, files: Mapping[str, str | bytes]) -> str:
     """The tree of ``base`` with ``files`` written (modes kept for files that exist)."""
-    changes: dict[str, git_local.Entry | None] = {}
+    changes: dict[str, git_write.Entry | None] = {}
     for file, text in files.items():
         data = text.encode() if isinstance(text, str) else text
-        changes[file] = (git_local.write_blob(path, data), git_local.file_mode(path, base, file))
-    return git_local.replace_entries(path, base, changes)
+        changes[file] = (git_write.write_blob(path, data), git_write.file_mode(path, base, file))
+    return git_write.replace_entries(path, base, changes)
 
 
 def inputs_of(path: Path, sha: str, env: EnvironmentConfig) -> set[str]:
@@ -183,8 +183,8 @@ def restore_inputs(path: Path, head: str, old: str, env: EnvironmentConfig) -> t
     # a path under another one in the set is restored with it
     top = [p for p in paths if not any(q != p and (q == "" or p.startswith(q + "/"))
                                        for q in paths)]
-    changes = {p: git_local.entry_at(path, old, p) for p in top}
-    return git_local.replace_entries(path, head, changes), top
+    changes = {p: git_write.entry_at(path, old, p) for p in top}
+    return git_write.replace_entries(path, head, changes), top
 
 
 def copy_files(path: Path, source_sha: str, source: EnvironmentConfig, dest: EnvironmentConfig,

@@ -50,7 +50,7 @@ from typing import Any
 
 import aiohttp
 
-from orchestrator.domain.generators import PullRequest as OpenPull
+from orchestrator.domain.generator_pulls import PullRequest as OpenPull
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import PermanentError, TransientError
 

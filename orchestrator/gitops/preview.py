@@ -32,16 +32,18 @@ from pathlib import Path
 
 import structlog
 
-from orchestrator.adapters import git_local, git_remote, git_tree
+from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer, git_tree
 from orchestrator.adapters.git_source import credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
 from orchestrator.domain.bundle import decode_bundle, encode_bundle
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import EnvironmentConfig
 from orchestrator.domain.diff import diff
 from orchestrator.domain.events import new_event
 from orchestrator.domain.giturls import parse
+from orchestrator.domain.payloads import ApplySucceeded
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings
@@ -75,7 +77,7 @@ class Previewer:
     def _mirror(self) -> Path:
         digest = hashlib.sha256(parse(self.settings.repo).key().encode()).hexdigest()[:16]
         path = self.settings.data_dir / "previews" / f"{digest}.git"
-        git_remote.ensure_bare(path)
+        git_mirror.ensure_bare(path)
         return path
 
     def _fetch(self, event: pv.PullRequestEvent) -> tuple[Path, str, str]:
@@ -83,10 +85,10 @@ class Previewer:
         url = parse(self.settings.repo)
         head_ref = f"refs/conveyor/pull/{event.number}"
         # the operator's own credentials (CONVEYOR_GIT_*), as the watcher fetches with them
-        creds = git_remote.load_credentials(credentials_from_env(), source="preview",
-                                            scope=SecretScope.operator())
+        creds = git_credentials.load_credentials(credentials_from_env(), source="preview",
+                                                 scope=SecretScope.operator())
         with self.resources.git_locks.lock_for(path):
-            git_remote.fetch_refs(
+            git_transfer.fetch_refs(
                 git_local.open_repo(path), url,
                 [f"+refs/heads/{event.base_ref}:refs/heads/{event.base_ref}",
                  f"+{event.fetch_ref}:{head_ref}"], creds,
@@ -126,7 +128,7 @@ class Previewer:
         if not found:
             return "", []
         last = max(found, key=lambda s: s.seq).event
-        payload = await self.bus.get_bundle(str(last.data.get("digest") or ""))
+        payload = await self.bus.get_bundle(decode_as(last, ApplySucceeded).digest)
         return last.correlationid, (decode_bundle(payload) if payload is not None else [])
 
     async def run(self, event: pv.PullRequestEvent) -> PreviewResult:

@@ -32,7 +32,7 @@ import structlog
 
 from orchestrator import subjects
 from orchestrator.adapters import git_local
-from orchestrator.adapters.git_remote import GitMirror
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.adapters.git_source import credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev

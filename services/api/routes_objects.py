@@ -25,8 +25,10 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
 from orchestrator.domain.bundle import decode_bundle, object_key
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.diff import diff_revisions, summarise
 from orchestrator.domain.events import Event
+from orchestrator.domain.payloads import HealthFields
 from services.api.context import BUS, PROJECTOR
 
 HEALTH_TYPES = (ev.HEALTH_HEALTHY, ev.HEALTH_PROGRESSING, ev.HEALTH_DEGRADED)
@@ -59,11 +61,12 @@ def with_health(objects: list[dict[str, Any]], verdict: Event | None) -> list[di
     listed: dict[tuple[str, str, str], dict[str, Any]] = {}
     complete = False
     if verdict is not None:
-        for entry in verdict.data.get("objects") or []:
+        found = decode_as(verdict, HealthFields)
+        for entry in found.objects or ():
             if isinstance(entry, dict):
                 listed[(str(entry.get("kind", "")), str(entry.get("namespace") or ""),
                         str(entry.get("name", "")))] = entry
-        complete = int(verdict.data.get("unhealthy") or 0) <= len(listed)
+        complete = int(found.unhealthy or 0) <= len(listed)
     out = []
     for obj in objects:
         ident = identity(obj)

@@ -19,8 +19,10 @@ import structlog
 from aiohttp import web
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import Config, parse_config
 from orchestrator.domain.events import new_event
+from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.domain.preview import PullRequestEvent, parse_pull_request
 from orchestrator.errors import ConfigError, ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
@@ -41,7 +43,7 @@ async def _config(resources: Resources) -> Config | None:
     if found is None:
         return None
     try:
-        return parse_config(str(found.event.data.get("text") or ""))
+        return parse_config(decode_as(found.event, ConfigLoaded).text)
     except ConfigError:
         return None
 

@@ -30,7 +30,9 @@ from aiohttp import web
 from orchestrator import subjects
 from orchestrator.domain import events as ev
 from orchestrator.domain import promotion
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import parse_config
+from orchestrator.domain.payloads import ConfigLoaded
 from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps, Result
@@ -151,11 +153,10 @@ async def promotions(request: web.Request) -> web.Response:
     loaded = await bus.last_event(ev.NO_ENV, ev.CONFIG_LOADED)
     config = None
     if loaded is not None:
-        dirs = loaded.event.data.get("dirs")
+        found = decode_as(loaded.event, ConfigLoaded)
         with contextlib.suppress(ConfigError):
-            config = parse_config(str(loaded.event.data.get("text") or ""),
-                                  dirs=[str(d) for d in dirs] if isinstance(dirs, list)
-                                  else None)
+            config = parse_config(found.text, dirs=None if found.dirs is None
+                                  else [str(d) for d in found.dirs])
     out = []
     now = datetime.now(UTC)
     for rule in (config.promotion.values() if config is not None else []):

@@ -41,8 +41,10 @@ import structlog
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
+from orchestrator.domain.codec import build, decode_as
 from orchestrator.domain.diff import ObjectDiff, summarise
 from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.payloads import ConfigLoaded, DriftDetected, RenderSucceeded
 from orchestrator.errors import ConveyorError, PermanentError, TransientError
 from orchestrator.health_rules.engine import HealthEngine, engine_for_render
 from orchestrator.health_rules.sources import HealthRuleError
@@ -113,14 +115,14 @@ class DriftLoop:
         loaded = await self.bus.last_event(ev.NO_ENV, ev.CONFIG_LOADED)
         if loaded is None:
             return []
-        return [str(e) for e in loaded.event.data.get("environments") or ()]
+        return [str(e) for e in decode_as(loaded.event, ConfigLoaded).environments or ()]
 
     async def target(self, env: str) -> KubeTarget | None:
         """The kubernetes target of ``env`` per its latest render (None: not kubernetes)."""
         rendered = await self.bus.last_event(env, ev.RENDER_SUCCEEDED)
         if rendered is None:
             return None
-        config = rendered.event.data.get("env") or {}
+        config = decode_as(rendered.event, RenderSucceeded).env or {}
         target = config.get("target") or {}
         if "kubernetes" not in target:
             return None
@@ -157,10 +159,10 @@ class DriftLoop:
         detected = new_event(
             ev.DRIFT_DETECTED, env=env, correlation=held.revision, source=SOURCE,
             key=f"drift:{fingerprint}",
-            data={"revision": held.revision, "digest": held.digest,
-                  "origin_seq": held.origin_seq, "summary": summarise(diffs),
-                  "count": len(diffs), "objects": [_object(d) for d in diffs[:LISTED]],
-                  "self_heal": target.settings.self_heal, "target": target.description})
+            data=build(DriftDetected, revision=held.revision, digest=held.digest,
+                       origin_seq=held.origin_seq, summary=summarise(diffs),
+                       count=len(diffs), objects=[_object(d) for d in diffs[:LISTED]],
+                       self_heal=target.settings.self_heal, target=target.description))
         await self.bus.publish(detected)
         log.info("drift.detected", env=env, objects=len(diffs), revision=held.revision[:12])
         events = [detected]
@@ -176,11 +178,11 @@ class DriftLoop:
         operator's."""
         operator = self.resources.health_engine()
         rendered = await self.bus.last_event(env, ev.RENDER_SUCCEEDED)
-        if rendered is None or rendered.event.data.get("digest") != held.digest:
+        render = None if rendered is None else decode_as(rendered.event, RenderSucceeded)
+        if rendered is None or render is None or render.digest != held.digest:
             return operator.with_rules(operator.rules)
-        data = rendered.event.data
         try:
-            return engine_for_render(operator, data.get("env") or {}, data)
+            return engine_for_render(operator, render.env or {}, rendered.event.data)
         except HealthRuleError:  # the apply of that render said so already
             return operator.with_rules(operator.rules)
 

@@ -15,7 +15,9 @@ from dataclasses import replace
 from typing import Any, Final
 
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import build, carry
 from orchestrator.domain.events import Event, new_event, outcome_id
+from orchestrator.domain.payloads import BY_TYPE
 from orchestrator.ports import ApplyResult, Target
 from orchestrator.targets.kube.health import health_event
 
@@ -26,7 +28,7 @@ OUTCOMES: Final = frozenset({ev.APPLY_SUCCEEDED, ev.APPLY_SKIPPED, ev.APPLY_FAIL
 
 
 def pass_on(event: Event) -> dict[str, Any]:
-    return {k: event.data[k] for k in PASS_ON if k in event.data}
+    return carry(event, PASS_ON)
 
 
 def elapsed_ms(started: float) -> float:
@@ -47,7 +49,8 @@ def outcome(kind: str, cause: Event, *, source: str, started: float,
     body = {**base, **(data or {}), "duration_ms": elapsed_ms(started)}
     if target is not None:
         body["target"] = target.description
-    made = new_event(kind, env=cause.subject, cause=cause, source=source, data=body)
+    made = new_event(kind, env=cause.subject, cause=cause, source=source,
+                     data=build(BY_TYPE[kind], **body))
     # retrying and health events are not outcomes; every terminal outcome shares one id
     return one_per_cause(made) if kind in OUTCOMES else made
 

@@ -27,8 +27,16 @@ from orchestrator import subjects
 from orchestrator.adapters.nats_lease import Lease
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle, digest_of, encode_bundle
+from orchestrator.domain.codec import build, decode_as
 from orchestrator.domain.config import RetryPolicy
 from orchestrator.domain.events import Event, derive_id, new_event
+from orchestrator.domain.payloads import (
+    ApplyRetrying,
+    ApplyStarted,
+    ApplySuperseded,
+    LogReset,
+    StageInput,
+)
 from orchestrator.errors import ConfigError, FencedError, PermanentError, TransientError
 from orchestrator.health_rules.engine import HealthEngine, engine_for_render
 from orchestrator.health_rules.sources import HealthRuleError
@@ -64,7 +72,7 @@ class Applier:
             filters=[*subjects.filter_for(ev.RENDER_SUCCEEDED, envs or None),
                      *subjects.filter_for(ev.ENV_REMOVED, envs or None)],
             handler=self.handle, supersede=self.supersede, max_deliver=12, ack_wait=ACK_WAIT,
-            concurrency=16, order=lambda d: int(d.event.data.get("origin_seq") or d.seq),
+            concurrency=16, order=lambda d: decode_as(d.event, StageInput).origin_seq or d.seq,
             one_outcome=True)
 
     async def start(self) -> None:
@@ -155,7 +163,7 @@ class Applier:
 
     async def _applied_before(self, event: Event) -> bool:
         try:
-            target = self.target_for(event.data["env"], event.data)
+            target = self.target_for(dict(decode_as(event, StageInput).env or {}), event.data)
             return await target.has_applied(self._request(event))
         except Exception as exc:  # unknown: superseded is what it would have been
             log.warning("apply.recognise_failed", env=event.subject, error=str(exc))
@@ -164,7 +172,8 @@ class Applier:
     def _superseded(self, event: Event, by: str) -> Event:
         return outcomes.one_per_cause(new_event(ev.APPLY_SUPERSEDED, env=event.subject, cause=event,
                                       source=SOURCE,
-                                      data={**outcomes.pass_on(event), "superseded_by": by}))
+                                      data=build(ApplySuperseded, **outcomes.pass_on(event),
+                                                 superseded_by=by)))
 
     async def handle(self, delivery: Delivery) -> Outcome:
         if delivery.event.type == ev.ENV_REMOVED:
@@ -212,8 +221,8 @@ class Applier:
             # record before effect: a crash from here on leaves a trace of the attempt
             await self.bus.publish(new_event(
                 ev.APPLY_STARTED, env=event.subject, cause=event, source=SOURCE,
-                data={**outcomes.pass_on(event), "target": target.description,
-                      "attempt": delivery.attempt}))
+                data=build(ApplyStarted, **outcomes.pass_on(event),
+                           target=target.description, attempt=delivery.attempt)))
             result = await target.apply(replace(request, objects=decode_bundle(payload),
                                                 health=health))
         except FencedError as exc:  # a successor holds the lease: leave the render to it
@@ -232,8 +241,8 @@ class Applier:
             delay = exc.delay if exc.delay is not None else policy.delay(attempt)
             retrying = new_event(ev.APPLY_RETRYING, env=event.subject, cause=event,
                                  source=SOURCE, key=str(attempt),
-                                 data={**outcomes.pass_on(event), "error": str(exc),
-                                       "attempt": attempt, "delay": delay})
+                                 data=build(ApplyRetrying, **outcomes.pass_on(event),
+                                            error=str(exc), attempt=attempt, delay=delay))
             return Retry(delay, reason=str(exc), emit=[*reset, retrying])
         ok, events = outcomes.for_result(event, result, source=SOURCE, started=started,
                                          target=target)
@@ -246,16 +255,17 @@ class Applier:
     async def _log_reset(self, event: Event, target: Target, held: TargetState) -> list[Event]:
         """One ``log.reset`` per environment and foreign epoch (none if this log has it)."""
         known = await self.bus.last_event(event.subject, ev.LOG_RESET)
-        if known is not None and known.event.data.get("target_epoch") == held.epoch:
+        if known is not None and decode_as(known.event, LogReset).target_epoch == held.epoch:
             return []
         log.warning("apply.log_reset", env=event.subject, target_epoch=held.epoch,
                     log_epoch=self.bus.epoch, target_revision=(held.revision or "")[:12])
-        reset = new_event(ev.LOG_RESET, env=event.subject, cause=event, source=SOURCE, data={
-            "target_epoch": held.epoch, "log_epoch": self.bus.epoch,
-            "target_revision": held.revision, "target_seq": held.origin_seq,
-            "digest": held.digest, "target": target.description,
-            "summary": "the target was written under another event log (this one was reset): "
-                       "its state is treated as unknown and the bundle applied by digest"})
+        reset = new_event(ev.LOG_RESET, env=event.subject, cause=event, source=SOURCE,
+                          data=build(LogReset, target_epoch=held.epoch,
+                                     log_epoch=self.bus.epoch, target_revision=held.revision,
+                                     target_seq=held.origin_seq, digest=held.digest,
+                                     target=target.description, summary=(
+            "the target was written under another event log (this one was reset): its state "
+            "is treated as unknown and the bundle applied by digest")))
         return [replace(reset, id=derive_id(ev.LOG_RESET, event.subject, str(held.epoch),
                                             self.bus.epoch))]
 

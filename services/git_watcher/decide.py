@@ -24,6 +24,7 @@ from typing import Any
 
 from orchestrator.adapters.git_local import CommitInfo
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import encode
 from orchestrator.domain.config import (
     CONFIG_FILE,
     DEFAULT_SOURCE,
@@ -35,6 +36,7 @@ from orchestrator.domain.config import (
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.generators import touches
 from orchestrator.domain.giturls import parse
+from orchestrator.domain.payloads import CommitDetected, CommitRejected
 from orchestrator.errors import ConfigError
 from services.git_watcher.config_check import Bounds, check_config
 
@@ -236,21 +238,23 @@ def announce(commit: CommitInfo, source: SourceRef, envs: Sequence[EnvironmentCo
     if not envs:
         return []
     check = verdict()
+    more = dict(extra or {})
+    source_config = more.pop("source_config", None)
     out: list[Event] = []
     for env in envs:
-        data = {**commit_data(commit, source), "env": env_payload(env),
-                "changed": list(changed or [])[:50], **(extra or {})}
-        if check is not None:
-            data["signature"] = check.to_dict()
+        given: dict[str, Any] = {
+            **commit_data(commit, source), "env": env_payload(env),
+            "changed": tuple(list(changed or [])[:50]), "source_config": source_config,
+            "signature": check.to_dict() if check is not None else None, "extra": more}
+        payload: CommitDetected
         if check is not None and not check.ok:
-            data["error"] = f"commit {commit.short} rejected: {check.reason}" + (
-                f" ({check.detail})" if check.detail else "")
-            data["reason"] = check.reason
-            out.append(new_event(ev.COMMIT_REJECTED, env=env.name, correlation=commit.sha,
-                                 source=SOURCE, key=key, data=data))
+            payload = CommitRejected(**given, reason=check.reason, error=(
+                f"commit {commit.short} rejected: {check.reason}"
+                + (f" ({check.detail})" if check.detail else "")))
         else:
-            out.append(new_event(ev.COMMIT_DETECTED, env=env.name, correlation=commit.sha,
-                                 source=SOURCE, key=key, data=data))
+            payload = CommitDetected(**given)
+        out.append(new_event(payload.TYPE, env=env.name, correlation=commit.sha,
+                             source=SOURCE, key=key, data=encode(payload)))
     return out
 
 

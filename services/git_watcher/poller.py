@@ -1,9 +1,9 @@
 """One source, polled: fetch, decide, publish, advance the cursor.
 
-Each source has its own cursor in the state bucket (``watcher.<source>``): the last announced
-head, whether the source is failing (and why), whether its branch is gone, the branch resolved
-when none was configured, and, for sources other than the primary, a digest of each
-environment's conveyor.yaml block as of the last announcement (an environment whose block
+Each source has its own cursor in the state bucket (``watcher.<source>``, ``cursor.py``): the
+last announced head, whether the source is failing (and why), whether its branch is gone, the
+branch resolved when none was configured, and, for sources other than the primary, a digest of
+each environment's conveyor.yaml block as of the last announcement (an environment whose block
 changes is due the current head again). The primary's cursor also keeps the last good
 conveyor.yaml text.
 
@@ -24,8 +24,8 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from orchestrator.adapters import git_local, git_tree
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import (
     CONFIG_FILE,
     Config,
@@ -44,7 +45,9 @@ from orchestrator.domain.config import (
     parse_config,
 )
 from orchestrator.domain.events import Event, new_event
-from orchestrator.domain.generators import PullRequest, wanted_pulls
+from orchestrator.domain.generator_pulls import PullRequest
+from orchestrator.domain.generators import wanted_pulls
+from orchestrator.domain.payloads import CommitRejected, ConfigInvalid
 from orchestrator.errors import ConfigError, ConveyorError, PermanentError, TransientError
 from orchestrator.gitops.forge import PullLister
 from orchestrator.metrics import Metrics
@@ -52,56 +55,13 @@ from orchestrator.rendering import referenced_paths
 from orchestrator.secrets import SecretScope
 from services.git_watcher import decide
 from services.git_watcher.config_check import Bounds, check_config
+from services.git_watcher.cursor import Cursor, cursor_key
 from services.git_watcher.decide import SOURCE, Verdict, WatchedSource
 from services.git_watcher.signing import check_commit
 
 log = structlog.get_logger(__name__)
 
-
-@dataclass
-class Cursor:
-    head: str | None = None
-    config_text: str | None = None
-    failing: bool = False
-    reason: str = ""
-    deleted: bool = False
-    branch: str = ""
-    envs: dict[str, str] = field(default_factory=dict)
-    config_dirs: tuple[str, ...] = ()  # what the in-force config's generators matched
-    config_pulls: tuple[PullRequest, ...] = ()  # the pull requests its generators used
-
-    def config(self) -> Config | None:
-        """The config in force, as the cursor holds it (None: none yet, or unreadable)."""
-        if self.config_text is None:
-            return None
-        try:
-            return parse_config(self.config_text, dirs=self.config_dirs,
-                                pulls=self.config_pulls)
-        except ConfigError:
-            return None
-
-    def to_json(self) -> dict[str, Any]:
-        return {"head": self.head, "config_text": self.config_text, "failing": self.failing,
-                "reason": self.reason, "deleted": self.deleted, "branch": self.branch,
-                "envs": self.envs, "config_dirs": list(self.config_dirs),
-                "config_pulls": [p.to_dict() for p in self.config_pulls]}
-
-    @classmethod
-    def from_json(cls, raw: Mapping[str, Any]) -> Cursor:
-        envs = raw.get("envs")
-        return cls(raw.get("head"), raw.get("config_text"), bool(raw.get("failing")),
-                   str(raw.get("reason") or ""), bool(raw.get("deleted")),
-                   str(raw.get("branch") or ""),
-                   dict(envs) if isinstance(envs, dict) else {},
-                   tuple(str(d) for d in raw.get("config_dirs") or ()),
-                   tuple(PullRequest.from_dict(p) for p in raw.get("config_pulls") or ()))
-
-
 REFERENCE_MAX_BYTES = 8 << 20  # a kustomization read to find what an environment references
-
-
-def cursor_key(source: str) -> str:
-    return f"watcher.{source}"
 
 
 def referenced_at(repo_path: str, sha: str) -> decide.Referenced:
@@ -383,10 +343,12 @@ class SourcePoller:
         for e in events:  # what a person must fix also goes to the log, not only the events
             if e.type == ev.CONFIG_INVALID:
                 log.error("watcher.config_invalid", source=self.name,
-                          revision=e.correlationid[:12], error=e.data.get("error"))
+                          revision=e.correlationid[:12],
+                          error=decode_as(e, ConfigInvalid).error)
             elif e.type == ev.COMMIT_REJECTED:
                 log.error("watcher.commit_rejected", source=self.name, env=e.subject,
-                          revision=e.correlationid[:12], reason=e.data.get("reason"))
+                          revision=e.correlationid[:12],
+                          reason=decode_as(e, CommitRejected).reason)
         # Events first, cursor second: the cursor never passes a commit whose events are not
         # all in the log. Killed between the two (or half-way through the events), the next
         # poll starts from the old cursor and announces the same commits again with the same

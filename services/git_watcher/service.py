@@ -25,18 +25,21 @@ import structlog
 from orchestrator import subjects
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
+from orchestrator.domain.codec import decode_as
 from orchestrator.domain.config import DEFAULT_SOURCE, Config
+from orchestrator.domain.payloads import RefreshRequested
 from orchestrator.gitops.forge import ForgeSettings, PullLister
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
 from services.git_watcher import decide
+from services.git_watcher.cursor import Cursor, cursor_key
 from services.git_watcher.decide import (
     DEFAULT_LOCAL_INTERVAL,
     DEFAULT_REMOTE_INTERVAL,
     SourceRef,
     WatchedSource,
 )
-from services.git_watcher.poller import Cursor, SourcePoller, cursor_key
+from services.git_watcher.poller import SourcePoller
 
 log = structlog.get_logger(__name__)
 
@@ -91,7 +94,7 @@ class GitWatcher:
             durable="git-watcher", stage="source",
             filters=subjects.filter_for(ev.REFRESH_REQUESTED, [ev.NO_ENV]),
             handler=self._on_refresh, max_deliver=5, concurrency=4, ack_wait=300.0,
-            key=lambda e: str(e.data.get("source") or "*")))
+            key=lambda e: decode_as(e, RefreshRequested).source or "*"))
         await self._consumer.start()
         for name in list(self.pollers):
             self._start_loop(name)
@@ -215,12 +218,12 @@ class GitWatcher:
         return emitted + sum(counts)
 
     async def _on_refresh(self, delivery: Delivery) -> Outcome:
-        source = delivery.event.data.get("source")
-        name = str(source) if source else None
+        refresh = decode_as(delivery.event, RefreshRequested)
+        name = str(refresh.source) if refresh.source else None
         if name is not None and name not in self.pollers:
             log.info("watcher.refresh_unknown_source", source=name)
             name = None  # maybe a source the next config adds: poll everything
         emitted = await self.poll(name)
         log.info("watcher.refreshed", source=name or "*", announced=emitted,
-                 by=delivery.event.data.get("by", ""))
+                 by=refresh.by)
         return Ack()

@@ -25,7 +25,9 @@ from orchestrator.adapters import git_tree
 from orchestrator.adapters.git_source import Checkout
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import digest_of, encode_bundle
+from orchestrator.domain.codec import build
 from orchestrator.domain.events import Event, new_event, outcome_id
+from orchestrator.domain.payloads import RenderFailed, RenderSucceeded
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
@@ -142,9 +144,9 @@ class Renderer:
             if hit is not None:
                 ms = round((time.monotonic() - started) * 1000, 1)
                 return Ack([new_event(ev.RENDER_SUCCEEDED, env=event.subject, cause=event,
-                                      source=SOURCE, data={**common, **hit, "cache": "hit",
-                                                           "render_key": key,
-                                                           "duration_ms": ms})])
+                                      source=SOURCE,
+                                      data=build(RenderSucceeded, **common, **hit, cache="hit",
+                                                 render_key=key, duration_ms=ms))])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
             assert self.batcher is not None
             result = await self.batcher.render(snapshot, str(env["path"]), settings)
@@ -170,9 +172,9 @@ class Renderer:
                  objects=len(result.manifests), digest=digest[:19], ms=ms)
         return Ack([new_event(
             ev.RENDER_SUCCEEDED, env=event.subject, cause=event, source=SOURCE,
-            data={**common, "digest": digest, "objects": len(result.manifests),
-                  "renderer": result.renderer, "tool_version": result.tool_version,
-                  "cache": "miss", "render_key": key, "duration_ms": ms},
+            data=build(RenderSucceeded, **common, digest=digest, objects=len(result.manifests),
+                       renderer=result.renderer, tool_version=result.tool_version,
+                       cache="miss", render_key=key, duration_ms=ms),
         )])
 
     async def _health_files(self, env: dict[str, Any], repo_path: str,
@@ -216,8 +218,9 @@ class Renderer:
         log.warning("render.failed", env=delivery.event.subject, errors=errors[:5])
         return new_event(ev.RENDER_FAILED, env=delivery.event.subject, cause=delivery.event,
                          source=SOURCE,
-                         data={**common, "errors": errors, "error": "; ".join(errors[:20]),
-                               "reason": reason, "duration_ms": ms})
+                         data=build(RenderFailed, **common, errors=errors,
+                                    error="; ".join(errors[:20]), reason=reason,
+                                    duration_ms=ms))
 
 
 def _one_outcome(event: Event) -> Event:

@@ -3,20 +3,13 @@ attack it still deploys the next good commit."""
 
 from __future__ import annotations
 
-import contextlib
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
 
 from conveyor.app import Conveyor
 from conveyor.demo import demo_files
-from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
-from orchestrator.settings import Settings
 from services.api.app import ApiService
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
@@ -24,22 +17,6 @@ from tests.support.waits import wait_for_events
 
 OPERATOR = "operator-token-7f3a"
 READER = "read-only-token-91c2"
-
-
-def settings_for(repo: Repo, nats: EmbeddedNats, data: Path, **extra: Any) -> Settings:
-    base = Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
-                    listen="127.0.0.1:0", interval=3600.0)  # polls only when triggered
-    return replace(base, **extra)
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 def api_url(conveyor: Conveyor) -> str:

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 from conveyor.app import Conveyor
-from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event
-from orchestrator.settings import Settings
 from services.git_watcher.service import GitWatcher
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
@@ -31,22 +25,6 @@ def configmap(value: str, name: str = "a") -> str:
 
 def good_files(value: str = "v1", config: str = CONFIG) -> dict[str, str]:
     return {"conveyor.yaml": config, "app/cm.yaml": configmap(value)}
-
-
-def settings_for(repo: Repo, nats: EmbeddedNats, data: Path, **extra: Any) -> Settings:
-    base = Settings(nats_url=nats.url, data_dir=data, repo=str(repo.path), branch="main",
-                    listen="127.0.0.1:0", interval=3600.0)
-    return replace(base, **extra)
-
-
-@contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Conveyor]:
-    conveyor = Conveyor(settings)
-    await conveyor.start()
-    try:
-        yield conveyor
-    finally:
-        await conveyor.stop()
 
 
 async def poll(conveyor: Conveyor) -> None:

@@ -34,15 +34,8 @@ from tests.security.crafted import (
     raw_tree,
     sub,
 )
-from tests.security.pipeline import (
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    of,
-    poll,
-    running,
-    settings_for,
-)
+from tests.security.pipeline import finished, good_files, next_good_commit_deploys, of, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

@@ -78,7 +78,7 @@ def test_the_operator_settings_also_come_from_the_environment(
     """What k8s/base's conveyor-config sets (CONVEYOR_ENV_ALLOW, empty: none) is read."""
     import yaml
 
-    from conveyor.cli import _settings
+    from conveyor.options import settings_from_args
     from orchestrator.secrets import SecretPolicy
 
     base = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
@@ -87,10 +87,10 @@ def test_the_operator_settings_also_come_from_the_environment(
     assert "CONVEYOR_ENV_ALLOW=" in literals
     monkeypatch.setenv("CONVEYOR_ENV_ALLOW", "")
     args = build_parser().parse_args(["run", "notifier", "--nats", "nats://x:4222"])
-    assert _settings(args).secrets == SecretPolicy()
+    assert settings_from_args(args).secrets == SecretPolicy()
     monkeypatch.setenv("CONVEYOR_ENV_ALLOW", "SLACK_*,PROD_*")
     monkeypatch.setenv("CONVEYOR_SECRETS_DIR", str(tmp_path))
     monkeypatch.setenv("CONVEYOR_ALLOW_LOCAL_PATH", str(tmp_path))
-    settings = _settings(build_parser().parse_args(["run", "notifier", "--nats", "nats://x"]))
+    settings = settings_from_args(build_parser().parse_args(["run", "notifier", "--nats", "nats://x"]))
     assert settings.secrets == SecretPolicy(("SLACK_*", "PROD_*"), (str(tmp_path),))
     assert settings.allow_local_paths == (str(tmp_path),)

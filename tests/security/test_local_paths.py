@@ -30,9 +30,8 @@ from tests.security.pipeline import (
     next_good_commit_deploys,
     of,
     poll,
-    running,
-    settings_for,
 )
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

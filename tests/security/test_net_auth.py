@@ -9,20 +9,13 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from conveyor.cli import check_listen
 from conveyor.demo import demo_files
+from conveyor.options import check_listen
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.settings import Settings
-from tests.security.net_support import (
-    OPERATOR,
-    READER,
-    api_url,
-    applied,
-    deploys_next_commit,
-    running,
-    settings_for,
-)
+from tests.security.net_support import OPERATOR, READER, api_url, applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

@@ -17,14 +17,8 @@ from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from services.api.browser import HostAllowlist, host_name
 from services.api.routes_dashboard import STATIC_DIR
-from tests.security.net_support import (
-    OPERATOR,
-    api_url,
-    applied,
-    deploys_next_commit,
-    running,
-    settings_for,
-)
+from tests.security.net_support import OPERATOR, api_url, applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

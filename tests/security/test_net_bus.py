@@ -20,7 +20,8 @@ from orchestrator import subjects
 from orchestrator.adapters import nats_auth
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import new_event
-from tests.security.net_support import applied, deploys_next_commit, running, settings_for
+from tests.security.net_support import applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
@@ -187,7 +188,7 @@ async def test_k8s_nats_users_may_publish_only_their_own_stage(tmp_path: Path) -
 
 
 def test_run_takes_its_bus_credentials_from_the_environment_not_the_command_line() -> None:
-    from conveyor.cli import nats_url
+    from conveyor.options import nats_url
 
     env = {"CONVEYOR_NATS_USER": "renderer", "CONVEYOR_NATS_PASSWORD": "s3cr3t\n"}
     assert nats_url("nats://nats:4222", env) == "nats://renderer:s3cr3t@nats:4222"

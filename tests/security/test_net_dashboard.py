@@ -11,15 +11,8 @@ import pytest
 from conveyor.demo import demo_files
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
-from tests.security.net_support import (
-    OPERATOR,
-    READER,
-    api_url,
-    applied,
-    deploys_next_commit,
-    running,
-    settings_for,
-)
+from tests.security.net_support import OPERATOR, READER, api_url, applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS, WAIT_MS

@@ -22,13 +22,8 @@ from orchestrator.resources import Resources
 from orchestrator.settings import Settings
 from services.api import routes_webhooks
 from services.api.app import ApiService
-from tests.security.net_support import (
-    api_url,
-    applied,
-    deploys_next_commit,
-    running,
-    settings_for,
-)
+from tests.security.net_support import api_url, applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 from tests.test_webhook_api import api, delivery, post, refreshes  # noqa: F401 (api: fixture)

@@ -22,15 +22,8 @@ from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
 from services.applier.drift import DriftLoop
 from services.git_watcher.service import GitWatcher
-from tests.security.net_support import (
-    OPERATOR,
-    READER,
-    api_url,
-    applied,
-    deploys_next_commit,
-    running,
-    settings_for,
-)
+from tests.security.net_support import OPERATOR, READER, api_url, applied, deploys_next_commit
+from tests.support.conveyors import running, settings_for
 from tests.support.kubeapi import FakeKubeAPI
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events

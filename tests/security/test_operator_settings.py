@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conveyor.cli import _settings, build_parser
+from conveyor.cli import build_parser
+from conveyor.options import settings_from_args
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
@@ -21,16 +22,8 @@ from orchestrator.domain.config import parse_config
 from orchestrator.errors import ConfigError
 from orchestrator.rendering import RenderTools
 from services.git_watcher.config_check import check_config
-from tests.security.pipeline import (
-    CONFIG,
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    of,
-    poll,
-    running,
-    settings_for,
-)
+from tests.security.pipeline import CONFIG, finished, good_files, next_good_commit_deploys, of, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 
@@ -61,10 +54,10 @@ def test_the_operator_chooses_them_with_flags() -> None:
         "up", "--repo", "https://git.example/r.git", "--kustomize-binary", "/opt/kustomize",
         "--helm-binary", "/opt/helm", "--allow-remote-bases", "github.com,gitlab.com",
         "--allow-remote-bases", "git.example"])
-    assert _settings(args).render_tools == RenderTools(
+    assert settings_from_args(args).render_tools == RenderTools(
         kustomize_binary="/opt/kustomize", helm_binary="/opt/helm",
         remote_base_hosts=("github.com", "gitlab.com", "git.example"))
-    default = _settings(build_parser().parse_args(["up", "--repo", "https://git.example/r"]))
+    default = settings_from_args(build_parser().parse_args(["up", "--repo", "https://git.example/r"]))
     assert default.render_tools == RenderTools()
 
 

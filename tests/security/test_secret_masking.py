@@ -20,15 +20,8 @@ from orchestrator.errors import ManifestError
 from orchestrator.rendering import render
 from orchestrator.rendering.parse import parse_yaml
 from orchestrator.rendering.validate import REDACTED, mask
-from tests.security.pipeline import (
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    of,
-    poll,
-    running,
-    settings_for,
-)
+from tests.security.pipeline import finished, good_files, next_good_commit_deploys, of, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

@@ -17,7 +17,7 @@ import pygit2
 import pytest
 
 from orchestrator.adapters.embedded_nats import EmbeddedNats
-from orchestrator.adapters.git_remote import GitMirror
+from orchestrator.adapters.git_mirror import GitMirror
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.config import parse_config
@@ -25,15 +25,8 @@ from orchestrator.domain.events import Event
 from orchestrator.errors import ConveyorError, PermanentError
 from orchestrator.secrets import SecretPolicy
 from tests.security.listener import recording
-from tests.security.pipeline import (
-    CONFIG,
-    finished,
-    good_files,
-    next_good_commit_deploys,
-    poll,
-    running,
-    settings_for,
-)
+from tests.security.pipeline import CONFIG, finished, good_files, next_good_commit_deploys, poll
+from tests.support.conveyors import running, settings_for
 from tests.support.repos import Repo
 from tests.support.waits import wait_for_events
 

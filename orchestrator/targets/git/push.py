@@ -20,7 +20,7 @@ already holds. ``publish`` after ``fetch_state`` builds on that fetch (optimisti
 view costs one rejected push, never a lost commit).
 
 Credentials are the source's (unexpanded ``${VAR}`` references or file paths, expanded at
-each transfer by ``git_remote``), or ``target.git.credentials`` in conveyor.yaml (same keys
+each transfer by ``git_credentials``), or ``target.git.credentials`` in conveyor.yaml (same keys
 as a source's); errors are translated like a fetch's and never carry a secret.
 
 Every method here blocks: call it in a worker thread. A per-mirror lock (from the Conveyor's
@@ -39,10 +39,10 @@ from typing import Any
 import pygit2
 import structlog
 
-from orchestrator.adapters import git_local, git_remote
+from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer, git_write
 from orchestrator.adapters.git_source import credentials_from_env, repo_key
 from orchestrator.domain.config import DEFAULT_SOURCE
-from orchestrator.domain.giturls import GitUrl, parse
+from orchestrator.domain.giturls import GitUrl
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 from orchestrator.secrets import SecretScope
 
@@ -86,7 +86,7 @@ def target_credentials(git: Mapping[str, Any], repo: str, data: Mapping[str, Any
     """The credentials that push to ``repo``, as references (never values).
 
     1. ``target.git.credentials`` of conveyor.yaml (``git`` is the target's *unexpanded*
-       configuration, so ``${VAR}`` references reach ``git_remote`` as references);
+       configuration, so ``${VAR}`` references reach ``git_credentials`` as references);
     2. when ``repo`` is the environment's source repository: the ``source_config`` the event
        carries (a secondary source), else ``CONVEYOR_GIT_*`` for the primary source;
     3. the primary source's when ``repo`` is the primary repository (``--repo``);
@@ -149,19 +149,12 @@ class PushMirror:
     def __init__(self, url: str, branch: str, data_dir: Path, *,
                  credentials: Mapping[str, Any] | None = None, author: Author | None = None,
                  scope: SecretScope | None = None,
-                 connect_timeout: float = 10.0, timeout: float = 60.0,
                  max_attempts: int = MAX_ATTEMPTS, locks: PathLocks | None = None,
                  kind: str = "git target", folder: str = "targets",
                  credentials_hint: str | None = None) -> None:
         self.where = f"{kind} {branch}"
-        try:
-            self.url: GitUrl = parse(url)
-        except ValueError as exc:
-            raise PermanentError(f"{self.where}: {exc}", reason="InvalidTarget") from None
-        if self.url.password is not None:
-            raise PermanentError(
-                f"{self.where}: the URL {self.url.display()} embeds a password; move it to "
-                "target.git.credentials", reason="InvalidTarget")
+        self.url: GitUrl = git_credentials.credential_free_url(
+            url, where=self.where, reason="InvalidTarget", move_to="target.git.credentials")
         if not pygit2.reference_is_valid_name(f"refs/heads/{branch}"):
             raise PermanentError(f"{self.where}: not a valid branch name",
                                  reason="InvalidTarget")
@@ -170,11 +163,9 @@ class PushMirror:
         self.credentials_hint = credentials_hint
         self.credentials = dict(credentials or {})
         self.scope = scope if scope is not None else SecretScope({}, ())
-        git_remote.load_credentials(self.credentials, source=self.where,
-                                    scope=self.scope)  # fail early
+        git_credentials.load_credentials(self.credentials, source=self.where,
+                                         scope=self.scope)  # fail early
         self.author = author or Author()
-        self.connect_timeout = connect_timeout
-        self.timeout = timeout
         self.max_attempts = max_attempts
         digest = hashlib.sha256(f"{self.url.key()}\n{branch}".encode()).hexdigest()[:16]
         self.path = Path(data_dir) / folder / f"{digest}.git"
@@ -187,15 +178,15 @@ class PushMirror:
 
     # ----------------------------------------------------------------- blocking API
 
-    def fetch_state(self) -> git_local.BranchState:
+    def fetch_state(self) -> git_write.BranchState:
         """The remote branch as it is now (fetched): head, tree and Conveyor trailers."""
         with self._lock:
             self._fetch()
-            return git_local.branch_state(self.path, self.branch)
+            return git_write.branch_state(self.path, self.branch)
 
     def publish(self, files: Mapping[str, bytes], message: str, *,
                 fetched: bool = False,
-                check: Callable[[git_local.BranchState], None] | None = None) -> Published:
+                check: Callable[[git_write.BranchState], None] | None = None) -> Published:
         """Make the remote branch hold ``files``: commit on the remote head and push.
 
         ``fetched`` True builds on the last ``fetch_state`` instead of fetching again;
@@ -206,10 +197,10 @@ class PushMirror:
                 self._fetch()
             last: ConflictError | None = None
             for attempt in range(1, self.max_attempts + 1):
-                state = git_local.branch_state(self.path, self.branch)
+                state = git_write.branch_state(self.path, self.branch)
                 if check is not None:
                     check(state)
-                tree = git_local.build_tree(self.path, files)
+                tree = git_write.build_tree(self.path, files)
                 if tree == state.tree:
                     return Published(False, state.head, state.head, attempt)
                 commit = self._commit(tree, message, state.head)
@@ -279,12 +270,12 @@ class PushMirror:
     # ----------------------------------------------------------------- internals
 
     def _repo(self) -> pygit2.Repository:
-        git_remote.ensure_bare(self.path)
+        git_mirror.ensure_bare(self.path)
         return git_local.open_repo(self.path)
 
-    def _creds(self) -> git_remote.Credentials:
-        return git_remote.load_credentials(self.credentials, source=self.where,
-                                           scope=self.scope)
+    def _creds(self) -> git_credentials.Credentials:
+        return git_credentials.load_credentials(self.credentials, source=self.where,
+                                                scope=self.scope)
 
     def _check(self) -> str:
         if self.credentials_hint:
@@ -295,9 +286,8 @@ class PushMirror:
 
     def _fetch(self) -> None:
         ref = f"refs/heads/{self.branch}"
-        git_remote.fetch_refs(self._repo(), self.url, [f"+{ref}:{ref}"], self._creds(),
-                              where=self.where, check=self._check(),
-                              connect_timeout=self.connect_timeout, timeout=self.timeout)
+        git_transfer.fetch_refs(self._repo(), self.url, [f"+{ref}:{ref}"], self._creds(),
+                                where=self.where, check=self._check())
 
     def _commit(self, tree: str, message: str, parent: str | None) -> str:
         repo = self._repo()
@@ -311,13 +301,12 @@ class PushMirror:
         dest = branch or self.branch
         outgoing = f"{OUTGOING}/{dest}"
         repo.references.create(outgoing, pygit2.Oid(hex=commit), force=True)
-        if git_remote.has_worktree(self.url):  # a checkout on this machine (`up --repo .`)
-            git_remote.push_to_checkout(self.path, self.url, f"{outgoing}:refs/heads/{dest}",
-                                        where=self.where)
+        if git_transfer.has_worktree(self.url):  # a checkout on this machine (`up --repo .`)
+            git_transfer.push_to_checkout(self.path, self.url, f"{outgoing}:refs/heads/{dest}",
+                                          where=self.where)
             return
-        git_remote.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{dest}"],
-                             self._creds(), where=self.where, check=self._check(),
-                             connect_timeout=self.connect_timeout, timeout=self.timeout)
+        git_transfer.push_refs(repo, self.url, [f"{outgoing}:refs/heads/{dest}"],
+                               self._creds(), where=self.where, check=self._check())
 
     def _set_local(self, commit: str) -> None:
         """The mirror's branch follows what the remote now holds."""

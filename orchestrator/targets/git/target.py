@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from orchestrator.adapters import git_local
+from orchestrator.adapters import git_write
 from orchestrator.adapters.git_source import is_local, local_path
 from orchestrator.domain.bundle import object_key
 from orchestrator.errors import FencedError, PermanentError
@@ -69,7 +69,7 @@ def commit_message(request: ApplyRequest) -> str:
             + (f"Conveyor-Lease: {request.fence}\n" if request.fence else ""))
 
 
-def check_fence(request: ApplyRequest, state: git_local.BranchState, where: str) -> None:
+def check_fence(request: ApplyRequest, state: git_write.BranchState, where: str) -> None:
     """Refuse a write by a lease holder older than the one that wrote the head."""
     held = state.trailers.get("Lease") or ""
     if request.fence and held.isdigit() and int(held) > request.fence:
@@ -84,7 +84,7 @@ def applied_trailers(request: ApplyRequest) -> dict[str, str]:
     return {**match, "Log-Epoch": request.epoch} if request.epoch else match
 
 
-def target_state(state: git_local.BranchState) -> TargetState:
+def target_state(state: git_write.BranchState) -> TargetState:
     """What a branch holds, per its head's ``Conveyor-*`` trailers."""
     seq = state.trailers.get("Seq")
     return TargetState(digest=state.trailers.get("Digest"),
@@ -100,25 +100,25 @@ class GitTarget:
         self.description = f"git {branch}"
 
     async def current(self) -> TargetState:
-        state = await asyncio.to_thread(git_local.branch_state, self.repo_path, self.branch)
+        state = await asyncio.to_thread(git_write.branch_state, self.repo_path, self.branch)
         return target_state(state)
 
     async def apply(self, request: ApplyRequest) -> ApplyResult:
         return await asyncio.to_thread(self._apply, request)
 
     async def has_applied(self, request: ApplyRequest) -> bool:
-        found = await asyncio.to_thread(git_local.find_trailers, self.repo_path, self.branch,
+        found = await asyncio.to_thread(git_write.find_trailers, self.repo_path, self.branch,
                                         applied_trailers(request))
         return found is not None
 
     def _apply(self, request: ApplyRequest) -> ApplyResult:
-        state = git_local.branch_state(self.repo_path, self.branch)
+        state = git_write.branch_state(self.repo_path, self.branch)
         check_fence(request, state, self.branch)
-        tree = git_local.build_tree(self.repo_path, files_for(request.objects))
+        tree = git_write.build_tree(self.repo_path, files_for(request.objects))
         if tree == state.tree:
             return ApplyResult(False, f"{self.branch} already holds these manifests",
                                {"commit": state.head})
-        commit = git_local.commit_to_branch(self.repo_path, self.branch, tree,
+        commit = git_write.commit_to_branch(self.repo_path, self.branch, tree,
                                             commit_message(request), state.head)
         return ApplyResult(True, f"committed {commit[:12]} to {self.branch}",
                            {"commit": commit, "branch": self.branch})
@@ -145,7 +145,7 @@ class RemoteGitTarget:
     async def has_applied(self, request: ApplyRequest) -> bool:
         if not self._fetched:
             await self.current()
-        found = await asyncio.to_thread(git_local.find_trailers, self.mirror.path, self.branch,
+        found = await asyncio.to_thread(git_write.find_trailers, self.mirror.path, self.branch,
                                         applied_trailers(request))
         return found is not None
 

@@ -28,8 +28,10 @@ from typing import Any
 from orchestrator.adapters.kube import KubeClient
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import ObjectKey, object_key
+from orchestrator.domain.codec import build, carry
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.health import Assessment, Health, HealthStatus, api_group, evaluate, worst
+from orchestrator.domain.payloads import BY_TYPE
 from orchestrator.ports import HealthJudge, HealthResult
 
 READY = frozenset({Health.HEALTHY, Health.SUSPENDED})
@@ -143,6 +145,6 @@ def health_event(cause: Event, health: HealthResult, source: str) -> Event:
     """``conveyor.health.<healthy|progressing|degraded>`` for a sync's health report."""
     kind = EVENT_FOR.get(health.status, ev.HEALTH_DEGRADED)
     passed = ("revision", "short", "digest", "origin_seq", "cause")
-    data: dict[str, Any] = {k: cause.data[k] for k in passed if k in cause.data}
+    data = {**carry(cause, passed), **health.to_dict()}
     return new_event(kind, env=cause.subject, cause=cause, source=source, key="health",
-                     data={**data, **health.to_dict()})
+                     data=build(BY_TYPE[kind], **data))

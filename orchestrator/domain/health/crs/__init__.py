@@ -34,19 +34,19 @@ _PROJECTS = (argo, certmanager, cloud, crossplane, external_secrets, flux, istio
              prometheus, sealed_secrets, strimzi)
 
 
-def _index(table: str) -> Mapping[Any, Rule]:
+def _index(table: str) -> dict[Any, Rule]:
     """Every project's ``table`` (KINDS, GROUPS or SUFFIXES), each check named by project;
-    read-only, built once at import."""
+    built once at import, kept read-only below."""
     found: dict[Any, Rule] = {}
     for module in _PROJECTS:
         for key, check in getattr(module, table, {}).items():
             found[key] = (f"built-in:{module.PROJECT}", check)
-    return MappingProxyType(found)
+    return found
 
 
-RULES: Mapping[tuple[str, str], Rule] = _index("KINDS")
-GROUP_RULES: Mapping[str, Rule] = _index("GROUPS")
-SUFFIX_RULES: Mapping[str, Rule] = _index("SUFFIXES")
+RULES: Mapping[tuple[str, str], Rule] = MappingProxyType(_index("KINDS"))
+GROUP_RULES: Mapping[str, Rule] = MappingProxyType(_index("GROUPS"))
+SUFFIX_RULES: Mapping[str, Rule] = MappingProxyType(_index("SUFFIXES"))
 
 
 def rule_for(group: str, kind: str) -> Rule | None:

@@ -12,6 +12,7 @@ Workflows' ``status.phase`` (Pending, Running, Succeeded, Failed, Error) and Cro
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -22,8 +23,10 @@ from orchestrator.domain.health.status import Health, HealthStatus
 PROJECT = "argo"
 GROUP = "argoproj.io"
 
-_ROLLOUT_PHASES = {"Healthy": Health.HEALTHY, "Progressing": Health.PROGRESSING,
-                   "Degraded": Health.DEGRADED, "Paused": Health.SUSPENDED}
+_ROLLOUT_PHASES = MappingProxyType({
+    "Healthy": Health.HEALTHY, "Progressing": Health.PROGRESSING,
+    "Degraded": Health.DEGRADED, "Paused": Health.SUSPENDED,
+})
 
 
 def rollout(obj: Mapping[str, Any]) -> HealthStatus:
@@ -87,13 +90,17 @@ def _legacy_rollout(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.HEALTHY, "")
 
 
-_ANALYSIS_PHASES = {"Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
-                    "Successful": Health.HEALTHY, "Failed": Health.DEGRADED,
-                    "Error": Health.DEGRADED, "Inconclusive": Health.UNKNOWN}
-_ANALYSIS_MESSAGES = {"Pending": "Analysis run is running", "Running": "Analysis run is running",
-                      "Successful": "Analysis run completed successfully",
-                      "Failed": "Analysis run failed", "Error": "Analysis run had an error",
-                      "Inconclusive": "Analysis run was inconclusive"}
+_ANALYSIS_PHASES = MappingProxyType({
+    "Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
+    "Successful": Health.HEALTHY, "Failed": Health.DEGRADED,
+    "Error": Health.DEGRADED, "Inconclusive": Health.UNKNOWN,
+})
+_ANALYSIS_MESSAGES = MappingProxyType({
+    "Pending": "Analysis run is running", "Running": "Analysis run is running",
+    "Successful": "Analysis run completed successfully",
+    "Failed": "Analysis run failed", "Error": "Analysis run had an error",
+    "Inconclusive": "Analysis run was inconclusive",
+})
 
 
 def analysis_run(obj: Mapping[str, Any]) -> HealthStatus:
@@ -108,9 +115,11 @@ def experiment(obj: Mapping[str, Any]) -> HealthStatus:
     return by_phase(obj, _ANALYSIS_PHASES, waiting="Waiting for experiment to start")
 
 
-_WORKFLOW_PHASES = {"Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
-                    "Succeeded": Health.HEALTHY, "Failed": Health.DEGRADED,
-                    "Error": Health.DEGRADED}
+_WORKFLOW_PHASES = MappingProxyType({
+    "Pending": Health.PROGRESSING, "Running": Health.PROGRESSING,
+    "Succeeded": Health.HEALTHY, "Failed": Health.DEGRADED,
+    "Error": Health.DEGRADED,
+})
 
 
 def workflow(obj: Mapping[str, Any]) -> HealthStatus:
@@ -137,7 +146,7 @@ def application(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(health, f.string(obj, "status", "health", "message"))
 
 
-KINDS = {
+KINDS = MappingProxyType({
     (GROUP, "Rollout"): rollout,
     (GROUP, "AnalysisRun"): analysis_run,
     (GROUP, "Experiment"): experiment,
@@ -149,4 +158,4 @@ KINDS = {
     (GROUP, "ClusterAnalysisTemplate"): no_health,
     (GROUP, "AppProject"): no_health,
     (GROUP, "Application"): application,
-}
+})

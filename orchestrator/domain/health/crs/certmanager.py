@@ -11,6 +11,7 @@ pending, processing, invalid, errored, expired). Certificate follows Argo CD's c
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -52,9 +53,11 @@ def certificate_request(obj: Mapping[str, Any]) -> HealthStatus:
                     progressing_reasons=frozenset({"Pending"}))
 
 
-_STATES = {"valid": Health.HEALTHY, "ready": Health.PROGRESSING, "pending": Health.PROGRESSING,
-           "processing": Health.PROGRESSING, "invalid": Health.DEGRADED,
-           "errored": Health.DEGRADED, "expired": Health.DEGRADED}
+_STATES = MappingProxyType({
+    "valid": Health.HEALTHY, "ready": Health.PROGRESSING, "pending": Health.PROGRESSING,
+    "processing": Health.PROGRESSING, "invalid": Health.DEGRADED,
+    "errored": Health.DEGRADED, "expired": Health.DEGRADED,
+})
 
 
 def acme_state(obj: Mapping[str, Any]) -> HealthStatus:
@@ -66,11 +69,11 @@ def acme_state(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(health, reason or f"{obj.get('kind')} is {state}")
 
 
-KINDS = {
+KINDS = MappingProxyType({
     (GROUP, "Certificate"): certificate,
     (GROUP, "Issuer"): issuer,
     (GROUP, "ClusterIssuer"): issuer,
     (GROUP, "CertificateRequest"): certificate_request,
     (ACME, "Order"): acme_state,
     (ACME, "Challenge"): acme_state,
-}
+})

@@ -13,6 +13,7 @@ sync treats Suspended as done and this resource is not.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -33,9 +34,11 @@ def ack(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.PROGRESSING, "Waiting for resource to be ready")
 
 
-_CNRM_REASONS = {"UpToDate": Health.HEALTHY, "UpdateFailed": Health.DEGRADED,
-                 "DependencyNotFound": Health.DEGRADED,
-                 "DependencyNotReady": Health.PROGRESSING}
+_CNRM_REASONS = MappingProxyType({
+    "UpToDate": Health.HEALTHY, "UpdateFailed": Health.DEGRADED,
+    "DependencyNotFound": Health.DEGRADED,
+    "DependencyNotReady": Health.PROGRESSING,
+})
 
 
 def config_connector(obj: Mapping[str, Any]) -> HealthStatus:
@@ -56,4 +59,4 @@ def config_connector(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.PROGRESSING, "Update in progress")
 
 
-SUFFIXES = {".services.k8s.aws": ack, ".cnrm.cloud.google.com": config_connector}
+SUFFIXES = MappingProxyType({".services.k8s.aws": ack, ".cnrm.cloud.google.com": config_connector})

@@ -19,6 +19,7 @@ conditions and a Crossplane reference in its spec.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -79,4 +80,4 @@ def is_crossplane_shaped(obj: Mapping[str, Any]) -> bool:
     return {"Synced", "Ready"} <= types or "Synced" in types
 
 
-SUFFIXES = {".crossplane.io": assess, ".upbound.io": assess}
+SUFFIXES = MappingProxyType({".crossplane.io": assess, ".upbound.io": assess})

@@ -9,6 +9,7 @@ Status API: ``ExternalSecret``/``ClusterExternalSecret``/``PushSecret`` and the 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -50,12 +51,12 @@ def store(obj: Mapping[str, Any]) -> HealthStatus:
     return by_ready(obj, waiting="Waiting for the store to be validated")
 
 
-KINDS = {
+KINDS = MappingProxyType({
     (GROUP, "ExternalSecret"): external_secret,
     (GROUP, "PushSecret"): external_secret,
     (GROUP, "ClusterExternalSecret"): cluster_external_secret,
     (GROUP, "ClusterPushSecret"): cluster_external_secret,
     (GROUP, "SecretStore"): store,
     (GROUP, "ClusterSecretStore"): store,
-}
-GROUPS = {"generators.external-secrets.io": no_health}
+})
+GROUPS = MappingProxyType({"generators.external-secrets.io": no_health})

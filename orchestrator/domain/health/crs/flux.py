@@ -12,6 +12,7 @@ Verdicts agree with Argo CD's Flux checks; the message is the deciding condition
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -27,4 +28,4 @@ def assess(obj: Mapping[str, Any]) -> HealthStatus:
     return by_ready(obj, waiting="Status unknown")
 
 
-SUFFIXES = {".toolkit.fluxcd.io": assess}
+SUFFIXES = MappingProxyType({".toolkit.fluxcd.io": assess})

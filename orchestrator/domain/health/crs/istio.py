@@ -13,6 +13,7 @@ without any status has no notion of health, like a ConfigMap.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -21,9 +22,11 @@ from orchestrator.domain.health.status import Health, HealthStatus
 
 PROJECT = "istio"
 
-_OPERATOR = {"HEALTHY": Health.HEALTHY, "RECONCILING": Health.PROGRESSING,
-             "UPDATING": Health.PROGRESSING, "NONE": Health.PROGRESSING,
-             "ERROR": Health.DEGRADED, "ACTION_REQUIRED": Health.DEGRADED}
+_OPERATOR = MappingProxyType({
+    "HEALTHY": Health.HEALTHY, "RECONCILING": Health.PROGRESSING,
+    "UPDATING": Health.PROGRESSING, "NONE": Health.PROGRESSING,
+    "ERROR": Health.DEGRADED, "ACTION_REQUIRED": Health.DEGRADED,
+})
 
 
 def istio_operator(obj: Mapping[str, Any]) -> HealthStatus:
@@ -60,7 +63,9 @@ def sail(obj: Mapping[str, Any]) -> HealthStatus:
     return by_ready(obj, waiting="Waiting for the operator")
 
 
-KINDS = {("install.istio.io", "IstioOperator"): istio_operator}
-GROUPS = {"networking.istio.io": configuration, "security.istio.io": configuration,
-          "telemetry.istio.io": configuration, "extensions.istio.io": configuration,
-          "sailoperator.io": sail}
+KINDS = MappingProxyType({("install.istio.io", "IstioOperator"): istio_operator})
+GROUPS = MappingProxyType({
+    "networking.istio.io": configuration, "security.istio.io": configuration,
+    "telemetry.istio.io": configuration, "extensions.istio.io": configuration,
+    "sailoperator.io": sail,
+})

@@ -10,6 +10,7 @@ Progressing. ``Active`` False only means "idle" and is still Healthy.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -38,9 +39,9 @@ def scaled(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.PROGRESSING, "Creating HorizontalPodAutoscaler Object")
 
 
-KINDS = {
+KINDS = MappingProxyType({
     (GROUP, "ScaledObject"): scaled,
     (GROUP, "ScaledJob"): scaled,
     (GROUP, "TriggerAuthentication"): no_health,
     (GROUP, "ClusterTriggerAuthentication"): no_health,
-}
+})

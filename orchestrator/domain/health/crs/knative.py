@@ -9,6 +9,7 @@ reconciling; plus ``status.observedGeneration``.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -28,4 +29,4 @@ def assess(obj: Mapping[str, Any]) -> HealthStatus:
                     progressing_reasons=frozenset())
 
 
-SUFFIXES = {".knative.dev": assess}
+SUFFIXES = MappingProxyType({".knative.dev": assess})

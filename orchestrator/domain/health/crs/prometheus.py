@@ -10,6 +10,7 @@ Probe, PrometheusRule, ScrapeConfig, AlertmanagerConfig) have no status, or sinc
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -52,10 +53,10 @@ def configuration(obj: Mapping[str, Any]) -> HealthStatus | None:
     return HealthStatus(Health.HEALTHY, "Accepted")
 
 
-KINDS: dict[tuple[str, str], Check] = {
+KINDS: Mapping[tuple[str, str], Check] = MappingProxyType({
     **{(GROUP, kind): workload
        for kind in ("Prometheus", "PrometheusAgent", "Alertmanager", "ThanosRuler")},
     **{(GROUP, kind): configuration
        for kind in ("ServiceMonitor", "PodMonitor", "Probe", "PrometheusRule", "ScrapeConfig",
                     "AlertmanagerConfig")},
-}
+})

@@ -8,6 +8,7 @@ is Progressing, "Waiting for Sealed Secret to be decrypted".
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -29,4 +30,4 @@ def sealed_secret(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.PROGRESSING, "Waiting for Sealed Secret to be decrypted")
 
 
-KINDS = {("bitnami.com", "SealedSecret"): sealed_secret}
+KINDS = MappingProxyType({("bitnami.com", "SealedSecret"): sealed_secret})

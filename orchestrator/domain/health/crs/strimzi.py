@@ -12,6 +12,7 @@ plus ``status.observedGeneration``. ``KafkaRebalance`` uses its state as the con
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.health import fields as f
@@ -21,10 +22,12 @@ from orchestrator.domain.health.status import Health, HealthStatus
 PROJECT = "strimzi"
 
 _STARTING = frozenset({"Creating", ""})
-_REBALANCE = {"Ready": Health.HEALTHY, "ProposalReady": Health.HEALTHY,
-              "New": Health.PROGRESSING, "PendingProposal": Health.PROGRESSING,
-              "Rebalancing": Health.PROGRESSING, "Stopped": Health.SUSPENDED,
-              "ReconciliationPaused": Health.SUSPENDED, "NotReady": Health.DEGRADED}
+_REBALANCE = MappingProxyType({
+    "Ready": Health.HEALTHY, "ProposalReady": Health.HEALTHY,
+    "New": Health.PROGRESSING, "PendingProposal": Health.PROGRESSING,
+    "Rebalancing": Health.PROGRESSING, "Stopped": Health.SUSPENDED,
+    "ReconciliationPaused": Health.SUSPENDED, "NotReady": Health.DEGRADED,
+})
 
 
 def operand(obj: Mapping[str, Any]) -> HealthStatus | None:
@@ -56,5 +59,5 @@ def rebalance(obj: Mapping[str, Any]) -> HealthStatus:
     return HealthStatus(Health.PROGRESSING, "Waiting for the rebalance to start")
 
 
-KINDS = {("kafka.strimzi.io", "KafkaRebalance"): rebalance}
-GROUPS = {"kafka.strimzi.io": operand, "core.strimzi.io": operand}
+KINDS = MappingProxyType({("kafka.strimzi.io", "KafkaRebalance"): rebalance})
+GROUPS = MappingProxyType({"kafka.strimzi.io": operand, "core.strimzi.io": operand})
