@@ -83,7 +83,8 @@ class Conveyor:
             await server.start()
             self.services.append(("health", server))  # first: stopped last
         name = "conveyor-" + "-".join(self.names if len(self.names) == 1 else ("up",))
-        self.resources = resources = await Resources.open(self.settings, name=name)
+        self.resources = resources = await Resources.open(self.settings, name=name,
+                                                          services=self.names)
         self.settings = resources.settings  # with the embedded server's URL
         if self.health_server and "api" in self.names:
             await self.services.pop(0)[1].stop()  # the api serves them on this address now
@@ -91,7 +92,7 @@ class Conveyor:
         order = [n for n in ("api", "notifier", "applier", "renderer", "git-watcher")
                  if n in self.names]
         for service_name in order:
-            service = make_service(service_name, resources)
+            service = make_service(service_name, resources.for_service(service_name))
             await service.start()
             self.services.append((service_name, service))
             log.info("service.started", service=service_name)
@@ -105,7 +106,8 @@ class Conveyor:
                 resources.background.spawn(watcher.poll(source if source in watcher.pollers
                                                         else None), name="promoter-refresh")
 
-            promoter = AutoPromoter(resources, forge=ForgeSettings.from_env(), refresh=refresh)
+            promoter = AutoPromoter(resources.for_service("git-watcher"),
+                                    forge=ForgeSettings.from_env(), refresh=refresh)
             await promoter.start()
             self.services.append(("promoter", promoter))
         self._started = True
@@ -116,7 +118,7 @@ class Conveyor:
             return "connecting to NATS"
         if not self._started:
             return "starting services"
-        return await self.resources.bus.not_ready()
+        return await self.resources.not_ready()
 
     def service(self, name: str) -> Service:
         return next(s for n, s in self.services if n == name)

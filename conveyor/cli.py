@@ -117,7 +117,8 @@ def cmd_envs(args: argparse.Namespace) -> int:
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    return asyncio.run(diff_command(args.env, nats=args.nats, api=args.api, output=args.output,
+    nats = options.nats_url(args.nats, data_dir=Path(args.data_dir))
+    return asyncio.run(diff_command(args.env, nats=nats, api=args.api, output=args.output,
                                     token=Settings.api_token_from_env()
                                     or Settings.read_token_from_env()))
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("env")
     diff.add_argument("--nats", default=os.environ.get("CONVEYOR_NATS", ""))
     diff.add_argument("--api", default=os.environ.get("CONVEYOR_API", DEFAULT_API))
+    options.creds_args(diff)
     diff.add_argument("-o", "--output", choices=("text", "json"), default="text")
     diff.set_defaults(func=cmd_diff)
 
@@ -269,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay = client("replay", "rebuild the projections from the log; exit 1 if they differ",
                 replay_command)
     replay.add_argument("--nats", default="", help="replay directly against NATS (no api)")
+    options.creds_args(replay)
     gitops_commands.add_parsers(sub, DEFAULT_API, _async_cmd)
     return p
 

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pygit2
 
-from orchestrator.adapters.nats_auth import with_credentials
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.nats_schema import Retention
 from orchestrator.domain.config import CONFIG_FILE
 from orchestrator.domain.dora import parse_duration
 from orchestrator.health_rules.engine import customizations_from_env
-from orchestrator.rendering.model import RenderTools
+from orchestrator.rendering.model import MAX_FILE_BYTES, RenderTools
 from orchestrator.secrets import SecretPolicy
-from orchestrator.settings import Settings, token_from
+from orchestrator.settings import Settings
 
 
 def _is_loopback(host: str) -> bool:
@@ -116,17 +116,22 @@ def settings_from_args(args: argparse.Namespace, envs: tuple[str, ...] = ()) -> 
     )
 
 
-def nats_url(url: str, environ: Mapping[str, str] | None = None) -> str:
-    """``--nats URL`` with this service's bus credentials (``CONVEYOR_NATS_USER`` and
-    ``CONVEYOR_NATS_PASSWORD``, as k8s/base sets them) unless the URL carries its own."""
-    env = os.environ if environ is None else environ
-    user = env.get("CONVEYOR_NATS_USER", "").strip()
-    password = token_from(env.get("CONVEYOR_NATS_PASSWORD"))
-    if not url or not user or not password:
-        return url
-    servers = [u.strip() for u in url.split(",") if u.strip()]  # one cluster's servers
-    return ",".join(u if "@" in u.partition("://")[2].partition("/")[0]
-                    else with_credentials(u, user, password) for u in servers)
+def nats_url(url: str, environ: Mapping[str, str] | None = None, *,
+             data_dir: Path | None = None) -> str:
+    """``--nats URL`` with its bus credentials (``nats_auth.resolve``: this service's from
+    ``CONVEYOR_NATS_USER`` / ``CONVEYOR_NATS_PASSWORD``, else, given ``data_dir``, the
+    operator user that ``conveyor up --data-dir DIR`` generated)."""
+    return nats_auth.resolve(url, os.environ if environ is None else environ,
+                             data_dir=data_dir)
+
+
+def creds_args(parser: argparse.ArgumentParser) -> None:
+    """Where a command given ``--nats`` finds the bus credentials (docs/security.md, The bus)."""
+    parser.add_argument("--data-dir", default=os.environ.get("CONVEYOR_DATA_DIR", ".conveyor"),
+                        help="with --nats: the data dir of the `conveyor up` that runs the "
+                             "server, whose generated credentials (nats/credentials.json) are "
+                             "used (CONVEYOR_NATS_USER / CONVEYOR_NATS_PASSWORD, or a URL "
+                             "with user:password@, take precedence)")
 
 
 def hosts(text: str) -> tuple[str, ...]:
@@ -185,7 +190,8 @@ def render_tools(args: argparse.Namespace) -> RenderTools:
         kustomize_binary=getattr(args, "kustomize_binary", None) or None,
         helm_binary=getattr(args, "helm_binary", None) or None,
         remote_base_hosts=_words(getattr(args, "allow_remote_bases", None),
-                                 "CONVEYOR_ALLOW_REMOTE_BASES"))
+                                 "CONVEYOR_ALLOW_REMOTE_BASES"),
+        max_file_bytes=getattr(args, "max_file_bytes", None) or MAX_FILE_BYTES)
 
 
 def _secret_policy(args: argparse.Namespace) -> SecretPolicy:
@@ -207,6 +213,10 @@ def operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-remote-bases", action="append", metavar="HOSTS",
                         help="hosts kustomize may fetch remote bases from (comma-separated, "
                              "repeatable, * for any; default none)")
+    parser.add_argument("--max-file-bytes", type=_positive,
+                        default=os.environ.get("CONVEYOR_MAX_FILE_BYTES") or MAX_FILE_BYTES,
+                        help="the largest file a commit's snapshot may hold; a bigger one "
+                             f"fails the render, naming it (default {MAX_FILE_BYTES})")
     parser.add_argument("--env-allow", action="append", metavar="GLOBS",
                         help="environment variables conveyor.yaml's ${VAR} may expand "
                              "(globs, comma-separated, repeatable; default none; CONVEYOR_* "

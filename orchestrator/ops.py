@@ -48,7 +48,7 @@ class Opened:
     resources: Resources
 
     async def not_ready(self) -> str | None:
-        return await self.resources.bus.not_ready()
+        return await self.resources.not_ready()
 
 
 OPS: Final = web.AppKey("ops_probed", Probed)

@@ -2,7 +2,8 @@
 
 ``conveyor/app.py`` (``Conveyor.start``) opens one ``Resources`` and hands it to every service
 it runs; nothing below reaches for a module global. Two Conveyors in one process (a test, a
-program embedding it) therefore share nothing: each has its own NATS connection (and embedded
+program embedding it) therefore share nothing: each has its own NATS connection (with the
+embedded server, one per service as its own bus user: ``for_service``) (and embedded
 nats-server), its own mirrors and fetch locks, its own kubernetes clients and environment
 locks, its own Prometheus registry and its own background tasks.
 
@@ -28,7 +29,7 @@ from typing import Any
 
 import structlog
 
-from orchestrator.adapters import git_callbacks
+from orchestrator.adapters import git_callbacks, nats_auth
 from orchestrator.adapters.embedded_nats import EmbeddedNats
 from orchestrator.adapters.git_source import MirrorPool
 from orchestrator.adapters.nats_bus import EventBus
@@ -97,6 +98,10 @@ class Resources:
     health: HealthEngine | None = None
     """The operator's health rules over the built-in ones, and the one Lua runtime every
     apply's engine shares (``health_engine``)."""
+    buses: dict[str, EventBus] = field(default_factory=dict)
+    """With the embedded server: each service's own connection, as its own bus user
+    (``nats_permissions``); ``bus`` is then the operator's bootstrap connection, which
+    created the schema before the services connected."""
 
     def health_engine(self) -> HealthEngine:
         """The operator's engine, read from ``settings.health_customizations`` on first use."""
@@ -104,27 +109,59 @@ class Resources:
             self.health = operator_health(self.settings)
         return self.health
 
+    def for_service(self, service: str) -> Resources:
+        """What ``service`` is given: these resources, with its own bus when it has one."""
+        if service not in self.buses:
+            return self
+        # the other connections stay visible for readiness (one process: no boundary)
+        return replace(self, bus=self.buses[service], owns_bus=False)
+
+    async def not_ready(self) -> str | None:
+        """Why this process cannot work now (None: it can), over every connection it has."""
+        for bus in dict.fromkeys([self.bus, *self.buses.values()]):
+            why = await bus.not_ready()
+            if why is not None:
+                return why
+        return None
+
     @classmethod
-    async def open(cls, settings: Settings, *, name: str = "conveyor") -> Resources:
-        """Start nats-server when no ``nats_url`` is set, connect, ensure the stream."""
+    async def open(cls, settings: Settings, *, name: str = "conveyor",
+                   services: tuple[str, ...] = ()) -> Resources:
+        """Start nats-server when no ``nats_url`` is set, connect, ensure the stream.
+
+        With the embedded server, the operator's connection reconciles the schema (the
+        bootstrap step) and then each of ``services`` connects as its own bus user."""
         health = operator_health(settings)  # a bad rule tree stops the start, before any I/O
         git_callbacks.set_timeouts()  # libgit2's, process-wide by its design
         embedded: EmbeddedNats | None = None
         if not settings.nats_url:
-            embedded = EmbeddedNats(settings.data_dir / "nats", sync=settings.sync)
+            embedded = EmbeddedNats(settings.data_dir / nats_auth.EMBEDDED_DIR,
+                                    sync=settings.sync)
             settings = replace(settings, nats_url=await embedded.start())
         metrics = Metrics()
+        buses: dict[str, EventBus] = {}
+        bus: EventBus | None = None
         try:
             bus = await EventBus.connect(settings.nats_url, name=name,
                                          retention=settings.retention,
                                          replicas=settings.replicas, retry_for=None,
                                          on_published=metrics.event_published,
                                          tls_ca=settings.nats_ca)
+            for service in services:
+                if embedded is None:
+                    break  # an operator's server: one connection, as its URL's user
+                buses[service] = await EventBus.connect(
+                    embedded.url_for(service), name=f"{name}-{service}", retry_for=None,
+                    on_published=metrics.event_published, manage_schema=False)
         except BaseException:
+            for opened in [*buses.values(), *([bus] if bus is not None else [])]:
+                with contextlib.suppress(Exception):
+                    await opened.close()
             if embedded is not None:
                 await embedded.stop()
             raise
-        return cls(settings, bus, metrics=metrics, embedded=embedded, health=health)
+        return cls(settings, bus, metrics=metrics, embedded=embedded, health=health,
+                   buses=buses)
 
     @classmethod
     def around(cls, bus: EventBus, settings: Settings) -> Resources:
@@ -138,6 +175,9 @@ class Resources:
     async def close(self) -> None:
         await self.background.close()
         await self.kube.close()
+        for service_bus in self.buses.values() if self.owns_bus else ():
+            with contextlib.suppress(Exception):
+                await service_bus.close()
         if self.owns_bus:
             with contextlib.suppress(Exception):
                 await self.bus.close()

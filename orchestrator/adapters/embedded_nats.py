@@ -128,8 +128,9 @@ class EmbeddedNats:
     host: str = "127.0.0.1"
     port: int = 0
     process: asyncio.subprocess.Process | None = None
-    url: str = ""  # with the credentials in it: what clients connect to
+    url: str = ""  # with the operator's credentials in it: what clients connect to
     public_url: str = ""  # without them: for messages
+    credentials: nats_auth.BusCredentials | None = None
     sync: str = "always"  # see SYNC_POLICIES
     _drain: asyncio.Task[None] | None = None
     _lock_fd: int | None = None
@@ -189,8 +190,15 @@ class EmbeddedNats:
         self.port = port
         self.public_url = f"nats://{self.host}:{port}"
         self.url = nats_auth.with_credentials(self.public_url, creds.user, creds.password)
+        self.credentials = creds
         log.info("embedded_nats.ready", url=self.public_url, store=str(self.store_dir))
         return self.url
+
+    def url_for(self, service: str) -> str:
+        """The URL with ``service``'s own user (nats_permissions): once started."""
+        assert self.credentials is not None, "the server has not started"
+        creds = self.credentials.of(service)
+        return nats_auth.with_credentials(self.public_url, creds.user, creds.password)
 
     async def _drain_stderr(self, log_path: Path) -> None:
         assert self.process is not None and self.process.stderr is not None

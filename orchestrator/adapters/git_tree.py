@@ -10,13 +10,25 @@ nothing the next time.
 
 ``export_tree`` then writes defensively anyway: directories are created fresh (never an
 existing one), files with ``O_CREAT|O_EXCL|O_NOFOLLOW`` (never through a symlink), symlinks as
-symlinks (never followed), blobs in chunks from a size read off the object header (a blob over
-``MAX_BLOB_BYTES`` is refused before it is loaded), and the snapshot is ``0700``.
+symlinks (never followed), and the snapshot is ``0700``.
+
+Blobs: the size is read off the object header first, and a blob over the operator's limit
+(``--max-file-bytes``, 64 MiB by default) is refused before anything of it is loaded, naming
+the file, its size and the limit (``FileTooLargeError``: a ``render.failed``). libgit2 loads
+a blob whole (``Blob.data``; ``pygit2.BlobIO`` streams only the filtered output of a blob it
+has loaded), so a blob from ``STREAM_ABOVE`` up is written by ``git cat-file blob``, which
+streams a loose object, and a packed one stored whole (git packs blobs over
+``core.bigFileThreshold``, 512 MiB, undeltified), straight into the file this process opened
+(``O_EXCL|O_NOFOLLOW``): the memory of the process stays bounded whatever the file's size
+(``python -m benchmarks.blob_export``). Smaller blobs, and all of them where git is not
+installed, are read through libgit2 and written in chunks.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import threading
 from pathlib import Path
 
@@ -25,9 +37,11 @@ import pygit2
 from orchestrator.adapters.git_local import open_repo
 from orchestrator.domain.treepaths import entry_problem
 from orchestrator.errors import PermanentError
+from orchestrator.rendering.model import MAX_FILE_BYTES
 
-MAX_BLOB_BYTES = 64 << 20  # GitHub refuses files over 100 MB and warns from 50 MB
+MAX_BLOB_BYTES = MAX_FILE_BYTES  # the default of --max-file-bytes
 CHUNK = 1 << 20
+STREAM_ABOVE = 4 << 20  # blobs from this size are streamed by git instead of loaded
 _MODES = frozenset({pygit2.enums.FileMode.TREE, pygit2.enums.FileMode.BLOB,
                     pygit2.enums.FileMode.BLOB_EXECUTABLE, pygit2.enums.FileMode.LINK,
                     pygit2.enums.FileMode.COMMIT})
@@ -35,8 +49,19 @@ _local = threading.local()
 
 
 class UnsafeTreeError(PermanentError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="UnsafeTree")
+    def __init__(self, message: str, reason: str = "UnsafeTree") -> None:
+        super().__init__(message, reason=reason)
+
+
+class FileTooLargeError(UnsafeTreeError):
+    """A file over the operator's ``--max-file-bytes``."""
+
+    def __init__(self, shown: str, size: int, limit: int) -> None:
+        super().__init__(f"{shown!r}: {size} bytes, over the {limit}-byte limit of one file "
+                         "in a snapshot (the operator's --max-file-bytes)",
+                         reason="FileTooLarge")
+        self.size = size
+        self.limit = limit
 
 
 def _clean_trees() -> set[str]:
@@ -84,23 +109,47 @@ def unsafe_entry(path: str | Path, sha: str) -> str | None:
 
 
 def _write_blob(repo: pygit2.Repository, oid: pygit2.Oid, target: Path, mode: int,
-                shown: str) -> None:
+                shown: str, limit: int) -> None:
     _, size = repo.odb.read_header(oid)
-    if size > MAX_BLOB_BYTES:
-        raise UnsafeTreeError(f"{shown!r}: {size} bytes, over the {MAX_BLOB_BYTES}-byte cap "
-                              "of one file in a snapshot")
-    blob = repo.get(oid)
-    assert isinstance(blob, pygit2.Blob)
+    if size > limit:
+        raise FileTooLargeError(shown, size, limit)
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  mode)
     with os.fdopen(fd, "wb") as out:
+        if size >= STREAM_ABOVE and _stream_blob(repo, oid, out.fileno(), size, shown):
+            return
+        blob = repo.get(oid)
+        assert isinstance(blob, pygit2.Blob)
         data = memoryview(blob.data)  # one copy in memory, written in chunks
         for start in range(0, len(data), CHUNK):
             out.write(data[start:start + CHUNK])
 
 
-def export_tree(path: str | Path, sha: str, dest: Path) -> None:
-    """Write the commit's tree under ``dest`` (created, ``0700``); refuses an unsafe tree."""
+def _stream_blob(repo: pygit2.Repository, oid: pygit2.Oid, fd: int, size: int,
+                 shown: str) -> bool:
+    """Stream the blob into ``fd`` with ``git cat-file blob``; False where git is missing
+    (the caller reads it through libgit2 instead)."""
+    git = shutil.which("git")
+    if git is None:
+        return False
+    env = {"PATH": os.environ.get("PATH", ""), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": os.devnull, "HOME": os.devnull, "LC_ALL": "C"}
+    done = subprocess.run([git, "--git-dir", repo.path, "cat-file", "blob", str(oid)],
+                          stdout=fd, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+                          timeout=600, check=False)
+    written = os.fstat(fd).st_size
+    if done.returncode != 0 or written != size:
+        raise PermanentError(f"{shown!r}: git cat-file wrote {written} of {size} bytes: "
+                             f"{done.stderr.decode(errors='replace').strip()[:200]}",
+                             reason="ExportFailed")
+    return True
+
+
+def export_tree(path: str | Path, sha: str, dest: Path, *,
+                max_file_bytes: int | None = None) -> None:
+    """Write the commit's tree under ``dest`` (created, ``0700``); refuses an unsafe tree and
+    a file over ``max_file_bytes`` (default ``MAX_BLOB_BYTES``)."""
+    limit = MAX_BLOB_BYTES if max_file_bytes is None else max_file_bytes
     problem = unsafe_entry(path, sha)
     if problem is not None:
         raise UnsafeTreeError(f"commit {sha[:12]} holds {problem}")
@@ -133,6 +182,7 @@ def export_tree(path: str | Path, sha: str, dest: Path) -> None:
                 continue  # submodules are not fetched
             else:
                 executable = entry.filemode == pygit2.enums.FileMode.BLOB_EXECUTABLE
-                _write_blob(repo, entry.id, target, 0o700 if executable else 0o600, shown)
+                _write_blob(repo, entry.id, target, 0o700 if executable else 0o600, shown,
+                            limit)
 
     walk(root, dest, "")

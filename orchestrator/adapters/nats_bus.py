@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import structlog
@@ -44,6 +44,7 @@ from tenacity import (
 )
 
 from orchestrator import subjects
+from orchestrator.adapters import nats_permissions
 from orchestrator.adapters.nats_schema import (
     KV_BUCKETS,
     Reconciled,
@@ -89,6 +90,38 @@ def redact(url: str) -> str:
                                      + (f":{parts.port}" if parts.port else "")))
 
 
+def is_auth_error(exc: BaseException) -> bool:
+    """The server refused the credentials (nats-server's ``-ERR 'Authorization Violation'``,
+    or an expired/unknown user): retrying the same ones cannot help."""
+    text = str(exc).lower()
+    # not "Authentication Timeout": a slow client on a loaded host, worth another attempt
+    return isinstance(exc, nats.errors.AuthorizationError) or \
+        "authorization violation" in text or "authentication expired" in text \
+        or "authentication revoked" in text
+
+
+def url_user(url: str) -> str:
+    """The user a (comma-separated) server URL connects as ("" without one)."""
+    return unquote(urlsplit(server_list(url)[0]).username or "")
+
+
+def inbox_of(url: str) -> str:
+    """The inbox prefix a connection with ``url``'s user must use (``nats_permissions``)."""
+    return nats_permissions.inbox_prefix(url_user(url))
+
+
+def unauthorized(servers: Sequence[str]) -> PermanentError:
+    """The error for refused credentials: the servers and the user, never the password."""
+    users = sorted({unquote(urlsplit(s).username or "") for s in servers})
+    who = (f"user {', '.join(repr(u) for u in users)}" if any(users)
+           else "a connection without credentials")
+    shown = ", ".join(redact(s) for s in servers)
+    return PermanentError(
+        f"NATS at {shown} refused {who} (authorization violation): check the user and "
+        "password (CONVEYOR_NATS_USER / CONVEYOR_NATS_PASSWORD, or the data dir's "
+        "nats/credentials.json for the embedded server)", reason="NatsUnauthorized")
+
+
 @dataclass(frozen=True, slots=True)
 class Published:
     seq: int
@@ -129,7 +162,7 @@ class EventBus:
                       replicas: int | None = None,
                       retry_for: float | None = 0.0,
                       on_published: PublishObserver | None = None,
-                      tls_ca: str = "") -> EventBus:
+                      tls_ca: str = "", manage_schema: bool | None = None) -> EventBus:
         """Connect to ``url`` (comma-separated servers of one cluster) and reconcile the schema.
 
         Servers may carry ``user:password@`` (the embedded server's generated credentials,
@@ -137,12 +170,21 @@ class EventBus:
 
         ``retry_for``: how long an unreachable cluster is retried, with backoff and one log line
         per attempt (None: for ever, as a service does; 0: one attempt). Cancel to give up.
+        A server that refuses the user or password is not retried: that is a permanent
+        ``PermanentError`` (reason ``NatsUnauthorized``) naming the server and the user.
+
+        A service's bus user (``nats_permissions``) gets replies under its own inbox prefix
+        and, unless it manages the schema (``manage_schema``; by default the api's user and
+        users the table does not know do), waits for the streams instead of creating them.
         """
         connecting: list[str] = [""]  # while connecting: the last server's error
+        refused: list[str] = []  # this attempt's authorization errors
 
         async def on_error(exc: Exception) -> None:
             if connecting:  # each attempt's one line says what failed
                 connecting[0] = str(exc) or type(exc).__name__
+                if is_auth_error(exc):
+                    refused.append(str(exc))
             else:
                 log.warning("nats.error", error=str(exc))
 
@@ -157,8 +199,12 @@ class EventBus:
 
         servers = server_list(url)
         shown = ", ".join(redact(s) for s in servers)
+        user = unquote(urlsplit(servers[0]).username or "")
+        manage = nats_permissions.manages_schema(user) if manage_schema is None \
+            else manage_schema
         started = time.monotonic()
         for attempt in itertools.count(1):
+            refused.clear()
             try:
                 # one attempt = every server tried (nats-py retries the initial connect for
                 # ever with -1, unlogged and deaf to our backoff); once connected, reconnect
@@ -168,12 +214,15 @@ class EventBus:
                     reconnect_time_wait=0.5, connect_timeout=5, allow_reconnect=True,
                     error_cb=on_error, disconnected_cb=on_disconnect,
                     reconnected_cb=on_reconnect,
+                    inbox_prefix=nats_permissions.inbox_prefix(user),
                     **({"tls": ssl.create_default_context(cafile=tls_ca)} if tls_ca else {}),
                 )
                 nc.options["max_reconnect_attempts"] = -1
                 connecting.clear()
                 break
             except Exception as exc:
+                if refused or is_auth_error(exc):  # a wrong password stays wrong: fail fast
+                    raise unauthorized(servers) from None
                 delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (attempt - 1))
                 waited = time.monotonic() - started
                 if retry_for is not None and waited + delay > retry_for:
@@ -187,15 +236,28 @@ class EventBus:
         bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
         bus._closing = closing
         try:
-            await bus.ensure_schema(Schema(replicas=replicas, retention=retention))
+            for waiting in itertools.count(1):
+                try:
+                    await bus.ensure_schema(Schema(replicas=replicas, retention=retention),
+                                            manage=manage)
+                    break
+                except TransientError as exc:
+                    delay = min(CONNECT_BACKOFF_MAX, 0.5 * 2 ** (waiting - 1))
+                    if exc.reason != "SchemaMissing" or (
+                            retry_for is not None
+                            and time.monotonic() - started + delay > retry_for):
+                        raise
+                    log.warning("nats.schema_missing", servers=shown, error=str(exc),
+                                retry_in=delay)
+                    await asyncio.sleep(delay)  # the api creates it (cancellable)
         except BaseException:
             await bus.close()  # or the client reconnects for ever behind the error
             raise
         return bus
 
-    async def ensure_schema(self, schema: Schema) -> Reconciled:
+    async def ensure_schema(self, schema: Schema, *, manage: bool = True) -> Reconciled:
         """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
-        self.schema = await reconcile(self.js, schema)
+        self.schema = await reconcile(self.js, schema, manage=manage)
         for bucket in KV_BUCKETS:
             self._kv[bucket] = await self.js.key_value(bucket)
         self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)

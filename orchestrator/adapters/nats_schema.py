@@ -35,7 +35,7 @@ from nats.js import api as jsapi
 from nats.js.errors import APIError, NotFoundError
 
 from orchestrator import subjects
-from orchestrator.errors import PermanentError
+from orchestrator.errors import PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
 
@@ -93,22 +93,33 @@ def event_stream_config(schema: Schema, epoch: str) -> jsapi.StreamConfig:
     )
 
 
-async def reconcile(js: JetStreamContext, schema: Schema) -> Reconciled:
-    """Bring the stream, the KV buckets and the object store to ``schema``; the log's epoch."""
+async def reconcile(js: JetStreamContext, schema: Schema, *,
+                    manage: bool = True) -> Reconciled:
+    """Bring the stream, the KV buckets and the object store to ``schema``; the log's epoch.
+
+    ``manage`` False (a service whose bus user may not create or update streams,
+    ``nats_permissions``): only check that they exist (``TransientError`` reason
+    ``SchemaMissing`` otherwise: the api or ``conveyor up`` creates them) and leave their
+    config as it is."""
     replicas = schema.replicas
     stream = await _reconcile_stream(js, subjects.STREAM, schema,
-                                     create=partial(_create_events, js, schema))
+                                     create=partial(_create_events, js, schema),
+                                     manage=manage)
     epoch = (stream.metadata or {}).get(EPOCH_KEY, "")
+    if not epoch and not manage:
+        raise TransientError(f"{subjects.STREAM} has no epoch yet: the api (or `conveyor "
+                             "up`) gives it one", reason="SchemaMissing")
     if not epoch:  # a stream from before epochs: give it one (nothing else changes)
         epoch = new_epoch()
         stream = await _update(js, stream, {"metadata": {**(stream.metadata or {}),
                                                          EPOCH_KEY: epoch}})
     for bucket in KV_BUCKETS:
         await _reconcile_stream(js, kv_stream(bucket), Schema(replicas),
-                                create=partial(_create_kv, js, bucket, replicas or 1))
+                                create=partial(_create_kv, js, bucket, replicas or 1),
+                                manage=manage)
     await _reconcile_stream(js, obj_stream(subjects.BUNDLE_BUCKET), Schema(replicas),
                             create=partial(_create_obj, js, subjects.BUNDLE_BUCKET,
-                                           replicas or 1))
+                                           replicas or 1), manage=manage)
     return Reconciled(epoch=epoch, replicas=int(stream.num_replicas or 1))
 
 
@@ -149,11 +160,15 @@ def _normal(field: str, value: Any) -> Any:
 
 
 async def _reconcile_stream(js: JetStreamContext, name: str, schema: Schema, *,
-                            create: Callable[[], Awaitable[Any]]) -> jsapi.StreamConfig:
+                            create: Callable[[], Awaitable[Any]],
+                            manage: bool = True) -> jsapi.StreamConfig:
     for _ in range(3):  # another process may create it between our look and our create
         try:
             info = await js.stream_info(name)
         except NotFoundError:
+            if not manage:
+                raise TransientError(f"{name} does not exist yet: the api (or `conveyor up`) "
+                                     "creates it", reason="SchemaMissing") from None
             try:
                 await create()
             except APIError as exc:
@@ -171,6 +186,10 @@ async def _reconcile_stream(js: JetStreamContext, name: str, schema: Schema, *,
                 "be changed in place (back the data up and re-create the stream)",
                 reason="SchemaMismatch")
         changes = wanted_changes(config, schema)
+        if changes and not manage:
+            log.warning("schema.not_managed", resource=name, wanted=sorted(changes),
+                        hint="the api (or `conveyor up`) reconciles the schema")
+            return config
         return await _update(js, config, changes) if changes else config
     raise PermanentError(f"{name}: could not be created or read back", reason="SchemaMismatch")
 

@@ -27,7 +27,14 @@ import nats
 from nats.js.errors import NotFoundError, ObjectNotFoundError
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus, redact, server_list
+from orchestrator.adapters.nats_bus import (
+    EventBus,
+    inbox_of,
+    is_auth_error,
+    redact,
+    server_list,
+    unauthorized,
+)
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import decode_bundle
 from orchestrator.domain.diff import summarise
@@ -50,10 +57,19 @@ class Desired:
 async def from_nats(url: str, env: str) -> Desired:
     # Not EventBus.connect: that reconciles the stream's config (its retention) with defaults,
     # which a read-only command must never do. The bundle is read from the store directly.
+    refused: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        if is_auth_error(exc):
+            refused.append(exc)
+
     try:
         nc = await nats.connect(servers=server_list(url), name="conveyor-diff",
-                                connect_timeout=5, max_reconnect_attempts=3)
+                                connect_timeout=5, max_reconnect_attempts=3, error_cb=on_error,
+                                inbox_prefix=inbox_of(url))
     except Exception as exc:
+        if refused or is_auth_error(exc):
+            raise unauthorized(server_list(url)) from None
         shown = ", ".join(map(redact, server_list(url)))
         raise PermanentError(f"cannot connect to NATS at {shown}: {exc}",
                              reason="Unreachable") from None

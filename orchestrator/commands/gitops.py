@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 
+from orchestrator.adapters import nats_auth
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.errors import ConveyorError
 from orchestrator.gitops.forge import ForgeSettings
@@ -89,7 +90,8 @@ def _settings(args: argparse.Namespace, nats: str) -> Settings:
 
 async def _local(args: argparse.Namespace,
                  action: Callable[[GitOps], Awaitable[Result]]) -> int:
-    nats = args.nats or os.environ.get("CONVEYOR_NATS", "")
+    nats = nats_auth.resolve(args.nats or os.environ.get("CONVEYOR_NATS", ""), os.environ,
+                             data_dir=Path(args.data_dir))
     if not nats:
         print(f"conveyor {args.command}: --repo acts locally and needs --nats (or "
               "CONVEYOR_NATS) to record the event", file=sys.stderr)

@@ -24,10 +24,12 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -36,10 +38,19 @@ from nats.aio.msg import Msg
 from nats.js import api as jsapi
 
 from orchestrator import subjects
-from orchestrator.adapters.nats_bus import EventBus, redact, server_list
+from orchestrator.adapters import nats_auth
+from orchestrator.adapters.nats_bus import (
+    EventBus,
+    inbox_of,
+    is_auth_error,
+    redact,
+    server_list,
+    unauthorized,
+)
 from orchestrator.commands.client import _fail_unreachable, _headers
 from orchestrator.domain.events import Event
 from orchestrator.domain.state import Projection, project
+from orchestrator.errors import PermanentError
 from orchestrator.projector import (
     POSITION_KEY,
     Stored,
@@ -269,11 +280,20 @@ def _print(report: dict[str, Any], output: str) -> int:
 
 async def _direct(url: str) -> dict[str, Any]:
     # no EventBus.connect: that reconciles the stream's config (retention) with defaults
-    async def quiet(exc: Exception) -> None:  # the failure is reported once, by the caller
-        return None
+    refused: list[Exception] = []
 
-    nc = await nats.connect(servers=server_list(url), name="conveyor-replay", connect_timeout=5,
-                            allow_reconnect=False, error_cb=quiet)
+    async def quiet(exc: Exception) -> None:  # the failure is reported once, by the caller
+        if is_auth_error(exc):
+            refused.append(exc)
+
+    try:
+        nc = await nats.connect(servers=server_list(url), name="conveyor-replay",
+                                connect_timeout=5, allow_reconnect=False, error_cb=quiet,
+                                inbox_prefix=inbox_of(url))
+    except Exception as exc:
+        if refused or is_auth_error(exc):
+            raise unauthorized(server_list(url)) from None
+        raise
     try:
         bus = EventBus(nc, nc.jetstream(timeout=30))
         return (await replay(bus)).to_dict()
@@ -283,17 +303,19 @@ async def _direct(url: str) -> dict[str, Any]:
 
 async def replay_command(args: argparse.Namespace) -> int:
     if args.nats:
+        given = getattr(args, "data_dir", None)
+        url = nats_auth.resolve(args.nats, os.environ, data_dir=Path(given) if given else None)
         try:
-            report = await _direct(args.nats)
+            report = await _direct(url)
         except (OSError, nats.errors.NoServersError, nats.errors.TimeoutError) as exc:
             print(f"conveyor replay: cannot reach NATS at {redact(args.nats)}: {exc}",
                   file=sys.stderr)
             return 2
-        except ReplayError as exc:
+        except (ReplayError, PermanentError) as exc:  # PermanentError: credentials refused
             print(f"conveyor replay: {exc}", file=sys.stderr)
             return 2
         except nats.js.errors.NotFoundError as exc:  # no stream or no state bucket there
-            print(f"conveyor replay: no Conveyor log or state at {args.nats} ({exc})",
+            print(f"conveyor replay: no Conveyor log or state at {redact(args.nats)} ({exc})",
                   file=sys.stderr)
             return 2
         return _print(report, args.output)

@@ -28,6 +28,7 @@ import hashlib
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import structlog
@@ -138,7 +139,9 @@ class Previewer:
         snapshot = Path(tempfile.mkdtemp(prefix="conveyor-preview-"))
         try:
             if envs:
-                await asyncio.to_thread(git_tree.export_tree, path, head, snapshot / "tree")
+                await asyncio.to_thread(partial(
+                    git_tree.export_tree, path, head, snapshot / "tree",
+                    max_file_bytes=self.settings.render_tools.max_file_bytes))
             for env in envs:
                 running, objects = await self._running(env.name)
                 try:

@@ -53,6 +53,9 @@ class RenderLimits:
 OUTPUT_FACTOR = 32
 
 
+MAX_FILE_BYTES = 64 << 20  # GitHub refuses files over 100 MB and warns from 50 MB
+
+
 @dataclass(frozen=True, slots=True)
 class RenderTools:
     """What only the operator chooses for a render (flags of ``conveyor up|run|render``, never
@@ -69,6 +72,8 @@ class RenderTools:
     kustomize_binary: str | None = None
     helm_binary: str | None = None
     remote_base_hosts: tuple[str, ...] = ()
+    # the largest file a snapshot holds (--max-file-bytes): a bigger one fails the render
+    max_file_bytes: int = MAX_FILE_BYTES
 
     def allows_remote(self, host: str | None) -> bool:
         if host is None:

@@ -69,6 +69,14 @@ def operator_tools(tools: RenderTools) -> str:
             f";remote={','.join(sorted(tools.remote_base_hosts))}")
 
 
+CACHE_PREFIX = "render."  # its entries in conveyor-state: the renderer's bus user writes only these
+
+
+def cache_entry(key: str) -> str:
+    """The conveyor-state key of a render key's entry (``render.rk-…``)."""
+    return CACHE_PREFIX + key
+
+
 def render_key(repo_path: str, sha: str, env_path: str, settings: Mapping[str, Any],
                tools: RenderTools | None = None) -> tuple[str, list[str]]:
     """The cache key of rendering ``env_path`` at ``sha``, and the paths it covers. Blocking."""

@@ -15,6 +15,7 @@ import shutil
 import time
 from collections import OrderedDict
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
 from services.renderer.batch import RenderBatcher
-from services.renderer.cache import render_key
+from services.renderer.cache import cache_entry, render_key
 
 log = structlog.get_logger(__name__)
 SOURCE = "conveyor/renderer"
@@ -52,8 +53,9 @@ LANES_PER_SLOT = 32
 class Snapshots:
     """Commit trees exported to disk, shared by every environment rendering that commit."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_file_bytes: int | None = None) -> None:
         self.root = root
+        self.max_file_bytes = max_file_bytes
         self._ready: OrderedDict[str, Path] = OrderedDict()
         self._locks: dict[str, asyncio.Lock] = {}
         shutil.rmtree(root, ignore_errors=True)  # leftovers of a previous run are not trusted
@@ -68,7 +70,8 @@ class Snapshots:
                 return self._ready[sha]
             dest = self.root / sha
             shutil.rmtree(dest, ignore_errors=True)
-            await asyncio.to_thread(git_tree.export_tree, repo_path, sha, dest)
+            await asyncio.to_thread(partial(git_tree.export_tree, repo_path, sha, dest,
+                                            max_file_bytes=self.max_file_bytes))
             self._ready[sha] = dest
             while len(self._ready) > SNAPSHOTS_KEPT:
                 old_sha, old = self._ready.popitem(last=False)
@@ -82,7 +85,8 @@ class Renderer:
         self.resources = resources
         self.bus = resources.bus
         self.settings = settings = resources.settings
-        self.snapshots = Snapshots(settings.data_dir / "snapshots")
+        self.snapshots = Snapshots(settings.data_dir / "snapshots",
+                                   settings.render_tools.max_file_bytes)
         self._consumer: Consumer | None = None
         self.batcher: RenderBatcher | None = None
 
@@ -154,7 +158,7 @@ class Renderer:
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)
             if key is not None:
-                await self.bus.kv_put(subjects.STATE_BUCKET, key, {
+                await self.bus.kv_put(subjects.STATE_BUCKET, cache_entry(key), {
                     "digest": digest, "objects": len(result.manifests),
                     "renderer": result.renderer, "tool_version": result.tool_version})
         except ManifestError as exc:
@@ -206,7 +210,7 @@ class Renderer:
     async def _cached(self, key: str | None) -> dict[str, Any] | None:
         if key is None:
             return None
-        found = await self.bus.kv_get(subjects.STATE_BUCKET, key)
+        found = await self.bus.kv_get(subjects.STATE_BUCKET, cache_entry(key))
         if found is None or not await self.bus.has_bundle(str(found[0].get("digest"))):
             return None
         return {k: found[0][k] for k in ("digest", "objects", "renderer", "tool_version")

@@ -179,3 +179,52 @@ async def test_crafted_commit_is_rejected_naming_the_path(repo: Repo, nats_serve
         assert list(outside.iterdir()) == []
         await next_good_commit_deploys(conveyor, bus, repo)
     assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("streamed", [True, False])
+def test_a_big_blob_is_streamed_by_git_or_read_in_chunks(repo: Repo, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch,
+                                                         streamed: bool) -> None:
+    """From STREAM_ABOVE up, ``git cat-file`` writes the blob into the opened file (libgit2
+    would load it whole); without git it is read through libgit2. Both give the same bytes."""
+    import shutil
+
+    monkeypatch.setattr(git_tree, "STREAM_ABOVE", 1000)
+    if not streamed:
+        monkeypatch.setattr(git_tree.shutil, "which", lambda _name: None)
+    elif shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    data = os.urandom(100_000)
+    repo.commit({**good_files(), "data.bin": data}, "initial")
+    head = repo.head()
+    assert head is not None
+    git_tree.export_tree(repo.path, head, tmp_path / "snap")
+    out = tmp_path / "snap" / "data.bin"
+    assert out.read_bytes() == data
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+async def test_a_file_over_the_operators_limit_fails_the_render_naming_it(
+        repo: Repo, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path) -> None:
+    from dataclasses import replace as with_
+
+    from orchestrator.rendering.model import RenderTools
+
+    first = repo.commit(good_files("v1"), "initial")
+    settings = with_(settings_for(repo, nats_server, tmp_path / "data"),
+                     render_tools=RenderTools(max_file_bytes=4096))
+    async with running(settings) as conveyor:
+        await wait_for_events(bus, finished(first, {"app"}))
+        big = repo.commit({**good_files("v2"), "app/huge.json": "[" + "0," * 3000 + "0]"},
+                          "a file over the limit")
+        await poll(conveyor)
+        events = await wait_for_events(bus, finished(big, {"app"}))
+        assert of(events, big, "app")[-1] == ev.RENDER_FAILED
+        failed = next(e for e in events if e.type == ev.RENDER_FAILED
+                      and e.correlationid == big)
+        assert failed.data["reason"] == "FileTooLarge"
+        error = " ".join(failed.data["errors"])
+        assert "'app/huge.json': 6003 bytes, over the 4096-byte limit" in error
+        assert "--max-file-bytes" in error
+        repo.commit({"app/huge.json": None}, "without it")  # gone: the next one deploys
+        await next_good_commit_deploys(conveyor, bus, repo)
