@@ -31,6 +31,7 @@ import itertools
 import json
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -78,6 +79,8 @@ UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
 NOT_DONE = (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
             nats.js.errors.ServiceUnavailableError)  # surely not applied: a CAS may retry
 PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
+LAST_EVENTS_KEPT = 256  # subjects whose newest event stays decoded (last_event)
+BUNDLES_KEPT_BYTES = 16 << 20  # bundles kept in memory per connection (get_bundle)
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
@@ -177,6 +180,14 @@ class EventBus:
         self._closing: list[bool] = []
         self.schema = Reconciled(epoch="", replicas=1)
         self.durables: set[str] = set()  # this process's durable consumers (readiness)
+        # the newest event read per subject: a reader that asks again (the notifier and the
+        # auto-promoter read the config in force for each event) decodes it once per change
+        self._last: dict[str, StoredEvent] = {}
+        # bundles this connection stored or read, by digest (content-addressed: a digest's
+        # bytes never change), so the applier of this process does not read back what its
+        # renderer just wrote; bounded by BUNDLES_KEPT_BYTES
+        self._bundles: OrderedDict[str, bytes] = OrderedDict()
+        self._bundle_bytes = 0
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
@@ -319,8 +330,11 @@ class EventBus:
         subject = subjects.event_subject(event.subject, event.type)
         # what the server accepts (1 MiB by default), less room for the subject and headers:
         # an oversized event is cut to fit rather than stall its stage forever
-        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
+        limit = max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM)
         payload = event.to_json()
+        if len(payload) > limit:
+            event = fit(event, limit)
+            payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
         ack = await self._retrying(lambda: self.data.publish(
             subject, payload, headers=headers, stream=subjects.STREAM))
@@ -331,6 +345,10 @@ class EventBus:
     async def _retrying(self, call: Callable[[], Awaitable[T]],
                         unanswered: tuple[type[BaseException], ...] = UNANSWERED) -> T:
         """``call()``, again while the servers do not answer (module doc), then its error."""
+        try:  # the common case without a retry loop's set-up (a fleet makes thousands of calls)
+            return await call()
+        except unanswered:
+            pass
         async for attempt in AsyncRetrying(
             retry=retry_if_exception_type(unanswered),
             wait=wait_exponential(multiplier=0.1, max=RETRY_WAIT_MAX),
@@ -351,7 +369,14 @@ class EventBus:
         except NotFoundError:
             return None
         assert raw.data is not None and raw.seq is not None
-        return StoredEvent(raw.seq, Event.from_json(raw.data))
+        known = self._last.get(subject)
+        if known is not None and known.seq == raw.seq:
+            return known
+        stored = StoredEvent(raw.seq, Event.from_json(raw.data))
+        if len(self._last) >= LAST_EVENTS_KEPT:
+            self._last.clear()
+        self._last[subject] = stored
+        return stored
 
     async def get_event(self, seq: int) -> StoredEvent | None:
         try:
@@ -489,17 +514,34 @@ class EventBus:
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
             info = await self._retrying(lambda: store.get_info(name))
             if info is not None and not info.deleted:
+                self._keep_bundle(digest, payload)
                 return  # stored once per digest
         await self._retrying(lambda: store.put(name, payload))  # same name, same bytes
+        self._keep_bundle(digest, payload)
 
     async def get_bundle(self, digest: str) -> bytes | None:
         assert self._obj is not None
+        kept = self._bundles.get(digest)
+        if kept is not None:
+            self._bundles.move_to_end(digest)
+            return kept
         try:
             store = self._obj
             result = await self._retrying(lambda: store.get(digest.replace(":", "-")))
         except (ObjectNotFoundError, NotFoundError):
             return None
-        return bytes(result.data or b"")
+        payload = bytes(result.data or b"")
+        self._keep_bundle(digest, payload)
+        return payload
+
+    def _keep_bundle(self, digest: str, payload: bytes) -> None:
+        if len(payload) > BUNDLES_KEPT_BYTES // 8 or digest in self._bundles:
+            return
+        self._bundles[digest] = payload
+        self._bundle_bytes += len(payload)
+        while self._bundle_bytes > BUNDLES_KEPT_BYTES:
+            _, old = self._bundles.popitem(last=False)
+            self._bundle_bytes -= len(old)
 
     async def has_bundle(self, digest: str) -> bool:
         assert self._obj is not None
