@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from typing import Any
 
 import nats
@@ -67,6 +68,7 @@ EPOCH_KEY = "log.epoch"  # the epoch of the log the projection is folded from (n
 PROJECTION_PREFIXES = (ENV_PREFIX, HISTORY_PREFIX, COMMIT_PREFIX)
 WRITE_RETRY_FOR = 120.0
 ACK_WAIT = 5.0
+COMMITS_KEPT = 64
 
 Stored = dict[str, Any]  # key -> JSON value
 
@@ -137,6 +139,9 @@ class Projector:
         # that is exactly at ``position`` (``conveyor replay`` does)
         self.folding = asyncio.Lock()
         self._consumer: Consumer | None = None
+        # the newest commits' records, as written (a burst's commit.detected events each update
+        # one): saves a read per event; bounded, so an old commit is read from the bucket again
+        self._commits: OrderedDict[str, dict[str, Any]] = OrderedDict()
 
     async def load(self) -> None:
         stored = await dump_bucket(self.bus, self.bucket)
@@ -232,6 +237,24 @@ class Projector:
                 found = await self.bus.kv_get(self.bucket, key)
         return found[0] if found else None
 
+    async def _commit(self, sha: str) -> dict[str, Any]:
+        """The stored record of a commit: from the recent ones this projector wrote, else read.
+        (One projector writes the bucket, so what it wrote last is what is stored.)"""
+        known = self._commits.get(sha)
+        if known is not None:
+            self._commits.move_to_end(sha)
+            return known
+        found = await self._get(COMMIT_PREFIX + sha) or {}
+        if found:
+            self._remember_commit(sha, found)
+        return dict(found)
+
+    def _remember_commit(self, sha: str, record: dict[str, Any]) -> None:
+        self._commits[sha] = record
+        self._commits.move_to_end(sha)
+        while len(self._commits) > COMMITS_KEPT:
+            self._commits.popitem(last=False)
+
     async def handle(self, delivery: Delivery) -> Outcome:
         async with self.folding:
             await self._fold(delivery)
@@ -246,14 +269,21 @@ class Projector:
         if event.subject != ev.NO_ENV:
             commit: dict[str, Any] = {}
             if detects_commit(event):
-                commit = await self._get(COMMIT_PREFIX + event.correlationid) or {}
+                commit = await self._commit(event.correlationid)
             before = Records(self.envs.get(event.subject) or EnvState(name=event.subject),
                              self.history.get(event.subject) or EnvHistory(),
                              tuple(commit.get("envs") or ()), int(commit.get("seq") or 0))
             after, plan = writes(before, event, seq)
+            # the records are independent (each carries its own sequence): written at once,
+            # and only ``position`` waits for all of them (a fleet's rollout is ~5 events per
+            # environment, so round trips per event are what the projection's lag is made of)
+            async with asyncio.TaskGroup() as group:
+                for key, value in plan:
+                    group.create_task(self._put(key, value))
             for key, value in plan:
-                await self._put(key, value)
-                if key.startswith(HISTORY_PREFIX):
+                if key.startswith(COMMIT_PREFIX):
+                    self._remember_commit(key.removeprefix(COMMIT_PREFIX), value)
+                elif key.startswith(HISTORY_PREFIX):
                     self.history[event.subject] = after.history
                 elif key.startswith(ENV_PREFIX):
                     self.envs.pop(event.subject, None)  # to the end: see ``changed_since``
