@@ -15,9 +15,20 @@ Each run, on a fresh two-environment repository (plain YAML, git targets ``deplo
 4. wait (bounded) for every detected commit to reach its outcome, and replay once more.
 
 It prints, over all runs: runs, commits, commits without a terminal event, commits with more
-than one, replay mismatches, and duplicate deliveries to the listener (a repeated CloudEvent
-``id``; "unexplained" when no SIGKILL of the sender fell between the two POSTs: a sender
-killed after the listener answered but before it recorded the delivery must send again).
+than one, replay mismatches, and what the listener received more than once:
+
+- *unrecognisable duplicates*: one fact (type, environment, commit, cause) under two CloudEvent
+  ids, which no receiver can tell apart from two facts: must be 0;
+- *same-id redeliveries*: an id posted again. Each must carry ``X-Conveyor-Redelivery`` (the
+  notifier knew an earlier attempt may have arrived: "unflagged" counts those that did not) and
+  have a SIGKILL of the sender between the two POSTs ("unexplained" counts those that did not):
+  a sender killed after the listener answered but before it recorded the delivery must send
+  again, and says so. Both must be 0; the redeliveries themselves are as rare as the window
+  between the listener's answer and the record (a few ms per notification).
+
+A run with any repeated POST keeps its directory, with ``receiver.jsonl`` (every POST: id,
+type, subject, redelivery header, time) beside the services' logs (``notify.recorded`` /
+``notify.resending`` lines), to see where the kill fell.
 """
 
 from __future__ import annotations
@@ -82,8 +93,10 @@ class RunResult:
     without_terminal: list[str] = field(default_factory=list)  # "sha7:env: chain"
     more_than_one: list[str] = field(default_factory=list)
     replay_mismatches: list[str] = field(default_factory=list)  # replay outputs that differed
-    duplicates: int = 0
-    unexplained_duplicates: int = 0
+    duplicates: int = 0  # same-id redeliveries
+    unexplained_duplicates: int = 0  # ... with no kill of the sender between the two POSTs
+    unflagged_duplicates: int = 0  # ... without X-Conveyor-Redelivery
+    unrecognisable_duplicates: int = 0  # one fact under two ids
     missing_notifications: int = 0  # outcomes the listener never received
     linger: float = 0.0  # seconds from the newest commit's apply to the last outcome
     error: str = ""  # the run itself failed (Conveyor did not start, or restart...)
@@ -97,8 +110,10 @@ class Totals:
     commits_without_terminal_event: int = 0
     commits_with_several_terminal_events: int = 0
     replay_mismatches: int = 0
-    duplicate_deliveries: int = 0
+    unrecognisable_duplicate_deliveries: int = 0
+    same_id_redeliveries: int = 0
     unexplained_duplicate_deliveries: int = 0
+    unflagged_redeliveries: int = 0
     missing_notifications: int = 0
     longest_linger_seconds: float = 0.0
     runs_that_failed: int = 0
@@ -109,8 +124,10 @@ class Totals:
         self.commits_without_terminal_event += len(r.without_terminal)
         self.commits_with_several_terminal_events += len(r.more_than_one)
         self.replay_mismatches += len(r.replay_mismatches)
-        self.duplicate_deliveries += r.duplicates
+        self.unrecognisable_duplicate_deliveries += r.unrecognisable_duplicates
+        self.same_id_redeliveries += r.duplicates
         self.unexplained_duplicate_deliveries += r.unexplained_duplicates
+        self.unflagged_redeliveries += r.unflagged_duplicates
         self.missing_notifications += r.missing_notifications
         self.longest_linger_seconds = max(self.longest_linger_seconds, r.linger)
         self.runs_that_failed += bool(r.error)
@@ -336,11 +353,24 @@ async def one_run(n: int, mode: str, rng: random.Random, root: Path) -> RunResul
         result.unexplained_duplicates = sum(
             n - 1 for n in receiver.unexplained_duplicates(system.kills,
                                                            system.notifier).values())
+        result.unflagged_duplicates = sum(receiver.unflagged_repeats().values())
+        result.unrecognisable_duplicates = sum(n - 1 for n in receiver.unrecognisable().values())
+        if result.duplicates or result.unrecognisable_duplicates:
+            receiver.dump(root / "receiver.jsonl")
+            (root / "kills.json").write_text(json.dumps(
+                [{"at": round(at, 4), "name": name} for at, name in system.kills]))
     finally:
         await system.stop()
         await receiver.stop()
     result.seconds = round(time.monotonic() - started, 1)
     return result
+
+
+def problem(r: RunResult) -> bool:
+    """A broken promise (a same-id redelivery after a kill of its sender, flagged, is not)."""
+    return bool(r.without_terminal or r.more_than_one or r.replay_mismatches
+                or r.unexplained_duplicates or r.unflagged_duplicates
+                or r.unrecognisable_duplicates or r.missing_notifications or r.error)
 
 
 async def soak(runs: int, mode: str, seed: int, workdir: Path, *, keep: bool = False,
@@ -356,13 +386,12 @@ async def soak(runs: int, mode: str, seed: int, workdir: Path, *, keep: bool = F
             result = RunResult(n, mode, "?", 0.0, 0, error=f"{type(exc).__name__}: {exc}")
         totals.add(result)
         results.append(result)
-        bad = result.without_terminal or result.more_than_one or result.replay_mismatches \
-            or result.unexplained_duplicates or result.missing_notifications or result.error
+        bad = problem(result)
         echo(f"[{mode} {n}/{runs}] killed {result.killed} at {result.killed_after}s: "
              f"{'PROBLEM ' + json.dumps(asdict(result)) if bad else 'ok'} "
              f"(outcomes done {result.linger}s after the newest was applied; "
              f"run {result.seconds}s)")
-        if not bad and not keep:
+        if not bad and not result.duplicates and not keep:
             shutil.rmtree(root, ignore_errors=True)
     return totals, results
 
@@ -382,7 +411,7 @@ def main() -> int:
         print(f"{mode}: " + ", ".join(f"{k.replace('_', ' ')}: {v}"
                                       for k, v in asdict(totals).items()))
         failed = failed or any(v for k, v in asdict(totals).items() if k not in (
-            "runs", "commits", "duplicate_deliveries", "longest_linger_seconds"))
+            "runs", "commits", "same_id_redeliveries", "longest_linger_seconds"))
     return 1 if failed else 0
 
 

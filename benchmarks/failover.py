@@ -8,8 +8,11 @@ Run from the tree root: ``python -m benchmarks.failover [--kills 5] [--events 20
 2. Kill -> converged: the services run as ``conveyor run`` processes against the cluster with
    ``--replicas 3`` (sync always, as k8s/base); per round a burst of commits is pushed, the
    ``CONVEYOR`` stream's leader is SIGKILLed at once, and the clock stops when every
-   (commit, environment) pair of the burst has its outcome. The killed server is restarted
-   (and caught up) before the next round.
+   (commit, environment) pair of the burst has its outcome: at the server's own timestamp of
+   the last of those outcomes (when the stream stored it), beside the moment this observer
+   read it (its reader is caught by the kill too). Also printed: when the stream took a write
+   again (a probe publishing every 50 ms), i.e. the servers' election, which Conveyor cannot
+   shorten. The killed server is restarted (and caught up) before the next round.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from orchestrator.domain.events import new_event
 from tests.support.cluster import NatsCluster
 from tests.support.crash import ServiceProcess
 from tests.support.repos import Repo
-from tests.test_crash import ENVS, Quiescence, burst, follow, initial
+from tests.test_crash import ENVS, TERMINAL, Quiescence, burst, follow, initial
 from tests.test_failover import start_services
 
 
@@ -53,6 +56,22 @@ async def throughput(root: Path, sync: str, replicas: int, events: int) -> float
         await cluster.stop()
 
 
+async def writable_after(bus: EventBus, since: float, stop: asyncio.Event) -> float | None:
+    """Seconds from ``since`` (wall clock) to the first publish the stream took after it."""
+    n = 0
+    while not stop.is_set():
+        n += 1
+        with contextlib.suppress(Exception):
+            await bus.data.publish(
+                "conveyor.events._.probe.beat",
+                new_event("conveyor.probe.beat", env="_", key=f"{since}:{n}", data={}).to_json(),
+                stream=subjects.STREAM)
+            if time.time() > since:
+                return time.time() - since
+        await asyncio.sleep(0.05)
+    return None
+
+
 async def kill_rounds(root: Path, kills: int) -> list[float]:
     rng = random.Random(5)
     repo = Repo(root / "repo")
@@ -69,13 +88,31 @@ async def kill_rounds(root: Path, kills: int) -> list[float]:
             for n in range(kills):
                 made = await burst(repo, 8, seconds=0.0, rng=rng)
                 leader = await cluster.stream_leader(subjects.STREAM)
+                probe = await EventBus.connect(",".join(
+                    node.url for node in cluster.nodes if node is not leader),
+                    name="bench-probe", retry_for=30)
                 await cluster.kill(leader)
-                killed = time.monotonic()
-                await follow(bus, Quiescence({(sha, e) for sha, touched in made
-                                              for e in touched}), 180)
-                figures.append(time.monotonic() - killed)
+                killed, killed_wall = time.monotonic(), time.time()
+                stop = asyncio.Event()
+                writable = asyncio.create_task(writable_after(probe, killed_wall, stop))
+                pairs = {(sha, e) for sha, touched in made for e in touched}
+                seen = await follow(bus, Quiescence(pairs), 180)
+                observed = time.monotonic() - killed
+                stop.set()
+                elected = await writable
+                await probe.close()
+                first: dict[tuple[str, str], int] = {}
+                for seq, e in seen:
+                    pair = (e.correlationid, e.subject)
+                    if e.type in TERMINAL and pair in pairs:
+                        first.setdefault(pair, seq)
+                raw = await bus.js.get_msg(subjects.STREAM, seq=max(first.values()))
+                assert raw.time is not None
+                figures.append(raw.time.timestamp() - killed_wall)
                 print(f"  kill {n + 1}: {leader.name} (stream leader) -> converged in "
-                      f"{figures[-1]:.1f}s")
+                      f"{figures[-1]:.1f}s (stream writable again after "
+                      f"{elected if elected is None else round(elected, 1)}s; "
+                      f"observer read it at {observed:.1f}s)")
                 await cluster.start_node(leader)
                 await cluster.wait_healthy()
         finally:

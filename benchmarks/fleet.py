@@ -10,8 +10,9 @@ nats-server, git targets), and prints in one run:
 3. one commit to the shared base: from the watcher's poll to every environment applied;
 4. an unrelated commit (README only): how many environments it announces (0 is right);
 5. peak RSS of this process and of the nats-server;
-6. with ``--dashboard``: the dashboard's first paint of every card in headless Chromium, and a
-   second base commit rolled out with the dashboard open (its cost to the rollout, in %).
+6. with ``--dashboard``: the dashboard's first card and every card painted in headless
+   Chromium (from navigation), and a second base commit rolled out with the dashboard open
+   (its cost to the rollout, in %).
 
 ``--profile FILE`` writes a cProfile of phase 3 (``python -m pstats FILE`` reads it) and prints
 its top functions by cumulative time.
@@ -75,8 +76,9 @@ def kubectl_floor(repo: Path, n: int) -> float:
 
 
 async def dashboard_phase(url: str, n: int, repo: Repo, watcher: GitWatcher,
-                          all_applied: Callable[[str], Awaitable[None]]) -> tuple[float, float]:
-    """First paint of every card, then a base commit rolled out while the page is open."""
+                          all_applied: Callable[[str], Awaitable[None]],
+                          ) -> tuple[float, float, float]:
+    """First card, then every card painted; then a base commit rolled out with the page open."""
     from playwright.async_api import async_playwright  # optional: only this phase needs it
 
     from tests.test_dashboard import CHROMIUM, CHROMIUM_ARGS
@@ -87,13 +89,15 @@ async def dashboard_phase(url: str, n: int, repo: Repo, watcher: GitWatcher,
             page = await browser.new_page()
             start = time.perf_counter()
             await page.goto(f"{url}/#/")
+            await page.locator("#env-cards li.card").first.wait_for(timeout=120_000)
+            first = time.perf_counter() - start
             await page.locator("#env-cards li.card").nth(n - 1).wait_for(timeout=120_000)
             paint = time.perf_counter() - start
             sha = repo.commit(base("1.2"), "base image 1.2, dashboard open")
             t0 = time.perf_counter()
             await watcher.poll()
             await all_applied(sha)
-            return paint, time.perf_counter() - t0
+            return first, paint, time.perf_counter() - t0
         finally:
             await browser.close()
 
@@ -147,17 +151,26 @@ async def run(n: int, profile: str | None, dashboard: bool) -> None:
         t0 = time.perf_counter()
         if profiler is not None:
             profiler.enable()
+        renderer = conveyor.service("renderer")
+        batches_before = renderer.batcher.batches  # type: ignore[attr-defined]
         await watcher.poll()
         await all_applied(sha)
         t_base = time.perf_counter() - t0
+        base_batches = renderer.batcher.batches - batches_before  # type: ignore[attr-defined]
+        # not part of "applied": how long after it the api's projection has folded the log
+        projector = conveyor.service("api").projector  # type: ignore[attr-defined]
+        end = await conveyor.bus.last_seq()
+        while projector.position < end:
+            await asyncio.sleep(0.1)
+        t_projected = time.perf_counter() - t0
         if profiler is not None:
             profiler.disable()
             profiler.dump_stats(profile)
 
-        paint = with_browser = None
+        first_card = paint = with_browser = None
         if dashboard:
             api = conveyor.service("api")
-            paint, with_browser = await dashboard_phase(
+            first_card, paint, with_browser = await dashboard_phase(
                 api.url, n, repo, watcher, all_applied)  # type: ignore[attr-defined]
 
         readme = repo.commit({"README.md": "fleet, documented\n"}, "docs only")
@@ -173,11 +186,14 @@ async def run(n: int, profile: str | None, dashboard: bool) -> None:
     print(f"cold start, all applied:                           {cold:7.2f} s")
     print(f"one commit to the shared base, all applied:        {t_base:7.2f} s"
           f"  ({t_base / floor:.2f}x the floor)")
+    print(f"  renders of that commit sent to the tool in:      {base_batches} batches")
+    print(f"  the api's projection folded it all after:        {t_projected:7.2f} s")
     print(f"README-only commit, environments announced:        {unrelated}")
     print(f"peak RSS: conveyor {rss_self / 1024:.0f} MB + nats-server {rss_nats / 1024:.0f} MB"
           f" = {(rss_self + rss_nats) / 1024:.0f} MB")
-    if paint is not None and with_browser is not None:
-        print(f"dashboard first paint of {n} cards (Chromium):       {paint:7.2f} s")
+    if first_card is not None and paint is not None and with_browser is not None:
+        print(f"dashboard first card painted (Chromium):           {first_card:7.2f} s")
+        print(f"dashboard all {n} cards painted (Chromium):        {paint:7.2f} s")
         print(f"base commit with the dashboard open, all applied:  {with_browser:7.2f} s"
               f"  ({(with_browser / t_base - 1) * 100:+.1f}% vs closed)")
     if profile:

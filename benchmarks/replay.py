@@ -10,7 +10,7 @@ One nats-server, one run:
 3. baseline: a raw nats-py ordered push consumer reads the whole stream (bytes only, then
    again with ``json.loads`` of every payload: Python's parsing floor);
 4. ``conveyor replay``'s code path (``orchestrator.commands.replay.replay``): consistent snapshot,
-   read + decode every event, fold, write the fresh bucket, read it back, compare, delete.
+   read + decode every event, fold in memory, compare with the live records.
 
 The figure is events per second of the full replay and its ratio to the raw read.
 """

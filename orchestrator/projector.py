@@ -30,6 +30,10 @@ exact on a running system (it compares the records with a fold of ``1..position`
   from the stream at ``position + 1``, before anything can read the projection; the
   redelivery then finds it at or below ``position`` and only acks it.
 
+A restart folds from where the stored projection is: ``position`` N and the records are the
+snapshot, loaded at start; the durable consumer resumes at its ack floor, and one made anew
+starts at N + 1 (``tests/test_projector_restart.py`` counts the events a restart folds).
+
 The projector consumes in stream order on one lane. A failed KV write is retried inside the
 handler rather than nak'ed: a nak would let later events overtake this one, and the
 per-record rule would then drop it. Blocking the lane is the correct back-pressure here.
@@ -48,7 +52,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
-from orchestrator.domain.events import Event
+from orchestrator.domain.events import Event, loads
 from orchestrator.domain.history import EnvHistory
 from orchestrator.domain.state import EnvState, Projection, Records, fold_records
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Outcome
@@ -105,7 +109,7 @@ def records(projection: Projection) -> Stored:
 async def dump_bucket(bus: EventBus, bucket: str) -> Stored:
     """The projection keys of a bucket and their values (one ordered read of the bucket)."""
     raw = await bus.kv_snapshot(bucket)
-    return {key: json.loads(value) for key, value in raw.items()
+    return {key: loads(value) for key, value in raw.items()
             if value and is_projection_key(key)}
 
 
@@ -149,15 +153,30 @@ class Projector:
             stored = {}
         if folded_from is None or folded_from[0] != self.bus.epoch:
             await self._put(EPOCH_KEY, self.bus.epoch)
+        states = [EnvState.from_dict(v) for k, v in stored.items() if k.startswith(ENV_PREFIX)]
+        for state in sorted(states, key=lambda s: s.last_seq):  # see ``changed_since``
+            self.envs[state.name] = state
         for key, value in stored.items():
-            if key.startswith(ENV_PREFIX):
-                self.envs[key.removeprefix(ENV_PREFIX)] = EnvState.from_dict(value)
-            elif key.startswith(HISTORY_PREFIX):
+            if key.startswith(HISTORY_PREFIX):
                 self.history[key.removeprefix(HISTORY_PREFIX)] = EnvHistory.from_dict(value)
             elif key == POSITION_KEY:
                 self.position = int(value.get("seq") or 0)
         self._ahead = max((record_seq(v) for k, v in stored.items() if k != POSITION_KEY),
                           default=0)
+
+    def changed_since(self, seq: int) -> list[EnvState]:
+        """The environments whose state changed after sequence ``seq``, newest change first.
+
+        ``envs`` is kept in the order of the states' ``last_seq`` (loaded sorted, and a state
+        that changes moves to the end), so this reads only the changed ones: a dashboard's
+        stream asks it after every event folded, at any fleet size."""
+        out: list[EnvState] = []
+        for name in reversed(self.envs):
+            state = self.envs[name]
+            if state.last_seq <= seq:
+                break
+            out.append(state)
+        return out
 
     async def complete_cut_short(self) -> int:
         """Fold again the events a crash left half-written (records past ``position``).
@@ -187,6 +206,9 @@ class Projector:
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=self.durable, stage="project", filters=[subjects.ALL_EVENTS],
             handler=self.handle, max_deliver=100, concurrency=1, key=lambda e: "all",
+            # the projection in the bucket is the snapshot: a durable made anew (first start,
+            # or removed meanwhile) starts after it instead of re-reading the log from 1
+            start_seq=self.position + 1,
             # the dead process's unacked event blocks the lane until it is redelivered: after a
             # crash the projection resumes this soon (a live handler keeps it with in_progress)
             ack_wait=ACK_WAIT,
@@ -234,6 +256,7 @@ class Projector:
                 if key.startswith(HISTORY_PREFIX):
                     self.history[event.subject] = after.history
                 elif key.startswith(ENV_PREFIX):
+                    self.envs.pop(event.subject, None)  # to the end: see ``changed_since``
                     self.envs[event.subject] = after.state
         await self._put(POSITION_KEY, {"seq": seq})
         self.position = seq

@@ -22,7 +22,9 @@ everything it caused is in the log, and everything it caused has an id derived f
 
 - watcher: events published, *then* the cursor (``services/git_watcher/poller.py``). Killed in
   between: the next poll re-announces from the old cursor with the same ids, dropped as
-  duplicates; the cursor never passes a commit whose events are not in the log.
+  duplicates (inside the stream's duplicate window; beyond it the first batch after a start
+  is checked against the last message of each subject and only the rest is published); the
+  cursor never passes a commit whose events are not in the log.
 - renderer / applier: the outcome is published, *then* the input is acked (``_finish`` below).
   Killed in between, or before publishing: the input is still pending on the server and is
   redelivered after ``ack_wait``; its outcome is re-emitted with the same id. Killed after the
@@ -132,6 +134,9 @@ class ConsumerSpec:
     key: Callable[[Event], str] = field(default=lambda e: e.subject)
     order: Callable[[Delivery], int] = _by_seq  # "newer" within a lane (supersede only)
     one_outcome: bool = False  # the dead event shares the stage's outcome id (module doc)
+    # where a durable created now starts (0: the stream's first event); an existing durable
+    # keeps its own start (the server refuses to change it) and resumes at its ack floor
+    start_seq: int = 0
 
 
 @dataclass
@@ -166,11 +171,22 @@ class Consumer:
         self._idle = asyncio.Event()
         self._idle.set()
 
+    async def _start_at(self) -> tuple[jsapi.DeliverPolicy, int | None]:
+        if self.spec.start_seq <= 1:
+            return jsapi.DeliverPolicy.ALL, None
+        try:
+            info = await self.bus.js.consumer_info(subjects.STREAM, self.spec.durable)
+        except nats.js.errors.NotFoundError:
+            return jsapi.DeliverPolicy.BY_START_SEQUENCE, self.spec.start_seq
+        return (info.config.deliver_policy or jsapi.DeliverPolicy.ALL,
+                info.config.opt_start_seq)
+
     async def start(self) -> None:
         spec = self.spec
+        policy, start_seq = await self._start_at()
         config = jsapi.ConsumerConfig(
             durable_name=spec.durable, name=spec.durable,
-            ack_policy=jsapi.AckPolicy.EXPLICIT, deliver_policy=jsapi.DeliverPolicy.ALL,
+            ack_policy=jsapi.AckPolicy.EXPLICIT, deliver_policy=policy, opt_start_seq=start_seq,
             # unlimited on the server: the runtime ends a message (``.dead``) after
             # ``max_deliver`` deliveries, and a crash while it does so must redeliver it again
             ack_wait=spec.ack_wait, max_deliver=-1,

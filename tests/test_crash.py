@@ -200,6 +200,8 @@ async def verify(bus: EventBus, repo: Repo, commits: Commits, receiver: WebhookR
     await receiver.wait_for(notify_ids, timeout=60)
     unexplained = receiver.unexplained_duplicates(kills, sender)
     assert not unexplained, f"notifications delivered twice: {unexplained}"
+    assert not receiver.unflagged_repeats(), "a repeated POST without X-Conveyor-Redelivery"
+    assert not receiver.unrecognisable(), "one fact notified under two ids"
     # the live projection equals the log's fold at the projection's own position (events,
     # notify.sent for one, may still arrive: a fold of "the log now" would be a moving target)
     report = await replay(bus)

@@ -172,3 +172,43 @@ async def test_shutdown_ends_open_streams_at_once(api: Api) -> None:
                     pass
 
         await asyncio.wait_for(until_closed(), 10)
+
+
+async def test_stream_sends_only_the_environments_changed_after_the_page_loaded(
+        api: Api) -> None:
+    for env in ("dev", "prod", "qa"):
+        await api.bus.publish(detected(env, f"{env}1"))
+    end = await api.bus.last_seq()
+    async with aiohttp.ClientSession() as http:
+        async with asyncio.timeout(30), api.projector.changed:
+            await api.projector.changed.wait_for(lambda: api.projector.position >= end)
+        async with http.get(f"{api.url}/api/v1/environments") as resp:
+            listed = await resp.json()
+        assert listed["position"] == end and len(listed["environments"]) == 3
+        params = {"last": "0", "envs_after": str(listed["position"])}
+        async with http.get(f"{api.url}/api/v1/dashboard/stream", params=params) as resp:
+            sse = Reader(resp)
+            # a change after the listing: that environment alone, not the three again
+            await api.bus.publish(detected("prod", "prod2"))
+            await sse.until(lambda r: bool(r.envs()))
+            await api.bus.publish(detected("qa", "qa2"))
+            await sse.until(lambda r: len(r.envs()) >= 2)
+        assert [(e["name"], e["desired_revision"]) for e in sse.envs()] == [
+            ("prod", "prod2"), ("qa", "qa2")]
+        async with http.get(f"{api.url}/api/v1/dashboard/stream",
+                            params={"envs_after": "x"}) as resp:
+            assert resp.status == 400
+
+
+async def test_changed_since_reads_the_changed_states_newest_first(api: Api) -> None:
+    for env, sha in (("a", "a1"), ("b", "b1"), ("c", "c1"), ("a", "a2")):
+        await api.bus.publish(detected(env, sha))
+    end = await api.bus.last_seq()
+    async with asyncio.timeout(30), api.projector.changed:
+        await api.projector.changed.wait_for(lambda: api.projector.position >= end)
+    restarted = Projector(api.bus, durable="projector-restarted")
+    await restarted.load()  # the same order from the stored states, after a restart
+    for projector in (api.projector, restarted):
+        assert [s.name for s in projector.changed_since(0)] == ["a", "c", "b"]
+        assert [s.name for s in projector.changed_since(end - 2)] == ["a", "c"]
+        assert projector.changed_since(end) == []

@@ -1,9 +1,10 @@
 """The pullRequests generator: one preview environment per open pull request.
 
-The forge is a contract server written from GitHub's, GitLab's and Gitea's published REST
-references (``tests/support/forges.py``); the repository, the watcher, the renderer and the
-applier are real. Opening a pull request deploys its head branch to its own environment;
-closing it removes the environment (and prunes its target with ``onRemove: prune``).
+The forge is a contract server written from GitHub's, GitLab's, Gitea's and Bitbucket
+Cloud's published REST references (``tests/support/forges.py``); the repository, the watcher,
+the renderer and the applier are real. Opening a pull request deploys its head branch to its
+own environment; closing it removes the environment (and prunes its target with
+``onRemove: prune``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from orchestrator.domain.config import parse_config
 from orchestrator.domain.events import Event
 from orchestrator.domain.generator_pulls import PullRequest
 from orchestrator.domain.generators import wanted_pulls
-from orchestrator.errors import ConfigError
+from orchestrator.errors import ConfigError, TransientError
 from orchestrator.gitops.forge import ForgeSettings, PullLister
 from tests.support.forges import ForgeServer, Opened
 from tests.support.repos import Repo
@@ -77,7 +78,7 @@ def test_a_declared_source_cannot_take_a_pull_requests_name() -> None:
         parse_config(CONFIG.replace("{labels: [preview]}", "{branches: [main]}"))
 
 
-@pytest.mark.parametrize("kind", ["github", "gitlab", "gitea"])
+@pytest.mark.parametrize("kind", ["github", "gitlab", "gitea", "bitbucket"])
 async def test_the_lister_pages_through_open_pull_requests_and_leaves_forks_out(
         kind: str, tmp_path: Path) -> None:
     async with ForgeServer(kind, tmp_path, TOKEN) as forge:
@@ -89,8 +90,19 @@ async def test_the_lister_pages_through_open_pull_requests_and_leaves_forks_out(
                             "https://example.invalid/team/app.git")
         found = await lister.open_pulls()
         assert [p.number for p in found] == [n for n in range(1, 131) if n not in (5, 9)]
-        assert found[0].branch == "b1" and found[0].labels == ("preview",)
-        assert found[1].labels == () and found[0].updated_at > 0
+        assert found[0].branch == "b1" and found[0].updated_at > 0
+        assert found[1].labels == () and found[0].target_branch == "main"
+        if kind == "bitbucket":  # no labels on Bitbucket; its commit hashes are 12 digits
+            assert found[0].labels == () and found[0].head_sha == f"{1:040x}"[:12]
+            assert forge.requests == 3  # 129 open ones (the fork left out after), 50 a page
+        else:
+            assert found[0].labels == ("preview",) and found[0].head_sha == f"{1:040x}"
+        forge.rate_limited = 1  # each forge's own rate-limit answer: retried later
+        with pytest.raises(TransientError) as limited:
+            await lister.open_pulls()
+        assert limited.value.reason == "RateLimited" and (limited.value.delay or 0) > 0
+        if kind == "bitbucket":  # a 429 naming no delay: its limits are per rolling hour
+            assert limited.value.delay == 60.0
         bad = PullLister(ForgeSettings(kind, forge.api_url, "team/app", "wrong"),
                          "https://example.invalid/team/app.git")
         with pytest.raises(Exception, match="refused the token") as caught:

@@ -26,6 +26,7 @@ from orchestrator.domain.events import Event
 from orchestrator.domain.trace import build_trace
 from orchestrator.errors import PermanentError
 from orchestrator.gitops.auto import AutoPromoter
+from orchestrator.gitops.forge import ForgeSettings
 from orchestrator.gitops.workflow import GitOps
 from orchestrator.resources import Resources
 from orchestrator.settings import Settings
@@ -184,8 +185,9 @@ async def test_auto_promotion_fires_once_per_revision(nats_server: EmbeddedNats,
     assert len([e for e in every if e.type == ev.PROMOTION_COMMITTED]) == 1
 
 
+@pytest.mark.parametrize("kind", ["github", "bitbucket"])
 async def test_journey_release_auto_promotion_pull_request_merge_rollback(
-        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        kind: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The issue's journey: release to dev, dev deployed, the automatic promotion opens a
     pull request to prod, it is merged, prod deploys, prod is rolled back and runs the
@@ -195,8 +197,8 @@ async def test_journey_release_auto_promotion_pull_request_merge_rollback(
     files["conveyor.yaml"] += "promotion:\n  prod: {from: dev, auto: true, via: pull-request}\n"
     first = up.push(files, "initial")
     async with GitDaemon(up.root, receive_pack=True) as daemon, \
-            ForgeServer("github", up.root, "journey-token") as forge:
-        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+            ForgeServer(kind, up.root, "journey-token") as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", kind)
         monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
         monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", "journey-token")
         monkeypatch.setenv("CONVEYOR_FORGE_REPO", "team/config")
@@ -254,3 +256,57 @@ async def test_journey_release_auto_promotion_pull_request_merge_rollback(
             rows = shown.stdout.splitlines()[1:]
             assert f"[rollback to {first[:7]}]" in rows[0]
             assert "[promotion from dev]" in rows[1] and pr.sha[:7] in rows[1]
+
+
+async def test_a_pull_request_merged_with_its_own_merge_commit_is_marked_in_the_history(
+        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A release proposed as a pull request and merged with a merge commit (GitHub's "Create
+    a merge commit"): the merge commit deploys, and the history marks it as that release,
+    naming the proposed commit it merged; an ordinary merge commit stays unmarked."""
+    up = Upstream(tmp_path / "srv", "config")
+    first = up.push(demo_files(), "initial")
+    async with GitDaemon(up.root, receive_pack=True) as daemon, \
+            ForgeServer("github", up.root, "merge-token") as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE_REPO", "team/config")
+        settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                            repo=daemon.url("config.git"), branch="main",
+                            listen="127.0.0.1:0", interval=3600.0)
+        async with running(settings) as conveyor, aiohttp.ClientSession() as http:
+            api = conveyor.service("api")
+            assert isinstance(api, ApiService)
+            await wait_for_events(bus, deployed(first, "dev"))
+            proposed = await GitOps(
+                Resources.around(bus, settings), environ={},
+                forge=ForgeSettings("github", forge.api_url, "team/config", "merge-token"),
+            ).release("dev", ["nginx=nginx:1.29"], via="pull-request")
+            [pr] = forge.pulls
+            assert proposed.pull_request is not None and pr.sha == proposed.commit
+
+            def merge(head: str, subject: str) -> str:
+                tree = git(up.bare, "rev-parse", f"{head}^{{tree}}")
+                sha = git(up.bare, "commit-tree", tree, "-p", "main", "-p", head,
+                          "-m", subject)
+                git(up.bare, "update-ref", "refs/heads/main", sha)
+                return sha
+
+            merged = merge(pr.sha, f"Merge pull request #{pr.number} from {pr.head}")
+            async with http.post(f"{api.url}/api/v1/refresh") as resp:
+                assert resp.status == 202
+            await wait_for_events(bus, deployed(merged, "dev"))
+            assert rendered_image(up.bare, "dev") == "nginx:1.29"
+            # a merge of a branch nobody proposed through Conveyor
+            git(up.bare, "branch", "topic", first)
+            other = merge("topic", "Merge branch topic")
+            async with http.post(f"{api.url}/api/v1/refresh") as resp:
+                assert resp.status == 202
+            await wait_for_events(bus, deployed(other, "dev"))
+
+            async with http.get(f"{api.url}/api/v1/environments/dev/history") as resp:
+                attempts = {a["revision"]: a for a in (await resp.json())["attempts"]}
+            assert attempts[merged]["action"] == "release"
+            assert attempts[merged]["merged"] == pr.sha
+            assert "action" not in attempts[other] and "merged" not in attempts[other]
+            shown = await asyncio.to_thread(cli, "history", "dev", "--api", api.url)
+            row = next(r for r in shown.stdout.splitlines() if r.split()[2] == merged[:7])
+            assert f"[release, merged {pr.sha[:7]}] Merge pull request" in row

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import os
 import re
 import shlex
 import shutil
@@ -196,9 +197,12 @@ def test_conveyor_containers_use_the_published_image_and_the_cli_contract(name: 
         assert args.listen == "0.0.0.0:8080"
         host, _, port = args.nats.removeprefix("nats://").partition(":")
         assert host == nats_service["metadata"]["name"] and port == "4222"
-        if args.service in ("git-watcher", "renderer", "applier"):
+        if args.service in ("git-watcher", "renderer", "applier", "api"):  # api: GitOps
             mounts = {m["mountPath"] for m in c["volumeMounts"]}
             assert args.data_dir in mounts, f"{args.service}: --data-dir must be a volume"
+            volumes = {v["name"]: v for v in pod_spec(w)["volumes"]}
+            data = next(m for m in c["volumeMounts"] if m["mountPath"] == args.data_dir)
+            assert "emptyDir" in volumes[data["name"]] and not data.get("readOnly")
 
 
 @pytest.mark.parametrize("name", OVERLAYS)
@@ -386,7 +390,7 @@ def test_network_policies_allow_exactly_the_intended_flows(name: str) -> None:
             continue
         assert can_connect(objs, labels, nats, 4222), f"{comp} -> nats:4222"
         assert not can_connect(objs, labels, nats, 6222), f"{comp} -> nats:6222"
-        expected_https = comp in ("git-watcher", "renderer", "notifier", "applier")
+        expected_https = comp in ("git-watcher", "renderer", "notifier", "applier", "api")
         assert can_connect(objs, labels, OUTSIDE, 443) == expected_https, comp
         assert can_connect(objs, labels, OUTSIDE, 8080) is False, comp
         assert can_connect(objs, OUTSIDE, labels, 8080) == (comp == "api"), comp
@@ -394,12 +398,38 @@ def test_network_policies_allow_exactly_the_intended_flows(name: str) -> None:
     assert not can_connect(objs, OUTSIDE, nats, 4222)
     assert not can_connect(objs, nats, OUTSIDE, 443)
     assert can_connect(objs, by["git-watcher"], OUTSIDE, 22)
+    assert can_connect(objs, by["api"], OUTSIDE, 22)  # pushes over SSH
     assert not can_connect(objs, by["notifier"], OUTSIDE, 22)
     assert can_connect(objs, by["applier"], OUTSIDE, 6443)  # API servers
     dns = [p for p in of_kind(objs, "NetworkPolicy") if p["spec"]["podSelector"] == {}
            and any({"port": 53, "protocol": "UDP"} in r.get("ports", [])
                    for r in p["spec"].get("egress", []))]
     assert dns, "every pod needs DNS"
+
+
+def test_the_documented_patch_narrows_the_apis_egress_to_the_operators_hosts(
+        tmp_path: Path) -> None:
+    """docs/install-kubernetes.md's overlay patch for ``api-egress``, applied to the base as
+    written there: the api then reaches only that CIDR on those ports."""
+    doc = (ROOT / "docs" / "install-kubernetes.md").read_text()
+    block = doc.split("# in your overlay's kustomization.yaml\n", 1)[1].split("```", 1)[0]
+    patches = yaml.safe_load(block)["patches"]
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(K8S / "base", tmp_path)], "patches": patches}))
+    proc = subprocess.run([_kubectl(), "kustomize", str(tmp_path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    objs = tuple(d for d in yaml.safe_load_all(proc.stdout) if d)
+    policy = named(objs, "NetworkPolicy", "api-egress")
+    (rule,) = policy["spec"]["egress"]
+    assert rule["to"] == [{"ipBlock": {"cidr": "203.0.113.0/24"}}]
+    assert sorted(p["port"] for p in rule["ports"]) == [443, 3000]
+    api = next(pod_labels(w) for w in workloads(objs) if component(w) == "api")
+    assert can_connect(objs, api, OUTSIDE, 3000) and not can_connect(objs, api, OUTSIDE, 22)
+    # the base itself is untouched: 443 and 22 anywhere
+    (base_rule,) = named(render("base"), "NetworkPolicy", "api-egress")["spec"]["egress"]
+    assert {"ipBlock": {"cidr": "0.0.0.0/0"}} in base_rule["to"]
 
 
 # -- NATS --------------------------------------------------------------------------------------
@@ -623,6 +653,9 @@ def referenced_secrets(objs: tuple[Obj, ...]) -> Iterator[tuple[str, bool]]:
         for v in spec.get("volumes", []):
             if "secret" in v:
                 yield v["secret"]["secretName"], bool(v["secret"].get("optional"))
+        for v in spec.get("volumes", []):
+            if "secret" in v:
+                yield v["secret"]["secretName"], bool(v["secret"].get("optional"))
         for c in spec["containers"]:
             for e in c.get("envFrom", []):
                 if "secretRef" in e:
@@ -675,10 +708,103 @@ def test_no_credential_is_written_into_a_manifest(name: str) -> None:
     for w in workloads(overlay(name)):
         for c in pod_spec(w)["containers"]:
             for e in c.get("env", []):
-                if any(word in e["name"].upper() for word in ("TOKEN", "SECRET", "PASSWORD")):
+                if e["name"].endswith("_FILE"):  # a path: into a mounted Secret
+                    assert secret_behind(w, c, e["value"]), f"{e['name']} names no Secret file"
+                elif any(word in e["name"].upper() for word in ("TOKEN", "SECRET", "PASSWORD")):
                     assert "valueFrom" in e, f"{e['name']} must come from a Secret"
     for cm in of_kind(overlay(name), "ConfigMap"):
         assert not CREDENTIAL.search(yaml.safe_dump(cm))
+
+
+def secret_behind(workload: Obj, container: Obj, path: str) -> str | None:
+    """The Secret whose volume ``container`` mounts at the directory holding ``path``."""
+    volumes = {v["name"]: v for v in pod_spec(workload).get("volumes", [])}
+    for m in container.get("volumeMounts", []):
+        if path.startswith(m["mountPath"].rstrip("/") + "/") and "secret" in volumes[m["name"]]:
+            return str(volumes[m["name"]]["secret"]["secretName"])
+    return None
+
+
+# -- GitOps: push credentials and the forge --------------------------------------------------
+
+GITOPS = "conveyor-gitops"
+PUSH_READERS = {"api", "git-watcher"}  # releases/previews; auto-promotion and pullRequests
+
+
+def gitops_holders(objs: tuple[Obj, ...]) -> set[str]:
+    """The components whose pods can read the Secret conveyor-gitops, by any means."""
+    out = set()
+    for w in workloads(objs):
+        spec = pod_spec(w)
+        mounts = [v for v in spec.get("volumes", []) if (v.get("secret") or {}).get(
+            "secretName") == GITOPS]
+        refs = [e for c in spec["containers"] for e in [*c.get("env", []), *c.get("envFrom",
+                                                                                 [])]
+                if GITOPS in yaml.safe_dump(e)]
+        if mounts or refs:
+            out.add(component(w))
+    return out
+
+
+def container_env(objs: tuple[Obj, ...], workload: Obj) -> dict[str, str]:
+    """What the container's process sees: the ConfigMaps of envFrom, then env's values (a
+    secretKeyRef stands as ``<secret>``)."""
+    (c,) = pod_spec(workload)["containers"]
+    out: dict[str, str] = {}
+    for e in c.get("envFrom", []):
+        if "configMapRef" in e:
+            cms = [m for m in of_kind(objs, "ConfigMap")
+                   if m["metadata"]["name"] == e["configMapRef"]["name"]]
+            out.update(cms[0].get("data", {}))
+    for e in c.get("env", []):
+        out[e["name"]] = e.get("value", "<secret>")
+    return out
+
+
+@pytest.mark.parametrize("name", OVERLAYS)
+def test_push_credentials_and_the_forge_token_reach_the_api_and_watcher_only(name: str) -> None:
+    """A process that renders a pull request's head (the renderer) must not hold push
+    credentials: conveyor-gitops is mounted in the api and the git-watcher, optional, and
+    nowhere else (appliers push deploy branches with their own conveyor-applier-<env>)."""
+    from orchestrator.adapters.git_source import push_credentials_from_env
+    from orchestrator.gitops.forge import ForgeSettings
+
+    objs = overlay(name)
+    assert gitops_holders(objs) == PUSH_READERS
+    template = {s["metadata"]["name"]: s for s in render("secrets-example")}
+    keys = set(template[GITOPS]["data"])
+    assert keys == {"git-token", "forge-token"}
+    for w in workloads(objs):
+        env = container_env(objs, w)
+        if component(w) not in PUSH_READERS:
+            assert not [k for k in env if k.startswith("CONVEYOR_GIT_PUSH_")
+                        and env[k]], component(w)
+            assert not env.get("CONVEYOR_FORGE_TOKEN") and not env.get(
+                "CONVEYOR_FORGE_TOKEN_FILE"), component(w)
+            continue
+        (c,) = pod_spec(w)["containers"]
+        volume = next(v for v in pod_spec(w)["volumes"]
+                      if (v.get("secret") or {}).get("secretName") == GITOPS)
+        assert volume["secret"]["optional"] is True  # the base applies without it
+        mount = next(m for m in c["volumeMounts"] if m["name"] == volume["name"])
+        assert mount["readOnly"] is True
+        for var, key in (("CONVEYOR_GIT_PUSH_TOKEN_FILE", "git-token"),
+                         ("CONVEYOR_FORGE_TOKEN_FILE", "forge-token")):
+            assert env[var] == f"{mount['mountPath']}/{key}" and key in keys
+        # the process reads these exactly as documented: the push token file, the username
+        # of the ConfigMap (empty = unset), and no forge until the operator names one
+        creds = push_credentials_from_env(env)
+        assert creds == {"tokenFile": env["CONVEYOR_GIT_PUSH_TOKEN_FILE"]}
+        assert ForgeSettings.from_env(env) is None
+        configured = {**env, "CONVEYOR_FORGE": "bitbucket", "CONVEYOR_GIT_PUSH_USERNAME": "ci"}
+        forge = ForgeSettings.from_env(configured)
+        assert forge is not None and forge.token_file == env["CONVEYOR_FORGE_TOKEN_FILE"]
+        assert push_credentials_from_env(configured)["username"] == "ci"
+    (config,) = [m for m in of_kind(objs, "ConfigMap")
+                 if m["metadata"]["name"].startswith("conveyor-config")]
+    for key in ("CONVEYOR_FORGE", "CONVEYOR_FORGE_API_URL", "CONVEYOR_FORGE_REPO",
+                "CONVEYOR_FORGE_USERNAME", "CONVEYOR_GIT_PUSH_USERNAME"):
+        assert config["data"][key] == "", key  # documented, empty: the operator fills them
 
 
 # -- references and availability -----------------------------------------------------------------
@@ -729,7 +855,7 @@ def test_containerfile_builds_a_non_root_image_with_the_conveyor_entrypoint() ->
     text = (ROOT / "Containerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE)
     assert len(stages) >= 2, "multi-stage: wheels are built apart from the runtime"
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.MULTILINE)
+    assert re.search(r"^ARG BASE=python:3\.11-slim", text, re.MULTILINE), "the base is a build argument"
     assert re.search(rf"^USER {UID}(:{UID})?$", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["conveyor"\]$', text, re.MULTILINE)
     assert "openssh-client" in text and "gnupg" in text
@@ -737,7 +863,10 @@ def test_containerfile_builds_a_non_root_image_with_the_conveyor_entrypoint() ->
     ignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
               if line.strip() and not line.startswith("#")]
     assert (ROOT / ".containerignore").read_text() == (ROOT / ".dockerignore").read_text()
-    for item in (s for line in copied for s in shlex.split(line)):
+    items = [s for line in copied for s in shlex.split(line)]
+    if "." in items:  # the whole context: the ignore file's allow-list decides what goes in
+        items = ["pyproject.toml", "README.md", "conveyor", "orchestrator", "services"]
+    for item in items:
         assert (ROOT / item).exists(), item
         assert f"!{item}" in ignore or f"!{item}/" in ignore, f"{item} is excluded from the context"
     assert ignore[0] == "*", "the context is an allow-list: .venv, .git and local files stay out"

@@ -141,10 +141,26 @@ async def test_a_projection_of_another_log_is_not_shown(
             assert dev is None or dev.last_seq <= await again.last_seq()
             assert (await again.kv_get(subjects.STATE_BUCKET, EPOCH_KEY) or ("",))[0] \
                 == again.epoch
+            # the watcher's cursor (in the surviving bucket) belongs to the old log: the head
+            # is announced into this one at once, not at the next commit, and the targets
+            # (written under the old epoch) are recognised by digest with one log.reset each
+            events = await wait_for_events(again, finished(head, ENVS))
+            for env in ENVS:
+                resets = [e for e in of_type(events, ev.LOG_RESET) if e.subject == env]
+                assert len(resets) == 1, resets
+                assert resets[0].data["log_epoch"] == again.epoch
+                assert [e.type for e in events if e.correlationid == head and e.subject == env
+                        and e.type.startswith("conveyor.apply.")
+                        and e.type != ev.APPLY_STARTED] == [ev.APPLY_SKIPPED]  # it holds it
+            await wait_for_state(api, "dev", head)
+            cursor = await again.kv_get(subjects.STATE_BUCKET, "watcher.default")
+            assert cursor is not None and cursor[0]["epoch"] == again.epoch
             new = repo.commit(demo_files(tag="1.30"), "after the stream was lost")
             await trigger(conveyor)
-            await wait_for_events(again, finished(new, ENVS))
+            events = await wait_for_events(again, finished(new, ENVS))
             state = await wait_for_state(api, "dev", new)
-            assert state.deployments == 1  # counted by this log only
+            assert state.deployments == 1  # counted by this log only (the head was skipped)
+            assert len(of_type(events, ev.LOG_RESET)) == len(ENVS)  # no second one
+            assert not of_type(events, ev.APPLY_SUPERSEDED)
     finally:
         await again.close()

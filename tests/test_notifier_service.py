@@ -10,14 +10,16 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from orchestrator import subjects
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain.events import Event, new_event
+from orchestrator.notify.providers.webhook import REDELIVERY_HEADER
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Delivery, Fail, Retry
 from orchestrator.secrets import SecretPolicy
 from orchestrator.settings import Settings
-from services.notifier.service import ATTEMPTS, Notifier
+from services.notifier.service import ATTEMPTS, SENDING, Notifier, delivery_key
 from tests.support.waits import wait_for_events
 
 
@@ -26,6 +28,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.posts: list[tuple[str, dict[str, Any]]] = []
+        self.redelivery: list[str] = []  # each POST's X-Conveyor-Redelivery ("" if absent)
         self.status = 200
         self.retry_after: str | None = None
         self.changed = asyncio.Condition()
@@ -46,6 +49,7 @@ class Receiver:
         return web.json_response({"ok": True, "channel": "C123", "ts": "1700000000.000100"})
 
     async def hook(self, request: web.Request) -> web.Response:
+        self.redelivery.append(request.headers.get(REDELIVERY_HEADER, ""))
         await self._record(request.path, await request.json())
         headers = {"Retry-After": self.retry_after} if self.retry_after else {}
         return web.Response(status=self.status, text="nope" if self.status >= 400 else "ok",
@@ -111,6 +115,44 @@ async def test_redelivered_event_is_posted_once(bus: EventBus, receiver: Receive
     assert list(second.emit) == []
     assert len(receiver.posts) == 1
     assert receiver.posts[0][1]["id"] == delivery.event.id
+
+
+async def test_a_send_cut_short_before_its_record_is_repeated_and_says_so(
+        bus: EventBus, receiver: Receiver, notifier: Notifier,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Killed after the receiver answered, before the record said so: the bucket holds the
+    record written before the request. The redelivery sends again, the same CloudEvent id
+    with ``X-Conveyor-Redelivery: 1``, and records it; the next one sends nothing."""
+    monkeypatch.setenv("HOOK_URL", f"{receiver.url}/hook")
+    await configure(bus, "notifiers:\n  ops:\n    type: webhook\n    url: ${HOOK_URL}\n")
+    delivery = await published(bus, outcome(ev.APPLY_SUCCEEDED))
+    assert isinstance(await notifier.handle(delivery), Ack)
+    key = delivery_key(delivery.event.id, "ops")
+    record = await bus.kv_get(subjects.DELIVERY_BUCKET, key)
+    assert record is not None and record[0]["state"] == "sent"
+    # the state a SIGKILL between the answer and the record leaves behind
+    await bus.kv_put(subjects.DELIVERY_BUCKET, key,
+                     {"event": delivery.event.id, "route": "ops", "state": SENDING})
+    again = await notifier.handle(Delivery(delivery.event, delivery.seq, 2))
+    assert isinstance(again, Ack) and [e.type for e in again.emit] == [ev.NOTIFY_SENT]
+    assert [body["id"] for _, body in receiver.posts] == [delivery.event.id] * 2
+    assert receiver.redelivery == ["", "1"]
+    assert list((await notifier.handle(Delivery(delivery.event, delivery.seq, 3))).emit) == []
+    assert len(receiver.posts) == 2
+
+
+async def test_a_failed_send_is_retried_as_a_possible_repeat(
+        bus: EventBus, receiver: Receiver, notifier: Notifier,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 503 may come from a receiver that acted anyway: the retry is flagged too."""
+    monkeypatch.setenv("HOOK_URL", f"{receiver.url}/hook")
+    await configure(bus, "notifiers:\n  ops:\n    type: webhook\n    url: ${HOOK_URL}\n")
+    delivery = await published(bus, outcome(ev.APPLY_SUCCEEDED))
+    receiver.status = 503
+    assert isinstance(await notifier.handle(delivery), Retry)
+    receiver.status = 200
+    assert isinstance(await notifier.handle(Delivery(delivery.event, delivery.seq, 2)), Ack)
+    assert receiver.redelivery[0] == "" and set(receiver.redelivery[1:]) == {"1"}
 
 
 async def test_one_deployment_is_one_slack_message_then_updated(

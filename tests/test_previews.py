@@ -1,7 +1,9 @@
-"""Pull-request previews on a running Conveyor: a signed GitHub ``pull_request`` delivery, the
-PR head fetched from the real git server (``refs/pull/N/head``, as GitHub serves it), each
-affected environment rendered and diffed against what it runs, one comment kept up to date
-and a status per environment on the contract GitHub server; nothing applied."""
+"""Pull-request previews on a running Conveyor: a signed ``pull_request`` delivery (GitHub,
+GitLab, Gitea, Forgejo, Bitbucket Cloud), the PR head fetched from the real git server
+(``refs/pull/N/head`` as GitHub serves it, ``refs/merge-requests/N/head`` on GitLab, the source
+branch on Bitbucket), each affected environment rendered and diffed against what it runs, one
+comment kept up to date and a status per environment on the forge's contract server; nothing
+applied."""
 
 from __future__ import annotations
 
@@ -48,12 +50,40 @@ def files(replicas: int = 1, password: str = PASSWORD_OLD) -> dict[str, str]:
 EVENT_HEADER = {"github": "X-GitHub-Event", "gitea": "X-Gitea-Event",
                 "forgejo": "X-Forgejo-Event"}
 SYNC = {"github": "synchronize", "gitea": "synchronized", "forgejo": "synchronized",
-        "gitlab": "update"}
-FAILED = {"github": "failure", "gitea": "failure", "forgejo": "failure", "gitlab": "failed"}
+        "gitlab": "update", "bitbucket": "updated"}
+FAILED = {"github": "failure", "gitea": "failure", "forgejo": "failure", "gitlab": "failed",
+          "bitbucket": "FAILED"}
+SUCCESS = {"bitbucket": "SUCCESSFUL"}
+BITBUCKET_EVENT = {"opened": "pullrequest:created", "updated": "pullrequest:updated",
+                   "closed": "pullrequest:fulfilled"}
+
+
+def bitbucket(action: str, number: int, head: str,
+              source_repo: str = "team/config") -> tuple[bytes, dict[str, str]]:
+    """A Bitbucket Cloud pull request event (support.atlassian.com/bitbucket-cloud/docs/
+    event-payloads/): the Pull Request entity with source/destination branch, commit (12 hex
+    digits) and repository; the event in ``X-Event-Key``, signed in ``X-Hub-Signature``."""
+    repo = {"type": "repository", "full_name": "team/config", "name": "config",
+            "links": {"html": {"href": "https://bitbucket.org/team/config"}}}
+    pr = {"type": "pullrequest", "id": number, "title": "scale dev",
+          "state": "MERGED" if action == "closed" else "OPEN",
+          "source": {"branch": {"name": "feature"}, "commit": {"hash": head[:12]},
+                     "repository": {**repo, "full_name": source_repo}},
+          "destination": {"branch": {"name": "main"}, "commit": {"hash": "0" * 12},
+                          "repository": repo},
+          "links": {"html": {"href": f"https://bitbucket.org/team/config/pull-requests/"
+                                     f"{number}"}}}
+    body = json.dumps({"pullrequest": pr, "repository": repo,
+                       "actor": {"type": "user", "display_name": "A Committer"}}).encode()
+    return body, {**sign("bitbucket", body, SECRET), "X-Event-Key": BITBUCKET_EVENT[action],
+                  "X-Request-UUID": f"req-{number}-{head[:8]}-{action}",
+                  "Content-Type": "application/json"}
 
 
 def delivery(provider: str, action: str, number: int,
              head: str) -> tuple[bytes, dict[str, str]]:
+    if provider == "bitbucket":
+        return bitbucket(action, number, head)
     if provider == "gitlab":  # a "Merge Request Hook" (docs.gitlab.com/user/project/
         # integrations/webhook_events/#merge-request-events); the secret comes as a token
         attributes = {"iid": number, "action": {"opened": "open"}.get(action, action),
@@ -78,12 +108,13 @@ def posted(head: str) -> Callable[[list[Event]], bool]:
                           and e.correlationid == head for e in es)
 
 
-@pytest.mark.parametrize("provider", ["github", "gitlab", "gitea", "forgejo"])
+@pytest.mark.parametrize("provider", ["github", "gitlab", "gitea", "forgejo", "bitbucket"])
 async def test_pull_request_preview_comment_and_statuses(
         provider: str, nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
     kind = "gitea" if provider == "forgejo" else provider
-    ref = "refs/merge-requests/7/head" if provider == "gitlab" else "refs/pull/7/head"
+    ref = {"gitlab": "refs/merge-requests/7/head",  # Bitbucket: the source branch itself
+           "bitbucket": "refs/heads/feature"}.get(provider, "refs/pull/7/head")
     up = Upstream(tmp_path / "srv", "config")
     first = up.push(files(), "initial")
     monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
@@ -132,7 +163,7 @@ async def test_pull_request_preview_comment_and_statuses(
             assert "+  password: <redacted, changed>" in comment.body
             assert "replicas: 4" in comment.body
             assert PASSWORD_NEW not in comment.body and PASSWORD_OLD not in comment.body
-            assert forge.statuses == [{"sha": head, "state": "success",
+            assert forge.statuses == [{"sha": head, "state": SUCCESS.get(provider, "success"),
                                        "context": "conveyor/dev",
                                        "description": forge.statuses[0]["description"]}]
 
@@ -148,6 +179,8 @@ async def test_pull_request_preview_comment_and_statuses(
             assert "render failed" in forge.comments[0].body
             assert forge.statuses[-1]["sha"] == broken
             assert forge.statuses[-1]["state"] == FAILED[provider]
+            if provider == "bitbucket":  # shown on the pull request: its source branch
+                assert forge.status_refnames == ["feature", "feature"]
 
             # two deliveries at once for a new pull request: still one comment
             git(up.bare, "update-ref", ref.replace("/7/", "/8/"), head)
@@ -166,9 +199,73 @@ async def test_pull_request_preview_comment_and_statuses(
             body, headers = delivery(provider, "closed", 7, broken)
             async with http.post(url, data=body, headers=headers) as resp:
                 assert resp.status == 200 and "ignored" in await resp.json()
+            if provider == "bitbucket":  # a fork's head is not in the repository: not fetched
+                body, headers = bitbucket("opened", 9, head, source_repo="stranger/config")
+                async with http.post(url, data=body, headers=headers) as resp:
+                    assert resp.status == 200
+                    assert "fork" in (await resp.json())["ignored"]
             every = [s.event async for s in bus.read()]
     assert server.remote_users and set(server.remote_users) == {"conveyor"}
     # nothing of the pull request was applied anywhere
     assert git(up.bare, "rev-parse", "deploy/dev") == deployed
     assert not [e for e in every if e.correlationid in (head, broken)
                 and e.stage in ("commit", "render", "apply")]
+
+
+async def test_a_pull_request_cannot_read_the_apis_push_token(
+        nats_server: EmbeddedNats, bus: EventBus, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The api renders previews and holds the push token (k8s/base: conveyor-gitops mounted as
+    files). A pull request that symlinks that file into its render gets a failed preview
+    naming the escape, and the token's value appears in no comment, status or event; the
+    preview fetched with the push credentials (CONVEYOR_GIT_PUSH_*)."""
+    up = Upstream(tmp_path / "srv", "config")
+    up.push(files(), "initial")
+    token_file = tmp_path / "gitops" / "git-token"
+    token_file.parent.mkdir()
+    token_file.write_text(GIT_PASSWORD + "\n")
+    monkeypatch.setenv("CONVEYOR_WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("CONVEYOR_GIT_USERNAME", "conveyor")  # the watcher's
+    monkeypatch.setenv("CONVEYOR_GIT_PASSWORD", GIT_PASSWORD)
+    monkeypatch.setenv("CONVEYOR_GIT_PUSH_USERNAME", "pusher")  # the api's
+    monkeypatch.setenv("CONVEYOR_GIT_PUSH_TOKEN_FILE", str(token_file))
+    async with GitHttpServer(up.root, users={"conveyor": GIT_PASSWORD,
+                                             "pusher": GIT_PASSWORD}) as server, \
+            ForgeServer("github", up.root, TOKEN) as forge:
+        monkeypatch.setenv("CONVEYOR_FORGE", "github")
+        monkeypatch.setenv("CONVEYOR_FORGE_API_URL", forge.api_url)
+        monkeypatch.setenv("CONVEYOR_FORGE_TOKEN", TOKEN)
+        settings = Settings(nats_url=nats_server.url, data_dir=tmp_path / "data",
+                            repo=server.url("config.git"), branch="main",
+                            listen="127.0.0.1:0", interval=3600.0)
+        async with running(settings) as conveyor, aiohttp.ClientSession() as http:
+            await wait_for_events(bus, lambda es: any(
+                e.type == ev.APPLY_SUCCEEDED and e.subject == "dev" for e in es))
+            api = conveyor.service("api")
+            assert isinstance(api, ApiService)
+            git(up.work, "checkout", "-q", "-B", "feature")
+            (up.work / "envs" / "dev" / "token.yaml").symlink_to(token_file)
+            kustomization = up.work / "envs" / "dev" / "kustomization.yaml"
+            kustomization.write_text(kustomization.read_text().replace(
+                "  - secret.yaml\n", "  - secret.yaml\n  - token.yaml\n"))
+            git(up.work, "add", "-A")
+            git(up.work, "commit", "-q", "-m", "read the token")
+            git(up.work, "push", "-q", "--force", str(up.bare), "HEAD:refs/heads/feature")
+            head = git(up.work, "rev-parse", "HEAD")
+            git(up.bare, "update-ref", "refs/pull/3/head", head)
+            before = len(server.remote_users)
+            body, headers = delivery("github", "opened", 3, head)
+            async with http.post(f"{api.url}/api/v1/previews/github", data=body,
+                                 headers=headers) as resp:
+                assert resp.status == 202
+            events = await wait_for_events(bus, posted(head))
+            every = [s.event async for s in bus.read()]
+    [rendered] = [e for e in events if e.type == ev.PREVIEW_RENDERED]
+    assert not rendered.data["ok"] and "outside the repository" in rendered.data["error"]
+    [comment] = forge.comments
+    assert "render failed" in comment.body
+    assert forge.statuses[-1]["state"] == "failure"
+    for text in (comment.body, *(s["description"] for s in forge.statuses),
+                 json.dumps([e.to_dict() for e in every])):
+        assert GIT_PASSWORD not in text
+    assert set(server.remote_users[before:]) == {"pusher"}  # the preview's fetch

@@ -1,6 +1,6 @@
 """``--via pull-request``: the commit goes to a new branch of the real git server and the pull
 request is opened through the forge's API (contract servers in tests/support/forges.py,
-written from GitHub's, GitLab's and Gitea's published API references)."""
+written from GitHub's, GitLab's, Gitea's and Bitbucket Cloud's published API references)."""
 
 from __future__ import annotations
 
@@ -74,6 +74,8 @@ async def test_a_protected_branch_takes_the_release_as_a_pull_request(
     assert (opened.repo, opened.number, opened.head, opened.base, opened.title) == (
         "team/repo", pr.number, pr.head, "main", "Ship 5.0")
     assert opened.sha == result.commit == git(upstream.bare, "rev-parse", pr.head)
+    if kind == "bitbucket":
+        assert pr.url == f"https://bitbucket.example/team/repo/pull-requests/{pr.number}"
     assert "Conveyor-Release: web=web:5.0" in opened.body
     assert git(upstream.bare, "rev-parse", f"{pr.head}^") == main
     assert 'newTag: "5.0"' in git(upstream.bare, "show", f"{pr.head}:envs/dev/kustomization.yaml")
@@ -86,7 +88,7 @@ async def test_a_protected_branch_takes_the_release_as_a_pull_request(
 
 
 @pytest.mark.parametrize(("kind", "delay"), [("github", 30.0), ("gitlab", 7.0),
-                                             ("gitea", 7.0)])
+                                             ("gitea", 7.0), ("bitbucket", 60.0)])
 async def test_rate_limits_are_transient_with_the_forges_delay(
         kind: str, delay: float, bus: EventBus, daemon: GitDaemon, upstream: Upstream,
         tmp_path: Path) -> None:
@@ -129,6 +131,13 @@ def test_forge_settings_from_the_operators_environment() -> None:
     ghe = ForgeSettings.from_env({"CONVEYOR_FORGE": "github",
                                   "CONVEYOR_FORGE_API_URL": "https://ghe.example/api/v3/"})
     assert ghe is not None and ghe.api_url == "https://ghe.example/api/v3"
+    cloud = ForgeSettings.from_env({"CONVEYOR_FORGE": "bitbucket", "CONVEYOR_FORGE_TOKEN": "t",
+                                    "CONVEYOR_FORGE_USERNAME": "bot"})
+    assert cloud is not None and cloud.api_url == "https://api.bitbucket.org/2.0"
+    assert cloud.auth() == {"Authorization": "Basic Ym90OnQ=", "Accept": "application/json"}
+    assert ForgeSettings("bitbucket", "u", token="t").auth()["Authorization"] == "Bearer t"
+    with pytest.raises(PermanentError, match="forgejo, bitbucket"):
+        ForgeSettings.from_env({"CONVEYOR_FORGE": "bitbucket-server"})
     forgejo = ForgeSettings.from_env({"CONVEYOR_FORGE": "forgejo",
                                       "CONVEYOR_FORGE_API_URL": "https://code.example/api/v1"})
     assert forgejo is not None and forgejo.kind == "gitea"
@@ -158,14 +167,20 @@ def test_forge_settings_from_the_operators_environment() -> None:
 async def test_the_preview_comment_is_found_on_a_later_page_and_updated(
         kind: str, tmp_path: Path) -> None:
     """Forges page comments (``Link: rel="next"``; GitLab also ``X-Next-Page``, Gitea at most
-    50 a page): ours may be the 121st of 150."""
+    50 a page, Bitbucket ``next`` in the page): ours may be the 121st of 150. Bitbucket lists
+    deleted comments too: one holding the marker is not ours to edit."""
     from orchestrator.gitops.forge import Forge
     from tests.support.forges import Comment
 
     async with ForgeServer(kind, tmp_path, TOKEN) as server:
         server.comments = [Comment(i, 7, f"comment {i}") for i in range(150)]
         server.comments[120].body = "<!-- marker -->\nold preview"
-        forge = Forge(ForgeSettings(kind, server.api_url, "team/repo", TOKEN), "")
+        if kind == "bitbucket":
+            server.comments[3] = Comment(3, 7, "<!-- marker -->\ngone", deleted=True)
+        # Bitbucket: an app password, sent as Basic with the account's name
+        settings = ForgeSettings(kind, server.api_url, "team/repo", TOKEN,
+                                 username="conveyor-bot" if kind == "bitbucket" else "")
+        forge = Forge(settings, "")
         found, created = await forge.upsert_comment(7, "<!-- marker -->\nnew", "<!-- marker -->")
         assert (found, created) == (120, False)
         assert server.comments[120].body.endswith("new") and len(server.comments) == 150
@@ -176,9 +191,17 @@ async def test_the_preview_comment_is_found_on_a_later_page_and_updated(
         await forge.set_status("a" * 40, "conveyor/prod", "failure", "render failed")
         with pytest.raises(PermanentError, match="setting the status"):
             await forge.set_status("a" * 40, "conveyor/dev", "great", "")
-    failed = "failed" if kind == "gitlab" else "failure"  # each forge's own word
-    assert server.statuses == [
-        {"sha": "a" * 40, "state": "success", "context": "conveyor/dev",
+        if kind == "bitbucket":  # a status per key: posted again, it is replaced
+            await forge.set_status("a" * 40, "conveyor/dev", "success", "3 objects",
+                                   url="https://bitbucket.example/team/repo/pull-requests/7")
+            wrong = Forge(ForgeSettings(kind, server.api_url, "team/repo", TOKEN,
+                                        username="someone-else"), "")
+            with pytest.raises(PermanentError, match="refused the token"):
+                await wrong.set_status("a" * 40, "conveyor/dev", "success", "")
+    failed = {"gitlab": "failed", "bitbucket": "FAILED"}.get(kind, "failure")  # their words
+    success = "SUCCESSFUL" if kind == "bitbucket" else "success"
+    assert sorted(server.statuses, key=lambda s: s["context"]) == [
+        {"sha": "a" * 40, "state": success, "context": "conveyor/dev",
          "description": "3 objects"},
         {"sha": "a" * 40, "state": failed, "context": "conveyor/prod",
          "description": "render failed"}]
@@ -234,3 +257,56 @@ def test_gitlab_merge_request_deliveries() -> None:
     assert pv.parse_pull_request(hook, body("merge"), "gitlab") is None
     assert pv.parse_pull_request({"X-Gitlab-Event": "Push Hook"}, body("open"),
                                  "gitlab") is None
+
+
+def test_bitbucket_pull_request_deliveries() -> None:
+    """Bitbucket Cloud's ``pullrequest:created|updated`` (the event in ``X-Event-Key``): the
+    head is the source branch, the commit hash 12 hex digits; a fork is flagged, a branch name
+    git refuses is a bad delivery (it would end up in a refspec)."""
+    import json as _json
+
+    from orchestrator.domain import preview as pv
+
+    def body(branch: str = "feature/x", source: str = "ws/web", state: str = "OPEN",
+             commit: str = "c" * 12) -> bytes:
+        repo = {"full_name": "ws/web"}
+        return _json.dumps({"repository": repo, "pullrequest": {
+            "id": 5, "state": state, "links": {"html": {"href": "https://bb/ws/web/pr/5"}},
+            "source": {"branch": {"name": branch}, "commit": {"hash": commit},
+                       "repository": {"full_name": source}},
+            "destination": {"branch": {"name": "main"}, "repository": repo}}}).encode()
+
+    created = {"X-Event-Key": "pullrequest:created"}
+    event = pv.parse_pull_request(created, body(), "bitbucket")
+    assert event == pv.PullRequestEvent(5, "c" * 12, "feature/x", "main", "ws/web", "opened",
+                                        "bitbucket", "https://bb/ws/web/pr/5", False)
+    assert event.fetch_ref == "refs/heads/feature/x"
+    updated = pv.parse_pull_request({"X-Event-Key": "pullrequest:updated"}, body(),
+                                    "bitbucket")
+    assert updated is not None and updated.action == "synchronize"
+    fork = pv.parse_pull_request(created, body(source="someone/web"), "bitbucket")
+    assert fork is not None and fork.fork
+    for key in ("pullrequest:fulfilled", "pullrequest:rejected", "repo:push"):
+        assert pv.parse_pull_request({"X-Event-Key": key}, body(), "bitbucket") is None
+    assert pv.parse_pull_request(created, body(state="MERGED"), "bitbucket") is None
+    for bad in ("a..b", "x:refs/heads/main", "-x", "a b", "x.lock"):
+        with pytest.raises(ValueError, match="branch names git refuses"):
+            pv.parse_pull_request(created, body(branch=bad), "bitbucket")
+    with pytest.raises(ValueError, match="not a hash"):
+        pv.parse_pull_request(created, body(commit="HEAD~1"), "bitbucket")
+    with pytest.raises(ValueError, match="without id"):
+        pv.parse_pull_request(created, b'{"pullrequest": {"id": 5}}', "bitbucket")
+
+
+def test_a_next_page_on_another_host_is_not_followed_with_the_token() -> None:
+    from orchestrator.gitops.forge import Forge
+
+    forge = Forge(ForgeSettings("bitbucket", "https://api.bitbucket.org/2.0", "ws/web", TOKEN),
+                  "")
+    same = "https://api.bitbucket.org/2.0/repositories/ws/web/pullrequests?page=2"
+    assert forge.follow(same) == same
+    for elsewhere in ("https://evil.example/2.0/x?page=2", "http://api.bitbucket.org/2.0/x",
+                      "https://api.bitbucket.org:8443/2.0/x"):
+        with pytest.raises(PermanentError, match="another host") as refused:
+            forge.follow(elsewhere)
+        assert TOKEN not in str(refused.value)

@@ -286,6 +286,51 @@ async def test_cli_release_locally_with_push_credentials(
     assert bad.returncode == 1 and "a tag" in bad.stderr
 
 
+READ_ONLY = """#!/bin/sh
+# only the account with write access may push (the read token is shared with the renderer)
+[ "$REMOTE_USER" = "pusher" ] || { echo "$REMOTE_USER has read access only" >&2; exit 1; }
+"""
+
+
+async def test_pushes_use_the_push_credentials_and_reads_keep_the_read_ones(
+        bus: EventBus, upstream: Upstream, tmp_path: Path) -> None:
+    """``CONVEYOR_GIT_PUSH_*`` (k8s/base: the Secret ``conveyor-gitops``, mounted in the api
+    and the git-watcher only) pushes; ``CONVEYOR_GIT_*`` alone, a read-only account here, is
+    refused by the server; a push token file that is not there is named, never guessed."""
+    from orchestrator.adapters.git_source import credentials_from_env, push_credentials_from_env
+
+    GitHttpServer.enable_push(upstream.bare)
+    hook = upstream.bare / "hooks" / "pre-receive"
+    hook.write_text(READ_ONLY)
+    hook.chmod(0o755)
+    token_file = tmp_path / "gitops" / "git-token"
+    token_file.parent.mkdir()
+    token_file.write_text("push-T0ken-value\n")
+    reader = {"CONVEYOR_GIT_USERNAME": "reader", "CONVEYOR_GIT_PASSWORD": "read-0nly-value"}
+    pusher = {**reader, "CONVEYOR_GIT_PUSH_USERNAME": "pusher",
+              "CONVEYOR_GIT_PUSH_TOKEN_FILE": str(token_file)}
+    assert push_credentials_from_env(reader) == credentials_from_env(reader)
+    async with GitHttpServer(upstream.root, users={"reader": "read-0nly-value",
+                                                   "pusher": "push-T0ken-value"}) as http:
+        settings = Settings(nats_url="", data_dir=tmp_path / "data",
+                            repo=http.url(upstream.name), branch="main")
+
+        def ops(environ: dict[str, str]) -> GitOps:
+            return GitOps(Resources.around(bus, settings), environ=environ, max_attempts=1)
+
+        with pytest.raises(PermanentError) as refused:
+            await ops(reader).release("dev", ["web=web:8.0"])
+        assert "pre-receive hook declined" in str(refused.value)  # the reader got in, no further
+        before = len(http.remote_users)
+        done = await ops(pusher).release("dev", ["web=web:8.0"])
+        assert done.commit == git(upstream.bare, "rev-parse", "main")
+        assert set(http.remote_users[before:]) == {"pusher"}  # its fetch and its push
+        token_file.unlink()  # the optional Secret was never created
+        with pytest.raises(PermanentError, match=str(token_file)):
+            await ops(pusher).release("dev", ["web=web:9.0"])
+    assert "read-0nly-value" not in str(refused.value)
+
+
 async def test_a_branch_that_keeps_moving_is_transient(bus: EventBus, daemon: GitDaemon,
                                                        upstream: Upstream,
                                                        tmp_path: Path) -> None:

@@ -6,9 +6,17 @@ from typing import Any
 
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
+from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.history import EnvHistory
-from orchestrator.domain.state import EnvState, Records, fold_records, project
+from orchestrator.domain.state import (
+    PAYLOAD_TYPES,
+    EnvState,
+    Records,
+    evolve,
+    fold_records,
+    project,
+)
 from orchestrator.projector import records, writes
 
 A, B = "a" * 40, "b" * 40
@@ -101,6 +109,26 @@ def test_each_record_skips_what_it_already_holds() -> None:
     again = fold_records(partial, d, 7)
     assert again == clean
     assert fold_records(clean, d, 7) == clean
+
+
+def test_events_folded_without_their_payload_fold_as_if_it_were_decoded() -> None:
+    # an environment mid-rollout with a history: what a decoded fold could still change
+    d = event(ev.COMMIT_DETECTED, A, message="change", author="Ada <ada@example.com>")
+    r = event(ev.RENDER_SUCCEEDED, A, cause=d, digest="sha256:1", objects=3)
+    before = project([(1, d), (2, r)])
+    held = Records(before.envs["dev"], before.history["dev"])
+    skipped = [*sorted(ev.KNOWN_TYPES - PAYLOAD_TYPES), "conveyor.future.thing"]
+    assert ev.NOTIFY_SENT in skipped and ev.DRIFT_DETECTED in skipped
+    for type_ in skipped:
+        for data in ({}, {"retry_of": "x" * 32, "retry": 1}, {"status": "Degraded",
+                                                               "error": "boom"}):
+            e = event(type_, A, cause=r, **data)
+            fast = fold_records(held, e, 3)
+            slow = Records(evolve(held.state, e, 3, decode(e)),
+                           hist.fold(held.history, e, 3, payload=decode(e)))
+            assert fast == slow, type_
+            assert fast.state.last_seq == 3
+            assert fold_records(fast, e, 3) == fast  # and skipped once held
 
 
 def test_the_projector_writes_only_the_records_an_event_changes() -> None:

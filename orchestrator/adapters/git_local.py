@@ -28,6 +28,7 @@ class CommitInfo:
     subject: str
     author: str
     committed_at: str  # ISO 8601 UTC
+    merged: tuple[str, ...] = ()  # the other parents, when it is a merge commit
 
     @property
     def short(self) -> str:
@@ -110,6 +111,7 @@ def _info(commit: pygit2.Commit) -> CommitInfo:
         subject=(commit.message or "").strip().splitlines()[0] if commit.message else "",
         author=f"{commit.author.name} <{commit.author.email}>",
         committed_at=when,
+        merged=tuple(str(p) for p in commit.parent_ids[1:]),
     )
 
 

@@ -10,6 +10,15 @@ Kubernetes manifests mount them:
 ``CONVEYOR_GIT_SSH_KEY`` (a key file), ``CONVEYOR_GIT_SSH_PASSPHRASE`` and
 ``CONVEYOR_GIT_KNOWN_HOSTS`` (a known_hosts file). Empty values count as unset.
 
+What Conveyor *pushes* to the primary source (releases, promotions, rollbacks, and the
+fetches of the process that does them) may use other, write-enabled credentials:
+``CONVEYOR_GIT_PUSH_TOKEN_FILE`` (a mounted file, re-read at each push) or
+``CONVEYOR_GIT_PUSH_TOKEN``, with ``CONVEYOR_GIT_PUSH_USERNAME`` for HTTP basic, or
+``CONVEYOR_GIT_PUSH_SSH_KEY`` (a key file; ``CONVEYOR_GIT_KNOWN_HOSTS`` as above); with none of
+them set, ``CONVEYOR_GIT_*``. So the read token the renderer also holds never needs push
+rights (``push_credentials_from_env``; k8s/base mounts the Secret ``conveyor-gitops`` in the
+api and the git-watcher only).
+
 Other sources take theirs from conveyor.yaml (``sources.<name>.credentials``: ``${VAR}``
 references and file paths, expanded at each fetch by ``GitMirror``). The watcher registers
 each source in the pool with its credentials, so ``pool.shared(repo, data_dir)`` (what the
@@ -66,6 +75,27 @@ def credentials_from_env(environ: Mapping[str, str] | None = None) -> dict[str, 
         creds["sshKeyFile"] = env["CONVEYOR_GIT_SSH_KEY"]
         if env.get("CONVEYOR_GIT_SSH_PASSPHRASE"):
             creds["sshPassphrase"] = "${CONVEYOR_GIT_SSH_PASSPHRASE}"
+    if env.get("CONVEYOR_GIT_KNOWN_HOSTS"):
+        creds["knownHostsFile"] = env["CONVEYOR_GIT_KNOWN_HOSTS"]
+    return creds
+
+
+def push_credentials_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The credentials to push to the primary source with: ``CONVEYOR_GIT_PUSH_*`` when any
+    is set, else ``CONVEYOR_GIT_*`` (references and paths, resolved at each use)."""
+    env = os.environ if environ is None else environ
+    creds: dict[str, Any] = {}
+    if env.get("CONVEYOR_GIT_PUSH_TOKEN_FILE"):
+        creds["tokenFile"] = env["CONVEYOR_GIT_PUSH_TOKEN_FILE"]
+    elif env.get("CONVEYOR_GIT_PUSH_TOKEN"):
+        creds["token"] = "${CONVEYOR_GIT_PUSH_TOKEN}"  # noqa: S105 (a reference)
+    if env.get("CONVEYOR_GIT_PUSH_SSH_KEY"):
+        creds["sshKeyFile"] = env["CONVEYOR_GIT_PUSH_SSH_KEY"]
+    if not creds:
+        return credentials_from_env(env)
+    user = env.get("CONVEYOR_GIT_PUSH_USERNAME")
+    if user and ("tokenFile" in creds or "token" in creds):
+        creds["username"] = user
     if env.get("CONVEYOR_GIT_KNOWN_HOSTS"):
         creds["knownHostsFile"] = env["CONVEYOR_GIT_KNOWN_HOSTS"]
     return creds

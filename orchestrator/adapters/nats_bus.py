@@ -12,6 +12,15 @@ adapter and reuse the same id, which is what makes them safe.
 Connection settings follow the field notes: reconnect forever (a service outlives a server
 restart), unsubscribe before drain on shutdown, and reconcile consumer config with
 ``add_consumer`` at start-up because binding an existing durable ignores the config given.
+
+Failover: when a stream's leader dies, a request in flight to it is never answered, and one
+sent before the new leader is elected gets "no responders". Publishes, reads of the stream and
+the KV/object-store operations therefore wait at most ``REQUEST_TIMEOUT`` per attempt (not the
+10 s of admin requests) and are retried here, quickly (``RETRY_WAIT_MAX``), for up to
+``PUBLISH_RETRY_FOR``: publishes keep their ``Nats-Msg-Id`` and the others are reads or
+idempotent puts, so a retry is safe. A compare-and-set is retried only when it surely did not
+happen (no responders), never after a timeout. Measured with ``python -m benchmarks.failover``:
+a handler's read caught by the kill used to wait 10 s, then its message's 2 s backoff.
 """
 
 from __future__ import annotations
@@ -22,14 +31,16 @@ import itertools
 import json
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 import structlog
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js import api as jsapi
 from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
@@ -55,9 +66,21 @@ from orchestrator.domain.events import Event, fit
 from orchestrator.errors import ConflictError, PermanentError, TransientError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 PUBLISH_RETRY_FOR = 30.0
+REQUEST_TIMEOUT = 2.0  # one attempt of a publish, read or KV/object operation (module doc)
+ADMIN_TIMEOUT = 10.0  # stream and consumer management
+RETRY_WAIT_MAX = 0.5  # between attempts while a stream elects a leader (a few seconds)
+UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
+              nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+              nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
+              asyncio.TimeoutError)
+NOT_DONE = (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
+            nats.js.errors.ServiceUnavailableError)  # surely not applied: a CAS may retry
 PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
+LAST_EVENTS_KEPT = 256  # subjects whose newest event stays decoded (last_event)
+BUNDLES_KEPT_BYTES = 16 << 20  # bundles kept in memory per connection (get_bundle)
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
@@ -73,6 +96,19 @@ def server_list(url: str) -> list[str]:
         raise PermanentError("no NATS server given (--nats / CONVEYOR_NATS)",
                              reason="InvalidSetting")
     return [s if "://" in s else f"nats://{s}" for s in servers]
+
+
+def delivered_at(msg: Msg) -> tuple[int, int]:
+    """A JetStream delivery's stream sequence and how many messages are pending after it.
+
+    Read straight from the reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.
+    <cseq>.<time>.<pending>``) for the common form, without building nats-py's ``Metadata``
+    (a datetime per message: a tenth of a replay's read); any other form through it."""
+    tokens = (msg.reply or "").split(".")
+    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
+        return int(tokens[5]), int(tokens[8])
+    meta = msg.metadata
+    return meta.sequence.stream, meta.num_pending
 
 
 def redact(url: str) -> str:
@@ -132,15 +168,26 @@ class EventBus:
     """A connection to NATS with Conveyor's stream, buckets and store ensured."""
 
     def __init__(self, nc: Client, js: JetStreamContext, *,
-                 on_published: PublishObserver | None = None) -> None:
+                 on_published: PublishObserver | None = None,
+                 data: JetStreamContext | None = None) -> None:
         self.nc = nc
         self.js = js
+        # publishes, reads, KV and objects: short attempts, retried (module doc)
+        self.data = data if data is not None else js
         self.on_published = on_published
         self._kv: dict[str, KeyValue] = {}
         self._obj: ObjectStore | None = None
         self._closing: list[bool] = []
         self.schema = Reconciled(epoch="", replicas=1)
         self.durables: set[str] = set()  # this process's durable consumers (readiness)
+        # the newest event read per subject: a reader that asks again (the notifier and the
+        # auto-promoter read the config in force for each event) decodes it once per change
+        self._last: dict[str, StoredEvent] = {}
+        # bundles this connection stored or read, by digest (content-addressed: a digest's
+        # bytes never change), so the applier of this process does not read back what its
+        # renderer just wrote; bounded by BUNDLES_KEPT_BYTES
+        self._bundles: OrderedDict[str, bytes] = OrderedDict()
+        self._bundle_bytes = 0
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
@@ -219,7 +266,8 @@ class EventBus:
                 await asyncio.sleep(delay)  # backoff between attempts (cancellable)
         if attempt > 1:
             log.info("nats.connected", servers=shown, attempts=attempt)
-        bus = cls(nc, nc.jetstream(timeout=10), on_published=on_published)
+        bus = cls(nc, nc.jetstream(timeout=ADMIN_TIMEOUT), on_published=on_published,
+                  data=nc.jetstream(timeout=REQUEST_TIMEOUT))
         bus._closing = closing
         try:
             for waiting in itertools.count(1):
@@ -245,8 +293,8 @@ class EventBus:
         """Reconcile the stream, buckets and store with ``schema`` (see ``nats_schema``)."""
         self.schema = await reconcile(self.js, schema, manage=manage)
         for bucket in KV_BUCKETS:
-            self._kv[bucket] = await self.js.key_value(bucket)
-        self._obj = await self.js.object_store(subjects.BUNDLE_BUCKET)
+            self._kv[bucket] = await self.data.key_value(bucket)
+        self._obj = await self.data.object_store(subjects.BUNDLE_BUCKET)
         return self.schema
 
     @property
@@ -282,23 +330,33 @@ class EventBus:
         subject = subjects.event_subject(event.subject, event.type)
         # what the server accepts (1 MiB by default), less room for the subject and headers:
         # an oversized event is cut to fit rather than stall its stage forever
-        event = fit(event, max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM))
+        limit = max(4096, int(self.nc.max_payload or 1 << 20) - PAYLOAD_HEADROOM)
         payload = event.to_json()
+        if len(payload) > limit:
+            event = fit(event, limit)
+            payload = event.to_json()
         headers = {"Nats-Msg-Id": event.id}
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type((nats.errors.TimeoutError,
-                                           nats.js.errors.NoStreamResponseError,
-                                           nats.errors.ConnectionClosedError,
-                                           nats.errors.OutboundBufferLimitError)),
-            wait=wait_exponential(multiplier=0.1, max=2), stop=stop_after_delay(PUBLISH_RETRY_FOR),
-            reraise=True,
-        ):
-            with attempt:
-                ack = await self.js.publish(subject, payload, headers=headers,
-                                            stream=subjects.STREAM)
+        ack = await self._retrying(lambda: self.data.publish(
+            subject, payload, headers=headers, stream=subjects.STREAM))
         if self.on_published is not None:
             self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]],
+                        unanswered: tuple[type[BaseException], ...] = UNANSWERED) -> T:
+        """``call()``, again while the servers do not answer (module doc), then its error."""
+        try:  # the common case without a retry loop's set-up (a fleet makes thousands of calls)
+            return await call()
+        except unanswered:
+            pass
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(unanswered),
+            wait=wait_exponential(multiplier=0.1, max=RETRY_WAIT_MAX),
+            stop=stop_after_delay(PUBLISH_RETRY_FOR), reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable: AsyncRetrying re-raises the last error")
 
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
         return [await self.publish(e) for e in events]
@@ -306,15 +364,23 @@ class EventBus:
     async def last_event(self, env: str, event_type: str) -> StoredEvent | None:
         subject = subjects.event_subject(env, event_type)
         try:
-            raw = await self.js.get_last_msg(subjects.STREAM, subject, direct=True)
+            raw = await self._retrying(lambda: self.data.get_last_msg(
+                subjects.STREAM, subject, direct=True))
         except NotFoundError:
             return None
         assert raw.data is not None and raw.seq is not None
-        return StoredEvent(raw.seq, Event.from_json(raw.data))
+        known = self._last.get(subject)
+        if known is not None and known.seq == raw.seq:
+            return known
+        stored = StoredEvent(raw.seq, Event.from_json(raw.data))
+        if len(self._last) >= LAST_EVENTS_KEPT:
+            self._last.clear()
+        self._last[subject] = stored
+        return stored
 
     async def get_event(self, seq: int) -> StoredEvent | None:
         try:
-            raw = await self.js.get_msg(subjects.STREAM, seq=seq)
+            raw = await self._retrying(lambda: self.data.get_msg(subjects.STREAM, seq=seq))
         except NotFoundError:
             return None
         assert raw.data is not None
@@ -380,7 +446,7 @@ class EventBus:
 
     async def kv_get(self, bucket: str, key: str) -> tuple[Any, int] | None:
         try:
-            entry = await self._kv[bucket].get(key)
+            entry = await self._retrying(lambda: self._kv[bucket].get(key))
         except (KeyNotFoundError, NotFoundError):
             return None
         if entry.value is None:
@@ -394,10 +460,11 @@ class EventBus:
         store = self._kv[bucket]
         try:
             if expect_revision is None:
-                return int(await store.put(key, data))
+                return int(await self._retrying(lambda: store.put(key, data)))
             if expect_revision == 0:
-                return int(await store.create(key, data))
-            return int(await store.update(key, data, last=expect_revision))
+                return int(await self._retrying(lambda: store.create(key, data), NOT_DONE))
+            return int(await self._retrying(
+                lambda: store.update(key, data, last=expect_revision), NOT_DONE))
         except (nats.js.errors.KeyWrongLastSequenceError, BadRequestError) as exc:
             raise ConflictError(f"{bucket}/{key} changed concurrently") from exc
 
@@ -443,24 +510,44 @@ class EventBus:
     async def put_bundle(self, digest: str, payload: bytes) -> None:
         assert self._obj is not None
         name = digest.replace(":", "-")
+        store = self._obj
         with contextlib.suppress(ObjectNotFoundError, NotFoundError):
-            info = await self._obj.get_info(name)
+            info = await self._retrying(lambda: store.get_info(name))
             if info is not None and not info.deleted:
+                self._keep_bundle(digest, payload)
                 return  # stored once per digest
-        await self._obj.put(name, payload)
+        await self._retrying(lambda: store.put(name, payload))  # same name, same bytes
+        self._keep_bundle(digest, payload)
 
     async def get_bundle(self, digest: str) -> bytes | None:
         assert self._obj is not None
+        kept = self._bundles.get(digest)
+        if kept is not None:
+            self._bundles.move_to_end(digest)
+            return kept
         try:
-            result = await self._obj.get(digest.replace(":", "-"))
+            store = self._obj
+            result = await self._retrying(lambda: store.get(digest.replace(":", "-")))
         except (ObjectNotFoundError, NotFoundError):
             return None
-        return bytes(result.data or b"")
+        payload = bytes(result.data or b"")
+        self._keep_bundle(digest, payload)
+        return payload
+
+    def _keep_bundle(self, digest: str, payload: bytes) -> None:
+        if len(payload) > BUNDLES_KEPT_BYTES // 8 or digest in self._bundles:
+            return
+        self._bundles[digest] = payload
+        self._bundle_bytes += len(payload)
+        while self._bundle_bytes > BUNDLES_KEPT_BYTES:
+            _, old = self._bundles.popitem(last=False)
+            self._bundle_bytes -= len(old)
 
     async def has_bundle(self, digest: str) -> bool:
         assert self._obj is not None
         try:
-            info = await self._obj.get_info(digest.replace(":", "-"))
+            store = self._obj
+            info = await self._retrying(lambda: store.get_info(digest.replace(":", "-")))
         except (ObjectNotFoundError, NotFoundError):
             return False
         return info is not None and not info.deleted

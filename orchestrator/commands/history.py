@@ -57,6 +57,8 @@ def attempt_line(a: dict[str, Any]) -> str:
         note = f"[promotion from {a.get('promoted_from') or '?'}] {note}"
     elif a.get("action"):
         note = f"[{a['action']}] {note}"
+    if a.get("action") and a.get("merged"):  # a merge commit of Conveyor's pull request
+        note = note.replace("] ", f", merged {_short(a['merged'])}] ", 1)
     when = (a.get("finished_at") or a.get("started_at") or "")[:19].replace("T", " ")
     return (f"{when:<20}{_short(a['revision']):<9}{outcome[:30]:<31}"
             f"{_duration(a.get('duration_ms')):>8}  {_author(a.get('author', ''))[:18]:<19}"

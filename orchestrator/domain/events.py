@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import orjson
+
 SPEC_VERSION: Final = "1.0"
 PAYLOAD_VERSION: Final = 2  # of every payload class (orchestrator/domain/payloads.py)
 SCHEMA_PREFIX: Final = "urn:conveyor:payload:"
@@ -109,6 +111,16 @@ def outcome_id(stage: str, env: str, cause_id: str) -> str:
     return derive_id(f"conveyor.{stage}.outcome", env, cause_id)
 
 
+def loads(payload: bytes | str) -> Any:
+    """JSON text as Python values: orjson (three times the standard library's speed, and every
+    event of the log is parsed), or the standard library for what orjson refuses and it reads
+    (``NaN``, integers past 64 bits): the same values either way."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
+
+
 def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
@@ -178,7 +190,7 @@ class Event:
 
     @classmethod
     def from_json(cls, payload: bytes) -> Event:
-        return cls.from_dict(json.loads(payload))
+        return cls.from_dict(loads(payload))
 
     def with_time(self, time: str) -> Event:
         return replace(self, time=time)

@@ -29,9 +29,10 @@ Pure: no clock, no I/O.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from orchestrator.domain import events as ev
 from orchestrator.domain.codec import decode
@@ -79,16 +80,31 @@ HISTORY_TYPES: Final = frozenset({
 REOPENERS: Final = frozenset({ev.COMMIT_DETECTED, ev.RENDER_SUCCEEDED})
 
 
-def updated(obj: T, changes: dict[str, Any]) -> T:
-    """``dataclasses.replace`` for the frozen, slotted records folded here, without the
-    ``__init__`` round trip: twice as fast, and replay folds every event of the log."""
-    if not changes:
-        return obj
-    cls = type(obj)
-    new = object.__new__(cls)
-    for name in cls.__slots__:  # type: ignore[attr-defined]
-        object.__setattr__(new, name, changes[name] if name in changes else getattr(obj, name))
-    return new
+class Updater(Generic[T]):
+    """``dataclasses.replace`` for one frozen, slotted record class folded here, without the
+    ``__init__`` round trip: every field read at once (``attrgetter``) and written through its
+    slot. Three times as fast, and replay folds every event of the log."""
+
+    __slots__ = ("_cls", "_get", "_index", "_set")
+
+    def __init__(self, cls: type[T]) -> None:
+        names: tuple[str, ...] = cls.__slots__  # type: ignore[attr-defined]
+        self._cls = cls
+        self._get = operator.attrgetter(*names)
+        self._index = {name: i for i, name in enumerate(names)}
+        self._set = tuple(getattr(cls, name).__set__ for name in names)
+
+    def __call__(self, obj: T, changes: dict[str, Any]) -> T:
+        if not changes:
+            return obj
+        values = list(self._get(obj))
+        index = self._index
+        for name, value in changes.items():
+            values[index[name]] = value
+        new: T = object.__new__(self._cls)
+        for put, value in zip(self._set, values, strict=True):
+            put(new, value)
+        return new
 
 
 # Each function below takes the event's decoded payload when the caller has it (a fold decodes
@@ -149,6 +165,9 @@ class Attempt:
     def from_dict(raw: dict[str, Any]) -> Attempt:
         known = Attempt.__dataclass_fields__
         return Attempt(**{k: v for k, v in raw.items() if k in known})
+
+
+UPDATE_ATTEMPT: Final = Updater(Attempt)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,7 +236,7 @@ def advance(entry: Attempt | None, event: Event, seq: int,
         changes.update(attempts=entry.attempts + 1, finished_at="", duration_ms=None, error="",
                        outcome_event="")
     changes.update(_outcome_changes(entry, event, p))
-    return updated(entry, changes)
+    return UPDATE_ATTEMPT(entry, changes)
 
 
 def _outcome_changes(entry: Attempt, event: Event, p: Payload) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class CommitFields(Payload):
     branch: str = ""  # the source branch
     source: str = ""  # the source's name in conveyor.yaml (``default``: the primary)
     repo: str = ""  # the source's repository (path or URL without credentials)
+    merged: tuple[str, ...] = ()  # a merge commit's other parents (a merged pull request)
 
     def has_commit(self) -> bool:
         return bool(self.author or self.message or self.short)

@@ -1,7 +1,8 @@
 """Pull-request previews: what a pull request would change in each environment, for people.
 
 Pure. ``parse_pull_request`` reads a GitHub, Gitea or Forgejo ``pull_request`` webhook
-delivery (opened, synchronize(d), reopened); ``comment`` writes the one comment Conveyor
+delivery (opened, synchronize(d), reopened), a GitLab "Merge Request Hook" or a Bitbucket
+Cloud ``pullrequest:created|updated`` one; ``comment`` writes the one comment Conveyor
 keeps per pull request (found again by its hidden marker and updated on every push), from
 each affected environment's object-level diff (``orchestrator.domain.diff``: Secret values
 redacted) or its render error; ``status`` is the commit status of one environment
@@ -11,6 +12,7 @@ redacted) or its render error; ``status`` is the commit status of one environmen
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,12 +33,17 @@ class PullRequestEvent:
     repo: str  # owner/name (GitLab: the project's path with namespace)
     action: str
     provider: str = "github"
+    url: str = ""  # the pull request's page, where the forge gives it
+    fork: bool = False  # Bitbucket: the head lives in another repository
 
     @property
     def fetch_ref(self) -> str:
-        """Where the forge serves the pull request's head in the base repository."""
+        """Where the forge serves the pull request's head in the base repository. Bitbucket
+        Cloud serves no pull request refs: the head is the source branch itself."""
         if self.provider == "gitlab":
             return f"refs/merge-requests/{self.number}/head"
+        if self.provider == "bitbucket":
+            return f"refs/heads/{self.head_ref}"
         return f"refs/pull/{self.number}/head"
 
 
@@ -56,6 +63,8 @@ def parse_pull_request(headers: Mapping[str, str], body: bytes,
     h = {k.lower(): v for k, v in headers.items()}
     if provider == "gitlab":
         return _gitlab(h, body)
+    if provider == "bitbucket":
+        return _bitbucket(h, body)
     event = next((h[name] for name in EVENT_HEADERS.get(provider, ()) if name in h), "")
     if event != "pull_request":
         return None
@@ -97,6 +106,48 @@ def _gitlab(h: Mapping[str, str], body: bytes) -> PullRequestEvent | None:
     except (KeyError, TypeError, ValueError):
         raise ValueError("a merge request delivery without iid, last_commit, branches or "
                          "project") from None
+
+
+# Bitbucket Cloud's pull request events (support.atlassian.com/bitbucket-cloud/docs/event-
+# payloads): "updated" is sent for a push to the source branch and for a title or description
+# edit alike; both are previewed (the comment is updated in place, so a re-run is harmless).
+BITBUCKET_ACTIONS = {"pullrequest:created": "opened", "pullrequest:updated": "synchronize"}
+_BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|[/.]$|\.lock$")
+
+
+def valid_branch(name: str) -> bool:
+    """A branch name git accepts (``git check-ref-format``'s rules), so that a name from a
+    payload can only ever name a branch in a refspec."""
+    return bool(name) and len(name) <= 255 and _BAD_REF.search(name) is None
+
+
+def _bitbucket(h: Mapping[str, str], body: bytes) -> PullRequestEvent | None:
+    action = BITBUCKET_ACTIONS.get(h.get("x-event-key", ""))
+    if action is None:
+        return None
+    data = json.loads(body)
+    if not isinstance(data, dict):
+        raise ValueError("the body is not a JSON object")
+    pr, repo = data.get("pullrequest") or {}, data.get("repository") or {}
+    try:
+        source, target = pr["source"], pr["destination"]
+        full_name = str(repo["full_name"])
+        head_repo = str((source.get("repository") or {}).get("full_name") or full_name)
+        event = PullRequestEvent(
+            int(pr["id"]), str(source["commit"]["hash"]), str(source["branch"]["name"]),
+            str(target["branch"]["name"]), full_name, action, "bitbucket",
+            str(((pr.get("links") or {}).get("html") or {}).get("href") or ""),
+            head_repo.lower() != full_name.lower())
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise ValueError("a pullrequest delivery without id, source, destination or "
+                         "repository") from None
+    if pr.get("state", "OPEN") != "OPEN":
+        return None
+    if not (valid_branch(event.head_ref) and valid_branch(event.base_ref)):
+        raise ValueError("a pullrequest delivery whose branch names git refuses")
+    if not re.fullmatch(r"[0-9a-f]{7,40}", event.head_sha):
+        raise ValueError("a pullrequest delivery whose source commit is not a hash")
+    return event
 
 
 @dataclass(frozen=True, slots=True)

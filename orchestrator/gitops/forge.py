@@ -1,11 +1,16 @@
-"""Pull requests through a forge's REST API: GitHub, GitLab (merge requests), Gitea/Forgejo.
+"""Pull requests through a forge's REST API: GitHub, GitLab (merge requests), Gitea/Forgejo,
+Bitbucket Cloud.
 
 Operator settings, never the repository's (a committer must not choose where Conveyor sends
-a token): ``CONVEYOR_FORGE`` (``github``, ``gitlab``, ``gitea``; ``forgejo`` is ``gitea``),
-``CONVEYOR_FORGE_API_URL`` (default ``https://api.github.com``, ``https://gitlab.com/api/v4``,
-none for Gitea; GitHub Enterprise is ``https://HOST/api/v3``), ``CONVEYOR_FORGE_TOKEN`` or
-``CONVEYOR_FORGE_TOKEN_FILE`` (re-read at each request), and ``CONVEYOR_FORGE_REPO``
-(``owner/name``; default: the path of the source URL without ``.git``).
+a token): ``CONVEYOR_FORGE`` (``github``, ``gitlab``, ``gitea``, ``bitbucket``; ``forgejo`` is
+``gitea``), ``CONVEYOR_FORGE_API_URL`` (default ``https://api.github.com``,
+``https://gitlab.com/api/v4``, ``https://api.bitbucket.org/2.0``, none for Gitea; GitHub
+Enterprise is ``https://HOST/api/v3``), ``CONVEYOR_FORGE_TOKEN`` or
+``CONVEYOR_FORGE_TOKEN_FILE`` (re-read at each request), ``CONVEYOR_FORGE_USERNAME`` (Bitbucket
+only: with it the token is an app password / API token sent as HTTP Basic ``username:token``;
+without it, a repository/workspace access token sent as ``Bearer``), and
+``CONVEYOR_FORGE_REPO`` (``owner/name``, Bitbucket ``workspace/repo_slug``; default: the path of
+the source URL without ``.git``).
 
 The calls, from each forge's published REST reference:
 
@@ -15,6 +20,11 @@ The calls, from each forge's published REST reference:
   target_branch, title, description}`` -> 201 ``{iid, web_url}``; ``PRIVATE-TOKEN``.
 - Gitea/Forgejo: ``POST /repos/{owner}/{repo}/pulls`` ``{head, base, title, body}`` -> 201
   ``{number, html_url}``; ``Authorization: token``.
+- Bitbucket Cloud: ``POST /repositories/{workspace}/{repo_slug}/pullrequests`` ``{title,
+  description, source: {branch: {name}}, destination: {branch: {name}},
+  close_source_branch}`` -> 201 ``{id, links: {html: {href}}}``. Errors are
+  ``{"type": "error", "error": {"message": ...}}``. Bitbucket Server / Data Center (another
+  API, ``/rest/api/1.0``) is not supported.
 
 Listing open pull requests (for the ``pullRequests`` environment generator):
 
@@ -26,18 +36,27 @@ Listing open pull requests (for the ``pullRequests`` environment generator):
   ``updated_at``, ``source_project_id`` vs ``target_project_id`` (a fork when they differ).
 - Gitea/Forgejo: ``GET /repos/{owner}/{repo}/pulls?state=open&limit=50&page=N`` until a short
   page; fields as GitHub's.
+- Bitbucket Cloud: ``GET /repositories/{ws}/{slug}/pullrequests?state=OPEN&pagelen=50``, a
+  page ``{values, next}`` followed by its ``next`` URL; ``id``, ``source.branch.name``,
+  ``source.commit.hash`` (Bitbucket gives 12 hex digits, not 40),
+  ``source.repository.full_name`` (a fork when it is not the repository),
+  ``destination.branch.name``, ``updated_on``. Bitbucket has no labels: a ``labels:`` filter
+  selects no Bitbucket pull request.
 
 Pull requests from forks are never listed: their head is not in the watched repository, and
 deploying a stranger's branch is the operator's decision, not a generator's.
 
 A rate-limited answer (429, or 403 with ``x-ratelimit-remaining: 0``) is
-``TransientError(reason="RateLimited", delay=Retry-After or the reset time)``; refused
+``TransientError(reason="RateLimited", delay=Retry-After or the reset time, else 60 s)``
+(Bitbucket's 429 names neither: its limits are per rolling hour); refused
 credentials are ``PermanentError("AuthenticationFailed")``; other refusals name the forge's
-message. The token never appears in an error or a log.
+message. The token never appears in an error or a log, and goes only to the API's own scheme,
+host and port: a next page (``Link`` or Bitbucket's ``next``) elsewhere is refused.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import time
@@ -54,9 +73,14 @@ from orchestrator.domain.generator_pulls import PullRequest as OpenPull
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import PermanentError, TransientError
 
-KINDS = ("github", "gitlab", "gitea")
-DEFAULT_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4"}
+KINDS = ("github", "gitlab", "gitea", "bitbucket")
+DEFAULT_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4",
+               "bitbucket": "https://api.bitbucket.org/2.0"}
+# the ``set_status`` states (GitHub's words) as Bitbucket names them
+BITBUCKET_STATES = {"success": "SUCCESSFUL", "failure": "FAILED", "error": "FAILED",
+                    "pending": "INPROGRESS"}
 TIMEOUT = 30.0
+MAX_PAGES = 50  # pages of a listing; a forge answering more is looping
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +101,7 @@ class ForgeSettings:
     repo: str = ""  # owner/name; "" = from the source URL
     token: str | None = field(default=None, repr=False)
     token_file: str = ""
+    username: str = ""  # Bitbucket: Basic auth with an app password / API token
 
     @staticmethod
     def from_env(environ: Mapping[str, str] | None = None) -> ForgeSettings | None:
@@ -87,14 +112,15 @@ class ForgeSettings:
         kind = "gitea" if kind == "forgejo" else kind
         if kind not in KINDS:
             raise PermanentError(f"CONVEYOR_FORGE={kind!r}: one of github, gitlab, gitea, "
-                                 "forgejo", reason="InvalidForge")
+                                 "forgejo, bitbucket", reason="InvalidForge")
         api = (env.get("CONVEYOR_FORGE_API_URL") or DEFAULT_API.get(kind, "")).rstrip("/")
         if not api:
             raise PermanentError(f"CONVEYOR_FORGE={kind} needs CONVEYOR_FORGE_API_URL (e.g. "
                                  "https://gitea.example.org/api/v1)", reason="InvalidForge")
         return ForgeSettings(kind, api, (env.get("CONVEYOR_FORGE_REPO") or "").strip("/"),
                              env.get("CONVEYOR_FORGE_TOKEN") or None,
-                             env.get("CONVEYOR_FORGE_TOKEN_FILE") or "")
+                             env.get("CONVEYOR_FORGE_TOKEN_FILE") or "",
+                             (env.get("CONVEYOR_FORGE_USERNAME") or "").strip())
 
     def read_token(self) -> str:
         if self.token_file:
@@ -107,6 +133,21 @@ class ForgeSettings:
             raise PermanentError("no forge token: set CONVEYOR_FORGE_TOKEN or "
                                  "CONVEYOR_FORGE_TOKEN_FILE", reason="InvalidForge")
         return self.token
+
+    def auth(self) -> dict[str, str]:
+        """The headers that carry the token, as this forge expects them."""
+        token = self.read_token()
+        if self.kind == "github":
+            return {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
+                    "X-GitHub-Api-Version": "2022-11-28"}
+        if self.kind == "gitlab":
+            return {"PRIVATE-TOKEN": token}
+        if self.kind == "bitbucket":
+            if self.username:
+                basic = base64.b64encode(f"{self.username}:{token}".encode()).decode()
+                return {"Authorization": f"Basic {basic}", "Accept": "application/json"}
+            return {"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        return {"Authorization": f"token {token}"}
 
 
 def repo_path(settings: ForgeSettings, source_url: str) -> str:
@@ -145,23 +186,19 @@ class Forge:
 
     def _request(self, title: str, head: str, base: str, body: str
                  ) -> tuple[str, dict[str, str], dict[str, Any]]:
-        s, token = self.settings, self.settings.read_token()
-        if s.kind == "github":
-            owner, _, name = self.repo.partition("/")
-            return (f"{s.api_url}/repos/{owner}/{name}/pulls",
-                    {"Authorization": f"Bearer {token}",
-                     "Accept": "application/vnd.github+json",
-                     "X-GitHub-Api-Version": "2022-11-28"},
-                    {"title": title, "head": head, "base": base, "body": body})
+        s, auth = self.settings, self.settings.auth()
+        owner, _, name = self.repo.partition("/")
         if s.kind == "gitlab":
             project = urllib.parse.quote(self.repo, safe="")
-            return (f"{s.api_url}/projects/{project}/merge_requests",
-                    {"PRIVATE-TOKEN": token},
+            return (f"{s.api_url}/projects/{project}/merge_requests", auth,
                     {"source_branch": head, "target_branch": base, "title": title,
                      "description": body, "remove_source_branch": True})
-        owner, _, name = self.repo.partition("/")
-        return (f"{s.api_url}/repos/{owner}/{name}/pulls",
-                {"Authorization": f"token {token}"},
+        if s.kind == "bitbucket":
+            return (f"{s.api_url}/repositories/{owner}/{name}/pullrequests", auth,
+                    {"title": title, "description": body,
+                     "source": {"branch": {"name": head}},
+                     "destination": {"branch": {"name": base}}, "close_source_branch": True})
+        return (f"{s.api_url}/repos/{owner}/{name}/pulls", auth,
                 {"title": title, "head": head, "base": base, "body": body})
 
     async def _call(self, method: str, url: str, *, headers: Mapping[str, str],
@@ -191,8 +228,21 @@ class Forge:
                                  reason="AuthenticationFailed")
         return status, data, answer_headers
 
+    def follow(self, url: str) -> str:
+        """A next-page URL the forge answered, refused unless it is on the API's own scheme,
+        host and port: the token goes only where the operator pointed it."""
+        want, got = urllib.parse.urlsplit(self.settings.api_url), urllib.parse.urlsplit(url)
+        if (got.scheme, got.netloc) != (want.scheme, want.netloc):
+            raise PermanentError(f"{self.settings.kind} {self.repo}: the forge's next page is "
+                                 f"on another host ({got.scheme}://{got.hostname}); not "
+                                 "followed with the token", reason="PullRequestListFailed")
+        return url
+
     def _failed(self, what: str, status: int, data: Any) -> PermanentError:
         message = data.get("message") if isinstance(data, Mapping) else ""
+        error = data.get("error") if isinstance(data, Mapping) else None
+        if not message and isinstance(error, Mapping):  # Bitbucket: {"type": "error", ...}
+            message = error.get("message")
         return PermanentError(f"{self.settings.kind} {self.repo}: {what} failed ({status}: "
                               f"{message or 'no message'})", reason="PullRequestFailed")
 
@@ -203,76 +253,103 @@ class Forge:
             raise self._failed("opening the pull request", status, data)
         if self.settings.kind == "gitlab":
             return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
+        if self.settings.kind == "bitbucket":
+            html = (data.get("links") or {}).get("html") or {}
+            return PullRequest(int(data["id"]), str(html.get("href") or ""), head, base)
         return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
 
     # ------------------------------------------------------------------ previews
     # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
     # comments of the pull request, paged with a Link header, and commit statuses. GitLab:
-    # the merge request's notes (PUT to edit) and ``/projects/:id/statuses/:sha``.
+    # the merge request's notes (PUT to edit) and ``/projects/:id/statuses/:sha``. Bitbucket
+    # Cloud: ``/pullrequests/{id}/comments`` (``content.raw``, paged by ``next`` in the body,
+    # PUT to edit) and ``/commit/{node}/statuses/build`` (one status per ``key``, posted
+    # again to update it).
 
-    def _github(self) -> tuple[str, dict[str, str]]:
-        token = self.settings.read_token()
-        if self.settings.kind == "gitea":
-            return f"{self.settings.api_url}/repos/{self.repo}", {
-                "Authorization": f"token {token}"}
-        return (f"{self.settings.api_url}/repos/{self.repo}",
-                {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
-                 "X-GitHub-Api-Version": "2022-11-28"})
+    def _comments(self, number: int) -> tuple[str, str, str, str]:
+        """(first listing page, create URL, edit URL with ``{id}``, edit method)."""
+        api, repo = self.settings.api_url, self.repo
+        if self.settings.kind == "gitlab":
+            notes = (f"{api}/projects/{urllib.parse.quote(repo, safe='')}/merge_requests/"
+                     f"{number}/notes")
+            return f"{notes}?per_page=100", notes, notes + "/{id}", "PUT"
+        if self.settings.kind == "bitbucket":
+            comments = f"{api}/repositories/{repo}/pullrequests/{number}/comments"
+            return f"{comments}?pagelen=100", comments, comments + "/{id}", "PUT"
+        page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
+        return (f"{api}/repos/{repo}/issues/{number}/comments?{page}",
+                f"{api}/repos/{repo}/issues/{number}/comments",
+                f"{api}/repos/{repo}/issues/comments/{{id}}", "PATCH")
 
-    def _gitlab(self, number: int) -> tuple[str, str, dict[str, str]]:
-        project = urllib.parse.quote(self.repo, safe="")
-        base = f"{self.settings.api_url}/projects/{project}"
-        return base, f"{base}/merge_requests/{number}/notes", {
-            "PRIVATE-TOKEN": self.settings.read_token()}
+    def _comment_body(self, body: str) -> dict[str, Any]:
+        return {"content": {"raw": body}} if self.settings.kind == "bitbucket" else {
+            "body": body}
+
+    @staticmethod
+    def _text(comment: Mapping[str, Any]) -> str:
+        content = comment.get("content")
+        if isinstance(content, Mapping):  # Bitbucket
+            return "" if comment.get("deleted") else str(content.get("raw") or "")
+        return str(comment.get("body") or "")
 
     async def upsert_comment(self, number: int, body: str, marker: str) -> tuple[int, bool]:
         """The pull request's comment (GitLab: note) holding ``marker``, updated to ``body``
-        (created when there is none). Every page is read (``Link: rel="next"``). Returns
-        (comment id, created)."""
-        if self.settings.kind == "gitlab":
-            _, notes, headers = self._gitlab(number)
-            url: str | None = f"{notes}?per_page=100"
-            edit_url, create, edit = notes + "/{id}", notes, "PUT"
-        else:
-            base, headers = self._github()
-            page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
-            url = f"{base}/issues/{number}/comments?{page}"
-            edit_url, create, edit = base + "/issues/comments/{id}", \
-                f"{base}/issues/{number}/comments", "PATCH"
+        (created when there is none). Every page is read (``Link: rel="next"``; Bitbucket:
+        ``next`` of the page). Returns (comment id, created)."""
+        headers = self.settings.auth()
+        url: str | None
+        url, create, edit_url, edit = self._comments(number)
         found: int | None = None
-        while url and found is None:
+        for _ in range(MAX_PAGES):
+            if url is None or found is not None:
+                break
             status, data, answer = await self._call("GET", url, headers=headers)
-            if status != 200 or not isinstance(data, list):
+            values = data.get("values") if isinstance(data, Mapping) else data
+            if status != 200 or not isinstance(values, list):
                 raise self._failed("listing the comments", status, data)
-            found = next((int(c["id"]) for c in data if isinstance(c, Mapping)
-                          and marker in str(c.get("body") or "")), None)
-            url = _next_link(answer.get("link", ""))
+            found = next((int(c["id"]) for c in values if isinstance(c, Mapping)
+                          and marker in self._text(c)), None)
+            nxt = str(data.get("next") or "") if isinstance(data, Mapping) else \
+                _next_link(answer.get("link", ""))
+            url = self.follow(nxt) if nxt else None
         if found is not None:
             status, data, _ = await self._call(edit, edit_url.format(id=found), headers=headers,
-                                               payload={"body": body})
+                                               payload=self._comment_body(body))
             if status not in (200, 201):
                 raise self._failed("updating the comment", status, data)
             return found, False
         status, data, _ = await self._call("POST", create, headers=headers,
-                                           payload={"body": body})
+                                           payload=self._comment_body(body))
         if status != 201 or not isinstance(data, Mapping):
             raise self._failed("commenting", status, data)
         return int(data["id"]), True
 
-    async def set_status(self, sha: str, context: str, state: str, description: str) -> None:
+    async def set_status(self, sha: str, context: str, state: str, description: str,
+                         url: str = "", ref: str = "") -> None:
         """A commit status; ``state`` is GitHub's (success, failure, error, pending), named
-        as each forge names it."""
-        if self.settings.kind == "gitlab":
-            base, _, headers = self._gitlab(0)
+        as each forge names it. ``url`` links the status to the pull request (Bitbucket
+        requires one); ``ref``, the pull request's source branch, is Bitbucket's
+        ``refname``, without which the status is not shown on the pull request."""
+        api, headers = self.settings.api_url, self.settings.auth()
+        kind = self.settings.kind
+        if kind == "gitlab":
             gitlab_state = {"failure": "failed", "error": "failed"}.get(state, state)
-            status, data, _ = await self._call(
-                "POST", f"{base}/statuses/{sha}", headers=headers,
-                payload={"state": gitlab_state, "name": context, "description": description})
+            target = f"{api}/projects/{urllib.parse.quote(self.repo, safe='')}/statuses/{sha}"
+            payload: dict[str, Any] = {"state": gitlab_state, "name": context,
+                                       "description": description}
+        elif kind == "bitbucket":
+            target = f"{api}/repositories/{self.repo}/commit/{sha}/statuses/build"
+            payload = {"key": context, "name": context, "description": description,
+                       "state": BITBUCKET_STATES.get(state, state.upper()),
+                       "url": url or f"https://bitbucket.org/{self.repo}/commits/{sha}"}
+            if ref:
+                payload["refname"] = ref
         else:
-            base, headers = self._github()
-            status, data, _ = await self._call(
-                "POST", f"{base}/statuses/{sha}", headers=headers,
-                payload={"state": state, "context": context, "description": description})
+            target = f"{api}/repos/{self.repo}/statuses/{sha}"
+            payload = {"state": state, "context": context, "description": description}
+            if url:
+                payload["target_url"] = url
+        status, data, _ = await self._call("POST", target, headers=headers, payload=payload)
         if status not in (200, 201):
             raise self._failed(f"setting the status {context}", status, data)
 
@@ -296,8 +373,6 @@ def _epoch(value: Any) -> float:
         return 0.0
 
 
-MAX_PAGES = 50  # 5,000 open pull requests: a forge answering more pages is looping
-
 
 class PullLister:
     """The open pull requests of one repository, page by page, forks left out. The forge is
@@ -314,20 +389,29 @@ class PullLister:
         return self._forge
 
     def _first(self) -> tuple[str, dict[str, str]]:
-        s, token = self.forge.settings, self.forge.settings.read_token()
+        s, auth = self.forge.settings, self.forge.settings.auth()
         owner, _, name = self.forge.repo.partition("/")
         if s.kind == "github":
-            return (f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&per_page=100",
-                    {"Authorization": f"Bearer {token}", "Accept": "application/vnd.github+json",
-                     "X-GitHub-Api-Version": "2022-11-28"})
+            return f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&per_page=100", auth
         if s.kind == "gitlab":
             project = urllib.parse.quote(self.forge.repo, safe="")
             return (f"{s.api_url}/projects/{project}/merge_requests?state=opened&per_page=100"
-                    "&page=1", {"PRIVATE-TOKEN": token})
-        return (f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&limit=50&page=1",
-                {"Authorization": f"token {token}"})
+                    "&page=1", auth)
+        if s.kind == "bitbucket":
+            return (f"{s.api_url}/repositories/{owner}/{name}/pullrequests?state=OPEN"
+                    "&pagelen=50", auth)
+        return f"{s.api_url}/repos/{owner}/{name}/pulls?state=open&limit=50&page=1", auth
 
     def _pull(self, raw: Mapping[str, Any]) -> OpenPull | None:
+        if self.forge.settings.kind == "bitbucket":
+            source, target = raw.get("source") or {}, raw.get("destination") or {}
+            repo = (source.get("repository") or {}).get("full_name")
+            if repo and str(repo).lower() != self.forge.repo.lower():
+                return None
+            return OpenPull(int(raw["id"]), str((source.get("branch") or {}).get("name") or ""),
+                            str((target.get("branch") or {}).get("name") or ""),
+                            str((source.get("commit") or {}).get("hash") or ""), (),
+                            _epoch(raw.get("updated_on")))
         if self.forge.settings.kind == "gitlab":
             if raw.get("source_project_id") != raw.get("target_project_id"):
                 return None
@@ -344,8 +428,12 @@ class PullLister:
         return OpenPull(int(raw["number"]), str(head.get("ref") or ""), str(base.get("ref") or ""),
                         str(head.get("sha") or ""), tuple(labels), _epoch(raw.get("updated_at")))
 
-    def _next(self, url: str, headers: Mapping[str, str], count: int) -> str | None:
+    def _next(self, url: str, headers: Mapping[str, str], count: int,
+              data: Any = None) -> str | None:
         kind = self.forge.settings.kind
+        if kind == "bitbucket":
+            nxt = data.get("next") if isinstance(data, Mapping) else None
+            return str(nxt) if nxt else None
         if kind == "github":
             for part in headers.get("link", "").split(","):
                 target, _, rel = part.partition(";")
@@ -366,18 +454,19 @@ class PullLister:
         for _ in range(MAX_PAGES):
             # rate limits, refused tokens and an unreachable forge are raised by the call
             status, data, headers = await self.forge._call("GET", url, headers=auth)
-            if status != 200 or not isinstance(data, list):
+            values = data.get("values") if isinstance(data, Mapping) else data
+            if status != 200 or not isinstance(values, list):
                 raise PermanentError(f"{where}: listing pull requests answered {status}",
                                      reason="PullRequestListFailed")
-            for raw in data:
+            for raw in values:
                 if isinstance(raw, Mapping):
                     with contextlib.suppress(KeyError, TypeError, ValueError):
                         pull = self._pull(raw)
                         if pull is not None and pull.branch and pull.head_sha:
                             out.append(pull)
-            nxt = self._next(url, headers, len(data))
+            nxt = self._next(url, headers, len(values), data)
             if nxt is None:
                 return sorted(out, key=lambda p: p.number)
-            url = nxt
+            url = self.forge.follow(nxt)
         raise PermanentError(f"{where}: more than {MAX_PAGES} pages of pull requests",
                              reason="PullRequestListFailed")

@@ -3,7 +3,8 @@
 For an opened or updated pull request (``orchestrator.domain.preview.PullRequestEvent``):
 
 1. fetch the base branch and the pull request's head (``refs/pull/<n>/head`` as GitHub and
-   Gitea serve it, ``refs/merge-requests/<iid>/head`` on GitLab) into a private mirror
+   Gitea serve it, ``refs/merge-requests/<iid>/head`` on GitLab, the source branch itself on
+   Bitbucket Cloud, which serves no pull request refs) into a private mirror
    ``<data-dir>/previews/<hash>.git``;
 2. take the environments and their render settings from conveyor.yaml *of the base branch*:
    a pull request is untrusted, so its own conveyor.yaml chooses nothing here (its edits to
@@ -34,7 +35,7 @@ from pathlib import Path
 import structlog
 
 from orchestrator.adapters import git_credentials, git_local, git_mirror, git_transfer, git_tree
-from orchestrator.adapters.git_source import credentials_from_env
+from orchestrator.adapters.git_source import push_credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import preview as pv
@@ -85,8 +86,9 @@ class Previewer:
         path = self._mirror()
         url = parse(self.settings.repo)
         head_ref = f"refs/conveyor/pull/{event.number}"
-        # the operator's own credentials (CONVEYOR_GIT_*), as the watcher fetches with them
-        creds = git_credentials.load_credentials(credentials_from_env(), source="preview",
+        # the operator's own credentials of this process, as its releases fetch with them
+        # (CONVEYOR_GIT_PUSH_* when set: the api holds no others in k8s/base)
+        creds = git_credentials.load_credentials(push_credentials_from_env(), source="preview",
                                                  scope=SecretScope.operator())
         with self.resources.git_locks.lock_for(path):
             git_transfer.fetch_refs(
@@ -94,11 +96,11 @@ class Previewer:
                 [f"+refs/heads/{event.base_ref}:refs/heads/{event.base_ref}",
                  f"+{event.fetch_ref}:{head_ref}"], creds,
                 where=f"pull request #{event.number} of {url.display()}",
-                check="the source's credentials (CONVEYOR_GIT_*)")
+                check="the source's credentials (CONVEYOR_GIT_PUSH_* or CONVEYOR_GIT_*)")
         repo = git_local.open_repo(path)
         base = str(repo.references[f"refs/heads/{event.base_ref}"].resolve().target)
         head = str(repo.references[head_ref].resolve().target)
-        if head != event.head_sha:
+        if not head.startswith(event.head_sha):  # Bitbucket gives 12 hex digits
             log.info("preview.head_moved", number=event.number, expected=event.head_sha,
                      found=head)
         return path, base, head
@@ -165,7 +167,8 @@ class Previewer:
             event.number, pv.comment(event, previews), pv.MARKER)
         for preview in previews:
             state, description = pv.status(preview)
-            await forge.set_status(head, f"conveyor/{preview.env}", state, description)
+            await forge.set_status(head, f"conveyor/{preview.env}", state, description,
+                                   url=event.url, ref=event.head_ref)
         await self.bus.publish(new_event(
             ev.PREVIEW_POSTED, env=ev.NO_ENV, correlation=head, source=SOURCE,
             key=f"preview:{event.repo}:{event.number}:{event.action}",

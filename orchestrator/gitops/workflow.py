@@ -33,7 +33,7 @@ import structlog
 from orchestrator import subjects
 from orchestrator.adapters import git_local
 from orchestrator.adapters.git_mirror import GitMirror
-from orchestrator.adapters.git_source import credentials_from_env
+from orchestrator.adapters.git_source import push_credentials_from_env
 from orchestrator.adapters.nats_bus import EventBus
 from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
@@ -60,7 +60,8 @@ VIAS = ("commit", "pull-request")
 AUTHOR = Author("Conveyor", "conveyor@localhost")
 HISTORY_STAGES = ("conveyor.commit", "conveyor.render", "conveyor.apply", "conveyor.health")
 GATE_STAGES = promotion.GATE_STAGES
-CREDENTIALS_HINT = ("the push credentials of the source (CONVEYOR_GIT_* for --repo, "
+CREDENTIALS_HINT = ("the push credentials of the source (CONVEYOR_GIT_PUSH_* or "
+                    "CONVEYOR_GIT_* for --repo, "
                     "sources.<name>.credentials for another source)")
 
 
@@ -168,7 +169,7 @@ class GitOps:
     async def primary(self) -> _Repo:
         """The branch holding conveyor.yaml, fetched now."""
         return await self._open(self.settings.repo, self.settings.branch,
-                                credentials_from_env(self.environ), DEFAULT_SOURCE,
+                                push_credentials_from_env(self.environ), DEFAULT_SOURCE,
                                 SecretScope.operator(self.environ))
 
     async def config(self, repo: _Repo) -> Config:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -37,6 +37,7 @@ from orchestrator.errors import PermanentError, TransientError
 from orchestrator.notify import providers
 from orchestrator.notify.message import Answer, Request, Response
 from orchestrator.notify.providers.base import Provider
+from orchestrator.notify.providers.webhook import REDELIVERY_HEADER, Webhook
 from orchestrator.notify.routing import Route
 from orchestrator.notify.templates import render_route
 from orchestrator.secrets import SecretScope
@@ -102,9 +103,13 @@ async def deliver(
     policy: RetryPolicy = DEFAULT_POLICY,
     sleep: Sleep = asyncio.sleep,
     clock: Callable[[], float] = time.time,
+    redelivery: bool = False,
 ) -> DeliveryResult:
     """Send ``event`` through ``route``; see the module docstring. Never raises for delivery
-    problems (an unset ``${VAR}`` or a bad setting is a permanent, non-retryable result)."""
+    problems (an unset ``${VAR}`` or a bad setting is a permanent, non-retryable result).
+
+    ``redelivery``: an earlier attempt of this very delivery may have reached the receiver;
+    the generic webhook says so (``X-Conveyor-Redelivery: 1``, same CloudEvent id)."""
     logger = log.bind(route=route.name, provider=route.type, event_id=event.id,
                       env=event.subject, type=event.type)
     if not providers.accepts(route.type, event):
@@ -125,9 +130,9 @@ async def deliver(
         logger.warning("notify.template_failed", reason=message.template_error)
     ref = previous_ref if provider.updates else None
     try:
-        answer, status, attempts = await _send(session, provider,
-                                               provider.build(message, event, ref),
-                                               ref, policy, sleep, clock)
+        request = provider.build(message, event, ref)
+        answer, status, attempts = await _send(session, provider, request,
+                                               ref, policy, sleep, clock, repeated=redelivery)
         if not answer.ok and answer.stale_ref and ref:
             logger.info("notify.stale_ref", reason=answer.detail)
             ref = None
@@ -159,10 +164,22 @@ async def deliver(
     return result
 
 
+def _flagged(provider: Provider, request: Request) -> Request:
+    """The request as a possible repeat: the generic webhook says so in a header (the same
+    CloudEvent id lets its receiver drop it); the chat and forge APIs get it unchanged."""
+    if provider.kind != Webhook.kind:
+        return request
+    return replace(request, headers={**request.headers, REDELIVERY_HEADER: "1"})
+
+
 async def _send(session: aiohttp.ClientSession, provider: Provider, request: Request,
                 ref: str | None, policy: RetryPolicy, sleep: Sleep,
-                clock: Callable[[], float]) -> tuple[Answer, int | None, int]:
-    """The request, retried while the answer is retryable; (answer, status, attempts)."""
+                clock: Callable[[], float], *,
+                repeated: bool = False) -> tuple[Answer, int | None, int]:
+    """The request, retried while the answer is retryable; (answer, status, attempts).
+    Every attempt after the first, and the first when ``repeated``, may repeat one that
+    reached the receiver (a timeout, a 5xx from a receiver that acted anyway)."""
+    repeat = _flagged(provider, request)
     backoff = wait_exponential_jitter(multiplier=policy.initial, max=policy.maximum,
                                       jitter=policy.initial)
 
@@ -185,8 +202,9 @@ async def _send(session: aiohttp.ClientSession, provider: Provider, request: Req
         async for attempt in retrying:
             with attempt:
                 attempts += 1
-                status, answer = await _once(session, provider, request, ref,
-                                             policy.timeout, clock)
+                status, answer = await _once(session, provider,
+                                             repeat if repeated or attempts > 1 else request,
+                                             ref, policy.timeout, clock)
                 if not answer.ok and answer.retryable:
                     raise _Retry(answer, status)
     except _Retry as exc:

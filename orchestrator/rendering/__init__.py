@@ -10,9 +10,9 @@ scrubbed, time- and memory-limited subprocesses. ``referenced_paths`` tells the 
 the render cache which paths a render depends on. Settings are documented in ``settings``.
 """
 
-from orchestrator.rendering.api import render
+from orchestrator.rendering.api import RenderRequest, render, render_many
 from orchestrator.rendering.model import Manifest, RenderLimits, RenderResult, RenderTools
 from orchestrator.rendering.refs import referenced_paths
 
-__all__ = ["Manifest", "RenderLimits", "RenderResult", "RenderTools", "referenced_paths",
-           "render"]
+__all__ = ["Manifest", "RenderLimits", "RenderRequest", "RenderResult", "RenderTools",
+           "referenced_paths", "render", "render_many"]

@@ -24,6 +24,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from orchestrator.domain.bundle import object_key
 from orchestrator.domain.yamlpos import Document, YamlSyntaxError, load_all
 from orchestrator.errors import PermanentError
 from orchestrator.rendering.kustomize_refs import (
@@ -57,38 +58,92 @@ def kustomization_file(root: Path, dir_rel: str) -> str | None:
     return None
 
 
+class PrecheckMemo:
+    """What ``precheck`` learnt about the directories of one snapshot, for the next overlay.
+
+    A snapshot never changes while it is rendered, so a shared base is walked for symlinks
+    and its kustomization parsed once per snapshot instead of once per overlay. Only for one
+    snapshot (one ``root``): the caller keeps one memo per render batch.
+    """
+
+    def __init__(self) -> None:
+        self.trees: dict[str, list[str]] = {}
+        self.files: dict[str, str | None] = {}
+        self.docs: dict[str, tuple[list[str], Document | None]] = {}
+
+    def check_tree(self, root: Path, rel: str) -> list[str]:
+        found = self.trees.get(rel)
+        if found is None:
+            found = self.trees[rel] = check_tree(root, rel)
+        return found
+
+    def kustomization_file(self, root: Path, dir_rel: str) -> str | None:
+        if dir_rel not in self.files:
+            self.files[dir_rel] = kustomization_file(root, dir_rel)
+        return self.files[dir_rel]
+
+    def load(self, root: Path, file: str, limits: RenderLimits
+             ) -> tuple[list[str], Document | None]:
+        found = self.docs.get(file)
+        if found is None:
+            found = self.docs[file] = _load_kustomization(root, file, limits)
+        return found
+
+
+def _load_kustomization(root: Path, file: str, limits: RenderLimits
+                        ) -> tuple[list[str], Document | None]:
+    """(errors, the kustomization's first document) of a kustomization file."""
+    try:
+        data = read_bytes(root, file, limits)
+    except PermanentError as exc:
+        return [str(exc)], None
+    return _parse_kustomization(data, file)
+
+
+@functools.lru_cache(maxsize=4096)  # a fact about bytes, not a resource: safe to share
+def _parse_kustomization(data: bytes, file: str) -> tuple[list[str], Document | None]:
+    """Parsed with positions (read only: callers never change it). A fleet's overlays are
+    unchanged from one commit to the next: each is parsed once, not at every render."""
+    text, problems = decode(data, file)
+    if text is None:
+        return problems, None
+    try:
+        docs = list(load_all(text, file))
+    except YamlSyntaxError as exc:
+        return [str(exc)], None
+    return [], (docs[0] if docs else None)
+
+
 def precheck(root: Path, env_rel: str, tools: RenderTools,
-             limits: RenderLimits) -> list[str]:
+             limits: RenderLimits, memo: PrecheckMemo | None = None) -> list[str]:
     """Walk the kustomization graph; every escape, remote or missing reference, as errors."""
+    return precheck_graph(root, env_rel, tools, limits, memo)[0]
+
+
+def precheck_graph(root: Path, env_rel: str, tools: RenderTools, limits: RenderLimits,
+                   memo: PrecheckMemo | None = None) -> tuple[list[str], list[Document]]:
+    """``precheck``'s errors, and every kustomization document of the graph (root first)."""
+    memo = memo if memo is not None else PrecheckMemo()
     errors: list[str] = []
     seen: set[str] = set()
+    graph: list[Document] = []
 
     def visit(dir_rel: str, referrer: str) -> None:
         if dir_rel in seen:
             return
         seen.add(dir_rel)
-        errors.extend(check_tree(root, dir_rel))
-        file = kustomization_file(root, dir_rel)
+        errors.extend(memo.check_tree(root, dir_rel))
+        file = memo.kustomization_file(root, dir_rel)
         if file is None:
             errors.append(f"{referrer}: {display(dir_rel)!r} has no kustomization.yaml")
             return
-        try:
-            data = read_bytes(root, file, limits)
-        except PermanentError as exc:
-            errors.append(str(exc))
-            return
-        text, problems = decode(data, file)
-        if text is None:
+        problems, doc = memo.load(root, file, limits)
+        if problems:
             errors.extend(problems)
             return
-        try:
-            docs = list(load_all(text, file))
-        except YamlSyntaxError as exc:
-            errors.append(str(exc))
-            return
-        doc: Document | None = docs[0] if docs else None
         if doc is None:
             return
+        graph.append(doc)
         errors.extend(_helm_errors(doc, file))
         for ref in refs_of(doc.value):
             at = where(doc, file, ref)
@@ -114,7 +169,7 @@ def precheck(root: Path, env_rel: str, tools: RenderTools,
                 if ref.kind == "file":
                     errors.append(f"{at}: {ref.value!r} is a directory, expected a file")
                 elif ref.path[0] == "helmGlobals":
-                    errors.extend(check_tree(root, rel))
+                    errors.extend(memo.check_tree(root, rel))
                 else:
                     visit(rel, at)
             elif real.is_file():
@@ -129,7 +184,7 @@ def precheck(root: Path, env_rel: str, tools: RenderTools,
                 errors.append(f"{at}: {ref.value!r} does not exist in the repository")
 
     visit(env_rel, f"environment path {display(env_rel)!r}")
-    return errors
+    return errors, graph
 
 
 def _helm_errors(doc: Document, file: str) -> list[str]:
@@ -189,10 +244,10 @@ def _version_of(binary: str, mtime_ns: int, kubectl: bool, limits: RenderLimits)
     return f"kustomize {out.stdout.decode(errors='replace').strip() or '?'}"
 
 
-def render_kustomize(root: Path, env_rel: str, tools: RenderTools,
-                     limits: RenderLimits) -> tuple[list[Located], list[str], str]:
+def render_kustomize(root: Path, env_rel: str, tools: RenderTools, limits: RenderLimits,
+                     memo: PrecheckMemo | None = None) -> tuple[list[Located], list[str], str]:
     """(objects, errors, tool version). Raises PermanentError when the tool fails."""
-    errors = precheck(root, env_rel, tools, limits)
+    errors = precheck(root, env_rel, tools, limits, memo)
     if errors:
         return [], errors, ""
     argv, binary = find_binary(tools, root)
@@ -203,5 +258,7 @@ def render_kustomize(root: Path, env_rel: str, tools: RenderTools,
                    cwd=env_dir, limits=limits, what=label)
     text = out.stdout.decode(errors="replace")
     items, problems = parse_tool_output(text, label)
-    # Positions inside tool output mean nothing to a person: drop them, keep the source.
-    return [Located(i.manifest) for i in items], problems, version
+    # Positions inside tool output mean nothing to a person: drop them, keep the source. In
+    # the bundle's order, as a batch (``kustomize_batch``) returns them: the same either way.
+    located = [Located(i.manifest) for i in items]
+    return sorted(located, key=lambda i: object_key(i.manifest.obj)), problems, version

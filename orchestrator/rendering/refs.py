@@ -21,6 +21,7 @@ Remote references are ignored, and so are paths escaping the repository (render 
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
 from collections.abc import Callable, Mapping
@@ -38,6 +39,7 @@ IsDir = Callable[[str], bool]
 
 _IMPORT = re.compile(r"""\b(import|importstr|importbin)\s*(@?)(["'])((?:\\.|(?!\3).)*)\3""")
 MAX_VISITS = 10000
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _child(base: str, name: str) -> str:
@@ -48,9 +50,19 @@ def _load(read_file: ReadFile, path: str) -> Any:
     data = read_file(path)
     if data is None:
         return None
+    return _parsed(data)
+
+
+@functools.lru_cache(maxsize=4096)  # a fact about bytes, not a resource: safe to share
+def _parsed(data: bytes) -> Any:
+    """A kustomization's value (read only: callers never change it); None when unreadable.
+
+    The watcher and the render cache ask for every environment at every commit, and the files
+    rarely change: a fleet's shared base is parsed once, not once per environment.
+    """
     try:
-        return yaml.safe_load(data)
-    except yaml.YAMLError:
+        return yaml.load(data, Loader=_LOADER)  # noqa: S506 - a safe loader, C or Python
+    except (yaml.YAMLError, ValueError, RecursionError):
         return None
 
 

@@ -13,9 +13,12 @@ Tool subprocesses (kustomize, the jsonnet and helm workers) run with:
   only the reference checks);
 - a scrubbed environment: only ``PATH`` and ``HOME`` (a fresh temporary directory), so
   ``GIT_*``, ``AWS_*``, ``*_TOKEN``, ``KUBECONFIG`` and friends never reach them;
-- ``RLIMIT_AS`` (address space) and no core dumps, set in ``preexec_fn`` (the function only
-  calls the already-imported ``resource.setrlimit``, which is safe after fork in a threaded
-  process);
+- ``RLIMIT_AS`` (address space) and no core dumps, set by util-linux's ``prlimit`` in front of
+  the tool (``limit_prefix``), else in ``preexec_fn`` (the function only calls the
+  already-imported ``resource.setrlimit``, which is safe after fork in a threaded process).
+  ``prlimit`` first: a ``preexec_fn`` forces a full ``fork`` of this process, holding the GIL
+  (about 7 ms for a 150 MB process here, against 0.6 ms for the ``vfork`` Python uses
+  without it);
 - a wall-clock timeout, after which the whole process group is killed; a render that timed
   out will time out again, so that is a ``PermanentError`` (reason ``RenderTimeout``);
 - a cap on the bytes read from stdout, so a tool cannot exhaust the caller's memory.
@@ -178,6 +181,21 @@ def offline_prefix() -> tuple[str, ...]:
     return prefix if done.returncode == 0 else ()
 
 
+@functools.cache
+def prlimit_binary() -> str | None:
+    """util-linux's ``prlimit``, when installed (looked up once per process)."""
+    return shutil.which("prlimit")
+
+
+def limit_prefix(memory_bytes: int) -> tuple[str, ...]:
+    """The argv prefix that sets the tool's limits, or ``()``: ``run_tool`` then sets them in
+    a ``preexec_fn``."""
+    prlimit = prlimit_binary()
+    if prlimit is None:
+        return ()
+    return (prlimit, f"--as={memory_bytes}", "--core=0", "--")
+
+
 def run_tool(argv: Sequence[str], *, cwd: Path, limits: RenderLimits, what: str,
              stdin: bytes = b"", extra_env: Mapping[str, str] | None = None) -> ToolOutput:
     """Run a tool boxed in; returns its output or raises PermanentError saying what failed.
@@ -191,11 +209,16 @@ def run_tool(argv: Sequence[str], *, cwd: Path, limits: RenderLimits, what: str,
         env = scrubbed_env(home)
         env.update(extra_env or {})
         boxed = list(argv) if limits.network else [*offline_prefix(), *argv]
+        prefix = limit_prefix(memory)
+        if prefix and shutil.which(argv[0], path=env["PATH"]) is None:
+            # said as when Popen itself cannot start it (prlimit would only exit non-zero)
+            raise PermanentError(f"{what}: cannot start {argv[0]}: No such file or directory",
+                                 reason="ToolMissing")
         try:
             proc = subprocess.Popen(
-                boxed, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, start_new_session=True, close_fds=True,
-                preexec_fn=lambda: _limit(memory),
+                [*prefix, *boxed], cwd=cwd, env=env, stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                close_fds=True, preexec_fn=None if prefix else (lambda: _limit(memory)),
             )
         except OSError as exc:
             raise PermanentError(f"{what}: cannot start {argv[0]}: {exc.strerror}",

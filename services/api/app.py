@@ -11,6 +11,7 @@ import asyncio
 import json
 import re
 
+import orjson
 import structlog
 from aiohttp import web
 
@@ -51,6 +52,12 @@ log = structlog.get_logger(__name__)
 MAX_EVENTS = 10_000
 DEFAULT_EVENTS = 100
 HEADER_TIMEOUT = 15.0  # seconds for a connection to deliver a request's head
+
+
+def _dumps(value: object) -> str:
+    """JSON for the large answers (a page of a thousand environments): orjson, five times the
+    standard library's speed."""
+    return orjson.dumps(value).decode()
 
 
 class BadQuery(ValueError):
@@ -104,13 +111,17 @@ __all__ = ["ApiService", "build_app", "control", "event_json"]
 async def environments(request: web.Request) -> web.Response:
     """A page of environments (``limit``, ``continue``) the filters select, with counts."""
     q = request.query
+    projector = request.app[PROJECTOR]
     try:
         flt = EnvFilter.from_query(q)
-        found = page(request.app[PROJECTOR].envs.values(), flt, parse_limit(q.get("limit")),
+        found = page(projector.envs.values(), flt, parse_limit(q.get("limit")),
                      q.get("continue") or None)
     except ListingError as exc:
         return web.json_response({"error": str(exc)}, status=400)
-    return web.json_response(found.to_dict())
+    # ``position``: the projection's sequence these states are at (a follower of the
+    # dashboard stream asks for the changes after it)
+    return web.json_response({**found.to_dict(), "position": projector.position},
+                             dumps=_dumps)
 
 
 async def environment(request: web.Request) -> web.Response:

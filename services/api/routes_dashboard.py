@@ -8,12 +8,16 @@
   last ``last`` events (default 50), or resumes after ``Last-Event-ID`` / ``?after=SEQ``, then
   follows the log (``event: log``, ``id:`` the stream sequence). It also sends an environment's
   projected state whenever the projector folds an event into it (``event: env``), so cards show
-  exactly what ``/api/v1/environments`` would, without the page re-implementing the fold.
+  exactly what ``/api/v1/environments`` would, without the page re-implementing the fold:
+  first every environment changed after ``envs_after`` (the ``position`` of the page's
+  ``/api/v1/environments`` answer; 0, the default, sends all), then the changes, batched
+  (at most every ``ENV_BATCH`` seconds).
   A comment line every 15 s keeps proxies from closing an idle stream and finds dead clients.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Final
@@ -33,6 +37,7 @@ log = structlog.get_logger(__name__)
 STATIC_DIR: Final = Path(__file__).parent / "static"
 DEFAULT_REPLAY: Final = 50
 MAX_REPLAY: Final = 1000
+ENV_BATCH: Final = 0.25  # seconds: environment states are sent at most this often
 
 
 async def index(_: web.Request) -> web.FileResponse:
@@ -70,21 +75,25 @@ async def _follow_log(bus: EventBus, start: int, queue: sse.Frames) -> None:
     await queue.put(None)  # the browser reconnects and resumes
 
 
-async def _follow_envs(projector: Projector, queue: sse.Frames) -> None:
-    """Every environment once, then each one again whenever the projector folds into it."""
-    sent: dict[str, int] = {}
+async def _follow_envs(projector: Projector, after: int, queue: sse.Frames,
+                       batch: float = ENV_BATCH) -> None:
+    """Every environment changed after sequence ``after`` (0: all of them), then each one again
+    when the projector folds into it: at most once per ``batch`` seconds, so a rollout of a
+    thousand environments costs an open page a few wake-ups a second, not one per event."""
+    seen = [after]  # the newest sequence sent
 
-    def changed() -> list[EnvState]:
-        return [s for n, s in sorted(projector.envs.items()) if sent.get(n) != s.last_seq]
+    def changed() -> bool:
+        return bool(projector.changed_since(seen[0]))
 
     while True:
         async with projector.changed:
             # checked under the lock the projector notifies with: no change slips in between
-            await projector.changed.wait_for(lambda: bool(changed()))
-            states = changed()
-        for state in states:
-            sent[state.name] = state.last_seq
+            await projector.changed.wait_for(changed)
+            states = projector.changed_since(seen[0])
+        seen[0] = states[0].last_seq
+        for state in reversed(states):
             await queue.put(_frame(state))
+        await asyncio.sleep(batch)  # the changes of the next ``batch`` seconds go together
 
 
 def _frame(item: StoredEvent | EnvState) -> bytes:
@@ -98,16 +107,17 @@ async def dashboard_stream(request: web.Request) -> web.StreamResponse:
     bus = request.app[BUS]
     try:
         start = await _start_seq(request, bus)
+        envs_after = _int(request.query.get("envs_after")) or 0
     except ValueError:
-        return web.json_response({"error": "after, last and Last-Event-ID must be "
-                                           "non-negative integers"}, status=400)
+        return web.json_response({"error": "after, last, envs_after and Last-Event-ID must "
+                                           "be non-negative integers"}, status=400)
     projector = request.app[PROJECTOR]
 
     async def log_events(queue: sse.Frames) -> None:
         await _follow_log(bus, start, queue)
 
     async def env_states(queue: sse.Frames) -> None:
-        await _follow_envs(projector, queue)
+        await _follow_envs(projector, envs_after, queue)
 
     return await sse.serve(request, [log_events, env_states], retry_ms=2000)
 

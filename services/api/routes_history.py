@@ -3,7 +3,7 @@
 - ``GET /api/v1/environments/{name}/history[?limit=N]``: every attempt, newest first, folded
   from the environment's events in the stream (no cap but the stream's retention).
 - ``GET /api/v1/metrics/dora[?window=30d&env=NAME]``: the four keys per environment.
-- ``POST /api/v1/replay`` (control): rebuild the projection from the log into a fresh bucket
+- ``POST /api/v1/replay`` (control): rebuild the projection from the log in memory
   and compare it with the live one at the same sequence.
 - ``POST /api/v1/events/{id}/retry`` (control): hand a dead letter's original event (or a
   failure's cause) back to its stage as a new event.
@@ -32,6 +32,7 @@ from orchestrator.domain import events as ev
 from orchestrator.domain import history as hist
 from orchestrator.domain.codec import decode
 from orchestrator.domain.events import Event
+from orchestrator.domain.payloads import CommitFields
 from services.api.context import BUS, PROJECTOR, control
 
 _EVENT_ID = re.compile(r"^[0-9a-f]{8,64}$")
@@ -72,8 +73,10 @@ async def history(request: web.Request) -> web.Response:
         return _error(404, f"no such environment {name!r}")
     newest = attempts[::-1][:limit] if limit > 0 else attempts[::-1]
     actions = await gitops_actions(request.app[BUS], name)
+    merges = await merges_of(request.app[BUS], name) if actions else {}
     return web.json_response({"environment": name, "total": len(attempts),
-                              "attempts": [{**a.to_dict(), **actions.get(a.revision, {})}
+                              "attempts": [{**a.to_dict(), **marked(a.revision, actions,
+                                                                    merges)}
                                            for a in newest]})
 
 
@@ -81,8 +84,33 @@ GITOPS_STAGES = ("conveyor.release", "conveyor.rollback", "conveyor.promotion")
 GITOPS_MADE = {ev.RELEASE_COMMITTED: "release", ev.ROLLBACK_COMMITTED: "rollback",
                ev.PROMOTION_COMMITTED: "promotion", ev.RELEASE_PROPOSED: "release",
                ev.ROLLBACK_PROPOSED: "rollback", ev.PROMOTION_PROPOSED: "promotion"}
-# (a proposed commit deploys when its pull request is merged without a new commit: by
-# fast-forward or rebase-free merge; a merge commit of its own is an ordinary commit)
+# A proposed commit deploys itself when its pull request is merged by fast-forward; merged
+# with a merge commit of its own, the merge commit deploys, and it is marked with the action
+# of the proposed commit it merged (``merged``: that commit), from ``commit.detected``'s
+# ``merged`` parents. (A squash or rebase merge makes a new commit that names nothing of the
+# pull request's: it is an ordinary commit.)
+
+
+async def merges_of(bus: EventBus, env: str) -> dict[str, tuple[str, ...]]:
+    """The merge commits detected for the environment: revision -> the parents it merged."""
+    out: dict[str, tuple[str, ...]] = {}
+    async for stored in bus.read(subjects.filter_for(ev.COMMIT_DETECTED, [env])):
+        payload = decode(stored.event)
+        if isinstance(payload, CommitFields) and payload.merged:
+            out[stored.event.correlationid] = payload.merged
+    return out
+
+
+def marked(revision: str, actions: dict[str, dict[str, str]],
+           merges: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """What Conveyor made of this revision: its own action, or the action of the proposed
+    commit this merge commit merged."""
+    if revision in actions:
+        return actions[revision]
+    for parent in merges.get(revision, ()):
+        if parent in actions:
+            return {**actions[parent], "merged": parent}
+    return {}
 
 
 async def gitops_actions(bus: EventBus, env: str) -> dict[str, dict[str, str]]:

@@ -1,14 +1,16 @@
 """api route: pull-request previews from signed ``pull_request`` webhooks.
 
-``POST /api/v1/previews/{github|gitlab|gitea|forgejo}``: configure it as the pull request webhook of
-the repository (event "Pull requests", content type JSON, the same secret as the push webhook:
-``CONVEYOR_WEBHOOK_SECRET[_<PROVIDER>]`` or the primary source's ``webhook.secret``). A delivery
+``POST /api/v1/previews/{github|gitlab|gitea|forgejo|bitbucket}``: configure it as the pull
+request webhook of the repository (event "Pull requests"; Bitbucket Cloud: the triggers "Pull
+request: Created" and "Updated"), content type JSON, the same secret as the push webhook
+(``CONVEYOR_WEBHOOK_SECRET[_<PROVIDER>]`` or the primary source's ``webhook.secret``). A delivery
 that no secret verifies is refused (401) before its body is read as JSON. Opened, synchronized
 and reopened pull requests are previewed in the background (202); other actions are ignored
-(200). The preview posts with the operator's forge settings (``CONVEYOR_FORGE`` of the same
-forge, ``CONVEYOR_FORGE_TOKEN``...). Previews of one pull request run one at a time (the
-comment is found, then updated or created: two at once could create two). See
-``orchestrator.gitops.preview``.
+(200), and so are Bitbucket pull requests from forks (Bitbucket serves their head only in the
+fork, whose URL the operator never configured). The preview posts with the operator's forge
+settings (``CONVEYOR_FORGE`` of the same forge, ``CONVEYOR_FORGE_TOKEN``...). Previews of one
+pull request run one at a time (the comment is found, then updated or created: two at once
+could create two). See ``orchestrator.gitops.preview``.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from services.api.routes_webhooks import authorised_sources, hook_sources
 
 log = structlog.get_logger(__name__)
 MAX_BODY = 5 << 20  # GitHub caps deliveries at 25 MB; a pull_request one is a few kB
-FORGE_OF = {"github": "github", "gitea": "gitea", "forgejo": "gitea", "gitlab": "gitlab"}
+FORGE_OF = {"github": "github", "gitea": "gitea", "forgejo": "gitea", "gitlab": "gitlab",
+            "bitbucket": "bitbucket"}
 PreviewLocks = dict[tuple[str, int], asyncio.Lock]
 LOCKS: web.AppKey[PreviewLocks] = web.AppKey("preview_locks")
 
@@ -81,6 +84,9 @@ async def preview(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=400)
     if event is None:
         return web.json_response({"ignored": "not an opened or updated pull request"})
+    if event.fork:
+        return web.json_response({"ignored": "a pull request from a fork: its head is not "
+                                  "in the repository Conveyor fetches"})
     try:
         forge = ForgeSettings.from_env()
         if forge is None or forge.kind != FORGE_OF[provider]:

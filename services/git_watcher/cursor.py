@@ -4,7 +4,8 @@ One record per source (``watcher.<source>``, ``cursor_key``): the last announced
 the source is failing (and why), whether its branch is gone, the branch resolved when none was
 configured, for sources other than the primary a digest of each environment's conveyor.yaml
 block as of the last announcement, and for the primary the last good conveyor.yaml text with
-what its generators matched. ``SourcePoller`` (``poller.py``) writes it after the events.
+what its generators matched, and the log's epoch it was written under (a cursor of another
+log is not trusted: ``poller.py``). ``SourcePoller`` (``poller.py``) writes it after the events.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class Cursor:
     envs: dict[str, str] = field(default_factory=dict)
     config_dirs: tuple[str, ...] = ()  # what the in-force config's generators matched
     config_pulls: tuple[PullRequest, ...] = ()  # the pull requests its generators used
+    epoch: str = ""  # the log's epoch this cursor was written under ("" = before epochs)
 
     def config(self) -> Config | None:
         """The config in force, as the cursor holds it (None: none yet, or unreadable)."""
@@ -48,7 +50,8 @@ class Cursor:
         return {"head": self.head, "config_text": self.config_text, "failing": self.failing,
                 "reason": self.reason, "deleted": self.deleted, "branch": self.branch,
                 "envs": self.envs, "config_dirs": list(self.config_dirs),
-                "config_pulls": [p.to_dict() for p in self.config_pulls]}
+                "config_pulls": [p.to_dict() for p in self.config_pulls],
+                **({"epoch": self.epoch} if self.epoch else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Cursor:
@@ -58,4 +61,5 @@ class Cursor:
                    str(raw.get("branch") or ""),
                    dict(envs) if isinstance(envs, dict) else {},
                    tuple(str(d) for d in raw.get("config_dirs") or ()),
-                   tuple(PullRequest.from_dict(p) for p in raw.get("config_pulls") or ()))
+                   tuple(PullRequest.from_dict(p) for p in raw.get("config_pulls") or ()),
+                   str(raw.get("epoch") or ""))

@@ -206,11 +206,18 @@ def capped(text: str, limit: int) -> str:
     return text[:limit] + ev.TRUNCATED.format(len(text[limit:].encode()))
 
 
+MAX_MERGED = 8  # parents named of an octopus merge
+
+
 def commit_data(commit: CommitInfo, source: SourceRef) -> dict[str, Any]:
-    return {"revision": commit.sha, "short": commit.short,
-            "message": capped(commit.subject, MAX_SUBJECT),
-            "author": capped(commit.author, MAX_AUTHOR), "committed_at": commit.committed_at,
-            "branch": source.branch, "source": source.name, "repo": source.repo}
+    data: dict[str, Any] = {
+        "revision": commit.sha, "short": commit.short,
+        "message": capped(commit.subject, MAX_SUBJECT),
+        "author": capped(commit.author, MAX_AUTHOR), "committed_at": commit.committed_at,
+        "branch": source.branch, "source": source.name, "repo": source.repo}
+    if commit.merged:  # a merge commit: what it merged (a pull request's head)
+        data["merged"] = list(commit.merged[:MAX_MERGED])
+    return data
 
 
 def is_affected(env: EnvironmentConfig, changed: Sequence[str], referenced: Referenced,

@@ -8,7 +8,17 @@ changes is due the current head again). The primary's cursor also keeps the last
 conveyor.yaml text.
 
 The cursor is written *after* the events are published. A crash in between re-announces the
-same commits with the same deterministic ids, which JetStream drops.
+same commits with the same deterministic ids, which JetStream drops inside its duplicate window
+(``nats_schema.DUPLICATE_WINDOW``). A watcher that stayed down longer than the window would
+announce them twice, so the first batch a poller publishes after it started (or after a cursor
+write failed) is checked against the log first: the events the crashed attempt did publish are
+a prefix of the batch (they go out one at a time, in order), found with a few reads of the last
+message on an event's subject, and only the rest is published.
+
+The cursor also records the log's epoch it was written under. A cursor of another log (the
+stream was wiped and re-created, the state bucket survived) is not trusted: the source is
+polled as on first sight, so the head is announced into the new log at once (and deployed by
+digest, with one ``conveyor.log.reset`` from the applier) instead of at the next commit.
 
 Failures: a fetch that fails publishes ``conveyor.source.fetch_failed`` once per outage (again
 only if the reason changes), backs the source's polling off exponentially (see
@@ -116,6 +126,7 @@ class SourcePoller:
         self.failures = 0
         self.next_delay = 0.0
         self.last_error: ConveyorError | None = None
+        self.checked = False  # the first batch after start was checked against the log
 
     @property
     def name(self) -> str:
@@ -136,7 +147,14 @@ class SourcePoller:
         if found is None:
             return Cursor(), 0
         raw, rev = found
-        return Cursor.from_json(raw), rev
+        cursor = Cursor.from_json(raw)
+        epoch = self.bus.epoch
+        if cursor.epoch and epoch and cursor.epoch != epoch:
+            # written for a log that is gone: what it says was announced is not in this one
+            log.warning("watcher.log_reset", source=self.name, cursor_epoch=cursor.epoch,
+                        log_epoch=epoch, head=(cursor.head or "")[:12])
+            return Cursor(branch=cursor.branch), rev
+        return cursor, rev
 
     async def poll(self) -> int:
         """Fetch, announce new commits, advance the cursor. Returns events published."""
@@ -171,8 +189,7 @@ class SourcePoller:
                         correlation=cursor.head, key=f"{self.name}:{rev}",
                         data={**self._data(), "last_head": cursor.head}))
                     cursor.deleted = True
-                await self._commit(events, cursor, dirty=bool(events))
-                return len(events)
+                return await self._commit(events, cursor, dirty=bool(events))
             if self.source.primary and self.pulls is not None:
                 events.extend(await self._pull_requests(cursor))
             config = self._config()
@@ -181,8 +198,7 @@ class SourcePoller:
             stale = (not self.source.primary and config is not None
                      and decide.stale_envs(config, self.name, cursor.envs))
             if head == cursor.head and not stale:
-                await self._commit(events, cursor, dirty=bool(events) or resumed)
-                return len(events)
+                return await self._commit(events, cursor, dirty=bool(events) or resumed)
             total = 0
             while True:  # a burst longer than MAX_WALK is announced chunk by chunk, in order
                 found = await asyncio.to_thread(self._announce, cursor, head, config)
@@ -195,8 +211,7 @@ class SourcePoller:
                     cursor.envs = {e.name: decide.env_digest(e)
                                    for e in decide.envs_of(config, self.name)}
                 cursor.head = found.last
-                await self._commit(events, cursor, dirty=True)
-                total += len(events)
+                total += await self._commit(events, cursor, dirty=True)
                 events = []
                 if found.last == head:
                     return total
@@ -339,7 +354,8 @@ class SourcePoller:
 
     # ------------------------------------------------------------------ publishing
 
-    async def _commit(self, events: list[Event], cursor: Cursor, *, dirty: bool) -> None:
+    async def _commit(self, events: list[Event], cursor: Cursor, *, dirty: bool) -> int:
+        """Publish ``events``, then write the cursor; the number of events published."""
         for e in events:  # what a person must fix also goes to the log, not only the events
             if e.type == ev.CONFIG_INVALID:
                 log.error("watcher.config_invalid", source=self.name,
@@ -353,10 +369,52 @@ class SourcePoller:
         # all in the log. Killed between the two (or half-way through the events), the next
         # poll starts from the old cursor and announces the same commits again with the same
         # ids (derived from commit, environment and source), which JetStream drops inside its
-        # duplicate window; the commits the first try did announce keep their one event.
-        await self.bus.publish_all(events)
-        if dirty:
-            await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
+        # duplicate window (and beyond it, for the first batch after a start: ``_unannounced``);
+        # the commits the first try did announce keep their one event.
+        try:
+            if not self.checked and events:
+                events = await self._unannounced(events)
+            await self.bus.publish_all(events)
+            self.checked = True
+            if dirty:
+                cursor.epoch = self.bus.epoch
+                await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
+        except BaseException:
+            self.checked = False  # the cursor may be behind what is in the log: check again
+            raise
+        return len(events)
+
+    async def _unannounced(self, events: list[Event]) -> list[Event]:
+        """The events of ``events`` not yet in the log, beyond the duplicate window too.
+
+        A batch is published one event at a time, in order, so what an earlier attempt got
+        into the log is a prefix. An event is in the log when the last message on its subject
+        is it or a later event of the batch on that subject (only the watcher publishes these
+        subjects); the end of the prefix is found by bisection, one read per subject asked.
+        """
+        last: dict[str, str | None] = {}  # subject -> id of the last message on it
+        index = {e.id: i for i, e in enumerate(events)}
+
+        async def published(i: int) -> bool:
+            e = events[i]
+            subject = subjects.event_subject(e.subject, e.type)
+            if subject not in last:
+                stored = await self.bus.last_event(e.subject, e.type)
+                last[subject] = stored.event.id if stored is not None else None
+            at = index.get(last[subject] or "")
+            return at is not None and at >= i
+
+        lo, hi = 0, len(events)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if await published(mid):
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo:
+            log.info("watcher.already_announced", source=self.name, events=lo,
+                     of=len(events), revision=events[lo - 1].correlationid[:12])
+        return events[lo:]
 
     async def _failed(self, cursor: Cursor, rev: int, exc: ConveyorError) -> int:
         delay = self.delay()
@@ -370,6 +428,7 @@ class SourcePoller:
                                 "transient": isinstance(exc, TransientError),
                                 "retry_in": round(delay, 1)})
         cursor.failing, cursor.reason = True, exc.reason
+        cursor.epoch = self.bus.epoch
         await self.bus.publish(event)
         await self.bus.kv_put(subjects.STATE_BUCKET, self.key, cursor.to_json())
         return 1

@@ -1,11 +1,21 @@
 """notifier: tells people and systems about outcomes, effectively once per event and route.
 
 Routes come from the newest valid conveyor.yaml in the log (``config.loaded``). Before sending,
-the delivery record ``(event id, route)`` in the deliveries bucket is checked; it is written
-only after the provider accepted the message, so a failed send is never counted as sent and a
-redelivered event is never posted twice. A failed send is retried (inside ``deliver`` for quick
-blips, then by ``nak(delay)`` honouring Retry-After) until the budget is spent, then it is
-``notify.failed`` with the provider's answer (retryable with ``conveyor retry``).
+the delivery record ``(event id, route)`` in the deliveries bucket is checked; it says
+``sent`` only after the provider accepted the message, so a failed send is never counted as
+sent and a redelivered event is not posted again. A failed send is retried (inside ``deliver``
+for quick blips, then by ``nak(delay)`` honouring Retry-After) until the budget is spent, then
+it is ``notify.failed`` with the provider's answer (retryable with ``conveyor retry``).
+
+Effectively once, not exactly once: a notifier killed after the provider accepted a message
+but before its record said so sends it again (no HTTP effect and record can be one write; Argo
+CD Notifications and Flux's notification-controller have the same window, or lose the message
+instead). That second send is known: the record is first written as ``sending`` before the
+request goes out, and a delivery that finds ``sending`` is a possible repeat. The generic
+webhook then carries ``X-Conveyor-Redelivery: 1`` with the same CloudEvent ``id`` (same
+``source`` and ``id`` is a duplicate, by the CloudEvents spec); editing providers edit the
+deployment's message when an earlier event of it left a reference. A receiver never gets one
+event under two ids.
 
 One deployment (commit x environment) is one message where the provider can edit messages:
 the message reference is kept per (route, environment, commit) and passed to the next send.
@@ -59,6 +69,15 @@ def _route_id(name: str) -> str:
 
 def delivery_key(event_id: str, route: str) -> str:
     return f"d.{event_id}.{_route_id(route)}"
+
+
+SENDING = "sending"  # a delivery record's state before the provider answered
+
+
+def was_sent(record: Any) -> bool:
+    """A delivery record that says the provider accepted the message (records written before
+    the ``state`` field existed were all written after the send)."""
+    return not (isinstance(record, dict) and record.get("state") == SENDING)
 
 
 def delivered_as(event: Event) -> str:
@@ -138,15 +157,17 @@ class Notifier:
             if event.subject != ev.NO_ENV and self.settings.envs \
                     and event.subject not in self.settings.envs:
                 continue
-            if await self.bus.kv_get(subjects.DELIVERY_BUCKET,
-                                     delivery_key(delivered_as(event), route.name)) is not None:
+            record = await self.bus.kv_get(subjects.DELIVERY_BUCKET,
+                                           delivery_key(delivered_as(event), route.name))
+            if record is not None and was_sent(record[0]):
                 continue  # already delivered: this is a redelivery
             coalescer = self._coalescers.get(route.name)
             if coalescer is not None and not coalescer.offer(event, time.monotonic()):
                 await self._persist_held(route.name, coalescer)
                 self._wake.set()
                 continue
-            outcome = await self._send(route, event, delivery.attempt)
+            outcome = await self._send(route, event, delivery.attempt,
+                                       resent=record is not None)
             if isinstance(outcome, Event):
                 emit.append(outcome)
             else:
@@ -160,21 +181,32 @@ class Notifier:
             return Retry(delay, reason=retry_reason, emit=emit)
         return Ack(emit)
 
-    async def _send(self, route: Route, event: Event,
-                    attempt: int) -> Event | tuple[str, float | None]:
-        """Deliver once (with quick retries inside); an event, or (reason, delay) to retry."""
+    async def _send(self, route: Route, event: Event, attempt: int, *,
+                    resent: bool = False) -> Event | tuple[str, float | None]:
+        """Deliver once (with quick retries inside); an event, or (reason, delay) to retry.
+
+        ``resent``: an earlier attempt began (its record says ``sending``) and may have reached
+        the provider; otherwise the record is written as ``sending`` before the request."""
         assert self._session is not None
+        key = delivery_key(delivered_as(event), route.name)
+        if resent:
+            log.info("notify.resending", route=route.name, event_id=event.id,
+                     reason="an earlier attempt was cut short before its answer was recorded")
+        else:
+            await self.bus.kv_put(subjects.DELIVERY_BUCKET, key,
+                                  {"event": event.id, "route": route.name, "state": SENDING})
         rkey = ref_key(route.name, event)
         found = await self.bus.kv_get(subjects.DELIVERY_BUCKET, rkey)
         previous = str(found[0]) if found else None
         started = time.monotonic()
         result = await deliver(route, event, self._session, previous_ref=previous,
-                               policy=IN_HANDLER, scope=self.settings.secrets.scope())
+                               policy=IN_HANDLER, scope=self.settings.secrets.scope(),
+                               redelivery=resent)
         if result.ok:
-            await self.bus.kv_put(subjects.DELIVERY_BUCKET,
-                                  delivery_key(delivered_as(event), route.name),
-                                  {"event": event.id, "route": route.name,
+            await self.bus.kv_put(subjects.DELIVERY_BUCKET, key,
+                                  {"event": event.id, "route": route.name, "state": "sent",
                                    "answer": result.provider_answer[:200]})
+            log.info("notify.recorded", route=route.name, event_id=event.id)
             if result.message_ref and result.message_ref != previous:
                 await self.bus.kv_put(subjects.DELIVERY_BUCKET, rkey, result.message_ref)
             data: dict[str, Any] = {
@@ -232,9 +264,10 @@ class Notifier:
                     log.warning("notify.digest_failed", route=route.name, error=str(exc))
 
     async def _deliver_digest(self, route: Route, digest: Event, coalescer: Coalescer) -> None:
-        key = delivery_key(digest.id, route.name)
-        if await self.bus.kv_get(subjects.DELIVERY_BUCKET, key) is None:
-            outcome = await self._send(route, digest, 1)
+        record = await self.bus.kv_get(subjects.DELIVERY_BUCKET,
+                                       delivery_key(delivered_as(digest), route.name))
+        if record is None or not was_sent(record[0]):
+            outcome = await self._send(route, digest, 1, resent=record is not None)
             if not isinstance(outcome, Event):
                 # keep it for the next flush: nothing held is dropped
                 log.warning("notify.digest_retry", route=route.name, reason=outcome[0])

@@ -1,13 +1,16 @@
 """renderer: commit.detected -> render the environment at that commit -> render.succeeded|failed.
 
 The repository is exported at the commit into a snapshot directory (shared by the environments
-of one commit) and rendered there in a worker thread; the bundle goes to the object store once
-per digest, and the event carries the digest, so the applier never re-renders.
+of one commit) and rendered there in a worker thread, together with the renders of that commit
+that arrive alongside (``batch.RenderBatcher``: the Kustomize overlays among them share tool
+runs); the bundle goes to the object store once per digest, and the event carries the digest,
+so the applier never re-renders.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import time
 from collections import OrderedDict
@@ -29,10 +32,10 @@ from orchestrator.domain.payloads import RenderFailed, RenderSucceeded
 from orchestrator.errors import ManifestError, PermanentError, TransientError
 from orchestrator.health_rules.engine import read_repo_files, rules_of_event
 from orchestrator.health_rules.sources import HealthRuleError
-from orchestrator.rendering import render
 from orchestrator.rendering.safety import offline_prefix
 from orchestrator.resources import Resources
 from orchestrator.runtime import Ack, Consumer, ConsumerSpec, Delivery, Fail, Outcome, Retry
+from services.renderer.batch import RenderBatcher
 from services.renderer.cache import cache_entry, render_key
 
 log = structlog.get_logger(__name__)
@@ -41,6 +44,10 @@ SNAPSHOTS_KEPT = 8
 # A held message is renewed every ack_wait / 3 (orchestrator.runtime); the one a killed
 # process held comes back this soon, so an older commit does not wait long for its outcome.
 ACK_WAIT = 5.0
+# Renders sent to the tool together (``batch``), and lanes per tool slot: enough waiting renders
+# to fill the slots' batches while the previous ones run.
+MAX_BATCH = 32
+LANES_PER_SLOT = 32
 
 
 class Snapshots:
@@ -81,6 +88,7 @@ class Renderer:
         self.snapshots = Snapshots(settings.data_dir / "snapshots",
                                    settings.render_tools.max_file_bytes)
         self._consumer: Consumer | None = None
+        self.batcher: RenderBatcher | None = None
 
     def _checkout(self, data: dict[str, Any]) -> Checkout:
         """The event's source on this machine, with the credentials its config names."""
@@ -94,16 +102,24 @@ class Renderer:
                         "user namespaces: render tools run with the process's network; remote "
                         "references are still refused before a tool runs")
         envs = self.settings.envs
+        slots = self.settings.render_concurrency
+        # no more tool runs at once than cores: more only split the renders waiting into
+        # smaller batches, each paying the tool's start again, on the same CPUs
+        self.batcher = RenderBatcher(self.settings.render_tools,
+                                     slots=max(1, min(slots, os.cpu_count() or 1)),
+                                     max_batch=MAX_BATCH)
         self._consumer = Consumer(self.bus, ConsumerSpec(
             durable=subjects.consumer_name("renderer", envs), stage="render",
             filters=subjects.filter_for(ev.COMMIT_DETECTED, envs or None),
             handler=self.handle, max_deliver=8, ack_wait=ACK_WAIT,
-            concurrency=self.settings.render_concurrency, one_outcome=True))
+            concurrency=slots * LANES_PER_SLOT, one_outcome=True))
         await self._consumer.start()
 
     async def stop(self) -> None:
         if self._consumer is not None:
             await self._consumer.stop()
+        if self.batcher is not None:
+            await self.batcher.close()
 
     async def handle(self, delivery: Delivery) -> Outcome:
         outcome = await self._render(delivery)
@@ -136,8 +152,8 @@ class Renderer:
                                       data=build(RenderSucceeded, **common, **hit, cache="hit",
                                                  render_key=key, duration_ms=ms))])
             snapshot = await self.snapshots.get(repo_path, event.correlationid)
-            result = await asyncio.to_thread(render, snapshot, str(env["path"]), settings,
-                                             tools=self.settings.render_tools)
+            assert self.batcher is not None
+            result = await self.batcher.render(snapshot, str(env["path"]), settings)
             payload = encode_bundle(m.obj for m in result.manifests)
             digest = digest_of(payload)
             await self.bus.put_bundle(digest, payload)

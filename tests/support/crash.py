@@ -193,12 +193,37 @@ def scan_logs(paths: Sequence[Path]) -> LogCounts:
     return counts
 
 
+REDELIVERY_HEADER = "X-Conveyor-Redelivery"  # the notifier's "this id may have reached you"
+KEYED_TYPES = frozenset({"conveyor.apply.retrying"})  # one fact per attempt: ids differ by key
+
+
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """One POST as the receiver saw it."""
+
+    id: str
+    type: str
+    subject: str
+    correlation: str
+    causation: str
+    redelivery: str  # the REDELIVERY_HEADER's value ("" when absent)
+    at: float  # time.monotonic()
+    wall: float  # time.time(), to line up with the services' log lines
+
+    @property
+    def fact(self) -> tuple[str, str, str, str]:
+        """What the event says happened: two ids for one fact are a duplicate no receiver
+        can recognise (CloudEvents: only the same source and id is a duplicate)."""
+        return (self.type, self.subject, self.correlation, self.causation)
+
+
 class WebhookReceiver:
     """Counts CloudEvents POSTed to it, per ``id``, with the time of each POST."""
 
     def __init__(self) -> None:
         self.posts: dict[str, list[float]] = defaultdict(list)
         self.types: dict[str, str] = {}
+        self.arrivals: list[Arrival] = []
         self.arrived = asyncio.Condition()
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -210,8 +235,13 @@ class WebhookReceiver:
     async def start(self) -> None:
         async def hook(request: web.Request) -> web.Response:
             body = await request.json()
-            self.posts[str(body["id"])].append(time.monotonic())
+            now = time.monotonic()
+            self.posts[str(body["id"])].append(now)
             self.types[str(body["id"])] = str(body.get("type", ""))
+            self.arrivals.append(Arrival(
+                str(body["id"]), str(body.get("type", "")), str(body.get("subject", "")),
+                str(body.get("correlationid", "")), str(body.get("causationid", "")),
+                request.headers.get(REDELIVERY_HEADER, ""), now, time.time()))
             async with self.arrived:
                 self.arrived.notify_all()
             return web.Response(text="ok")
@@ -222,6 +252,33 @@ class WebhookReceiver:
         await self._runner.setup()
         self.port = free_port()
         await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def unrecognisable(self) -> dict[tuple[str, str, str, str], int]:
+        """Facts that arrived under more than one id (see ``Arrival.fact``): must be none."""
+        ids: dict[tuple[str, str, str, str], set[str]] = defaultdict(set)
+        for a in self.arrivals:
+            if a.type not in KEYED_TYPES:
+                ids[a.fact].add(a.id)
+        return {fact: len(found) for fact, found in ids.items() if len(found) > 1}
+
+    def unflagged_repeats(self) -> dict[str, int]:
+        """Ids that arrived again without the redelivery header: the sender did not know."""
+        seen: set[str] = set()
+        bad: Counter[str] = Counter()
+        for a in self.arrivals:
+            if a.id in seen and not a.redelivery:
+                bad[a.id] += 1
+            seen.add(a.id)
+        return dict(bad)
+
+    def dump(self, path: Path) -> None:
+        """Every arrival as a JSON line (kept with a run that had a duplicate)."""
+        with path.open("w") as out:
+            for a in self.arrivals:
+                out.write(json.dumps({"id": a.id, "type": a.type, "subject": a.subject,
+                                      "correlation": a.correlation[:12],
+                                      "causation": a.causation, "redelivery": a.redelivery,
+                                      "at": round(a.at, 4), "wall": round(a.wall, 4)}) + "\n")
 
     async def wait_for(self, ids: set[str], timeout: float) -> None:
         async def until() -> None:

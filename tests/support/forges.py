@@ -23,12 +23,29 @@ it, and checks what the forge checks, so a client that only works against itself
   paged with ``page``/``limit`` (at most 50), ``Link`` and ``X-Total-Count``) and commit
   statuses (``POST .../statuses/{sha}``, states pending, success, error, failure, warning)
   have GitHub's shapes under ``/api/v1``.
+- Bitbucket Cloud REST 2.0 (developer.atlassian.com/cloud/bitbucket/rest/: "Pullrequests",
+  "Commit statuses"; webhooks: support.atlassian.com/bitbucket-cloud/docs/event-payloads/),
+  under ``/2.0``: ``POST /repositories/{workspace}/{repo_slug}/pullrequests`` with ``title``
+  and ``source.branch.name`` (``destination.branch.name`` optional: the main branch) -> 201
+  with ``id`` and ``links.html.href`` (posting again for an open pull request of the same
+  source branch updates it: 200); ``GET .../pullrequests?state=OPEN`` pages of ``{size, page,
+  pagelen (at most 50), next, values}``, ``source.commit.hash`` as 12 hex digits;
+  ``GET|POST .../pullrequests/{id}/comments`` (``content.raw``; pagelen at most 100) and
+  ``PUT .../comments/{comment_id}``; ``POST .../commit/{node}/statuses/build`` with ``key``,
+  ``state`` (SUCCESSFUL, FAILED, INPROGRESS, STOPPED) and ``url`` required, one status per key
+  (posted again: overwritten; ``refname``, the source branch, ties it to the pull request).
+  Errors ``{"type": "error", "error": {"message": ...}}``;
+  credentials ``Authorization: Basic user:app-password`` or ``Bearer <access token>``, 401
+  otherwise; rate limits as 429 "Rate limit for this resource has been exceeded" with the
+  ``X-RateLimit-*`` headers and no ``Retry-After`` (the limit is per rolling hour).
 
 Branches are checked against the served bare repositories (``<root>/<name>.git``).
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import subprocess
 import time
 import urllib.parse
@@ -41,7 +58,7 @@ from aiohttp import web
 
 from tests.support.gitservers import free_port, git_env
 
-KINDS = ("github", "gitlab", "gitea")
+KINDS = ("github", "gitlab", "gitea", "bitbucket")
 
 
 @dataclass
@@ -67,6 +84,7 @@ class Comment:
     number: int  # the pull request (an issue, to GitHub's comments API)
     body: str
     edits: int = 0
+    deleted: bool = False  # Bitbucket keeps deleted comments in the listing
 
 
 @dataclass
@@ -80,6 +98,8 @@ class ForgeServer:
     comments: list[Comment] = field(default_factory=list)
     statuses: list[dict[str, str]] = field(default_factory=list)  # with "sha"
     requests: int = 0
+    username: str = "conveyor-bot"  # Bitbucket: the account of an app password
+    status_refnames: list[str] = field(default_factory=list)  # Bitbucket: the PR's branch
     _runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -91,7 +111,7 @@ class ForgeServer:
     @property
     def api_url(self) -> str:
         return {"github": self.url, "gitlab": f"{self.url}/api/v4",
-                "gitea": f"{self.url}/api/v1"}[self.kind]
+                "gitea": f"{self.url}/api/v1", "bitbucket": f"{self.url}/2.0"}[self.kind]
 
     async def start(self) -> None:
         app = web.Application()
@@ -106,6 +126,15 @@ class ForgeServer:
             app.router.add_get("/api/v4/projects/{id}/merge_requests", self._gitlab_list)
             app.router.add_put(notes + "/{note}", self._gitlab_edit)
             app.router.add_post("/api/v4/projects/{id}/statuses/{sha}", self._gitlab_status)
+        elif self.kind == "bitbucket":
+            repo = "/2.0/repositories/{owner}/{repo}"
+            app.router.add_post(repo + "/pullrequests", self._bitbucket_create)
+            app.router.add_get(repo + "/pullrequests", self._bitbucket_list)
+            comments = repo + "/pullrequests/{number}/comments"
+            app.router.add_get(comments, self._bitbucket_comments)
+            app.router.add_post(comments, self._bitbucket_comment)
+            app.router.add_put(comments + "/{id}", self._bitbucket_edit)
+            app.router.add_post(repo + "/commit/{sha}/statuses/build", self._bitbucket_status)
         else:
             app.router.add_post("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_create)
             app.router.add_get("/api/v1/repos/{owner}/{repo}/pulls", self._gitea_list)
@@ -149,8 +178,15 @@ class ForgeServer:
         if self.kind == "gitlab" and "PRIVATE-TOKEN" in request.headers:
             return request.headers["PRIVATE-TOKEN"]
         kind, _, value = request.headers.get("Authorization", "").partition(" ")
+        if self.kind == "bitbucket" and kind.lower() == "basic":
+            try:
+                user, _, password = base64.b64decode(value).decode().partition(":")
+            except ValueError:
+                return ""
+            return password if user == self.username else ""
         allowed = {"github": ("bearer", "token"), "gitlab": ("bearer",), "gitea": ("token",
-                                                                                  "bearer")}
+                                                                                  "bearer"),
+                   "bitbucket": ("bearer",)}
         return value if kind.lower() in allowed[self.kind] else ""
 
     def _rate_limit(self) -> web.Response | None:
@@ -165,6 +201,11 @@ class ForgeServer:
                 headers={"x-ratelimit-limit": "5000", "x-ratelimit-remaining": "0",
                          "x-ratelimit-used": "5000",
                          "x-ratelimit-reset": str(int(time.time()) + 42)})
+        if self.kind == "bitbucket":
+            return web.Response(text="Rate limit for this resource has been exceeded",
+                                status=429, headers={"X-RateLimit-Limit": "1000",
+                                                     "X-RateLimit-Resource": "api",
+                                                     "X-RateLimit-NearLimit": "true"})
         return web.json_response({"message": "429 Too Many Requests"}, status=429,
                                  headers={"Retry-After": "7"})
 
@@ -499,3 +540,154 @@ class ForgeServer:
             "id": 7000 + pr.number, "number": pr.number, "state": "open", "title": pr.title,
             "body": pr.body, "html_url": f"https://gitea.example/{repo}/pulls/{pr.number}",
             "head": {"ref": head, "sha": sha}, "base": {"ref": base}}, status=201)
+
+    # ------------------------------------------------------------------ Bitbucket Cloud
+
+    @staticmethod
+    def _bitbucket_error(message: str, status: int, **fields: list[str]) -> web.Response:
+        error: dict[str, Any] = {"message": message}
+        if fields:
+            error["fields"] = fields
+        return web.json_response({"type": "error", "error": error}, status=status)
+
+    def _bitbucket_refused(self, request: web.Request) -> web.Response | None:
+        self.requests += 1
+        if self._token_of(request) != self.token:
+            return self._bitbucket_error("Unauthorized", 401)
+        return self._rate_limit()
+
+    def _bitbucket_pr(self, pr: Opened) -> dict[str, Any]:
+        repo = {"type": "repository", "full_name": f"fork/{pr.repo}" if pr.fork else pr.repo}
+        return {"type": "pullrequest", "id": pr.number, "title": pr.title,
+                "description": pr.body, "state": pr.state.upper(),
+                "source": {"branch": {"name": pr.head}, "commit": {"hash": pr.sha[:12]},
+                           "repository": repo},
+                "destination": {"branch": {"name": pr.base},
+                                "repository": {"type": "repository", "full_name": pr.repo}},
+                "updated_on": pr.updated_at.replace("Z", "+00:00"),
+                "links": {"html": {"href": f"https://bitbucket.example/{pr.repo}/pull-requests/"
+                                           f"{pr.number}"}}}
+
+    def _bitbucket_page(self, request: web.Request, items: list[dict[str, Any]],
+                        most: int) -> web.Response:
+        """A paginated answer: ``pagelen`` (default 10, at most ``most``), ``page``, and
+        ``next`` (the same URL with page+1) while more remain."""
+        pagelen = max(1, min(most, int(request.query.get("pagelen", 10))))
+        page = max(1, int(request.query.get("page", 1)))
+        chunk = items[(page - 1) * pagelen: page * pagelen]
+        out: dict[str, Any] = {"size": len(items), "page": page, "pagelen": pagelen,
+                               "values": chunk}
+        if page * pagelen < len(items):
+            query = {**request.query, "page": str(page + 1)}
+            out["next"] = (f"{self.url}{request.path}?"
+                           f"{urllib.parse.urlencode(query)}")
+        return web.json_response(out)
+
+    async def _bitbucket_create(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        body = await self._json(request)
+        if body is None:
+            return self._bitbucket_error("Bad request", 400)
+        source = ((body.get("source") or {}).get("branch") or {}).get("name")
+        base = ((body.get("destination") or {}).get("branch") or {}).get("name") or "main"
+        if not isinstance(body.get("title"), str) or not body["title"]:
+            return self._bitbucket_error("title: This field is required.", 400,
+                                         title=["This field is required."])
+        if not isinstance(source, str) or self._branch_sha(repo, source) is None:
+            return self._bitbucket_error("source: Branch not found", 400,
+                                         source=["Branch not found"])
+        if self._branch_sha(repo, str(base)) is None:
+            return self._bitbucket_error("destination: Branch not found", 400,
+                                         destination=["Branch not found"])
+        sha = self._branch_sha(repo, source)
+        assert sha is not None
+        found = self._existing(repo, source, str(base))
+        if found is not None:  # Bitbucket updates the open one
+            found.title, found.body = str(body["title"]), str(body.get("description") or "")
+            return web.json_response(self._bitbucket_pr(found))
+        pr = self._open(repo, str(body["title"]), source, str(base),
+                        str(body.get("description") or ""), sha)
+        return web.json_response(self._bitbucket_pr(pr), status=201)
+
+    async def _bitbucket_list(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        repo = f"{request.match_info['owner']}/{request.match_info['repo']}"
+        state = request.query.get("state", "OPEN").lower()
+        mine = [self._bitbucket_pr(p) for p in self.pulls if p.repo == repo
+                and p.state == state]
+        return self._bitbucket_page(request, mine, 50)
+
+    def _bitbucket_comment_json(self, c: Comment) -> dict[str, Any]:
+        return {"type": "pullrequest_comment", "id": c.id, "deleted": c.deleted,
+                "content": {"type": "rendered", "raw": c.body, "markup": "markdown",
+                            "html": f"<p>{c.body}</p>"},
+                "pullrequest": {"type": "pullrequest", "id": c.number},
+                "user": {"type": "user", "display_name": "Conveyor"}}
+
+    async def _bitbucket_comments(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        number = int(request.match_info["number"])
+        mine = [self._bitbucket_comment_json(c) for c in self.comments if c.number == number]
+        return self._bitbucket_page(request, mine, 100)
+
+    async def _bitbucket_comment(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        body = await self._json(request)
+        raw = ((body or {}).get("content") or {}).get("raw")
+        if not isinstance(raw, str) or not raw:
+            return self._bitbucket_error("content: This field is required.", 400,
+                                         content=["This field is required."])
+        comment = Comment(600 + len(self.comments), int(request.match_info["number"]), raw)
+        self.comments.append(comment)
+        return web.json_response(self._bitbucket_comment_json(comment), status=201)
+
+    async def _bitbucket_edit(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        found = next((c for c in self.comments if c.id == int(request.match_info["id"])
+                      and c.number == int(request.match_info["number"])), None)
+        if found is None:
+            return self._bitbucket_error("No Comment matches the given query.", 404)
+        body = await self._json(request)
+        raw = ((body or {}).get("content") or {}).get("raw")
+        if not isinstance(raw, str) or not raw:
+            return self._bitbucket_error("content: This field is required.", 400)
+        found.body, found.edits = raw, found.edits + 1
+        return web.json_response(self._bitbucket_comment_json(found))
+
+    async def _bitbucket_status(self, request: web.Request) -> web.Response:
+        refused = self._bitbucket_refused(request)
+        if refused is not None:
+            return refused
+        body = await self._json(request) or {}
+        missing = {k: ["This field is required."] for k in ("key", "state", "url")
+                   if not body.get(k)}
+        if missing:
+            return self._bitbucket_error(f"{', '.join(missing)}: This field is required.", 400,
+                                         **missing)
+        if body["state"] not in ("SUCCESSFUL", "FAILED", "INPROGRESS", "STOPPED"):
+            return self._bitbucket_error(f"state: {body['state']!r} is not a valid choice.",
+                                         400, state=["not a valid choice"])
+        sha = request.match_info["sha"]
+        if not re.fullmatch(r"[0-9a-f]{7,40}", sha):
+            return self._bitbucket_error(f"Commit not found: {sha}", 404)
+        entry = {"sha": sha, "state": str(body["state"]), "context": str(body["key"]),
+                 "description": str(body.get("description") or "")}
+        # one status per key of a commit: posting it again overwrites it
+        self.statuses[:] = [s for s in self.statuses
+                            if (s["sha"], s["context"]) != (sha, entry["context"])]
+        self.statuses.append(entry)
+        # only a status whose refname is the source branch shows on the pull request
+        self.status_refnames.append(str(body.get("refname") or ""))
+        return web.json_response({"type": "commitstatus", **entry, "key": entry["context"],
+                                  "url": str(body["url"])}, status=201)

@@ -4,7 +4,10 @@ The body is the event's canonical JSON (``Event.to_json``, the same bytes the lo
 ``Content-Type: application/cloudevents+json``. With a ``secret`` the request carries
 ``X-Conveyor-Signature: sha256=<hex HMAC-SHA256 of the body>`` so the receiver can check it
 came from Conveyor (compare with ``hmac.compare_digest``). The event ``id`` is stable across
-redeliveries, so receivers can deduplicate on it.
+redeliveries, so receivers can deduplicate on it (CloudEvents: the same ``source`` and ``id``
+is the same event). A send that repeats an attempt which may have reached the receiver (the
+notifier was killed after sending, before it recorded the answer) carries
+``X-Conveyor-Redelivery: 1``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from orchestrator.notify.providers.base import config_error, http_url, optional
 
 CONTENT_TYPE = "application/cloudevents+json; charset=utf-8"
 SIGNATURE_HEADER = "X-Conveyor-Signature"
+REDELIVERY_HEADER = "X-Conveyor-Redelivery"
 METHODS = ("POST", "PUT")
 
 

@@ -13,7 +13,9 @@
   const GOOD = /\.(succeeded|healthy|sent|detected|skipped|recovered|loaded)$/;
 
   const state = {envs: new Map(), events: [], seen: new Set(), lastSeq: 0, route: null,
-    stream: null, retryMs: 2000, renderPending: false};
+    stream: null, retryMs: 2000, renderPending: false,
+    cards: new Map(), shown: 0, envSeq: 0, changed: new Map(), flushPending: false,
+    incoming: [], incomingPending: false};
   const $ = (id) => document.getElementById(id);
 
   // -- small helpers -------------------------------------------------------------------------
@@ -104,14 +106,14 @@
     $("login").hidden = true;
     $("main").hidden = false;
     $("sign-out").hidden = false;
-    loadEnvs();
-    connect();
+    loadEnvs().finally(connect);
     render(false);
   }
 
   function signOut() {
     sessionStorage.removeItem(TOKEN_KEY);
     state.envs.clear();
+    state.envSeq = 0;
     renderCards();
     if (state.stream) state.stream.abort();
     showLogin("");
@@ -182,19 +184,23 @@
       && (!f.outcome || outcomeOf(env) === f.outcome);
   }
 
-  function renderCounts(all, shown) {
+  function renderCounts() {
     const health = {};
-    for (const env of all) {
+    for (const env of state.envs.values()) {
       const key = String(env.health || "Unknown");
       health[key] = (health[key] || 0) + 1;
     }
     const parts = Object.keys(health).sort().map((k) => `${health[k]} ${k}`);
-    $("env-counts").textContent = all.length ? `${shown} of ${all.length} environments`
+    const total = state.envs.size;
+    $("env-counts").textContent = total ? `${state.shown} of ${total} environments`
       + (parts.length ? ` · ${parts.join(" · ")}` : "") : "";
   }
 
+  // One pass over every environment: the only place cards are built in bulk. ``state.cards``
+  // indexes the cards on the list by name, so a live update finds its card without a search.
   function renderCards() {
     state.renderPending = false;
+    state.changed.clear();  // this render shows every change
     const f = filters();
     const all = [...state.envs.values()].sort((a, b) => a.name.localeCompare(b.name));
     const envs = all.filter((env) => selected(env, f));
@@ -204,13 +210,20 @@
       if (!groups.has(key)) groups.set(key, []);
       groups.get(key).push(env);
     }
+    const cards = new Map();
     const keys = [...groups.keys()].sort();
     $("env-cards").replaceChildren(...keys.flatMap((key) => [
       key ? h("h3", {}, `${key} (${groups.get(key).length})`) : null,
       h("ul", {class: "cards", "aria-label": key || "Environments"},
-        groups.get(key).map((env) => card(env))),
+        groups.get(key).map((env) => {
+          const li = card(env);
+          cards.set(env.name, li);
+          return li;
+        })),
     ].filter(Boolean)));
-    renderCounts(all, envs.length);
+    state.cards = cards;
+    state.shown = envs.length;
+    renderCounts();
     $("envs-empty").hidden = all.length > 0;
   }
 
@@ -220,22 +233,47 @@
     requestAnimationFrame(renderCards);
   }
 
+  // Live updates are batched: each frame applies every change that arrived since the last,
+  // replacing the changed cards in place (one lookup each) and counting once; only a card
+  // that appears, disappears or changes group costs a render of the list.
   function updateEnv(env) {
     const known = state.envs.get(env.name);
     if (known && (known.last_seq || 0) > (env.last_seq || 0)) return;
+    state.envSeq = Math.max(state.envSeq, env.last_seq || 0);
+    if (!state.changed.has(env.name)) state.changed.set(env.name, known);  // as its card shows
     state.envs.set(env.name, env);
-    const existing = $("env-cards").querySelector(`li[data-env="${CSS.escape(env.name)}"]`);
+    if (!state.flushPending) {
+      state.flushPending = true;
+      requestAnimationFrame(flushEnvs);
+    }
+  }
+
+  function flushEnvs() {
+    state.flushPending = false;
+    const route = state.route;
+    if (route && route.view === "env" && state.changed.has(route.name)) {
+      $("env-card").replaceChildren(card(state.envs.get(route.name), "detail"));
+    }
+    if (state.renderPending) return;  // the render it waits for shows every change
     const f = filters();
-    const sameGroup = known && (!f.group || GROUP[f.group](known) === GROUP[f.group](env));
-    if (existing && sameGroup && selected(env, f) && !state.renderPending) {
-      existing.replaceWith(card(env));
-      renderCounts([...state.envs.values()], $("env-cards").querySelectorAll("li.card").length);
-    } else {
-      scheduleRender();
+    let regroup = false;
+    for (const [name, before] of state.changed) {
+      const env = state.envs.get(name);
+      const existing = state.cards.get(name);
+      const shown = selected(env, f);
+      const sameGroup = before && (!f.group || GROUP[f.group](before) === GROUP[f.group](env));
+      if (existing && shown && sameGroup) {
+        const li = card(env);
+        existing.replaceWith(li);
+        state.cards.set(name, li);
+      } else if (existing || shown) {
+        regroup = true;
+        break;
+      }
     }
-    if (state.route && state.route.view === "env" && state.route.name === env.name) {
-      $("env-card").replaceChildren(card(env, "detail"));
-    }
+    state.changed.clear();
+    if (regroup) renderCards();
+    else renderCounts();
   }
 
   async function loadEnvs() {
@@ -247,6 +285,8 @@
           const known = state.envs.get(env.name);
           if (!known || (known.last_seq || 0) <= (env.last_seq || 0)) state.envs.set(env.name, env);
         }
+        // the live stream sends the environments that change after this point
+        state.envSeq = Math.max(state.envSeq, body.position || 0);
         if (!body.continue) break;
         path = `/api/v1/environments?limit=1000&continue=${encodeURIComponent(body.continue)}`;
       }
@@ -275,15 +315,29 @@
     state.seen.add(e.sequence);
     state.lastSeq = Math.max(state.lastSeq, e.sequence);
     state.events.push(e);
-    const list = $("event-stream");
-    list.prepend(eventItem(e));
-    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+    state.incoming.push(e);  // (a hidden tab runs no frames: keep only what could be shown)
+    if (state.incoming.length > MAX_EVENTS * 2) state.incoming = state.incoming.slice(-MAX_EVENTS);
     if (state.events.length > MAX_EVENTS * 2) {
       state.events = state.events.slice(-MAX_EVENTS);
       state.seen = new Set(state.events.map((x) => x.sequence));
     }
-    $("stream-empty").hidden = true;
+    if (!state.incomingPending) {
+      state.incomingPending = true;
+      requestAnimationFrame(flushEvents);
+    }
     onLiveEvent(e);
+  }
+
+  // The stream's items are added once per frame: during a rollout of a thousand environments
+  // events arrive by the hundred a second, and only the newest MAX_EVENTS are ever shown.
+  function flushEvents() {
+    state.incomingPending = false;
+    const newest = state.incoming.slice(-MAX_EVENTS).reverse();
+    state.incoming = [];
+    const list = $("event-stream");
+    list.prepend(...newest.map(eventItem));
+    while (list.children.length > MAX_EVENTS) list.lastElementChild.remove();
+    $("stream-empty").hidden = true;
   }
 
   function setConnection(kind, text) {
@@ -317,8 +371,8 @@
     if (state.stream) state.stream.abort();
     const controller = new AbortController();
     state.stream = controller;
-    const url = state.lastSeq ? `/api/v1/dashboard/stream?after=${state.lastSeq}`
-      : "/api/v1/dashboard/stream?last=50";
+    const url = (state.lastSeq ? `/api/v1/dashboard/stream?after=${state.lastSeq}`
+      : "/api/v1/dashboard/stream?last=50") + `&envs_after=${state.envSeq}`;
     let resp;
     try {
       resp = await fetch(url, {headers: authHeaders({Accept: "text/event-stream"}),
@@ -715,8 +769,9 @@
     });
     wireActions();
     render(false);
-    loadEnvs();
-    connect();
+    // the cards first, from one request; then the stream, which sends only what changes
+    // after them (every environment again would cost the first paint a second render)
+    loadEnvs().finally(connect);
     setInterval(tick, 10000);
   }
 
