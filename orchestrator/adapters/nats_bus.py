@@ -1,6 +1,6 @@
 """The event bus: JetStream stream, KV buckets and object store behind one small class.
 
-(About 400 lines, as one module on purpose: ``EventBus`` is the one object every service is
+(Over 400 lines, as one module on purpose: ``EventBus`` is the one object every service is
 handed; its events, key/value and bundle sections share the connection, the schema and the
 publish retry policy, and splitting the class would only scatter them.)
 

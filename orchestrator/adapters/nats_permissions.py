@@ -33,6 +33,7 @@ import json
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from orchestrator import subjects
@@ -64,14 +65,14 @@ def _read_stream(stream: str) -> list[str]:
             f"$JS.API.CONSUMER.MSG.NEXT.{stream}.*", f"$JS.ACK.{stream}.>"]
 
 
-_COMMON = [  # every service: look at the five streams (readiness), read the event log
+_COMMON = (  # every service: look at the five streams (readiness), read the event log
     *(f"$JS.API.STREAM.INFO.{s}" for s in STREAMS),
     f"$JS.API.CONSUMER.LIST.{subjects.STREAM}", f"$JS.API.CONSUMER.NAMES.{subjects.STREAM}",
     "$JS.API.STREAM.NAMES",  # names only: the object store finds its stream by subject
     *_read_stream(subjects.STREAM), "$JS.FC.>",
-]
-_SCHEMA = [*(f"$JS.API.STREAM.CREATE.{s}" for s in STREAMS),
-           *(f"$JS.API.STREAM.UPDATE.{s}" for s in STREAMS)]
+)
+_SCHEMA = (*(f"$JS.API.STREAM.CREATE.{s}" for s in STREAMS),
+           *(f"$JS.API.STREAM.UPDATE.{s}" for s in STREAMS))
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,14 +92,14 @@ class Grant:
     def publish(self) -> list[str]:
         events = [f"{subjects.PREFIX}.>"] if self.events == (">",) else _events(*self.events)
         return [*events, *(s for r in self.reads for s in _read_stream(r)), *self.writes,
-                *(_SCHEMA if self.schema else []), *self.extra]
+                *(_SCHEMA if self.schema else ()), *self.extra]
 
 
 def _kv_keys(bucket: str, prefix: str = ">") -> str:
     return f"$KV.{bucket}.>" if prefix == ">" else f"$KV.{bucket}.{prefix}.>"
 
 
-GRANTS: Final[Mapping[str, Grant]] = {
+GRANTS: Final[Mapping[str, Grant]] = MappingProxyType({
     "git-watcher": Grant(
         events=("commit", "config", "source", "release", "rollback", "promotion",
                 "environment.removed"),
@@ -143,12 +144,12 @@ GRANTS: Final[Mapping[str, Grant]] = {
             "bundles (served masked); create and update the schema; replay into a scratch "
             "bucket it deletes afterwards",
         may_not="delete a Conveyor stream; read or write deliveries or leases; write bundles"),
-}
+})
 
 
-DURABLES: Final[Mapping[str, str]] = {  # each service's consumer of the event log, all envs
+DURABLES: Final[Mapping[str, str]] = MappingProxyType({  # each service's durable, all envs
     "git-watcher": "git-watcher", "renderer": "renderer", "applier": "applier",
-    "notifier": "notifier", "api": "projector"}
+    "notifier": "notifier", "api": "projector"})
 
 
 def _consumer(durable: str) -> list[str]:
