@@ -855,7 +855,8 @@ def test_containerfile_builds_a_non_root_image_with_the_conveyor_entrypoint() ->
     text = (ROOT / "Containerfile").read_text()
     stages = re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, re.MULTILINE)
     assert len(stages) >= 2, "multi-stage: wheels are built apart from the runtime"
-    assert re.search(r"^ARG BASE=python:3\.11-slim", text, re.MULTILINE), "the base is a build argument"
+    assert re.search(r"^ARG BASE=python:3\.11-slim", text, re.MULTILINE), \
+        "the base is a build argument"
     assert re.search(rf"^USER {UID}(:{UID})?$", text, re.MULTILINE)
     assert re.search(r'^ENTRYPOINT \["conveyor"\]$', text, re.MULTILINE)
     assert "openssh-client" in text and "gnupg" in text
