@@ -131,18 +131,13 @@ GRANTS: Final[Mapping[str, Grant]] = MappingProxyType({
     "api": Grant(
         events=(">",), reads=(f"KV_{KV_STATE}", f"OBJ_{BUNDLES}"),
         writes=(_kv_keys(KV_STATE),), schema=True,
-        # replay folds into a scratch bucket (conveyor-replay-<ms>-<rand>), reads it back
-        # and deletes it: a stream whose name no pattern can single out
-        extra=("$JS.API.STREAM.INFO.*", "$JS.API.STREAM.CREATE.*", "$JS.API.STREAM.DELETE.*",
-               "$JS.API.STREAM.MSG.GET.*", "$JS.API.DIRECT.GET.>", "$JS.API.CONSUMER.CREATE.>",
-               "$JS.API.CONSUMER.INFO.>", "$JS.API.CONSUMER.MSG.NEXT.>", "$KV.>"),
         deny=(*(f"$JS.API.STREAM.DELETE.{s}" for s in STREAMS),
               *(s for b in (KV_DELIVERIES, KV_LEASES)
                 for s in (*_read_stream(f"KV_{b}"), _kv_keys(b)))),
         may="publish control events (refresh; sync and retry re-publish a stage's event; "
             "release, rollback and promotion through the api); write the projection; read "
-            "bundles (served masked); create and update the schema; replay into a scratch "
-            "bucket it deletes afterwards",
+            "bundles (served masked); create and update the schema (replay folds in memory: "
+            "it creates no stream)",
         may_not="delete a Conveyor stream; read or write deliveries or leases; write bundles"),
 })
 

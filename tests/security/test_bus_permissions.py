@@ -160,7 +160,8 @@ async def test_each_user_is_refused_what_its_grant_does_not_say(
         ("git-watcher", "$JS.API.STREAM.CREATE.CONVEYOR", False),
         ("api", "$JS.API.STREAM.CREATE.CONVEYOR", True),  # the api manages the schema
         ("api", "$JS.API.STREAM.DELETE.CONVEYOR", False),  # nobody deletes the log
-        ("api", "$JS.API.STREAM.DELETE.KV_conveyor-replay-1-ab", True),  # its scratch bucket
+        ("api", "$JS.API.STREAM.DELETE.KV_conveyor-replay-1-ab", False),  # no stream of its own
+        ("api", "$JS.API.STREAM.CREATE.KV_anything", False),
         ("api", "$KV.conveyor-deliveries.d.x", False),
         ("api", "conveyor.events._.refresh.requested", True),
         # its own consumer, never another service's (reconfigure, pull, ack)
