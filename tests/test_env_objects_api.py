@@ -41,6 +41,15 @@ def test_a_verdict_names_the_objects_that_are_not_ready() -> None:
              "message": "1 of 3 updated"}]})
     got = {o["kind"]: (o["health"], o["message"]) for o in with_health(objs, verdict)}
     assert got == {"Deployment": ("Progressing", "1 of 3 updated"), "Service": ("Healthy", "")}
+    assert [o["children"] for o in with_health(objs, verdict)] == [[], []]  # an older verdict
+    pods = [{"kind": "Pod", "name": "web-1-a", "status": "Healthy", "message": ""}]
+    owned = new_event(ev.HEALTH_HEALTHY, env="dev", key="z", data={
+        "status": "Healthy", "unhealthy": 0, "children": [
+            {"kind": "Deployment", "namespace": "apps", "name": "web", "children": [
+                {"kind": "ReplicaSet", "name": "web-1", "status": "Healthy", "message": "",
+                 "children": pods}]}]})
+    trees = {o["kind"]: o["children"] for o in with_health(objs, owned)}
+    assert trees["Service"] == [] and trees["Deployment"][0]["children"] == pods
     cut = new_event(ev.HEALTH_DEGRADED, env="dev", key="y", data={
         "status": "Degraded", "unhealthy": 5, "objects": []})
     assert {o["health"] for o in with_health(objs, cut)} == {"Unknown"}
