@@ -130,4 +130,20 @@ async def test_the_environment_page_shows_objects_and_the_last_change(
         text = await dash.page.text_content("#env-changes") or ""
         assert "added Deployment/apps/web" in text and "changed ConfigMap/apps/web" in text
         assert "hunter2" not in (await dash.page.content())
+        # a kube applier's verdict with live children (as test_applier_kube_pipeline records
+        # one): the page nests them under their owner, indented
+        await bus.publish(new_event(ev.HEALTH_HEALTHY, env="dev", correlation=second, key="t",
+                                    data={"status": "Healthy", "revision": second, "children": [
+            {"kind": "Deployment", "namespace": "apps", "name": "web", "children": [
+                {"kind": "ReplicaSet", "name": "web-1", "status": "Healthy", "message": "",
+                 "children": [{"kind": "Pod", "name": "web-1-a", "status": "Progressing",
+                               "message": "pod is pending"}]}]}]}))
+        await dash.open("#/")
+        await dash.open("#/env/dev")
+        await async_api.expect(rows).to_have_count(5, timeout=WAIT_MS)
+        texts = [" ".join((await rows.nth(i).inner_text()).split()) for i in range(5)]
+        web = next(i for i, t in enumerate(texts) if t.startswith("Deployment"))
+        assert "ReplicaSet" in texts[web + 1] and "web-1" in texts[web + 1]
+        assert "Pod" in texts[web + 2] and "Progressing" in texts[web + 2]
+        assert await rows.nth(web + 2).get_attribute("class") == "child depth-2"
         assert dash.errors == []
