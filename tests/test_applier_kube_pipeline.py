@@ -312,7 +312,8 @@ async def test_the_health_verdict_and_objects_route_carry_the_live_tree(
         fake.set_status("v1", "Pod", "shop", "web-abc-2", {"phase": "Pending"})
         fake.set_status("apps/v1", "Deployment", "shop", "web", HEALTHY)
         events = await wait_for_events(bus, outcome(first, ev.HEALTH_HEALTHY))
-        [health] = of(events, first, ev.HEALTH_HEALTHY)
+        [applied, health] = of(events, first, ev.APPLY_SUCCEEDED, ev.HEALTH_HEALTHY)
+        assert "children" not in applied.data["health"]  # recorded once, in the verdict
         [tree] = health.data["children"]
         assert (tree["kind"], tree["namespace"], tree["name"]) == ("Deployment", "shop", "web")
         [replicaset] = tree["children"]

@@ -94,6 +94,7 @@ async def test_objects_and_last_change_of_an_environment(
             assert [(o["kind"], o["name"]) for o in body["objects"]] == [
                 ("ConfigMap", "web"), ("Deployment", "web"), ("Secret", "db")]
             assert {o["health"] for o in body["objects"]} == {"Unknown"}  # a git target
+            assert [o["children"] for o in body["objects"]] == [[], [], []]  # no live state
             assert "hunter2" not in text
 
             status, body, text = await get("/api/v1/environments/dev/changes")

@@ -57,6 +57,12 @@ from .inventory import InventoryStore, Record, Stored, union
 from .settings import KubeSettings, kube_settings
 
 log = structlog.get_logger(__name__)
+
+
+def _verdict(health: HealthResult) -> dict[str, Any]:
+    """The health an apply event carries: the verdict without the live children, which only
+    the ``conveyor.health.*`` event records (once per sync, not twice)."""
+    return dataclasses.replace(health, children=()).to_dict()
 T = TypeVar("T")
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
 
@@ -180,7 +186,7 @@ class KubeTarget:
                 health = await self._tree(progress)
                 return ApplyResult(bool(progress.created or progress.configured),
                                    failure.message,
-                                   {"health": health.to_dict(),
+                                   {"health": _verdict(health),
                                     "unhealthy_objects": list(failure.objects)},
                                    health=health, failure=failure.reason)
         if not recorded:
@@ -205,7 +211,7 @@ class KubeTarget:
             "pruned": pruned, "not_pruned": kept, "waves": len(waves),
             "inventory": {"configmap": self.inventory.where,
                           "entries": [e.to_dict() for e in new.entries]},
-            "health": health.to_dict()}, health=health)
+            "health": _verdict(health)}, health=health)
 
     async def _tree(self, progress: _Progress) -> HealthResult:
         """The verdict on the applied objects, with the live children they own."""
