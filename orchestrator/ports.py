@@ -52,6 +52,9 @@ class HealthResult:
     no_rule: tuple[str, ...] = ()
     """Kinds (``Kind.group``) of the sync that no health rule knows: not waited for, listed so
     a user knows to add a rule (Lua, CEL)."""
+    children: tuple[Mapping[str, Any], ...] = ()
+    """The live objects the applied workloads own (a Deployment's ReplicaSets and their Pods),
+    per owner, each with its health: empty for a target without live state (git)."""
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status.value, "message": self.message,
@@ -59,6 +62,8 @@ class HealthResult:
                                "objects": [dict(o) for o in self.objects]}
         if self.no_rule:
             out["no_rule"] = list(self.no_rule)
+        if self.children:
+            out["children"] = [dict(c) for c in self.children]
         return out
 
 

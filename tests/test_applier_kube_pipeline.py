@@ -4,6 +4,7 @@ health events, prune, skip, health timeout, credential errors, per-environment s
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from conveyor.app import Conveyor
@@ -269,3 +271,70 @@ async def test_conveyor_diff_shows_desired_vs_live(
     out_io, err_io = io.StringIO(), io.StringIO()
     code = await diff_command("nope", nats=nats_server.url, stdout=out_io, stderr=err_io)
     assert code == 2 and "has no successful render" in err_io.getvalue()
+
+
+def owned_by(owner: dict[str, Any], api_version: str, kind: str, name: str,
+             **spec: Any) -> dict[str, Any]:
+    """An object a controller would create for ``owner`` (the contract server runs none)."""
+    meta = owner["metadata"]
+    return {"apiVersion": api_version, "kind": kind, **spec, "metadata": {
+        "name": name, "namespace": meta["namespace"], "ownerReferences": [{
+            "apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True}]}}
+
+
+async def test_the_health_verdict_and_objects_route_carry_the_live_tree(
+        repo: Repo, nats_server: EmbeddedNats, bus: EventBus, fake: FakeKubeAPI,
+        tmp_path: Path) -> None:
+    first = repo.commit(files(), "initial")
+    async with running(repo, nats_server, tmp_path / "data") as conveyor:
+        await fake.wait_until(lambda: fake.get("apps/v1", "Deployment", "shop", "web") is not None)
+        deploy = fake.get("apps/v1", "Deployment", "shop", "web")
+        assert deploy is not None
+        async with KubeClient(load_kubeconfig(str(fake.write_kubeconfig(
+                tmp_path / "controller")))) as controller:  # acts as the controllers would
+            rs = await controller.apply(owned_by(deploy, "apps/v1", "ReplicaSet", "web-abc",
+                                                 spec={"replicas": 2, "selector": {
+                                                     "matchLabels": {"app": "web"}}}))
+            await controller.apply(owned_by(rs, "v1", "Pod", "web-abc-1",
+                                            spec={"containers": [{"name": "web",
+                                                                  "image": "nginx"}]}))
+            await controller.apply(owned_by(rs, "v1", "Pod", "web-abc-2",
+                                            spec={"containers": [{"name": "web",
+                                                                  "image": "nginx"}]}))
+            stranger = {**deploy, "metadata": {**deploy["metadata"], "uid": "not-web"}}
+            await controller.apply(owned_by(stranger, "apps/v1", "ReplicaSet", "other"))
+        fake.set_status("apps/v1", "ReplicaSet", "shop", "web-abc", {
+            "observedGeneration": 1, "replicas": 2, "readyReplicas": 1,
+            "availableReplicas": 1})
+        fake.set_status("v1", "Pod", "shop", "web-abc-1", {"phase": "Running", "conditions": [
+            {"type": "Ready", "status": "True"}]})
+        fake.set_status("v1", "Pod", "shop", "web-abc-2", {"phase": "Pending"})
+        fake.set_status("apps/v1", "Deployment", "shop", "web", HEALTHY)
+        events = await wait_for_events(bus, outcome(first, ev.HEALTH_HEALTHY))
+        [applied, health] = of(events, first, ev.APPLY_SUCCEEDED, ev.HEALTH_HEALTHY)
+        assert "children" not in applied.data["health"]  # recorded once, in the verdict
+        [tree] = health.data["children"]
+        assert (tree["kind"], tree["namespace"], tree["name"]) == ("Deployment", "shop", "web")
+        [replicaset] = tree["children"]
+        assert (replicaset["kind"], replicaset["name"]) == ("ReplicaSet", "web-abc")
+        assert replicaset["status"] == "Progressing"
+        assert [(p["kind"], p["name"], p["status"]) for p in replicaset["children"]] == [
+            ("Pod", "web-abc-2", "Progressing"), ("Pod", "web-abc-1", "Healthy")]
+
+        api = conveyor.service("api")
+        assert isinstance(api, ApiService)
+        end = await bus.last_seq()
+        async with asyncio.timeout(30), api.projector.changed:
+            await api.projector.changed.wait_for(lambda: api.projector.position >= end)
+        async with aiohttp.ClientSession() as http, \
+                http.get(api.url + "/api/v1/environments/dev/objects") as resp:
+            assert resp.status == 200
+            body = await resp.json()
+        by_kind = {o["kind"]: o for o in body["objects"]}
+        assert by_kind["ConfigMap"]["children"] == []
+        web_tree = by_kind["Deployment"]["children"]
+        assert [(c["kind"], c["name"], c["status"]) for c in web_tree] == [
+            ("ReplicaSet", "web-abc", "Progressing")]
+        assert {(p["name"], p["status"]) for p in web_tree[0]["children"]} == {
+            ("web-abc-1", "Healthy"), ("web-abc-2", "Progressing")}

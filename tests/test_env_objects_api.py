@@ -41,6 +41,15 @@ def test_a_verdict_names_the_objects_that_are_not_ready() -> None:
              "message": "1 of 3 updated"}]})
     got = {o["kind"]: (o["health"], o["message"]) for o in with_health(objs, verdict)}
     assert got == {"Deployment": ("Progressing", "1 of 3 updated"), "Service": ("Healthy", "")}
+    assert [o["children"] for o in with_health(objs, verdict)] == [[], []]  # an older verdict
+    pods = [{"kind": "Pod", "name": "web-1-a", "status": "Healthy", "message": ""}]
+    owned = new_event(ev.HEALTH_HEALTHY, env="dev", key="z", data={
+        "status": "Healthy", "unhealthy": 0, "children": [
+            {"kind": "Deployment", "namespace": "apps", "name": "web", "children": [
+                {"kind": "ReplicaSet", "name": "web-1", "status": "Healthy", "message": "",
+                 "children": pods}]}]})
+    trees = {o["kind"]: o["children"] for o in with_health(objs, owned)}
+    assert trees["Service"] == [] and trees["Deployment"][0]["children"] == pods
     cut = new_event(ev.HEALTH_DEGRADED, env="dev", key="y", data={
         "status": "Degraded", "unhealthy": 5, "objects": []})
     assert {o["health"] for o in with_health(objs, cut)} == {"Unknown"}
@@ -85,6 +94,7 @@ async def test_objects_and_last_change_of_an_environment(
             assert [(o["kind"], o["name"]) for o in body["objects"]] == [
                 ("ConfigMap", "web"), ("Deployment", "web"), ("Secret", "db")]
             assert {o["health"] for o in body["objects"]} == {"Unknown"}  # a git target
+            assert [o["children"] for o in body["objects"]] == [[], [], []]  # no live state
             assert "hunter2" not in text
 
             status, body, text = await get("/api/v1/environments/dev/changes")
@@ -121,4 +131,20 @@ async def test_the_environment_page_shows_objects_and_the_last_change(
         text = await dash.page.text_content("#env-changes") or ""
         assert "added Deployment/apps/web" in text and "changed ConfigMap/apps/web" in text
         assert "hunter2" not in (await dash.page.content())
+        # a kube applier's verdict with live children (as test_applier_kube_pipeline records
+        # one): the page nests them under their owner, indented
+        await bus.publish(new_event(ev.HEALTH_HEALTHY, env="dev", correlation=second, key="t",
+                                    data={"status": "Healthy", "revision": second, "children": [
+            {"kind": "Deployment", "namespace": "apps", "name": "web", "children": [
+                {"kind": "ReplicaSet", "name": "web-1", "status": "Healthy", "message": "",
+                 "children": [{"kind": "Pod", "name": "web-1-a", "status": "Progressing",
+                               "message": "pod is pending"}]}]}]}))
+        await dash.open("#/")
+        await dash.open("#/env/dev")
+        await async_api.expect(rows).to_have_count(5, timeout=WAIT_MS)
+        texts = [" ".join((await rows.nth(i).inner_text()).split()) for i in range(5)]
+        web = next(i for i, t in enumerate(texts) if t.startswith("Deployment"))
+        assert "ReplicaSet" in texts[web + 1] and "web-1" in texts[web + 1]
+        assert "Pod" in texts[web + 2] and "Progressing" in texts[web + 2]
+        assert await rows.nth(web + 2).get_attribute("class") == "child depth-2"
         assert dash.errors == []

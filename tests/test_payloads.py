@@ -77,6 +77,21 @@ def test_a_log_written_before_payloads_were_typed_decodes() -> None:
     assert isinstance(sent, NotifySent) and sent.for_type.startswith("conveyor.")
     health = by_type[ev.HEALTH_PROGRESSING]
     assert isinstance(health, HealthProgressing) and health.objects[0]["name"] == "web"
+    assert health.children == ()  # recorded before the applier listed live children
+
+
+def test_a_health_verdict_without_children_decodes_and_one_with_them_round_trips() -> None:
+    old = new_event(ev.HEALTH_HEALTHY, env="dev", key="h", data={
+        "status": "Healthy", "message": "1 object(s) healthy", "unhealthy": 0, "objects": []})
+    payload = decode(old)
+    assert isinstance(payload, BY_TYPE[ev.HEALTH_HEALTHY]) and payload.extra == {}
+    assert payload.children == ()
+    tree = {"kind": "Deployment", "namespace": "apps", "name": "web", "children": [
+        {"kind": "ReplicaSet", "name": "web-1", "status": "Healthy", "message": "",
+         "children": [{"kind": "Pod", "name": "web-1-a", "status": "Healthy", "message": ""}]}]}
+    new = new_event(ev.HEALTH_HEALTHY, env="dev", key="h2", data={"status": "Healthy",
+                                                                 "children": [tree]})
+    assert decode(new).children == (tree,)  # type: ignore[attr-defined]
 
 
 def test_version_1_dead_letters_are_upcast_with_a_code() -> None:

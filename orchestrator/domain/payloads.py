@@ -342,6 +342,7 @@ class HealthFields(Payload):
     unhealthy: int = 0  # objects not ready (exact)
     objects: tuple[Json, ...] = ()  # those objects (at most 50), each with the rule that judged it
     no_rule: tuple[str, ...] = ()  # kinds (Kind.group) no health rule knows: not waited for
+    children: tuple[Json, ...] = ()  # per owning workload, its live children (kube only)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

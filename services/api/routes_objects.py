@@ -4,14 +4,17 @@
   applied (kind, namespace, name), each with the health the last verdict gave it: the objects a
   verdict names as not ready carry their own status and message, the others the verdict's
   overall status. Only identities travel, never a field's value, so a Secret shows as its name.
+  Each object has ``children``: the live objects it owns (a Deployment's ReplicaSets, each with
+  its Pods) with their health, as the kube applier recorded them in that verdict; empty for a
+  git target, which has no live state, and for a verdict recorded before children were.
 - ``GET /api/v1/environments/{name}/changes``: the object-level diff between the bundle applied
   before and the one applied now (added, changed, removed, with a unified YAML diff of each;
   Secret values are redacted by ``orchestrator.domain.diff``, only "changed" or "equal" shows).
 
 Both read the bundles from the object store by the digests the projection and the history
-already hold; nothing new is recorded to serve them. A target's live children (a Deployment's
-ReplicaSets and Pods) are not in the log, so the object list is the desired state: what the
-environment declares and the applier applied.
+already hold; nothing new is recorded to serve them. The object list is the desired state (what
+the environment declares and the applier applied); the live children come from the health
+verdict in the log: the api holds no cluster credentials and never asks a cluster.
 """
 
 from __future__ import annotations
@@ -59,9 +62,15 @@ def with_health(objects: list[dict[str, Any]], verdict: Event | None) -> list[di
     to a cap; ``unhealthy`` is the exact count): a listed object has its own status, the others
     are ready when the list is complete, and unknown when there is no verdict or it was cut."""
     listed: dict[tuple[str, str, str], dict[str, Any]] = {}
+    owned: dict[tuple[str, str, str], list[Any]] = {}
     complete = False
     if verdict is not None:
         found = decode_as(verdict, HealthFields)
+        for tree in found.children or ():
+            if isinstance(tree, dict) and isinstance(tree.get("children"), list):
+                kind, name = str(tree.get("kind", "")), str(tree.get("name", ""))
+                owned[(kind, str(tree.get("namespace") or ""), name)] = tree["children"]
+                owned.setdefault((kind, "", name), tree["children"])  # namespace defaulted
         for entry in found.objects or ():
             if isinstance(entry, dict):
                 listed[(str(entry.get("kind", "")), str(entry.get("namespace") or ""),
@@ -75,7 +84,8 @@ def with_health(objects: list[dict[str, Any]], verdict: Event | None) -> list[di
             health, message = str(own.get("status") or "Unknown"), str(own.get("message", ""))
         else:
             health, message = ("Healthy" if complete else "Unknown"), ""
-        out.append({**ident, "health": health, "message": message})
+        out.append({**ident, "health": health, "message": message,
+                    "children": owned.get((ident["kind"], ident["namespace"], ident["name"]), [])})
     return sorted(out, key=lambda o: (o["namespace"], o["kind"], o["name"]))
 
 

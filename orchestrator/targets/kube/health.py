@@ -14,6 +14,14 @@ knows, which is not waited for but named in the report (``no_rule``, in the
 wait at once, as Flux's kstatus "Failed" does: a rollout past its progress deadline will not
 heal by waiting. Anything else (Progressing, Missing, Unknown) is waited for until the
 deadline.
+
+After the verdict, ``children`` lists what the applied workloads own in the live cluster, as
+Argo CD's resource tree does: a Deployment's ReplicaSets and their Pods, a ReplicaSet's,
+StatefulSet's, DaemonSet's or Job's Pods, a CronJob's Jobs and their Pods (by
+``ownerReferences`` uid, one list call per kind and namespace, newest first, at most
+``CHILDREN`` per owner counting grandchildren), each judged by the same rules. A list the
+credentials may not make is logged and leaves that owner without children: the tree informs,
+it never fails a sync.
 """
 
 from __future__ import annotations
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+import structlog
+
 from orchestrator.adapters.kube import KubeClient
 from orchestrator.domain import events as ev
 from orchestrator.domain.bundle import ObjectKey, object_key
@@ -32,7 +42,10 @@ from orchestrator.domain.codec import build, carry
 from orchestrator.domain.events import Event, new_event
 from orchestrator.domain.health import Assessment, Health, HealthStatus, api_group, evaluate, worst
 from orchestrator.domain.payloads import BY_TYPE
+from orchestrator.errors import PermanentError, TransientError
 from orchestrator.ports import HealthJudge, HealthResult
+
+log = structlog.get_logger(__name__)
 
 READY = frozenset({Health.HEALTHY, Health.SUSPENDED})
 EVENT_FOR = MappingProxyType({
@@ -41,6 +54,13 @@ EVENT_FOR = MappingProxyType({
     Health.DEGRADED: ev.HEALTH_DEGRADED, Health.UNKNOWN: ev.HEALTH_DEGRADED})
 LISTED = 50
 """At most this many unhealthy objects are listed in an event (the count is always exact)."""
+CHILDREN = 50
+"""At most this many live children (grandchildren included) are listed per owner."""
+OWNS: Mapping[str, tuple[tuple[str, str], ...]] = MappingProxyType({
+    "Deployment": (("apps/v1", "ReplicaSet"),), "ReplicaSet": (("v1", "Pod"),),
+    "StatefulSet": (("v1", "Pod"),), "DaemonSet": (("v1", "Pod"),), "Job": (("v1", "Pod"),),
+    "CronJob": (("batch/v1", "Job"),)})
+"""What a workload kind owns (apiVersion, kind), as its controller creates them."""
 
 
 def is_ready(status: HealthStatus | None) -> bool:
@@ -53,6 +73,7 @@ class ObjectHealth:
     api_version: str
     status: HealthStatus | None
     rule: str = "built-in"  # "" when no rule knows the kind (see Assessment)
+    uid: str = ""  # the live object's metadata.uid ("" when not read)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.key.kind, "namespace": self.key.namespace, "name": self.key.name,
@@ -72,7 +93,9 @@ class ObjectHealth:
 def of(obj: Mapping[str, Any] | None, key: ObjectKey, api_version: str,
        judge: HealthJudge | None = None) -> ObjectHealth:
     assessment: Assessment = judge.evaluate(obj) if judge is not None else evaluate(obj)
-    return ObjectHealth(key, api_version, assessment.verdict, assessment.rule)
+    meta = obj.get("metadata") if obj is not None else None
+    uid = str(meta.get("uid") or "") if isinstance(meta, Mapping) else ""
+    return ObjectHealth(key, api_version, assessment.verdict, assessment.rule, uid)
 
 
 def report(healths: Sequence[ObjectHealth]) -> HealthResult:
@@ -134,6 +157,67 @@ async def wait_ready(client: KubeClient, healths: list[ObjectHealth], *, deadlin
             for i in pending))
         for i, live in zip(pending, fresh, strict=True):
             current[i] = of(live, current[i].key, current[i].api_version, judge)
+
+
+def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or ()
+    return any(isinstance(r, Mapping) and r.get("uid") == uid for r in refs)
+
+
+def _newest_first(obj: Mapping[str, Any]) -> tuple[str, str]:
+    meta = obj.get("metadata") or {}
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
+async def children(client: KubeClient, healths: Sequence[ObjectHealth], *,
+                   judge: HealthJudge | None = None, env: str = ""
+                   ) -> tuple[dict[str, Any], ...]:
+    """Per applied workload that owns others (``OWNS``), its live children and theirs (one
+    level down: Deployment -> ReplicaSet -> Pod), each ``{kind, name, status, message}`` and
+    ``children`` when it has some; owners without children are left out."""
+    lists: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+
+    async def listed(api_version: str, kind: str, namespace: str) -> list[Mapping[str, Any]]:
+        key = (api_version, kind, namespace)
+        if key not in lists:
+            try:
+                lists[key] = list(await client.list(api_version, kind, namespace))
+            except (TransientError, PermanentError) as exc:
+                log.warning("kube.children_unlisted", env=env, kind=kind, namespace=namespace,
+                            error=str(exc))
+                lists[key] = []
+        return lists[key]
+
+    async def owned(kind: str, namespace: str, uid: str, budget: list[int],
+                    depth: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for api_version, child_kind in OWNS.get(kind, ()):
+            found = sorted((o for o in await listed(api_version, child_kind, namespace)
+                            if _owned_by(o, uid)), key=_newest_first, reverse=True)
+            for obj in found:
+                if budget[0] <= 0:
+                    return out
+                budget[0] -= 1
+                health = of(obj, object_key(obj), api_version, judge)
+                entry: dict[str, Any] = {
+                    "kind": child_kind, "name": health.key.name,
+                    "status": health.status.status.value if health.status else None,
+                    "message": health.status.message if health.status else ""}
+                grand = (await owned(child_kind, namespace, health.uid, budget, 1)
+                         if depth == 0 and health.uid and child_kind in OWNS else [])
+                if grand:
+                    entry["children"] = grand
+                out.append(entry)
+        return out
+
+    trees: list[dict[str, Any]] = []
+    for h in healths:
+        if h.key.kind not in OWNS or not h.uid or not h.key.namespace or len(trees) >= LISTED:
+            continue
+        if kids := await owned(h.key.kind, h.key.namespace, h.uid, [CHILDREN], 0):
+            trees.append({"kind": h.key.kind, "namespace": h.key.namespace,
+                          "name": h.key.name, "children": kids})
+    return tuple(trees)
 
 
 def initial(objects: Sequence[Mapping[str, Any]],

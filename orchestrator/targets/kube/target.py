@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import functools
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -48,7 +49,7 @@ from orchestrator.domain.inventory import (
 )
 from orchestrator.domain.ordering import Phase, Wave, plan_waves
 from orchestrator.errors import FencedError, ManifestError, PermanentError, TransientError
-from orchestrator.ports import ApplyRequest, ApplyResult, HealthJudge, TargetState
+from orchestrator.ports import ApplyRequest, ApplyResult, HealthJudge, HealthResult, TargetState
 
 from . import health as kh
 from .clients import KubePool
@@ -56,6 +57,12 @@ from .inventory import InventoryStore, Record, Stored, union
 from .settings import KubeSettings, kube_settings
 
 log = structlog.get_logger(__name__)
+
+
+def _verdict(health: HealthResult) -> dict[str, Any]:
+    """The health an apply event carries: the verdict without the live children, which only
+    the ``conveyor.health.*`` event records (once per sync, not twice)."""
+    return dataclasses.replace(health, children=()).to_dict()
 T = TypeVar("T")
 CRD_KIND = ("apiextensions.k8s.io", "CustomResourceDefinition")
 
@@ -176,10 +183,10 @@ class KubeTarget:
             elif self.settings.wait:
                 failure = await self._wait(wave, progress, deadline, crds_only=False)
             if failure is not None:  # later waves wait for this one: the sync ends here
-                health = kh.report([progress.health[key] for key in sorted(progress.health)])
+                health = await self._tree(progress)
                 return ApplyResult(bool(progress.created or progress.configured),
                                    failure.message,
-                                   {"health": health.to_dict(),
+                                   {"health": _verdict(health),
                                     "unhealthy_objects": list(failure.objects)},
                                    health=health, failure=failure.reason)
         if not recorded:
@@ -187,7 +194,7 @@ class KubeTarget:
                                        attempted=record)
         pruned, kept = await self._prune(stored.inventory, new)
         await self.inventory.write(new, applied=record, attempted=record)
-        health = kh.report([progress.health[key] for key in sorted(progress.health)])
+        health = await self._tree(progress)
         changed = bool(progress.created or progress.configured or pruned)
         parts = [f"{progress.created} created", f"{progress.configured} configured",
                  f"{progress.unchanged} unchanged"]
@@ -204,7 +211,13 @@ class KubeTarget:
             "pruned": pruned, "not_pruned": kept, "waves": len(waves),
             "inventory": {"configmap": self.inventory.where,
                           "entries": [e.to_dict() for e in new.entries]},
-            "health": health.to_dict()}, health=health)
+            "health": _verdict(health)}, health=health)
+
+    async def _tree(self, progress: _Progress) -> HealthResult:
+        """The verdict on the applied objects, with the live children they own."""
+        healths = [progress.health[key] for key in sorted(progress.health)]
+        return dataclasses.replace(kh.report(healths), children=await kh.children(
+            self.client, healths, judge=progress.judge, env=self.env))
 
     # -- preparing -------------------------------------------------------------------------
 

@@ -562,6 +562,24 @@
     renderObjects(name);
   }
 
+  // An applied object's row, then the live objects it owns (from the kube applier's health
+  // verdict: a Deployment's ReplicaSets, each with its Pods), indented under it.
+  function objectRows(o, depth = 0, owner = null, namespace = "") {
+    const health = String((depth ? o.status : o.health) || "Unknown");
+    const ns = depth ? namespace : o.namespace;
+    const row = h("tr", {class: depth ? `child depth-${Math.min(depth, 3)}` : null},
+      h("td", {"data-label": "Kind"},
+        depth ? h("span", {"aria-hidden": "true"}, "↳ ") : null,
+        owner ? h("span", {class: "visually-hidden"}, `owned by ${owner.kind} ${owner.name}: `)
+          : null, o.kind),
+      h("td", {"data-label": "Namespace"}, ns || "(cluster)"),
+      h("td", {"data-label": "Name"}, o.name),
+      h("td", {"data-label": "Health", title: o.message || ""},
+        h("span", {class: `badge health-${health.toLowerCase()}`}, health)));
+    const kids = Array.isArray(o.children) ? o.children : [];
+    return [row, ...kids.flatMap((c) => objectRows(c, depth + 1, o, ns))];
+  }
+
   // What the environment runs, object by object, and what its last change changed: both
   // from the bundles the api already stores (identities only; Secret values never leave).
   async function renderObjects(name) {
@@ -574,12 +592,7 @@
       const list = objects.objects || [];
       $("env-objects-status").textContent = list.length
         ? `${count(list.length, "object")} at ${short(objects.revision)}` : "Nothing applied yet.";
-      $("env-objects").tBodies[0].replaceChildren(...list.map((o) => h("tr", {},
-        h("td", {"data-label": "Kind"}, o.kind),
-        h("td", {"data-label": "Namespace"}, o.namespace || "(cluster)"),
-        h("td", {"data-label": "Name"}, o.name),
-        h("td", {"data-label": "Health", title: o.message || ""},
-          h("span", {class: `badge health-${String(o.health).toLowerCase()}`}, o.health)))));
+      $("env-objects").tBodies[0].replaceChildren(...list.flatMap((o) => objectRows(o)));
       const diffs = changes.objects || [];
       $("env-changes-status").textContent = changes.to
         ? (changes.from ? `${short(changes.from.revision)} → ${short(changes.to.revision)}: `
