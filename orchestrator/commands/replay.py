@@ -67,6 +67,7 @@ from orchestrator.projector import (
 MAX_DIFFERENCES = 200
 READ_IDLE = 30.0  # seconds without a message before a replay read gives up
 SNAPSHOT_ATTEMPTS = 100
+SNAPSHOT_BACKOFF_MAX = 0.5  # seconds between two snapshot attempts, at most
 
 
 class ReplayError(Exception):
@@ -167,13 +168,16 @@ async def snapshot(bus: EventBus, bucket: str = subjects.STATE_BUCKET,
                               "try again")
         return seq, stored
     ahead = 0
-    for _ in range(SNAPSHOT_ATTEMPTS):
+    for attempt in range(SNAPSHOT_ATTEMPTS):
         before = await _position(bus, bucket)
         stored = await dump_bucket(bus, bucket)
         after = await _position(bus, bucket)
         ahead = max(_seqs(stored), default=0)
         if before == after and ahead <= before:
             return before, stored
+        # the log is busy (a burst's notifications, say): back off until a read falls into a
+        # pause between two events, rather than spending every attempt inside one burst
+        await asyncio.sleep(min(SNAPSHOT_BACKOFF_MAX, 0.01 * 2 ** attempt))
     if before == after:  # still, with a record past it: an event cut short, not yet completed
         raise ReplayError(f"the projection in {bucket} has a record at sequence {ahead}, past "
                           f"its position {before}: its projector stopped half-way through an "
