@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import aiohttp
@@ -15,8 +16,8 @@ from orchestrator.errors import PermanentError, TransientError
 from orchestrator.gitops.forge_settings import ForgeSettings, PullRequest, repo_path
 
 # the ``set_status`` states (GitHub's words) as Bitbucket names them
-BITBUCKET_STATES = {"success": "SUCCESSFUL", "failure": "FAILED", "error": "FAILED",
-                    "pending": "INPROGRESS"}
+BITBUCKET_STATES = MappingProxyType({"success": "SUCCESSFUL", "failure": "FAILED",
+                                     "error": "FAILED", "pending": "INPROGRESS"})
 TIMEOUT = 30.0
 MAX_PAGES = 50  # pages of a listing; a forge answering more is looping
 

@@ -8,14 +8,15 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.giturls import parse
 from orchestrator.errors import PermanentError
 
 KINDS = ("github", "gitlab", "gitea", "bitbucket")
-DEFAULT_API = {"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4",
-               "bitbucket": "https://api.bitbucket.org/2.0"}
+DEFAULT_API = MappingProxyType({"github": "https://api.github.com", "gitlab": "https://gitlab.com/api/v4",
+                                "bitbucket": "https://api.bitbucket.org/2.0"})
 
 
 @dataclass(frozen=True, slots=True)
