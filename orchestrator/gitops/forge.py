@@ -12,6 +12,12 @@ without it, a repository/workspace access token sent as ``Bearer``), and
 ``CONVEYOR_FORGE_REPO`` (``owner/name``, Bitbucket ``workspace/repo_slug``; default: the path of
 the source URL without ``.git``).
 
+Modules: ``forge_settings`` (``ForgeSettings``, token headers, the repository path),
+``forge_client`` (``Forge``: the calls, rate limits, errors), ``forge_pulls`` (``PullLister``),
+and one class per forge behind ``forge_api.ForgeApi`` with what differs between them
+(``forge_github``: GitHub and Gitea/Forgejo, ``forge_gitlab``, ``forge_bitbucket``). Every name
+stays importable from here.
+
 The calls, from each forge's published REST reference:
 
 - GitHub: ``POST /repos/{owner}/{repo}/pulls`` ``{title, head, base, body}`` -> 201
@@ -56,8 +62,8 @@ host and port: a next page (``Link`` or Bitbucket's ``next``) elsewhere is refus
 
 from __future__ import annotations
 
+from orchestrator.gitops.forge_bitbucket import BITBUCKET_STATES
 from orchestrator.gitops.forge_client import (
-    BITBUCKET_STATES,
     MAX_PAGES,
     TIMEOUT,
     Forge,

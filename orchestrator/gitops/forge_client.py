@@ -6,18 +6,21 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
 import aiohttp
 
 from orchestrator.errors import PermanentError, TransientError
+from orchestrator.gitops.forge_api import ForgeApi
+from orchestrator.gitops.forge_bitbucket import BitbucketApi
+from orchestrator.gitops.forge_github import GiteaApi, GitHubApi
+from orchestrator.gitops.forge_gitlab import GitLabApi
 from orchestrator.gitops.forge_settings import ForgeSettings, PullRequest, repo_path
 
-# the ``set_status`` states (GitHub's words) as Bitbucket names them
-BITBUCKET_STATES = MappingProxyType({"success": "SUCCESSFUL", "failure": "FAILED",
-                                     "error": "FAILED", "pending": "INPROGRESS"})
+API_OF: Mapping[str, Callable[[str, str], ForgeApi]] = MappingProxyType({
+    "github": GitHubApi, "gitlab": GitLabApi, "gitea": GiteaApi, "bitbucket": BitbucketApi})
 TIMEOUT = 30.0
 MAX_PAGES = 50  # pages of a listing; a forge answering more is looping
 
@@ -41,23 +44,13 @@ class Forge:
     def __init__(self, settings: ForgeSettings, source_url: str) -> None:
         self.settings = settings
         self.repo = repo_path(settings, source_url)
+        self.api: ForgeApi = API_OF.get(settings.kind, GitHubApi)(settings.api_url, self.repo)
 
     def _request(self, title: str, head: str, base: str, body: str
                  ) -> tuple[str, dict[str, str], dict[str, Any]]:
-        s, auth = self.settings, self.settings.auth()
-        owner, _, name = self.repo.partition("/")
-        if s.kind == "gitlab":
-            project = urllib.parse.quote(self.repo, safe="")
-            return (f"{s.api_url}/projects/{project}/merge_requests", auth,
-                    {"source_branch": head, "target_branch": base, "title": title,
-                     "description": body, "remove_source_branch": True})
-        if s.kind == "bitbucket":
-            return (f"{s.api_url}/repositories/{owner}/{name}/pullrequests", auth,
-                    {"title": title, "description": body,
-                     "source": {"branch": {"name": head}},
-                     "destination": {"branch": {"name": base}}, "close_source_branch": True})
-        return (f"{s.api_url}/repos/{owner}/{name}/pulls", auth,
-                {"title": title, "head": head, "base": base, "body": body})
+        auth = self.settings.auth()
+        url, payload = self.api.pull_request(title, head, base, body)
+        return url, auth, payload
 
     async def _call(self, method: str, url: str, *, headers: Mapping[str, str],
                     payload: Any = None) -> tuple[int, Any, dict[str, str]]:
@@ -109,12 +102,7 @@ class Forge:
         status, data, _ = await self._call("POST", url, headers=headers, payload=payload)
         if status not in (200, 201) or not isinstance(data, Mapping):
             raise self._failed("opening the pull request", status, data)
-        if self.settings.kind == "gitlab":
-            return PullRequest(int(data["iid"]), str(data.get("web_url") or ""), head, base)
-        if self.settings.kind == "bitbucket":
-            html = (data.get("links") or {}).get("html") or {}
-            return PullRequest(int(data["id"]), str(html.get("href") or ""), head, base)
-        return PullRequest(int(data["number"]), str(data.get("html_url") or ""), head, base)
+        return self.api.opened(data, head, base)
 
     # ------------------------------------------------------------------ previews
     # GitHub and Gitea/Forgejo share these paths (Gitea's API follows GitHub's): issue
@@ -126,22 +114,10 @@ class Forge:
 
     def _comments(self, number: int) -> tuple[str, str, str, str]:
         """(first listing page, create URL, edit URL with ``{id}``, edit method)."""
-        api, repo = self.settings.api_url, self.repo
-        if self.settings.kind == "gitlab":
-            notes = (f"{api}/projects/{urllib.parse.quote(repo, safe='')}/merge_requests/"
-                     f"{number}/notes")
-            return f"{notes}?per_page=100", notes, notes + "/{id}", "PUT"
-        if self.settings.kind == "bitbucket":
-            comments = f"{api}/repositories/{repo}/pullrequests/{number}/comments"
-            return f"{comments}?pagelen=100", comments, comments + "/{id}", "PUT"
-        page = "limit=50" if self.settings.kind == "gitea" else "per_page=100"
-        return (f"{api}/repos/{repo}/issues/{number}/comments?{page}",
-                f"{api}/repos/{repo}/issues/{number}/comments",
-                f"{api}/repos/{repo}/issues/comments/{{id}}", "PATCH")
+        return self.api.comments(number)
 
     def _comment_body(self, body: str) -> dict[str, Any]:
-        return {"content": {"raw": body}} if self.settings.kind == "bitbucket" else {
-            "body": body}
+        return self.api.comment_body(body)
 
     @staticmethod
     def _text(comment: Mapping[str, Any]) -> str:
@@ -188,25 +164,8 @@ class Forge:
         as each forge names it. ``url`` links the status to the pull request (Bitbucket
         requires one); ``ref``, the pull request's source branch, is Bitbucket's
         ``refname``, without which the status is not shown on the pull request."""
-        api, headers = self.settings.api_url, self.settings.auth()
-        kind = self.settings.kind
-        if kind == "gitlab":
-            gitlab_state = {"failure": "failed", "error": "failed"}.get(state, state)
-            target = f"{api}/projects/{urllib.parse.quote(self.repo, safe='')}/statuses/{sha}"
-            payload: dict[str, Any] = {"state": gitlab_state, "name": context,
-                                       "description": description}
-        elif kind == "bitbucket":
-            target = f"{api}/repositories/{self.repo}/commit/{sha}/statuses/build"
-            payload = {"key": context, "name": context, "description": description,
-                       "state": BITBUCKET_STATES.get(state, state.upper()),
-                       "url": url or f"https://bitbucket.org/{self.repo}/commits/{sha}"}
-            if ref:
-                payload["refname"] = ref
-        else:
-            target = f"{api}/repos/{self.repo}/statuses/{sha}"
-            payload = {"state": state, "context": context, "description": description}
-            if url:
-                payload["target_url"] = url
+        headers = self.settings.auth()
+        target, payload = self.api.status(sha, context, state, description, url, ref)
         status, data, _ = await self._call("POST", target, headers=headers, payload=payload)
         if status not in (200, 201):
             raise self._failed(f"setting the status {context}", status, data)
