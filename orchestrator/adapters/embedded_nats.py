@@ -26,6 +26,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 import structlog
 
@@ -39,7 +40,7 @@ READY_LINE = b"Server is ready"
 # the ack; "interval" is the server's default, every 2 minutes (an OS crash or power failure
 # loses what was acked since the last sync). Quoted: the config parser reads a bare 2m as
 # two million (seconds).
-SYNC_POLICIES = {"always": "always", "interval": '"2m"'}
+SYNC_POLICIES = MappingProxyType({"always": "always", "interval": '"2m"'})
 
 
 def jetstream_sync(policy: str) -> str:

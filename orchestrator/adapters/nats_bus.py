@@ -1,8 +1,9 @@
 """The event bus: JetStream stream, KV buckets and object store behind one small class.
 
-(Over 400 lines, as one module on purpose: ``EventBus`` is the one object every service is
-handed; its events, key/value and bundle sections share the connection, the schema and the
-publish retry policy, and splitting the class would only scatter them.)
+``EventBus`` is the one object every service is handed; it is composed of parts that share
+the connection and the retry policy (``nats_core.BusCore``): reading the log
+(``nats_reads``), key/value and bundles (``nats_store``); server URLs and refused credentials
+are ``nats_urls``. Everything stays importable from here.
 
 Everything Conveyor says goes through ``publish``: one event, one message on
 ``conveyor.events.<env>.<stage>.<outcome>``, with ``Nats-Msg-Id`` = the event id so a retried
@@ -28,33 +29,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit, urlunsplit
+from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit
 
 import nats
 import structlog
-from nats.aio.client import Client
-from nats.aio.msg import Msg
-from nats.js import JetStreamContext
-from nats.js import api as jsapi
-from nats.js.errors import BadRequestError, KeyNotFoundError, NotFoundError, ObjectNotFoundError
-from nats.js.kv import KeyValue
-from nats.js.object_store import ObjectStore
-from tenacity import (
-    AsyncRetrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
+from nats.js.errors import NotFoundError
 
 from orchestrator import subjects
 from orchestrator.adapters import nats_permissions
+from orchestrator.adapters.nats_core import (
+    PUBLISH_RETRY_FOR,
+    RETRY_WAIT_MAX,
+    UNANSWERED,
+    BusCore,
+    Published,
+    PublishObserver,
+    StoredEvent,
+)
+from orchestrator.adapters.nats_reads import LAST_EVENTS_KEPT, EventReads, delivered_at
 from orchestrator.adapters.nats_schema import (
     KV_BUCKETS,
     Reconciled,
@@ -62,132 +57,37 @@ from orchestrator.adapters.nats_schema import (
     Schema,
     reconcile,
 )
+from orchestrator.adapters.nats_store import BUNDLES_KEPT_BYTES, NOT_DONE, BusStores
+from orchestrator.adapters.nats_urls import (
+    inbox_of,
+    is_auth_error,
+    redact,
+    server_list,
+    unauthorized,
+    url_user,
+)
 from orchestrator.domain.events import Event, fit
-from orchestrator.errors import ConflictError, PermanentError, TransientError
+from orchestrator.errors import TransientError
+
+__all__ = [
+    "ADMIN_TIMEOUT", "BUNDLES_KEPT_BYTES", "CONNECT_BACKOFF_MAX", "LAST_EVENTS_KEPT",
+    "NOT_DONE", "PAYLOAD_HEADROOM", "PUBLISH_RETRY_FOR", "READY_WITHIN", "REQUEST_TIMEOUT",
+    "RETRY_WAIT_MAX", "UNANSWERED", "BusCore", "EventBus", "PublishObserver", "Published",
+    "Reconciled", "Retention", "Schema", "StoredEvent", "delivered_at", "inbox_of",
+    "is_auth_error", "redact", "server_list", "unauthorized", "url_user",
+]
 
 log = structlog.get_logger(__name__)
-T = TypeVar("T")
 
-PUBLISH_RETRY_FOR = 30.0
 REQUEST_TIMEOUT = 2.0  # one attempt of a publish, read or KV/object operation (module doc)
 ADMIN_TIMEOUT = 10.0  # stream and consumer management
-RETRY_WAIT_MAX = 0.5  # between attempts while a stream elects a leader (a few seconds)
-UNANSWERED = (nats.errors.TimeoutError, nats.js.errors.NoStreamResponseError,
-              nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
-              nats.errors.ConnectionClosedError, nats.errors.OutboundBufferLimitError,
-              asyncio.TimeoutError)
-NOT_DONE = (nats.js.errors.NoStreamResponseError, nats.errors.NoRespondersError,
-            nats.js.errors.ServiceUnavailableError)  # surely not applied: a CAS may retry
 PAYLOAD_HEADROOM = 8192  # subject, Nats-Msg-Id and protocol overhead
-LAST_EVENTS_KEPT = 256  # subjects whose newest event stays decoded (last_event)
-BUNDLES_KEPT_BYTES = 16 << 20  # bundles kept in memory per connection (get_bundle)
 CONNECT_BACKOFF_MAX = 10.0
 READY_WITHIN = 2.0  # a readiness check answers within this, whatever the servers do
 
-PublishObserver = Callable[[Event, bool], None]
-"""Told of every acknowledged publish (the event, whether the server dropped it as a duplicate):
-how the metrics count events without the bus knowing about them."""
 
-
-def server_list(url: str) -> list[str]:
-    """``nats://a:4222,nats://b:4222`` -> both; a bare ``host:port`` gets ``nats://``."""
-    servers = [u.strip() for u in url.split(",") if u.strip()]
-    if not servers:
-        raise PermanentError("no NATS server given (--nats / CONVEYOR_NATS)",
-                             reason="InvalidSetting")
-    return [s if "://" in s else f"nats://{s}" for s in servers]
-
-
-def delivered_at(msg: Msg) -> tuple[int, int]:
-    """A JetStream delivery's stream sequence and how many messages are pending after it.
-
-    Read straight from the reply subject (``$JS.ACK.<stream>.<consumer>.<delivered>.<seq>.
-    <cseq>.<time>.<pending>``) for the common form, without building nats-py's ``Metadata``
-    (a datetime per message: a tenth of a replay's read); any other form through it."""
-    tokens = (msg.reply or "").split(".")
-    if len(tokens) == 9 and tokens[0] == "$JS" and tokens[1] == "ACK":
-        return int(tokens[5]), int(tokens[8])
-    meta = msg.metadata
-    return meta.sequence.stream, meta.num_pending
-
-
-def redact(url: str) -> str:
-    """A server URL without its user info (a token or password may be in it)."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=f"***@{parts.hostname}"
-                                     + (f":{parts.port}" if parts.port else "")))
-
-
-def is_auth_error(exc: BaseException) -> bool:
-    """The server refused the credentials (nats-server's ``-ERR 'Authorization Violation'``,
-    or an expired/unknown user): retrying the same ones cannot help."""
-    text = str(exc).lower()
-    # not "Authentication Timeout": a slow client on a loaded host, worth another attempt
-    return isinstance(exc, nats.errors.AuthorizationError) or \
-        "authorization violation" in text or "authentication expired" in text \
-        or "authentication revoked" in text
-
-
-def url_user(url: str) -> str:
-    """The user a (comma-separated) server URL connects as ("" without one)."""
-    return unquote(urlsplit(server_list(url)[0]).username or "")
-
-
-def inbox_of(url: str) -> str:
-    """The inbox prefix a connection with ``url``'s user must use (``nats_permissions``)."""
-    return nats_permissions.inbox_prefix(url_user(url))
-
-
-def unauthorized(servers: Sequence[str]) -> PermanentError:
-    """The error for refused credentials: the servers and the user, never the password."""
-    users = sorted({unquote(urlsplit(s).username or "") for s in servers})
-    who = (f"user {', '.join(repr(u) for u in users)}" if any(users)
-           else "a connection without credentials")
-    shown = ", ".join(redact(s) for s in servers)
-    return PermanentError(
-        f"NATS at {shown} refused {who} (authorization violation): check the user and "
-        "password (CONVEYOR_NATS_USER / CONVEYOR_NATS_PASSWORD, or the data dir's "
-        "nats/credentials.json for the embedded server)", reason="NatsUnauthorized")
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    seq: int
-    duplicate: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
-    seq: int
-    event: Event
-
-
-class EventBus:
+class EventBus(EventReads, BusStores):
     """A connection to NATS with Conveyor's stream, buckets and store ensured."""
-
-    def __init__(self, nc: Client, js: JetStreamContext, *,
-                 on_published: PublishObserver | None = None,
-                 data: JetStreamContext | None = None) -> None:
-        self.nc = nc
-        self.js = js
-        # publishes, reads, KV and objects: short attempts, retried (module doc)
-        self.data = data if data is not None else js
-        self.on_published = on_published
-        self._kv: dict[str, KeyValue] = {}
-        self._obj: ObjectStore | None = None
-        self._closing: list[bool] = []
-        self.schema = Reconciled(epoch="", replicas=1)
-        self.durables: set[str] = set()  # this process's durable consumers (readiness)
-        # the newest event read per subject: a reader that asks again (the notifier and the
-        # auto-promoter read the config in force for each event) decodes it once per change
-        self._last: dict[str, StoredEvent] = {}
-        # bundles this connection stored or read, by digest (content-addressed: a digest's
-        # bytes never change), so the applier of this process does not read back what its
-        # renderer just wrote; bounded by BUNDLES_KEPT_BYTES
-        self._bundles: OrderedDict[str, bytes] = OrderedDict()
-        self._bundle_bytes = 0
 
     @classmethod
     async def connect(cls, url: str, *, name: str = "conveyor",
@@ -326,6 +226,7 @@ class EventBus:
         return None
 
     # -- events ---------------------------------------------------------------------------------
+
     async def publish(self, event: Event) -> Published:
         subject = subjects.event_subject(event.subject, event.type)
         # what the server accepts (1 MiB by default), less room for the subject and headers:
@@ -342,215 +243,8 @@ class EventBus:
             self.on_published(event, bool(ack.duplicate))
         return Published(seq=ack.seq, duplicate=bool(ack.duplicate))
 
-    async def _retrying(self, call: Callable[[], Awaitable[T]],
-                        unanswered: tuple[type[BaseException], ...] = UNANSWERED) -> T:
-        """``call()``, again while the servers do not answer (module doc), then its error."""
-        try:  # the common case without a retry loop's set-up (a fleet makes thousands of calls)
-            return await call()
-        except unanswered:
-            pass
-        async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(unanswered),
-            wait=wait_exponential(multiplier=0.1, max=RETRY_WAIT_MAX),
-            stop=stop_after_delay(PUBLISH_RETRY_FOR), reraise=True,
-        ):
-            with attempt:
-                return await call()
-        raise AssertionError("unreachable: AsyncRetrying re-raises the last error")
-
     async def publish_all(self, events: Sequence[Event]) -> list[Published]:
         return [await self.publish(e) for e in events]
-
-    async def last_event(self, env: str, event_type: str) -> StoredEvent | None:
-        subject = subjects.event_subject(env, event_type)
-        try:
-            raw = await self._retrying(lambda: self.data.get_last_msg(
-                subjects.STREAM, subject, direct=True))
-        except NotFoundError:
-            return None
-        assert raw.data is not None and raw.seq is not None
-        known = self._last.get(subject)
-        if known is not None and known.seq == raw.seq:
-            return known
-        stored = StoredEvent(raw.seq, Event.from_json(raw.data))
-        if len(self._last) >= LAST_EVENTS_KEPT:
-            self._last.clear()
-        self._last[subject] = stored
-        return stored
-
-    async def get_event(self, seq: int) -> StoredEvent | None:
-        try:
-            raw = await self._retrying(lambda: self.data.get_msg(subjects.STREAM, seq=seq))
-        except NotFoundError:
-            return None
-        assert raw.data is not None
-        return StoredEvent(seq, Event.from_json(raw.data))
-
-    async def last_seq(self) -> int:
-        info = await self.js.stream_info(subjects.STREAM)
-        return int(info.state.last_seq)
-
-    async def read(self, filters: Sequence[str] | None = None, *, start_seq: int = 1,
-                   stop_at_end: bool = True, batch: int = 500,
-                   idle: float = 0.5) -> AsyncIterator[StoredEvent]:
-        """Events in stream order via an ephemeral ordered consumer.
-
-        With ``stop_at_end`` it stops at the stream's last sequence as of the call (a snapshot
-        read, used by queries and replay); otherwise it follows the log for ever.
-        """
-        end = await self.last_seq() if stop_at_end else None
-        if end is not None and end < start_seq:
-            return
-        fl = list(filters or [subjects.ALL_EVENTS])
-        config = jsapi.ConsumerConfig(
-            deliver_policy=jsapi.DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=max(1, start_seq),
-            ack_policy=jsapi.AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
-            filter_subjects=fl if len(fl) > 1 else None,
-            filter_subject=fl[0] if len(fl) == 1 else None,
-        )
-        sub = await self.js.pull_subscribe(fl[0], stream=subjects.STREAM, config=config)
-        try:
-            if end is not None and (await sub.consumer_info()).num_pending == 0:
-                return
-            while True:
-                try:
-                    msgs = await sub.fetch(batch, timeout=idle)
-                except TimeoutError:  # nats.errors.TimeoutError, or asyncio's own under load
-                    continue  # following the log: nothing new yet
-                for msg in msgs:
-                    meta = msg.metadata
-                    seq = meta.sequence.stream
-                    if end is not None and seq > end:
-                        return
-                    yield StoredEvent(seq, Event.from_json(msg.data))
-                    # num_pending counts matching messages after this one: 0 = end of snapshot
-                    if end is not None and (seq >= end or meta.num_pending == 0):
-                        return
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    async def consumer_pending(self) -> dict[str, int]:
-        """Messages each durable consumer of the stream has still to finish (pending plus
-        awaiting ack); ephemeral readers are not queues and are left out."""
-        infos = await self.js.consumers_info(subjects.STREAM)
-        return {
-            str(info.config.durable_name): int(info.num_pending or 0)
-            + int(info.num_ack_pending or 0)
-            for info in infos if info.config.durable_name
-        }
-
-    # -- key/value ------------------------------------------------------------------------------
-    def kv(self, bucket: str) -> KeyValue:
-        return self._kv[bucket]
-
-    async def kv_get(self, bucket: str, key: str) -> tuple[Any, int] | None:
-        try:
-            entry = await self._retrying(lambda: self._kv[bucket].get(key))
-        except (KeyNotFoundError, NotFoundError):
-            return None
-        if entry.value is None:
-            return None
-        return json.loads(entry.value), int(entry.revision or 0)
-
-    async def kv_put(self, bucket: str, key: str, value: Any, *,
-                     expect_revision: int | None = None) -> int:
-        """Put a JSON value; with ``expect_revision`` it is compare-and-set (0 = must not exist)."""
-        data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode()
-        store = self._kv[bucket]
-        try:
-            if expect_revision is None:
-                return int(await self._retrying(lambda: store.put(key, data)))
-            if expect_revision == 0:
-                return int(await self._retrying(lambda: store.create(key, data), NOT_DONE))
-            return int(await self._retrying(
-                lambda: store.update(key, data, last=expect_revision), NOT_DONE))
-        except (nats.js.errors.KeyWrongLastSequenceError, BadRequestError) as exc:
-            raise ConflictError(f"{bucket}/{key} changed concurrently") from exc
-
-    async def kv_snapshot(self, bucket: str) -> dict[str, bytes]:
-        """Every live key of a bucket and its value, read in one pass.
-
-        A pull read of the bucket's stream (last message per key) that stops where the server
-        says nothing is pending. nats-py's ``watchall``/``keys`` decide "initial values done"
-        from consumer info taken while deliveries are still in flight, and can end early on a
-        loaded machine; this cannot.
-        """
-        stream = f"KV_{bucket}"
-        config = jsapi.ConsumerConfig(
-            deliver_policy=jsapi.DeliverPolicy.LAST_PER_SUBJECT,
-            ack_policy=jsapi.AckPolicy.NONE, inactive_threshold=30.0, mem_storage=True,
-            filter_subject=f"$KV.{bucket}.>",
-        )
-        sub = await self.js.pull_subscribe(f"$KV.{bucket}.>", stream=stream, config=config)
-        out: dict[str, bytes] = {}
-        prefix = f"$KV.{bucket}."
-        try:
-            if (await sub.consumer_info()).num_pending == 0:
-                return out
-            while True:
-                try:
-                    msgs = await sub.fetch(500, timeout=5)
-                except TimeoutError:
-                    continue
-                for msg in msgs:
-                    op = (msg.headers or {}).get("KV-Operation")
-                    key = msg.subject[len(prefix):]
-                    if op in ("DEL", "PURGE"):
-                        out.pop(key, None)
-                    else:
-                        out[key] = msg.data
-                    if msg.metadata.num_pending == 0:
-                        return out
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    # -- bundles ----------------------------------------------------------------------------------
-    async def put_bundle(self, digest: str, payload: bytes) -> None:
-        assert self._obj is not None
-        name = digest.replace(":", "-")
-        store = self._obj
-        with contextlib.suppress(ObjectNotFoundError, NotFoundError):
-            info = await self._retrying(lambda: store.get_info(name))
-            if info is not None and not info.deleted:
-                self._keep_bundle(digest, payload)
-                return  # stored once per digest
-        await self._retrying(lambda: store.put(name, payload))  # same name, same bytes
-        self._keep_bundle(digest, payload)
-
-    async def get_bundle(self, digest: str) -> bytes | None:
-        assert self._obj is not None
-        kept = self._bundles.get(digest)
-        if kept is not None:
-            self._bundles.move_to_end(digest)
-            return kept
-        try:
-            store = self._obj
-            result = await self._retrying(lambda: store.get(digest.replace(":", "-")))
-        except (ObjectNotFoundError, NotFoundError):
-            return None
-        payload = bytes(result.data or b"")
-        self._keep_bundle(digest, payload)
-        return payload
-
-    def _keep_bundle(self, digest: str, payload: bytes) -> None:
-        if len(payload) > BUNDLES_KEPT_BYTES // 8 or digest in self._bundles:
-            return
-        self._bundles[digest] = payload
-        self._bundle_bytes += len(payload)
-        while self._bundle_bytes > BUNDLES_KEPT_BYTES:
-            _, old = self._bundles.popitem(last=False)
-            self._bundle_bytes -= len(old)
-
-    async def has_bundle(self, digest: str) -> bool:
-        assert self._obj is not None
-        try:
-            store = self._obj
-            info = await self._retrying(lambda: store.get_info(digest.replace(":", "-")))
-        except (ObjectNotFoundError, NotFoundError):
-            return False
-        return info is not None and not info.deleted
 
     async def close(self) -> None:
         if self.nc.is_closed:

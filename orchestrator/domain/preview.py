@@ -15,6 +15,7 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from orchestrator.domain.diff import ObjectDiff, summarise
@@ -47,12 +48,12 @@ class PullRequestEvent:
         return f"refs/pull/{self.number}/head"
 
 
-EVENT_HEADERS = {"github": ("x-github-event",),
-                 "gitea": ("x-gitea-event", "x-forgejo-event"),
-                 "forgejo": ("x-forgejo-event", "x-gitea-event")}
+EVENT_HEADERS = MappingProxyType({"github": ("x-github-event",),
+                                  "gitea": ("x-gitea-event", "x-forgejo-event"),
+                                  "forgejo": ("x-forgejo-event", "x-gitea-event")})
 # GitHub says "synchronize", Gitea and Forgejo "synchronized"
-PREVIEWED = {"opened": "opened", "reopened": "reopened", "synchronize": "synchronize",
-             "synchronized": "synchronize"}
+PREVIEWED = MappingProxyType({"opened": "opened", "reopened": "reopened",
+                              "synchronize": "synchronize", "synchronized": "synchronize"})
 
 
 def parse_pull_request(headers: Mapping[str, str], body: bytes,
@@ -111,7 +112,8 @@ def _gitlab(h: Mapping[str, str], body: bytes) -> PullRequestEvent | None:
 # Bitbucket Cloud's pull request events (support.atlassian.com/bitbucket-cloud/docs/event-
 # payloads): "updated" is sent for a push to the source branch and for a title or description
 # edit alike; both are previewed (the comment is updated in place, so a re-run is harmless).
-BITBUCKET_ACTIONS = {"pullrequest:created": "opened", "pullrequest:updated": "synchronize"}
+BITBUCKET_ACTIONS = MappingProxyType({"pullrequest:created": "opened",
+                                      "pullrequest:updated": "synchronize"})
 _BAD_REF = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]|\.\.|@\{|//|^[-/.]|[/.]$|\.lock$")
 
 

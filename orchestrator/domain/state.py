@@ -33,6 +33,7 @@ from orchestrator.domain.payloads import (
     HealthFields,
     Payload,
 )
+from orchestrator.domain.updater import Updater
 
 HISTORY_OUTCOMES = frozenset({
     ev.APPLY_SUCCEEDED, ev.APPLY_FAILED, ev.APPLY_SKIPPED, ev.APPLY_SUPERSEDED, ev.APPLY_DEAD,
@@ -75,7 +76,7 @@ class EnvState:
         return EnvState(**{k: v for k, v in raw.items() if k in known})
 
 
-UPDATE_STATE: Final = hist.Updater(EnvState)
+UPDATE_STATE: Final = Updater(EnvState)
 
 
 def evolve(state: EnvState, event: Event, seq: int = 0,

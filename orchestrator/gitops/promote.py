@@ -29,12 +29,12 @@ from orchestrator.domain.config import PromotionConfig
 from orchestrator.domain.events import new_event
 from orchestrator.errors import PermanentError
 from orchestrator.gitops import declaration as decl
-from orchestrator.gitops.workflow import GitOps, Refused, Result
+from orchestrator.gitops.result import Actions, Refused, Result
 
 log = structlog.get_logger(__name__)
 
 
-async def promote(gitops: GitOps, source: str, to: str, *, via: str = "", by: str = "",
+async def promote(gitops: Actions, source: str, to: str, *, via: str = "", by: str = "",
                   auto: bool = False, now: datetime | None = None) -> Result:
     """Promote what ``source`` runs now into ``to``'s declaration, gates checked first."""
     for name in (source, to):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -49,6 +49,11 @@ from orchestrator.domain.rollback import choose
 from orchestrator.errors import PermanentError
 from orchestrator.gitops import declaration as decl
 from orchestrator.gitops.forge import Forge, ForgeSettings, PullRequest
+from orchestrator.gitops.promote import promote as promote_into
+from orchestrator.gitops.result import BranchProtected as BranchProtected  # re-exported
+from orchestrator.gitops.result import Edit, Repo
+from orchestrator.gitops.result import Refused as Refused  # re-exported
+from orchestrator.gitops.result import Result as Result  # re-exported
 from orchestrator.resources import Resources
 from orchestrator.secrets import SecretScope
 from orchestrator.settings import Settings
@@ -63,56 +68,6 @@ GATE_STAGES = promotion.GATE_STAGES
 CREDENTIALS_HINT = ("the push credentials of the source (CONVEYOR_GIT_PUSH_* or "
                     "CONVEYOR_GIT_* for --repo, "
                     "sources.<name>.credentials for another source)")
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What an action did: the commit it pushed (or proposed) and the event it published."""
-
-    action: str
-    env: str
-    via: str
-    changed: bool
-    commit: str | None
-    parent: str | None
-    branch: str
-    attempts: int = 1
-    files: tuple[str, ...] = ()
-    pull_request: PullRequest | None = None
-    event: Event | None = None
-    detail: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "env": self.env, "via": self.via,
-                "changed": self.changed, "commit": self.commit, "parent": self.parent,
-                "branch": self.branch, "attempts": self.attempts, "files": list(self.files),
-                "pull_request": self.pull_request.to_dict() if self.pull_request else None,
-                "event": self.event.id if self.event else None, **self.detail}
-
-
-class BranchProtected(PermanentError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, reason="BranchProtected")
-
-
-class Refused(PermanentError):
-    """The action is not allowed now (a gate, a revision that never deployed)."""
-
-    def __init__(self, message: str, *, reason: str = "Refused") -> None:
-        super().__init__(message, reason=reason)
-
-
-@dataclass(frozen=True, slots=True)
-class _Repo:
-    """A writable branch and where it came from (never a secret)."""
-
-    mirror: PushMirror
-    url: str
-    source: str
-
-
-# a change of the declaration at a head: (mirror path, head) -> (files written, tree) or None
-Edit = Callable[[Path, str], tuple[list[str], str] | None]
 
 
 Refresh = Callable[[str], object]
@@ -154,7 +109,7 @@ class GitOps:
         return found.branch
 
     async def _open(self, url: str, branch: str, creds: Mapping[str, Any],
-                    source: str, scope: SecretScope) -> _Repo:
+                    source: str, scope: SecretScope) -> Repo:
         """``scope``: what the credentials' references may reach: the operator's own
         (``CONVEYOR_GIT_*``) unrestricted, a source's from conveyor.yaml only what the
         operator allows (``--env-allow``, ``--secrets-dir``)."""
@@ -164,19 +119,19 @@ class GitOps:
                             kind="source",
                             folder="gitops", credentials_hint=CREDENTIALS_HINT)
         await asyncio.to_thread(mirror.fetch_state)
-        return _Repo(mirror, mirror.display_url, source)
+        return Repo(mirror, mirror.display_url, source)
 
-    async def primary(self) -> _Repo:
+    async def primary(self) -> Repo:
         """The branch holding conveyor.yaml, fetched now."""
         return await self._open(self.settings.repo, self.settings.branch,
                                 push_credentials_from_env(self.environ), DEFAULT_SOURCE,
                                 SecretScope.operator(self.environ))
 
-    async def config(self, repo: _Repo) -> Config:
+    async def config(self, repo: Repo) -> Config:
         head = self._head(repo)
         return await asyncio.to_thread(decl.read_config, repo.mirror.path, head)
 
-    async def repo_for(self, primary: _Repo, config: Config, env: EnvironmentConfig) -> _Repo:
+    async def repo_for(self, primary: Repo, config: Config, env: EnvironmentConfig) -> Repo:
         """The branch that holds the environment's declaration (its ``source``)."""
         if env.source == DEFAULT_SOURCE:
             return primary
@@ -190,14 +145,14 @@ class GitOps:
         return await self._open(url, source.branch, dict(creds), env.source, scope)
 
     @staticmethod
-    def _head(repo: _Repo) -> str:
+    def _head(repo: Repo) -> str:
         head = git_local.branch_head(repo.mirror.path, repo.mirror.branch)
         if head is None:
             raise PermanentError(f"{repo.mirror.where}: the branch does not exist",
                                  reason="InvalidSource")
         return head
 
-    async def resolve(self, env: str) -> tuple[_Repo, Config, EnvironmentConfig]:
+    async def resolve(self, env: str) -> tuple[Repo, Config, EnvironmentConfig]:
         if not subjects.valid_env_name(env):
             raise PermanentError(f"invalid environment name {env!r}", reason="InvalidRelease")
         primary = await self.primary()
@@ -207,7 +162,7 @@ class GitOps:
 
     # ------------------------------------------------------------------ committing
 
-    async def write(self, repo: _Repo, edit: Edit, message: str, *, via: str, action: str,
+    async def write(self, repo: Repo, edit: Edit, message: str, *, via: str, action: str,
                     env: str) -> tuple[bool, str | None, str | None, int, list[str],
                                        PullRequest | None]:
         """Commit ``edit`` of the head with ``message`` and push it (``via`` commit), or push
@@ -371,6 +326,4 @@ class GitOps:
                       auto: bool = False, now: datetime | None = None) -> Result:
         """Promote what ``source`` runs now into ``to``'s declaration, gates checked first
         (``orchestrator.gitops.promote``)."""
-        from orchestrator.gitops.promote import promote  # it builds on this module
-
-        return await promote(self, source, to, via=via, by=by, auto=auto, now=now)
+        return await promote_into(self, source, to, via=via, by=by, auto=auto, now=now)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any
 
 from aiohttp import web
@@ -81,9 +82,10 @@ async def history(request: web.Request) -> web.Response:
 
 
 GITOPS_STAGES = ("conveyor.release", "conveyor.rollback", "conveyor.promotion")
-GITOPS_MADE = {ev.RELEASE_COMMITTED: "release", ev.ROLLBACK_COMMITTED: "rollback",
-               ev.PROMOTION_COMMITTED: "promotion", ev.RELEASE_PROPOSED: "release",
-               ev.ROLLBACK_PROPOSED: "rollback", ev.PROMOTION_PROPOSED: "promotion"}
+GITOPS_MADE = MappingProxyType({
+    ev.RELEASE_COMMITTED: "release", ev.ROLLBACK_COMMITTED: "rollback",
+    ev.PROMOTION_COMMITTED: "promotion", ev.RELEASE_PROPOSED: "release",
+    ev.ROLLBACK_PROPOSED: "rollback", ev.PROMOTION_PROPOSED: "promotion"})
 # A proposed commit deploys itself when its pull request is merged by fast-forward; merged
 # with a merge commit of its own, the merge commit deploys, and it is marked with the action
 # of the proposed commit it merged (``merged``: that commit), from ``commit.detected``'s

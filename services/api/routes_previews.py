@@ -16,6 +16,7 @@ could create two). See ``orchestrator.gitops.preview``.
 from __future__ import annotations
 
 import asyncio
+from types import MappingProxyType
 
 import structlog
 from aiohttp import web
@@ -35,8 +36,8 @@ from services.api.routes_webhooks import authorised_sources, hook_sources
 
 log = structlog.get_logger(__name__)
 MAX_BODY = 5 << 20  # GitHub caps deliveries at 25 MB; a pull_request one is a few kB
-FORGE_OF = {"github": "github", "gitea": "gitea", "forgejo": "gitea", "gitlab": "gitlab",
-            "bitbucket": "bitbucket"}
+FORGE_OF = MappingProxyType({"github": "github", "gitea": "gitea", "forgejo": "gitea",
+                             "gitlab": "gitlab", "bitbucket": "bitbucket"})
 PreviewLocks = dict[tuple[str, int], asyncio.Lock]
 LOCKS: web.AppKey[PreviewLocks] = web.AppKey("preview_locks")
 

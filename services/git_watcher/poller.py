@@ -1,5 +1,9 @@
 """One source, polled: fetch, decide, publish, advance the cursor.
 
+(Over 400 lines on purpose: ``SourcePoller`` is one source's poll cycle, fetch to cursor write
+and failure, and the crash reasoning below spans all of it; the pure decisions are already in
+``decide`` and ``sources``, the cursor in ``cursor``.)
+
 Each source has its own cursor in the state bucket (``watcher.<source>``, ``cursor.py``): the
 last announced head, whether the source is failing (and why), whether its branch is gone, the
 branch resolved when none was configured, and, for sources other than the primary, a digest of
